@@ -1,0 +1,284 @@
+"""Run configuration: one frozen dataclass per concern, TOML presets, strict overrides.
+
+Precedence (../shared/STYLE.md): dataclass defaults, then a preset file from `sunfish/presets/`, then
+`--section.field=value` flags. Unknown sections or keys and values of the wrong type are errors
+(`ConfigError`, one sentence). Each component receives only its own slice of a `RunConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import sys
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration problem a person can fix; the message is one sentence."""
+
+
+class MLPKind(str, enum.Enum):
+    SWIGLU = "swiglu"  # gated SiLU (LLaMA / LLaDA)
+    RELU2 = "relu2"  # squared ReLU (micro-dllm, modded-nanoGPT)
+
+
+class TimeCond(str, enum.Enum):
+    NONE = "none"  # LLaDA: the mask ratio is visible in the input
+    LEARNED = "learned"  # embedding table of time_steps + 1 entries added to the input (micro-dllm)
+    SINUSOIDAL = "sinusoidal"  # sinusoidal features -> 2-layer MLP added to the input
+    ADALN = "adaln"  # DiT / MDLM: per-block shift, scale and gate from the time embedding
+
+
+class AttentionKind(str, enum.Enum):
+    BIDIRECTIONAL = "bidirectional"  # diffusion LM
+    CAUSAL = "causal"  # the same backbone as an autoregressive baseline
+
+
+class ScheduleKind(str, enum.Enum):
+    LINEAR = "linear"  # alpha = 1 - t
+    LOGLINEAR = "loglinear"  # alpha = 1 - (1 - eps) t (MDLM)
+    COSINE = "cosine"  # alpha = cos(pi t / 2)
+    COSINE_SQ = "cosine_sq"  # alpha = cos^2(pi t / 2) (micro-dllm)
+
+
+class LossKind(str, enum.Enum):
+    NELBO = "nelbo"  # continuous-time NELBO, weight -alpha'/(1 - alpha), normalised per token
+    MASKED_CE = "masked_ce"  # plain mean cross-entropy over masked tokens (micro-dllm)
+
+
+class Policy(str, enum.Enum):
+    CONFIDENCE = "confidence"  # probability of the drawn token
+    MARGIN = "margin"  # top-1 minus top-2 probability
+    ENTROPY = "entropy"  # negative entropy of the predictive distribution
+    RANDOM = "random"  # uniform random order
+
+
+class StepSchedule(str, enum.Enum):
+    FIXED = "fixed"  # LLaDA: about n / N tokens per step, chosen by the policy
+    ANCESTRAL = "ancestral"  # MDLM: each mask revealed with probability (a_s - a_t) / (1 - a_t)
+
+
+class TokenizerChoice(str, enum.Enum):
+    CHAR = "char"
+    BPE = "bpe"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    vocab_size: int = 0  # tokens; 0 = take it from the tokenizer
+    d_model: int = 128  # residual width
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 4  # attention heads; d_model must divide evenly
+    d_ff: int = 0  # MLP hidden width; 0 = 4 d_model (relu2) or the LLaMA 8/3 d_model rounded to 64 (swiglu)
+    mlp: MLPKind = MLPKind.SWIGLU  # MLP kind
+    context: int = 128  # maximum sequence length in tokens
+    rope_base: float = 10000.0  # RoPE base frequency
+    qk_norm: bool = False  # RMS-normalise queries and keys per head
+    norm_weights: bool = True  # learnable RMSNorm gains (False: plain F.rms_norm, as micro-dllm)
+    embed_norm: bool = False  # RMS-normalise the embeddings before the first block
+    tie_embeddings: bool = False  # share the input embedding with the output head
+    time_cond: TimeCond = TimeCond.NONE  # how the noise level reaches the network
+    time_steps: int = 100  # T for the learned time embedding (T + 1 entries)
+    attention: AttentionKind = AttentionKind.BIDIRECTIONAL  # bidirectional (diffusion) or causal (AR)
+    init_std: float = 0.02  # std of the normal initialisation of weights
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessConfig:
+    schedule: ScheduleKind = ScheduleKind.LINEAR  # alpha(t), the probability a token is still clean
+    discrete_steps: int = 0  # T > 0 samples t on the grid {1..T}/T; 0 = continuous t
+    loss: LossKind = LossKind.NELBO  # training objective
+    antithetic: bool = True  # low-discrepancy sampling of t across the batch
+    eps: float = 1e-3  # smallest t drawn (and the log-linear schedule's eps), in (0, 0.5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.1  # decoupled weight decay on matrices only (not embeddings' norms or gains)
+    warmup_steps: int = 100  # linear warm-up length in optimiser steps
+    min_lr_ratio: float = 0.1  # cosine decay floor as a fraction of the peak
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    steps: int = 1000  # planned total optimiser steps (the LR schedule follows it)
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    seq_len: int = 0  # tokens per sequence; 0 = the model's context
+    log_every: int = 10  # steps between metric lines
+    val_every: int = 100  # steps between validation passes; 0 disables
+    val_batches: int = 4  # batches per validation pass (the same batches every time)
+    save_every: int = 0  # steps between checkpoints; 0 = only at the end
+    seed: int = 0  # seeds weights, data order and noise
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the model
+    threads: int = 0  # CPU threads for torch; 0 = leave torch's default
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    tokenizer: TokenizerChoice = TokenizerChoice.CHAR  # tokenizer trained on the corpus when none is given
+    bpe_vocab: int = 2048  # BPE vocabulary size (tokens, >= 260)
+    synth_lang: str = "both"  # built-in corpus language when no --data: en | ru | both
+    synth_docs: int = 4000  # built-in corpus size in stories
+    val_fraction: float = 0.02  # documents held out for validation, in (0, 0.5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerConfig:
+    length: int = 64  # tokens to generate
+    steps: int = 32  # denoising steps, 1..length
+    policy: Policy = Policy.CONFIDENCE  # which masked positions to reveal (fixed schedule)
+    schedule: StepSchedule = StepSchedule.FIXED  # how many positions to reveal per step
+    block_length: int = 0  # semi-autoregressive block size in tokens; 0 = one block
+    temperature: float = 0.0  # 0 = greedy; > 0 samples with float64 Gumbel noise
+    top_k: int = 0  # keep the k most likely tokens; 0 = all
+    top_p: float = 1.0  # nucleus mass in (0, 1]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    preset: str = ""  # the preset this run started from
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig) if f.name != "preset"}
+
+
+def _enum_value(obj: Any) -> Any:
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    raise TypeError(f"cannot serialise {obj!r}")
+
+
+def _section_class(name: str) -> type:
+    hints = typing.get_type_hints(RunConfig)
+    if name not in SECTIONS:
+        raise ConfigError(f"unknown config section '{name}'; sections are: {', '.join(SECTIONS)}")
+    return hints[name]
+
+
+def _coerce(section: str, key: str, kind: type, value: Any) -> Any:
+    """Convert `value` (from TOML or a flag string) to the field type, or raise ConfigError."""
+    where = f"{section}.{key}"
+    try:
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            return kind(value.lower() if isinstance(value, str) else value)
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            return str(value)
+    except (ValueError, TypeError):
+        pass
+    choices = ""
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        choices = f" (one of {', '.join(m.value for m in kind)})"
+    raise ConfigError(f"{where} = {value!r} is not a valid {kind.__name__}{choices}")
+
+
+def apply_section(obj: Any, section: str, values: dict[str, Any]) -> Any:
+    """Return a copy of the section dataclass `obj` with `values` applied, strictly typed."""
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
+    for key, value in values.items():
+        if key not in hints:
+            known = ", ".join(hints)
+            raise ConfigError(f"unknown config key '{section}.{key}'; keys of [{section}] are: {known}")
+        changes[key] = _coerce(section, key, hints[key], value)
+    return dataclasses.replace(obj, **changes)
+
+
+def apply_tree(cfg: RunConfig, tree: dict[str, Any]) -> RunConfig:
+    """Apply a nested {section: {key: value}} mapping (a preset or a saved config)."""
+    updates: dict[str, Any] = {}
+    for section, values in tree.items():
+        if section == "preset":
+            updates["preset"] = str(values)
+            continue
+        _section_class(section)
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a table of key = value pairs")
+        updates[section] = apply_section(getattr(cfg, section), section, values)
+    return dataclasses.replace(cfg, **updates)
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("sunfish") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> RunConfig:
+    """Defaults overlaid with `sunfish/presets/NAME.toml`."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset '{name}'; run `sunfish presets` to list them ({', '.join(preset_names())})")
+    text = (resources.files("sunfish") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+    return apply_tree(RunConfig(preset=name), tomllib.loads(text))
+
+
+def parse_overrides(args: list[str]) -> dict[str, dict[str, str]]:
+    """Turn ['--model.d_model=256', ...] into {'model': {'d_model': '256'}}; reject anything else."""
+    tree: dict[str, dict[str, str]] = {}
+    for arg in args:
+        body = arg[2:] if arg.startswith("--") else ""
+        key, sep, value = body.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot and section and name):
+            raise ConfigError(f"cannot read the argument '{arg}'; overrides look like --section.field=value")
+        _section_class(section)
+        tree.setdefault(section, {})[name] = value
+    return tree
+
+
+def config_from_dict(tree: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig saved with `to_dict` (inside a checkpoint)."""
+    return apply_tree(RunConfig(), tree)
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def describe(cfg: RunConfig) -> str:
+    """The resolved config as TOML-like text, printed at the start of a run."""
+    lines = [f"# preset: {cfg.preset or '(none)'}"]
+    for section, values in cfg.to_dict().items():
+        if isinstance(values, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines)

@@ -1,0 +1,190 @@
+"""Bidirectional (or causal) transformer for diffusion language models.
+
+Pre-norm blocks with RMSNorm, rotary position embeddings (RoPE, Su et al. 2021), multi-head attention
+through `F.scaled_dot_product_attention`, SwiGLU or squared-ReLU MLPs, no biases. Time conditioning is
+optional (see `conditioning.py`). The model knows nothing about parallelism or the diffusion process:
+it maps tokens (and optionally t) to hidden states and logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sunfish.config import AttentionKind, MLPKind, ModelConfig, TimeCond
+from sunfish.model.conditioning import AdaLNModulation, TimeEmbedding, modulate
+
+
+def ff_width(cfg: ModelConfig) -> int:
+    """MLP hidden width: explicit, else 4 d (relu2) or LLaMA's 8/3 d rounded up to a multiple of 64."""
+    if cfg.d_ff:
+        return cfg.d_ff
+    if cfg.mlp is MLPKind.RELU2:
+        return 4 * cfg.d_model
+    return 64 * ((8 * cfg.d_model // 3 + 63) // 64)
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * g, with the gain g optional (micro-dllm uses none)."""
+
+    def __init__(self, dim: int, weight: bool):
+        super().__init__()
+        self.dim = dim
+        self.weight = nn.Parameter(torch.ones(dim)) if weight else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (self.dim,), self.weight)
+
+
+def rope_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (length, head_dim / 2) for rotary embeddings (RoFormer, Su et al. 2021)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + d/2) of x (B, H, L, d) by position-dependent angles (L, d/2)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.head_dim = cfg.d_model // cfg.n_heads
+        self.causal = cfg.attention is AttentionKind.CAUSAL
+        self.qk_norm = cfg.qk_norm
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, d)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, L, d)
+        return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+
+class MLP(nn.Module):
+    """SwiGLU: W2 (silu(W1 x) * W3 x); squared ReLU: W2 relu(W1 x)^2. W1 and W3 share one matmul."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind = cfg.mlp
+        hidden = ff_width(cfg)
+        gates = 2 if self.kind is MLPKind.SWIGLU else 1
+        self.up = nn.Linear(cfg.d_model, gates * hidden, bias=False)
+        self.down = nn.Linear(hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind is MLPKind.SWIGLU:
+            gate, value = self.up(x).chunk(2, dim=-1)
+            return self.down(F.silu(gate) * value)
+        return self.down(F.relu(self.up(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        adaln = cfg.time_cond is TimeCond.ADALN
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_weights and not adaln)
+        self.attn = Attention(cfg)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_weights and not adaln)
+        self.mlp = MLP(cfg)
+        self.adaln = AdaLNModulation(cfg.d_model) if adaln else None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        if self.adaln is None:
+            x = x + self.attn(self.norm1(x), cos, sin)
+            return x + self.mlp(self.norm2(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c)  # each (B, 1, D)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin)
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class Transformer(nn.Module):
+    """tokens (B, L) [+ t (B,)] -> logits (B, L, V). `hidden` and `head` split the two halves so a loss
+    can project only the positions it scores."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be positive; set it from the tokenizer before building the model")
+        if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
+            raise ValueError(f"model.d_model ({cfg.d_model}) must split into {cfg.n_heads} heads of even width")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.time = TimeEmbedding(cfg) if cfg.time_cond is not TimeCond.NONE else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        adaln = cfg.time_cond is TimeCond.ADALN
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_weights and not adaln)
+        self.final_adaln = AdaLNModulation(cfg.d_model, chunks=2) if adaln else None
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(cfg.context, cfg.d_model // cfg.n_heads, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    @property
+    def needs_time(self) -> bool:
+        return self.time is not None
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) for matrices and embeddings; adaLN projections start at zero."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        for module in self.modules():
+            if isinstance(module, AdaLNModulation):
+                module.reset_parameters()
+
+    def hidden(self, tokens: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Final normalised hidden states (B, L, D)."""
+        B, L = tokens.shape
+        if L > self.cfg.context:
+            raise ValueError(f"sequence of {L} tokens is longer than the model's context of {self.cfg.context}")
+        x = self.embed(tokens)  # (B, L, D)
+        c = None
+        if self.time is not None:
+            if t is None:
+                raise ValueError("this model is time-conditioned: pass t, the diffusion time of each sequence")
+            c = self.time(t).to(x.dtype)  # (B, D)
+            if self.final_adaln is None:
+                x = x + c[:, None, :]
+        if self.cfg.embed_norm:
+            x = F.rms_norm(x, (x.shape[-1],))
+        cos, sin = self.rope_cos[:L], self.rope_sin[:L]
+        for block in self.blocks:
+            x = block(x, cos, sin, c)
+        x = self.final_norm(x)
+        if self.final_adaln is not None:
+            shift, scale = self.final_adaln(c)
+            x = modulate(x, shift, scale)
+        return x
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) from hidden states (..., D)."""
+        return self.lm_head(h)
+
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.hidden(tokens, t))  # (B, L, V)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transformer:
+    """Instantiate on `device`; pass "meta" to size a model without allocating its weights."""
+    with torch.device(device):
+        return Transformer(cfg)

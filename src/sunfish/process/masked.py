@@ -1,0 +1,77 @@
+"""Absorbing-state (masked) diffusion: forward corruption and training losses (MDLM / LLaDA).
+
+Forward process: each token independently becomes [MASK] with probability 1 - alpha(t).
+NELBO (Sahoo et al. 2024, eq. 10), normalised per token:
+    L = E_t [ w(t) / L * sum over masked i of -log p_theta(x_i | z_t) ],   w(t) = -alpha'(t) / (1 - alpha(t)).
+Clean positions carry no loss. The plain masked cross-entropy (micro-dllm) averages -log p over masked
+positions without the weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sunfish.config import LossKind, ProcessConfig
+from sunfish.process.schedules import Schedule
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    loss: torch.Tensor  # scalar to minimise
+    masked_tokens: int  # positions scored in this batch
+    nll_sum: torch.Tensor  # sum of -log p over masked positions (unweighted), for diagnostics
+
+
+def sample_times(batch: int, cfg: ProcessConfig, generator: torch.Generator) -> torch.Tensor:
+    """Diffusion times (B,) in [eps, 1]; antithetic: (u + i / B) mod 1, one uniform u for the batch.
+
+    With `discrete_steps` = T the times lie on the grid {1, ..., T} / T.
+    """
+    device = generator.device
+    if cfg.antithetic:
+        u = torch.rand(1, generator=generator, device=device)
+        u = (u + torch.arange(batch, device=device) / batch) % 1.0
+    else:
+        u = torch.rand(batch, generator=generator, device=device)
+    if cfg.discrete_steps > 0:
+        return torch.ceil(u.clamp_min(1e-6) * cfg.discrete_steps) / cfg.discrete_steps
+    return cfg.eps + (1.0 - cfg.eps) * u
+
+
+def corrupt(
+    x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, mask_id: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask each token of x0 (B, L) with probability 1 - alpha(t_b). Returns (z_t, masked) both (B, L)."""
+    u = torch.rand(x0.shape, generator=generator, device=generator.device).to(x0.device)  # (B, L)
+    masked = u < (1.0 - schedule.alpha(t.to(x0.device)))[:, None]
+    return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
+
+
+def masked_diffusion_loss(
+    model: torch.nn.Module,
+    x0: torch.Tensor,
+    cfg: ProcessConfig,
+    mask_id: int,
+    generator: torch.Generator,
+) -> LossOutput:
+    """Draw t, corrupt x0 (B, L), and score the model on the masked positions only.
+
+    The output head runs only on masked positions, which saves most of the head's cost at low t.
+    """
+    schedule = Schedule(cfg.schedule, cfg.eps)
+    B, L = x0.shape
+    t = sample_times(B, cfg, generator).to(x0.device)  # (B,)
+    zt, masked = corrupt(x0, t, schedule, mask_id, generator)
+    h = model.hidden(zt, t if model.needs_time else None)  # (B, L, D)
+    logits = model.head(h[masked]).float()  # (N, V)
+    nll = F.cross_entropy(logits, x0[masked], reduction="none")  # (N,)
+    n = int(masked.sum())
+    if cfg.loss is LossKind.NELBO:
+        w = schedule.weight(t)[:, None].expand(B, L)[masked]  # (N,)
+        loss = (w * nll).sum() / (B * L)
+    else:
+        loss = nll.sum() / max(n, 1)
+    return LossOutput(loss=loss, masked_tokens=n, nll_sum=nll.sum().detach())

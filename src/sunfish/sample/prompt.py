@@ -1,0 +1,67 @@
+"""Building canvases: a prompt followed by masks, or text with `[MASK]` / `[MASK:n]` spans to infill."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from sunfish.tokenizer import Tokenizer
+
+MASK_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
+
+
+class PromptError(ValueError):
+    """A prompt problem a person can fix; the message is one sentence."""
+
+
+@dataclass(frozen=True)
+class Canvas:
+    ids: list[int]  # token ids with mask ids where text is to be generated
+    fill_start: int  # first position that may change (after BOS and prompt)
+
+
+def _check_context(n: int, context: int, what: str) -> None:
+    if n > context:
+        raise PromptError(
+            f"{what} needs {n} tokens but the model's context is {context}; shorten the text or lower --length"
+        )
+
+
+def prompt_canvas(tok: Tokenizer, prompt: str, length: int, context: int) -> Canvas:
+    """[BOS] prompt [MASK] x length."""
+    if length < 1:
+        raise PromptError("--length must be at least 1")
+    ids = [tok.bos_id, *tok.encode(prompt)]
+    _check_context(len(ids) + length, context, f"the prompt ({len(ids) - 1} tokens) plus --length {length}")
+    return Canvas(ids=ids + [tok.mask_id] * length, fill_start=len(ids))
+
+
+def infill_canvas(tok: Tokenizer, text: str, context: int, default_span: int = 1) -> Canvas:
+    """[BOS] text with each `[MASK:n]` replaced by n masks (`[MASK]` = `default_span` masks)."""
+    ids = [tok.bos_id]
+    pos = 0
+    spans = 0
+    for match in MASK_SPAN.finditer(text):
+        ids += tok.encode(text[pos : match.start()])
+        n = int(match.group(1)) if match.group(1) else default_span
+        if n < 1:
+            raise PromptError(f"'{match.group(0)}' asks for an empty span; use [MASK:n] with n >= 1")
+        ids += [tok.mask_id] * n
+        pos = match.end()
+        spans += 1
+    ids += tok.encode(text[pos:])
+    if spans == 0:
+        raise PromptError("the text has no [MASK] or [MASK:n] span to fill, e.g. 'Once upon a time [MASK:12] happy.'")
+    _check_context(len(ids), context, "the text with its masks")
+    return Canvas(ids=ids, fill_start=1)
+
+
+def to_batch(canvas: Canvas, batch: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor([canvas.ids] * batch, dtype=torch.long, device=device)  # (B, L)
+
+
+def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
+    """Tokens before the first EOS (variable-length generation)."""
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids

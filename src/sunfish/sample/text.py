@@ -1,0 +1,81 @@
+"""Text in, text out: prompted generation and infilling on a loaded checkpoint, with optional trace."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sunfish.config import SamplerConfig
+from sunfish.process.schedules import Schedule
+from sunfish.sample.prompt import Canvas, cut_at_eos, infill_canvas, prompt_canvas, to_batch
+from sunfish.sample.unmask import unmask
+from sunfish.train.checkpoint import LoadedModel
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # generated text (prompted) or the completed text (infill)
+    fills: list[str]  # infill only: the text of each filled span
+    steps: int
+    nfe: int
+    seconds: float
+    tokens_per_s: float  # generated tokens per second of sampling
+    trace: str | None  # path of the written trace, if any
+
+    def as_json(self) -> dict:
+        return {"text": self.text, "steps": self.steps, "nfe": self.nfe,
+                "seconds": round(self.seconds, 4), "tokens_per_s": round(self.tokens_per_s, 1)}
+
+
+def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, trace: Path | None):
+    device = next(loaded.model.parameters()).device
+    x = to_batch(canvas, 1, device)
+    tok = loaded.tokenizer
+    generator = torch.Generator(device=device).manual_seed(seed)
+    recorder = None
+    if trace is not None:
+        from sunfish.sample.trace import TraceRecorder
+
+        recorder = TraceRecorder(tok.token_text, start=canvas.fill_start)
+        recorder.start(x, x == tok.mask_id)
+    schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
+    began = time.perf_counter()
+    result = unmask(loaded.model, x, tok.mask_id, cfg, generator=generator, schedule=schedule, callback=recorder)
+    seconds = time.perf_counter() - began
+    written = None
+    if recorder is not None:
+        from sunfish.sample.trace import write_trace
+
+        written = str(write_trace(recorder.frames, trace))
+    return result, seconds, written
+
+
+def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None) -> Generation:
+    """Continue `prompt` with `cfg.length` tokens; the text is cut at the first EOS."""
+    tok = loaded.tokenizer
+    canvas = prompt_canvas(tok, prompt, cfg.length, loaded.cfg.model.context)
+    result, seconds, written = _run(loaded, canvas, cfg, seed, trace)
+    ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id)
+    return Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
+                      seconds=seconds, tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written)
+
+
+def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None) -> Generation:
+    """Fill each `[MASK:n]` span of `text`; the known text around the spans is kept."""
+    tok = loaded.tokenizer
+    canvas = infill_canvas(tok, text, loaded.cfg.model.context)
+    result, seconds, written = _run(loaded, canvas, cfg, seed, trace)
+    out = result.tokens[0].tolist()
+    holes = [i for i, t in enumerate(canvas.ids) if t == tok.mask_id]
+    spans: list[list[int]] = []
+    for i in holes:
+        if spans and spans[-1][-1] == i - 1:
+            spans[-1].append(i)
+        else:
+            spans.append([i])
+    fills = [tok.decode([out[i] for i in span]) for span in spans]
+    return Generation(text=tok.decode(out[1:]), fills=fills, steps=result.steps, nfe=result.nfe,
+                      seconds=seconds, tokens_per_s=len(holes) / max(seconds, 1e-9), trace=written)

@@ -1,0 +1,105 @@
+import dataclasses
+
+import pytest
+import torch
+
+from sunfish.config import Policy, SamplerConfig, ScheduleKind, StepSchedule, TimeCond
+from sunfish.process.schedules import Schedule
+from sunfish.sample.unmask import filter_logits, transfer_counts, unmask
+
+from conftest import make_model
+
+MASK = 3
+SCHEDULE = Schedule(ScheduleKind.LINEAR)
+
+
+def canvas(prompt_len=6, gen=24, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(4, 32, (batch, prompt_len), generator=g)
+    return torch.cat([prompt, torch.full((batch, gen), MASK)], dim=1)
+
+
+def run(model, x, seed=0, callback=None, **kw):
+    cfg = SamplerConfig(**{"steps": 8, **kw})
+    return unmask(model, x, MASK, cfg, generator=torch.Generator().manual_seed(seed), schedule=SCHEDULE, callback=callback)
+
+
+ALL = [dict(policy=p) for p in Policy] + [
+    dict(schedule=StepSchedule.ANCESTRAL),
+    dict(block_length=8, steps=9),
+    dict(temperature=1.0, top_k=5),
+    dict(temperature=0.7, top_p=0.9, policy=Policy.MARGIN),
+    dict(steps=1),
+    dict(steps=24),
+]
+
+
+@pytest.mark.parametrize("kw", ALL, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_never_returns_mask_and_keeps_prompt(tiny_model_cfg, kw):
+    model = make_model(tiny_model_cfg)
+    x = canvas()
+    result = run(model, x, **kw)
+    assert not (result.tokens == MASK).any()
+    assert torch.equal(result.tokens[:, :6], x[:, :6])
+    assert result.nfe == result.steps <= kw.get("steps", 8)
+
+
+@pytest.mark.parametrize("kw", ALL[:6], ids=str)
+def test_seeded_runs_repeat(tiny_model_cfg, kw):
+    model = make_model(tiny_model_cfg)
+    kw = {**kw, "temperature": 1.0}
+    a, b = run(model, canvas(), seed=3, **kw), run(model, canvas(), seed=3, **kw)
+    assert torch.equal(a.tokens, b.tokens)
+    c = run(model, canvas(), seed=4, **kw)
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_infill_keeps_context(tiny_model_cfg):
+    model = make_model(tiny_model_cfg)
+    x = torch.randint(4, 32, (1, 40), generator=torch.Generator().manual_seed(1))
+    holes = torch.zeros_like(x, dtype=torch.bool)
+    holes[0, 5:10] = True
+    holes[0, 20:33] = True
+    x = x.masked_fill(holes, MASK)
+    out = run(model, x, steps=6, block_length=4).tokens
+    assert torch.equal(out[~holes], x[~holes])
+    assert not (out == MASK).any()
+
+
+def test_fixed_schedule_reveals_the_planned_counts(tiny_model_cfg):
+    model = make_model(tiny_model_cfg)
+    seen = []
+    run(model, canvas(gen=23, batch=1), steps=5, callback=lambda info: seen.append(int(info.revealed.sum())))
+    assert seen == [5, 5, 5, 4, 4]
+    assert transfer_counts(torch.tensor([23]), 5).tolist() == [[5, 5, 5, 4, 4]]
+
+
+def test_blocks_finish_in_order(tiny_model_cfg):
+    model = make_model(tiny_model_cfg)
+    states = []
+    run(model, canvas(gen=16, batch=1), steps=4, block_length=8, callback=lambda info: states.append(info.masked[0].clone()))
+    # after 2 steps the first block (positions 6..13) is done and the second untouched
+    assert not states[1][6:14].any() and states[1][14:].all()
+
+
+def test_confidence_policy_commits_most_confident(tiny_model_cfg):
+    model = make_model(tiny_model_cfg)
+    x = canvas(gen=12, batch=1)
+    logits = model(x)[0, 6:].float()
+    logits[:, MASK] = float("-inf")
+    conf = logits.softmax(-1).max(-1).values
+    seen = []
+    run(model, x, steps=12, callback=lambda info: seen.append(info.revealed[0].nonzero().item()))
+    assert seen[0] == 6 + int(conf.argmax())
+
+
+def test_time_conditioned_model_samples(tiny_model_cfg):
+    model = make_model(dataclasses.replace(tiny_model_cfg, time_cond=TimeCond.LEARNED))
+    assert not (run(model, canvas()).tokens == MASK).any()
+
+
+def test_filter_logits_top_k_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, 0, 0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, 0, 0.4)).tolist() == [[False, True, True, True]]
