@@ -93,3 +93,12 @@ def test_bad_inputs(tmp_path, run_dir, capsys):
     assert "not a Sunfish run" in error_of(capsys, ["sample", str(tmp_path)])
     assert "no [MASK]" in error_of(capsys, ["infill", str(run_dir), "--text", "nothing to fill"])
     assert "does not have" in error_of(capsys, ["sample", str(run_dir), "--prompt", "日本"])
+
+
+def test_quickstart_end_to_end(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--steps", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "English, prompted" in printed and "Russian, prompted" in printed and "infill" in printed
+    assert (out / "trace.gif").stat().st_size > 0 and (out / "corpus.txt").stat().st_size > 100_000
+    assert (out / "run" / "checkpoints" / "step-000020" / "model.safetensors").is_file()

@@ -104,3 +104,14 @@ def test_weight_decay_only_on_matrices():
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and all(p.ndim == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.ndim == 1 for p in no_decay["params"])
+
+
+def test_short_run_on_real_text_lowers_validation_loss(tmp_path):
+    from conftest import shared_corpus
+
+    data = shared_corpus("en_tinystories/tinystories_train_head.jsonl")
+    cfg = apply_tree(load_preset("nano"), {"train": {"steps": 60, "val_every": 30, "val_batches": 2, "batch_size": 8},
+                                           "model": {"context": 64}})
+    train(cfg, run_dir=tmp_path / "run", data=[str(data)], progress=False, log=lambda s: None)
+    vals = [l["val_loss"] for l in metrics(tmp_path / "run") if "val_loss" in l]
+    assert len(vals) == 2 and vals[1] < vals[0]

@@ -73,8 +73,18 @@ class TokenizerChoice(str, enum.Enum):
     BPE = "bpe"
 
 
+class Section:
+    """Base of the config sections: enum fields given as strings are converted on construction."""
+
+    def __post_init__(self) -> None:
+        for name, kind in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name)
+            if isinstance(kind, type) and issubclass(kind, enum.Enum) and not isinstance(value, kind):
+                object.__setattr__(self, name, _coerce(type(self).__name__, name, kind, value))
+
+
 @dataclass(frozen=True, kw_only=True)
-class ModelConfig:
+class ModelConfig(Section):
     vocab_size: int = 0  # tokens; 0 = take it from the tokenizer
     d_model: int = 128  # residual width
     n_layers: int = 2  # transformer blocks
@@ -94,7 +104,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProcessConfig:
+class ProcessConfig(Section):
     schedule: ScheduleKind = ScheduleKind.LINEAR  # alpha(t), the probability a token is still clean
     discrete_steps: int = 0  # T > 0 samples t on the grid {1..T}/T; 0 = continuous t
     loss: LossKind = LossKind.NELBO  # training objective
@@ -103,7 +113,7 @@ class ProcessConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OptimConfig:
+class OptimConfig(Section):
     lr: float = 1e-3  # peak learning rate
     beta1: float = 0.9  # AdamW beta1
     beta2: float = 0.95  # AdamW beta2
@@ -115,7 +125,7 @@ class OptimConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(Section):
     steps: int = 1000  # planned total optimiser steps (the LR schedule follows it)
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimiser step
@@ -132,7 +142,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DataConfig:
+class DataConfig(Section):
     tokenizer: TokenizerChoice = TokenizerChoice.CHAR  # tokenizer trained on the corpus when none is given
     bpe_vocab: int = 2048  # BPE vocabulary size (tokens, >= 260)
     synth_lang: str = "both"  # built-in corpus language when no --data: en | ru | both
@@ -141,7 +151,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SamplerConfig:
+class SamplerConfig(Section):
     length: int = 64  # tokens to generate
     steps: int = 32  # denoising steps, 1..length
     policy: Policy = Policy.CONFIDENCE  # which masked positions to reveal (fixed schedule)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from sunfish.config import SamplerConfig, apply_tree, load_preset
@@ -16,7 +15,7 @@ from sunfish.train.loop import train
 PRESET = "quickstart"
 PROMPTS = [("English, prompted", "Once upon a time"), ("Russian, prompted", "Жила-была"),
            ("unprompted", ""), ("unprompted", "")]
-INFILL = "Once upon a time, there was a little girl named Lily. She loved to [MASK:6] in the park."
+INFILL = "Once upon a time, there was a little [MASK:2] named Max. He loved to [MASK:4] in the park."
 
 
 def run_quickstart(out: Path, steps: int | None = None, log=print) -> None:
@@ -30,12 +29,12 @@ def run_quickstart(out: Path, steps: int | None = None, log=print) -> None:
     result = train(cfg, run_dir=out / "run", data=[str(corpus)], log=log)
     log(f"trained {result.parameters:,} parameters in {result.seconds:.0f} s; val loss {result.final_val_loss:.3f}")
     loaded = load_for_inference(result.checkpoint, setup_runtime(cfg.train.device).device)
-    sampler = dataclasses.replace(loaded.cfg.sampler, length=96, steps=48, temperature=0.8, top_k=50)
+    sampler = loaded.cfg.sampler
     for i, (title, prompt) in enumerate(PROMPTS):
         trace = out / "trace.gif" if i == 0 else None
         g = generate(loaded, prompt, sampler, seed=i, trace=trace)
         log(f"\n--- {title} (seed {i}, {g.steps} steps, {g.tokens_per_s:.0f} tokens/s) ---\n{g.text}")
-    filled = infill(loaded, INFILL, SamplerConfig(steps=6), seed=0)
+    filled = infill(loaded, INFILL, SamplerConfig(steps=6), seed=0)  # one token per step
     log(f"\n--- infill ---\n{INFILL}\n-> {filled.text}")
     log(f"\ndenoising trace: {out / 'trace.gif'}; checkpoint: {result.checkpoint}")
     log(f"try: sunfish sample {out / 'run'} --prompt \"Once upon a time\" --temperature 0.8")

@@ -39,7 +39,7 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
     if trace is not None:
         from sunfish.sample.trace import TraceRecorder
 
-        recorder = TraceRecorder(tok.token_text, start=canvas.fill_start)
+        recorder = TraceRecorder(tok.token_text, start=1)  # everything after BOS; the prompt shows muted
         recorder.start(x, x == tok.mask_id)
     schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
     began = time.perf_counter()
@@ -49,7 +49,8 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
     if recorder is not None:
         from sunfish.sample.trace import write_trace
 
-        written = str(write_trace(recorder.frames, trace))
+        title = f"{cfg.schedule.value} / {cfg.policy.value}, {result.steps} steps, T={cfg.temperature:g}"
+        written = str(write_trace(recorder.frames, trace, title=title))
     return result, seconds, written
 
 
