@@ -115,3 +115,11 @@ def test_short_run_on_real_text_lowers_validation_loss(tmp_path):
     train(cfg, run_dir=tmp_path / "run", data=[str(data)], progress=False, log=lambda s: None)
     vals = [l["val_loss"] for l in metrics(tmp_path / "run") if "val_loss" in l]
     assert len(vals) == 2 and vals[1] < vals[0]
+
+
+def test_fresh_run_never_overwrites_checkpoints(tmp_path, corpus):
+    run = tmp_path / "run"
+    train(small_cfg(steps=2), run_dir=run, data=[corpus], progress=False, log=lambda s: None)
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(small_cfg(steps=2), run_dir=run, data=[corpus], progress=False, log=lambda s: None)
+    assert (run / "checkpoints" / "step-000002" / "model.safetensors").is_file()

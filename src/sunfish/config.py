@@ -23,6 +23,11 @@ else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
 
+INF = float("inf")
+SECTION_NAMES = {"ModelConfig": "model", "ProcessConfig": "process", "OptimConfig": "optim", "TrainConfig": "train",
+                 "DataConfig": "data", "SamplerConfig": "sampler"}
+
+
 class ConfigError(ValueError):
     """A configuration problem a person can fix; the message is one sentence."""
 
@@ -81,6 +86,12 @@ class Section:
             value = getattr(self, name)
             if isinstance(kind, type) and issubclass(kind, enum.Enum) and not isinstance(value, kind):
                 object.__setattr__(self, name, _coerce(type(self).__name__, name, kind, value))
+        section = SECTION_NAMES.get(type(self).__name__, type(self).__name__)
+        for name, (low, high) in getattr(self, "RANGES", {}).items():
+            value = getattr(self, name)
+            if not (low <= value <= high):
+                bound = f">= {low}" if high == float("inf") else f"between {low} and {high}"
+                raise ConfigError(f"{section}.{name} = {value} is out of range; it must be {bound}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +113,9 @@ class ModelConfig(Section):
     attention: AttentionKind = AttentionKind.BIDIRECTIONAL  # bidirectional (diffusion) or causal (AR)
     init_std: float = 0.02  # std of the normal initialisation of weights
 
+    RANGES = {"vocab_size": (0, INF), "d_model": (2, INF), "n_layers": (1, INF), "n_heads": (1, INF),
+              "d_ff": (0, INF), "context": (1, INF), "time_steps": (1, INF), "init_std": (0.0, 1.0)}
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessConfig(Section):
@@ -110,6 +124,8 @@ class ProcessConfig(Section):
     loss: LossKind = LossKind.NELBO  # training objective
     antithetic: bool = True  # low-discrepancy sampling of t across the batch
     eps: float = 1e-3  # smallest t drawn (and the log-linear schedule's eps), in (0, 0.5)
+
+    RANGES = {"discrete_steps": (0, INF), "eps": (1e-8, 0.5)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +138,8 @@ class OptimConfig(Section):
     warmup_steps: int = 100  # linear warm-up length in optimiser steps
     min_lr_ratio: float = 0.1  # cosine decay floor as a fraction of the peak
     grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
+
+    RANGES = {"lr": (0.0, INF), "warmup_steps": (0, INF), "min_lr_ratio": (0.0, 1.0), "grad_clip": (0.0, INF)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +158,9 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch; 0 = leave torch's default
 
+    RANGES = {"steps": (1, INF), "batch_size": (1, INF), "grad_accum": (1, INF), "seq_len": (0, INF),
+              "log_every": (1, INF), "val_every": (0, INF), "val_batches": (1, INF), "save_every": (0, INF), "threads": (0, INF)}
+
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig(Section):
@@ -148,6 +169,8 @@ class DataConfig(Section):
     synth_lang: str = "both"  # built-in corpus language when no --data: en | ru | both
     synth_docs: int = 4000  # built-in corpus size in stories
     val_fraction: float = 0.02  # documents held out for validation, in (0, 0.5)
+
+    RANGES = {"bpe_vocab": (260, INF), "synth_docs": (2, INF), "val_fraction": (1e-6, 0.5)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +183,9 @@ class SamplerConfig(Section):
     temperature: float = 0.0  # 0 = greedy; > 0 samples with float64 Gumbel noise
     top_k: int = 0  # keep the k most likely tokens; 0 = all
     top_p: float = 1.0  # nucleus mass in (0, 1]
+
+    RANGES = {"length": (1, INF), "steps": (1, INF), "block_length": (0, INF), "temperature": (0.0, INF),
+              "top_k": (0, INF), "top_p": (1e-6, 1.0)}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sunfish.config import SamplerConfig, apply_tree, load_preset
+from sunfish.config import RunConfig, SamplerConfig, apply_tree, load_preset
 from sunfish.data.sources import write_documents
 from sunfish.data.synth import generate_stories
 from sunfish.runtime import setup_runtime
 from sunfish.sample.text import generate, infill
-from sunfish.train.checkpoint import load_for_inference
+from sunfish.train.checkpoint import list_checkpoints, load_for_inference, read_state
 from sunfish.train.loop import train
 
 PRESET = "quickstart"
 PROMPTS = [("English, prompted", "Once upon a time"), ("Russian, prompted", "Жила-была"),
            ("unprompted", ""), ("unprompted", "")]
 INFILL = "Once upon a time, there was a little [MASK:2] named Max. He loved to [MASK:4] in the park."
+
+
+def _train_or_reuse(cfg: RunConfig, run_dir: Path, corpus: Path, log) -> Path:
+    """Train (continuing an interrupted quickstart), or reuse a run that already reached its steps."""
+    found = list_checkpoints(run_dir)
+    if found and read_state(found[-1]).step >= cfg.train.steps:
+        log(f"'{run_dir}' is already trained ({found[-1].name}); sampling from it")
+        return found[-1]
+    result = train(cfg, run_dir=run_dir, data=[str(corpus)], resume=True, log=log)
+    val = f"; val loss {result.final_val_loss:.3f}" if result.final_val_loss is not None else ""
+    log(f"trained {result.parameters:,} parameters in {result.seconds:.0f} s{val}")
+    return result.checkpoint
 
 
 def run_quickstart(out: Path, steps: int | None = None, log=print) -> None:
@@ -26,9 +38,8 @@ def run_quickstart(out: Path, steps: int | None = None, log=print) -> None:
     corpus = out / "corpus.txt"
     n = write_documents(corpus, generate_stories(cfg.data.synth_lang, cfg.data.synth_docs, cfg.train.seed))
     log(f"built-in corpus: {n} English and Russian stories in {corpus}")
-    result = train(cfg, run_dir=out / "run", data=[str(corpus)], log=log)
-    log(f"trained {result.parameters:,} parameters in {result.seconds:.0f} s; val loss {result.final_val_loss:.3f}")
-    loaded = load_for_inference(result.checkpoint, setup_runtime(cfg.train.device).device)
+    checkpoint = _train_or_reuse(cfg, out / "run", corpus, log)
+    loaded = load_for_inference(checkpoint, setup_runtime(cfg.train.device).device)
     sampler = loaded.cfg.sampler
     for i, (title, prompt) in enumerate(PROMPTS):
         trace = out / "trace.gif" if i == 0 else None
@@ -36,5 +47,5 @@ def run_quickstart(out: Path, steps: int | None = None, log=print) -> None:
         log(f"\n--- {title} (seed {i}, {g.steps} steps, {g.tokens_per_s:.0f} tokens/s) ---\n{g.text}")
     filled = infill(loaded, INFILL, SamplerConfig(steps=6), seed=0)  # one token per step
     log(f"\n--- infill ---\n{INFILL}\n-> {filled.text}")
-    log(f"\ndenoising trace: {out / 'trace.gif'}; checkpoint: {result.checkpoint}")
+    log(f"\ndenoising trace: {out / 'trace.gif'}; checkpoint: {checkpoint}")
     log(f"try: sunfish sample {out / 'run'} --prompt \"Once upon a time\" --temperature 0.8")

@@ -124,10 +124,18 @@ def train_step(
     return loss_value
 
 
-def _resume_point(run_dir: Path, resume: bool) -> Path | None:
-    if not resume:
-        return None
+def _resume_point(run_dir: Path, resume: bool, log: Callable[[str], None]) -> Path | None:
+    """The checkpoint to continue from; a fresh run never writes over a folder that holds checkpoints."""
     found = ckpt_io.list_checkpoints(run_dir)
+    if not resume:
+        if found:
+            raise ValueError(
+                f"'{run_dir}' already holds checkpoints ({found[-1].name}); pass --resume to continue that run "
+                "or choose another --out"
+            )
+        return None
+    if not found:
+        log(f"no checkpoint in '{run_dir}' yet: starting a new run there")
     return found[-1] if found else None
 
 
@@ -144,7 +152,7 @@ def train(
     start_time = time.perf_counter()
     rt = setup_runtime(cfg.train.device, cfg.train.dtype, cfg.train.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = _resume_point(run_dir, resume)
+    resume_from = _resume_point(run_dir, resume, log)
     saved_tokenizer = Tokenizer.load(resume_from / "tokenizer.json") if resume_from else None
     corpus = build_corpus(cfg, load_corpus_documents(cfg, data), saved_tokenizer)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=corpus.tokenizer.vocab_size))
