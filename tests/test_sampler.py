@@ -5,7 +5,8 @@ import torch
 
 from sunfish.config import Policy, SamplerConfig, ScheduleKind, StepSchedule, TimeCond
 from sunfish.process.schedules import Schedule
-from sunfish.sample.unmask import filter_logits, transfer_counts, unmask
+from sunfish.sample.policies import transfer_counts
+from sunfish.sample.unmask import filter_logits, unmask
 
 from conftest import make_model
 

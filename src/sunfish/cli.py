@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sunfish.config import (
+    CacheMode,
     ConfigError,
     Policy,
     RunConfig,
@@ -33,6 +34,10 @@ def _sampler_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, help="0 = greedy")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
+    p.add_argument("--threshold", type=float, help="confidence bar of --schedule threshold")
+    p.add_argument("--factor", type=float, help="factor of --schedule factor")
+    p.add_argument("--entropy-bound", type=float, help="gamma (nats) of --schedule entropy_bound")
+    p.add_argument("--cache", choices=[m.value for m in CacheMode], help="approximate key/value cache")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trace", type=Path, help="write the denoising as FILE.gif or FILE.mp4")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -57,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sampler_flags(s)
     s.add_argument("--prompt", default="", help="text to continue")
     s.add_argument("--length", type=int, help="tokens to generate")
+    s.add_argument("--no-stop-at-eos", action="store_true", help="fill the whole canvas even after an EOS")
+    s.add_argument("--drift", action="store_true", help="with --cache: report cached-vs-exact drift per step (--json)")
 
     i = verbs.add_parser("infill", help="fill [MASK] / [MASK:n] spans in a text")
     _sampler_flags(i)
@@ -106,8 +113,11 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _sampler_config(args: argparse.Namespace, defaults: SamplerConfig) -> SamplerConfig:
     names = {"steps": "steps", "policy": "policy", "schedule": "schedule", "block_length": "block_length",
-             "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "length": "length"}
+             "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "length": "length",
+             "threshold": "threshold", "factor": "factor", "entropy_bound": "entropy_bound", "cache": "cache"}
     values = {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag, None) is not None}
+    if getattr(args, "no_stop_at_eos", False):
+        values["stop_at_eos"] = False
     return apply_tree(RunConfig(sampler=defaults), {"sampler": values}).sampler
 
 
@@ -122,7 +132,7 @@ def cmd_sample(args: argparse.Namespace, infill: bool) -> int:
     if infill:
         out = do_infill(loaded, args.text, cfg, seed=args.seed, trace=args.trace)
     else:
-        out = generate(loaded, args.prompt, cfg, seed=args.seed, trace=args.trace)
+        out = generate(loaded, args.prompt, cfg, seed=args.seed, trace=args.trace, drift=args.drift)
     if args.json:
         body = out.as_json() | ({"fills": out.fills} if infill else {})
         print(json.dumps(body, ensure_ascii=False))

@@ -71,6 +71,15 @@ class Policy(str, enum.Enum):
 class StepSchedule(str, enum.Enum):
     FIXED = "fixed"  # LLaDA: about n / N tokens per step, chosen by the policy
     ANCESTRAL = "ancestral"  # MDLM: each mask revealed with probability (a_s - a_t) / (1 - a_t)
+    THRESHOLD = "threshold"  # Fast-dLLM: every mask whose confidence exceeds `threshold` (at least one)
+    FACTOR = "factor"  # Fast-dLLM: the largest n with (n + 1)(1 - c_n) < `factor`, c sorted descending
+    ENTROPY_BOUND = "entropy_bound"  # EB-sampler: lowest-entropy masks while sum H - max H <= `entropy_bound`
+
+
+class CacheMode(str, enum.Enum):
+    NONE = "none"  # every step is a full forward pass
+    PREFIX = "prefix"  # Fast-dLLM prefix cache: reuse keys/values of the prompt and finished blocks
+    DUAL = "dual"  # Fast-dLLM dual cache: also reuse the masked suffix; recompute only the active block
 
 
 class TokenizerChoice(str, enum.Enum):
@@ -183,9 +192,15 @@ class SamplerConfig(Section):
     temperature: float = 0.0  # 0 = greedy; > 0 samples with float64 Gumbel noise
     top_k: int = 0  # keep the k most likely tokens; 0 = all
     top_p: float = 1.0  # nucleus mass in (0, 1]
+    threshold: float = 0.9  # confidence bar of the threshold schedule, in (0, 1]
+    factor: float = 1.0  # factor of the factor schedule (> 0; larger commits more per step)
+    entropy_bound: float = 0.5  # gamma of the entropy-bound schedule, in nats (>= 0)
+    cache: CacheMode = CacheMode.NONE  # approximate key/value cache, refreshed when a block completes
+    stop_at_eos: bool = True  # prompted generation: after a block holding EOS, fill the rest with EOS and stop
 
     RANGES = {"length": (1, INF), "steps": (1, INF), "block_length": (0, INF), "temperature": (0.0, INF),
-              "top_k": (0, INF), "top_p": (1e-6, 1.0)}
+              "top_k": (0, INF), "top_p": (1e-6, 1.0), "threshold": (1e-6, 1.0), "factor": (1e-6, INF),
+              "entropy_bound": (0.0, INF)}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from sunfish.config import AttentionKind, MLPKind, ModelConfig, TimeCond
 from sunfish.model.conditioning import AdaLNModulation, TimeEmbedding, modulate
+from sunfish.model.kv_cache import KVCache
 
 
 def ff_width(cfg: ModelConfig) -> int:
@@ -62,12 +63,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[KVCache, int] | None = None) -> torch.Tensor:
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.qk_norm:
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
+        if cache is not None:
+            kv, layer = cache
+            k, v = kv.attend_inputs(layer, k, v)  # (B, H, L_all, d)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, L, d)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
@@ -100,12 +104,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.adaln = AdaLNModulation(cfg.d_model) if adaln else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor | None,
+                cache: tuple[KVCache, int] | None = None) -> torch.Tensor:
         if self.adaln is None:
-            x = x + self.attn(self.norm1(x), cos, sin)
+            x = x + self.attn(self.norm1(x), cos, sin, cache)
             return x + self.mlp(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c)  # each (B, 1, D)
-        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, cache)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -147,10 +152,15 @@ class Transformer(nn.Module):
             if isinstance(module, AdaLNModulation):
                 module.reset_parameters()
 
-    def hidden(self, tokens: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        """Final normalised hidden states (B, L, D)."""
+    def hidden(self, tokens: torch.Tensor, t: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Final normalised hidden states (B, L, D).
+
+        With an empty `kv_cache` the pass records keys and values; with a filled cache whose `span` is
+        set, `tokens` (B, hi - lo) are the canvas positions [lo, hi) and attend over the cached rest.
+        """
         B, L = tokens.shape
-        if L > self.cfg.context:
+        offset = kv_cache.span[0] if kv_cache is not None and kv_cache.span is not None else 0
+        if offset + L > self.cfg.context:
             raise ValueError(f"sequence of {L} tokens is longer than the model's context of {self.cfg.context}")
         x = self.embed(tokens)  # (B, L, D)
         c = None
@@ -162,9 +172,9 @@ class Transformer(nn.Module):
                 x = x + c[:, None, :]
         if self.cfg.embed_norm:
             x = F.rms_norm(x, (x.shape[-1],))
-        cos, sin = self.rope_cos[:L], self.rope_sin[:L]
-        for block in self.blocks:
-            x = block(x, cos, sin, c)
+        cos, sin = self.rope_cos[offset : offset + L], self.rope_sin[offset : offset + L]
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, c, None if kv_cache is None else (kv_cache, layer))
         x = self.final_norm(x)
         if self.final_adaln is not None:
             shift, scale = self.final_adaln(c)
@@ -175,8 +185,8 @@ class Transformer(nn.Module):
         """Logits (..., V) from hidden states (..., D)."""
         return self.lm_head(h)
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.hidden(tokens, t))  # (B, L, V)
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        return self.head(self.hidden(tokens, t, kv_cache))  # (B, L, V)
 
 
 def count_parameters(model: nn.Module) -> int:

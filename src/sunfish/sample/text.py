@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,13 +25,18 @@ class Generation:
     seconds: float
     tokens_per_s: float  # generated tokens per second of sampling
     trace: str | None  # path of the written trace, if any
+    drift: list = field(default_factory=list)  # per cached step (sample.unmask.Drift), when asked for
 
     def as_json(self) -> dict:
-        return {"text": self.text, "steps": self.steps, "nfe": self.nfe,
+        body = {"text": self.text, "steps": self.steps, "nfe": self.nfe,
                 "seconds": round(self.seconds, 4), "tokens_per_s": round(self.tokens_per_s, 1)}
+        if self.drift:
+            body["drift"] = [dataclasses.asdict(d) for d in self.drift]
+        return body
 
 
-def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, trace: Path | None):
+def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, trace: Path | None,
+         eos: bool = False, drift: bool = False):
     device = next(loaded.model.parameters()).device
     x = to_batch(canvas, 1, device)
     tok = loaded.tokenizer
@@ -43,7 +49,8 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
         recorder.start(x, x == tok.mask_id)
     schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
     began = time.perf_counter()
-    result = unmask(loaded.model, x, tok.mask_id, cfg, generator=generator, schedule=schedule, callback=recorder)
+    result = unmask(loaded.model, x, tok.mask_id, cfg, generator=generator, schedule=schedule, callback=recorder,
+                    eos_id=tok.eos_id if eos else None, track_drift=drift)
     seconds = time.perf_counter() - began
     written = None
     if recorder is not None:
@@ -54,14 +61,15 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
     return result, seconds, written
 
 
-def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None) -> Generation:
+def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None,
+             drift: bool = False) -> Generation:
     """Continue `prompt` with `cfg.length` tokens; the text is cut at the first EOS."""
     tok = loaded.tokenizer
     canvas = prompt_canvas(tok, prompt, cfg.length, loaded.cfg.model.context)
-    result, seconds, written = _run(loaded, canvas, cfg, seed, trace)
+    result, seconds, written = _run(loaded, canvas, cfg, seed, trace, eos=True, drift=drift)
     ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id)
     return Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
-                      seconds=seconds, tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written)
+                      seconds=seconds, tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, drift=result.drift)
 
 
 def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None) -> Generation:

@@ -1,31 +1,34 @@
 """Iterative unmasking: the sampler for masked diffusion LMs.
 
-`unmask` fills every [MASK] position of a canvas in `cfg.steps` network evaluations. Positions are
-processed in semi-autoregressive blocks of `block_length` tokens (LLaDA, Nie et al. 2025), one block
-finished before the next starts; the steps are shared evenly among blocks. In each step the model
-predicts every masked position of the active block, and
+`unmask` fills every [MASK] position of a canvas. Positions are processed in semi-autoregressive blocks
+of `block_length` tokens (LLaDA, Nie et al. 2025), one block finished before the next starts. In each
+step the model predicts the masked positions of the active block and a rule commits some of them:
 
-* FIXED schedule (LLaDA): about n / N of the block's n masks are committed per step (the remainder goes
-  to the first steps), the ones the policy ranks highest: confidence (probability of the drawn token),
-  margin (top-1 minus top-2 probability), negative entropy, or random order. The rest stay masked
-  ("low-confidence remasking").
-* ANCESTRAL schedule (MDLM, Sahoo et al. 2024): from time t to s < t each mask is revealed with
-  probability (alpha(s) - alpha(t)) / (1 - alpha(t)); the last step reveals the rest.
+* FIXED (LLaDA): `steps` are shared evenly among blocks; about n / N of a block's n masks are committed
+  per step (the remainder goes to the first steps), those the policy ranks highest: confidence
+  (probability of the drawn token), margin (top-1 minus top-2), negative entropy, or random order. The
+  rest stay masked ("low-confidence remasking").
+* ANCESTRAL (MDLM, Sahoo et al. 2024): from time t to s < t each mask is revealed with probability
+  (alpha(s) - alpha(t)) / (1 - alpha(t)); the last step of a block reveals the rest.
+* THRESHOLD, FACTOR, ENTROPY_BOUND: adaptive rules (see `policies.py`); the step count follows the text.
 
-Committed tokens never change ("carry-over unmasking"); prompt and context tokens are never touched.
-Tokens are drawn with temperature, top-k and top-p through float64 Gumbel noise (low-precision Gumbel
-noise degrades samples, as LLaDA notes). A callback receives a `StepInfo` after each step.
+Committed tokens never change and context tokens are never touched. Tokens are drawn with temperature,
+top-k and top-p through float64 Gumbel noise (low-precision Gumbel noise degrades samples, as LLaDA
+notes). With `cfg.cache` the approximate key/value cache of Fast-dLLM is used (model/kv_cache.py),
+refreshed when a block completes. A callback receives a `StepInfo` after each step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from sunfish.config import Policy, SamplerConfig, StepSchedule
+from sunfish.config import CacheMode, SamplerConfig, StepSchedule
+from sunfish.model.kv_cache import KVCache
 from sunfish.process.schedules import Schedule
+from sunfish.sample.policies import ADAPTIVE, adaptive_count, policy_scores, top_ranked, transfer_counts
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,21 @@ class StepInfo:
 
 
 @dataclass(frozen=True)
+class Drift:
+    """How far cached predictions were from exact ones at one cached step."""
+
+    step: int
+    max_abs: float  # max |cached - exact| over the block's log-probabilities
+    mean_abs: float  # mean of the same
+    committed_differ: float  # fraction of committed positions whose argmax differs
+
+
+@dataclass(frozen=True)
 class SampleResult:
     tokens: torch.Tensor  # (B, L) the filled canvas
     steps: int  # denoising steps taken
-    nfe: int  # network function evaluations
+    nfe: int  # network function evaluations (full or cached forward passes)
+    drift: list[Drift] = field(default_factory=list)  # per cached step, when asked for
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -65,33 +79,6 @@ def draw_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gener
     return (logits.double() / temperature + gumbel.to(logits.device)).argmax(-1)
 
 
-def policy_scores(probs: torch.Tensor, drawn: torch.Tensor, policy: Policy, generator: torch.Generator) -> torch.Tensor:
-    """Higher = reveal sooner. probs (B, n, V), drawn (B, n) -> (B, n)."""
-    if policy is Policy.CONFIDENCE:
-        return probs.gather(-1, drawn[..., None]).squeeze(-1)
-    if policy is Policy.MARGIN:
-        top2 = probs.topk(2, dim=-1).values
-        return top2[..., 0] - top2[..., 1]
-    if policy is Policy.ENTROPY:
-        return (probs * probs.clamp_min(1e-30).log()).sum(-1)
-    return torch.rand(drawn.shape, generator=generator, device=generator.device).to(probs.device)
-
-
-def transfer_counts(n_masked: torch.Tensor, steps: int) -> torch.Tensor:
-    """LLaDA's per-step reveal counts: n // N each, the remainder spread over the first steps. (B,) -> (B, N)."""
-    base = n_masked // steps
-    extra = n_masked % steps
-    return base[:, None] + (torch.arange(steps, device=n_masked.device)[None, :] < extra[:, None]).long()
-
-
-def top_ranked(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Boolean (B, n): the k[b] highest-scoring candidates of each row (ties: lower position first)."""
-    scores = scores.masked_fill(~candidates, float("-inf"))
-    order = scores.argsort(dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    return (ranks < k[:, None]) & candidates
-
-
 def _blocks(masked: torch.Tensor, block_length: int) -> list[tuple[int, int]]:
     """[start, end) column ranges covering all masked positions, in order; blocks without masks are skipped."""
     any_masked = masked.any(0)
@@ -107,6 +94,38 @@ def _steps_per_block(total: int, n_blocks: int) -> list[int]:
     return [total // n_blocks + (1 if i < total % n_blocks else 0) for i in range(n_blocks)]
 
 
+class _Predictor:
+    """Block logits from the model, through the key/value cache when one is configured."""
+
+    def __init__(self, model, mask_id: int, schedule: Schedule, mode: CacheMode, track_drift: bool):
+        self.model, self.mask_id, self.schedule, self.mode = model, mask_id, schedule, mode
+        self.track_drift = track_drift
+        self.cache: KVCache | None = None
+        self.last_exact: torch.Tensor | None = None  # exact log-probs of the last cached step, for drift
+
+    def refresh(self) -> None:
+        self.cache = None
+
+    def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Logits (B, hi - lo, V) for the block [lo, hi) of canvas x (B, L)."""
+        masked = x == self.mask_id
+        t = self.schedule.time_of_alpha(1.0 - masked.float().mean(1)) if self.model.needs_time else None  # (B,)
+        self.last_exact = None
+        if self.mode is CacheMode.NONE or self.cache is None:
+            cache = None if self.mode is CacheMode.NONE else KVCache()
+            h = self.model.hidden(x, t, cache)[:, lo:hi]
+            self.cache = cache
+        else:
+            span = (lo, x.shape[1]) if self.mode is CacheMode.PREFIX else (lo, hi)
+            self.cache.span = span
+            h = self.model.hidden(x[:, span[0] : span[1]], t, self.cache)[:, : hi - lo]
+            if self.track_drift:
+                self.last_exact = self.model.head(self.model.hidden(x, t)[:, lo:hi]).float().log_softmax(-1)
+        logits = self.model.head(h).float()
+        logits[..., self.mask_id] = float("-inf")
+        return logits
+
+
 @torch.no_grad()
 def unmask(
     model: torch.nn.Module,
@@ -117,49 +136,83 @@ def unmask(
     generator: torch.Generator,
     schedule: Schedule,
     callback: Callable[[StepInfo], None] | None = None,
+    eos_id: int | None = None,
+    track_drift: bool = False,
 ) -> SampleResult:
-    """Fill the [MASK] positions of `canvas` (B, L); every other position is kept as given."""
+    """Fill the [MASK] positions of `canvas` (B, L); every other position is kept as given.
+
+    With `eos_id` and `cfg.stop_at_eos`, once a finished block holds an EOS in every row, the masks after
+    each row's first EOS become EOS and decoding stops (variable-length generation).
+    """
     x = canvas.clone()
     masked = x == mask_id
     if not masked.any():
         return SampleResult(tokens=x, steps=0, nfe=0)
-    if cfg.steps < 1:
-        raise ValueError("the sampler needs at least 1 step")
     blocks = _blocks(masked, cfg.block_length)
-    budget = _steps_per_block(min(cfg.steps, int(masked.sum(1).max())), len(blocks))
-    step = 0
+    if cfg.schedule in ADAPTIVE:  # the step count follows the predictions; `steps` does not apply
+        budget = [1] * len(blocks)
+    else:
+        budget = _steps_per_block(min(cfg.steps, int(masked.sum(1).max())), len(blocks))
+    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE)
+    step, drift = 0, []
     for (lo, hi), n_steps in zip(blocks, budget):
-        n_steps = max(1, min(n_steps, int((x[:, lo:hi] == mask_id).sum(1).max())))
-        counts = transfer_counts((x[:, lo:hi] == mask_id).sum(1), n_steps)  # (B, n_steps)
-        for k in range(n_steps):
-            step += 1
-            x, revealed = _denoise_step(model, x, mask_id, lo, hi, k, n_steps, counts[:, k], cfg, generator, schedule)
+        predict.refresh()
+        remaining = (x[:, lo:hi] == mask_id).sum(1)  # (B,)
+        n_steps = max(1, min(n_steps, int(remaining.max())))
+        counts = transfer_counts(remaining, n_steps)  # (B, n_steps), FIXED only
+        k = 0
+        while (x[:, lo:hi] == mask_id).any() and (cfg.schedule in ADAPTIVE or k < n_steps):
+            logits = predict(x, lo, hi)
+            chosen, drawn = _choose(logits, x[:, lo:hi] == mask_id, cfg, k, n_steps, counts[:, min(k, n_steps - 1)], generator, schedule)
+            step, k = step + 1, k + 1
+            if predict.last_exact is not None:
+                drift.append(_drift(step, logits, predict.last_exact, chosen))
+            revealed = torch.zeros_like(masked)
+            revealed[:, lo:hi] = chosen
+            x = x.clone()
+            x[:, lo:hi] = torch.where(chosen, drawn, x[:, lo:hi])
             if callback is not None:
                 callback(StepInfo(step=step, tokens=x, masked=x == mask_id, revealed=revealed))
-    return SampleResult(tokens=x, steps=step, nfe=step)
+        if eos_id is not None and cfg.stop_at_eos:
+            x, done = _finish_after_eos(x, hi, eos_id, mask_id)
+            if done:
+                break
+    return SampleResult(tokens=x, steps=step, nfe=step, drift=drift)
 
 
-def _denoise_step(model, x, mask_id, lo, hi, k, n_steps, count, cfg, generator, schedule):
-    """One network evaluation; commits positions of block [lo, hi). Returns (x, revealed (B, L))."""
-    masked = x == mask_id  # (B, L)
-    t = schedule.time_of_alpha(1.0 - masked.float().mean(1)) if model.needs_time else None  # (B,)
-    logits = model.head(model.hidden(x, t)[:, lo:hi]).float()  # (B, n, V)
-    logits[..., mask_id] = float("-inf")
+def _choose(logits, candidates, cfg: SamplerConfig, k: int, n_steps: int, count, generator, schedule):
+    """Positions of the block to commit (B, n) and the drawn tokens (B, n)."""
     logits = filter_logits(logits, cfg.top_k, cfg.top_p)
     drawn = draw_tokens(logits, cfg.temperature, generator)  # (B, n)
-    candidates = masked[:, lo:hi]
     if cfg.schedule is StepSchedule.ANCESTRAL:
         t_now = torch.tensor(1.0 - k / n_steps, dtype=torch.float64)
         t_next = torch.tensor(1.0 - (k + 1) / n_steps, dtype=torch.float64)
         a_now, a_next = schedule.alpha(t_now), schedule.alpha(t_next)
         p = 1.0 if k == n_steps - 1 else float((a_next - a_now) / (1.0 - a_now).clamp_min(1e-12))
-        u = torch.rand(candidates.shape, generator=generator, device=generator.device).to(x.device)
-        chosen = candidates & (u < p)
+        u = torch.rand(candidates.shape, generator=generator, device=generator.device).to(candidates.device)
+        return candidates & (u < p), drawn
+    probs = logits.softmax(-1)
+    if cfg.schedule in ADAPTIVE:
+        scores, count = adaptive_count(probs, drawn, candidates, cfg)
     else:
-        scores = policy_scores(logits.softmax(-1), drawn, cfg.policy, generator)
-        chosen = top_ranked(scores, candidates, count)
-    revealed = torch.zeros_like(masked)
-    revealed[:, lo:hi] = chosen
-    x = x.clone()
-    x[:, lo:hi] = torch.where(chosen, drawn, x[:, lo:hi])
-    return x, revealed
+        scores = policy_scores(probs, drawn, cfg.policy, generator)
+    return top_ranked(scores, candidates, count), drawn
+
+
+def _drift(step: int, cached: torch.Tensor, exact_logprobs: torch.Tensor, chosen: torch.Tensor) -> Drift:
+    diff = (cached.log_softmax(-1) - exact_logprobs).abs()
+    finite = torch.isfinite(diff)
+    differ = (cached.argmax(-1) != exact_logprobs.argmax(-1))[chosen]
+    return Drift(step=step, max_abs=float(diff[finite].max()), mean_abs=float(diff[finite].mean()),
+                 committed_differ=float(differ.float().mean()) if differ.numel() else 0.0)
+
+
+def _finish_after_eos(x: torch.Tensor, hi: int, eos_id: int, mask_id: int) -> tuple[torch.Tensor, bool]:
+    """If every row has an EOS before `hi`, its masks after the first EOS become EOS; (canvas, all done)."""
+    is_eos = x[:, :hi] == eos_id
+    if not is_eos.any(1).all():
+        return x, False
+    first = is_eos.float().argmax(1)  # (B,)
+    after = torch.arange(x.shape[1], device=x.device)[None, :] > first[:, None]
+    x = x.masked_fill(after & (x == mask_id), eos_id)
+    return x, not (x == mask_id).any()
