@@ -102,3 +102,17 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     assert "English, prompted" in printed and "Russian, prompted" in printed and "infill" in printed
     assert (out / "trace.gif").stat().st_size > 0 and (out / "corpus.txt").stat().st_size > 100_000
     assert (out / "run" / "checkpoints" / "step-000020" / "model.safetensors").is_file()
+
+
+def test_block_diffusion_trains_and_samples(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(DOCS), encoding="utf-8")
+    out = tmp_path / "bd3"
+    assert main(["train", "--preset", "nano", "--data", str(corpus), "--out", str(out), "--steps", "3",
+                 "--process.block_size=8", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--prompt", "the cat", "--length", "20", "--steps", "10", "--json",
+                 "--no-stop-at-eos"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["text"].startswith("the cat") and body["steps"] == 10 and body["nfe"] == 12  # + 2 cache commits
+    assert "block-diffusion" in error_of(capsys, ["infill", str(out), "--text", "the [MASK:3] sat"])

@@ -133,8 +133,9 @@ class ProcessConfig(Section):
     loss: LossKind = LossKind.NELBO  # training objective
     antithetic: bool = True  # low-discrepancy sampling of t across the batch
     eps: float = 1e-3  # smallest t drawn (and the log-linear schedule's eps), in (0, 0.5)
+    block_size: int = 0  # block diffusion (BD3-LM) block size in tokens; 0 = one block (MDLM)
 
-    RANGES = {"discrete_steps": (0, INF), "eps": (1e-8, 0.5)}
+    RANGES = {"discrete_steps": (0, INF), "eps": (1e-8, 0.5), "block_size": (0, INF)}
 
 
 @dataclass(frozen=True, kw_only=True)

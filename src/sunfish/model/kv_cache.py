@@ -10,6 +10,10 @@ observes that keys and values outside the block being decoded barely change betw
 * dual cache: the span is the current block alone; the masked suffix is reused as well.
 
 The cache is refreshed (a full forward) whenever a block completes.
+
+Block diffusion (BD3-LM) uses the same object exactly: the cache holds the clean prefix, a span forward
+on the next block (span starting at the cache's length) appends to it, and `commit` stores the finished
+block's keys and values, so earlier blocks are never recomputed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class KVCache:
     keys: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, L, d)
     values: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, L, d)
     span: tuple[int, int] | None = None  # active [lo, hi) for a cached forward; None = full forward that fills
+    commit: bool = False  # span forward: store the spliced keys/values back (block diffusion's exact prefix)
 
     @property
     def filled(self) -> bool:
@@ -38,4 +43,8 @@ class KVCache:
             return k, v
         lo, hi = self.span
         ck, cv = self.keys[layer], self.values[layer]
-        return (torch.cat([ck[:, :, :lo], k, ck[:, :, hi:]], dim=2), torch.cat([cv[:, :, :lo], v, cv[:, :, hi:]], dim=2))
+        k = torch.cat([ck[:, :, :lo], k, ck[:, :, hi:]], dim=2)
+        v = torch.cat([cv[:, :, :lo], v, cv[:, :, hi:]], dim=2)
+        if self.commit:
+            self.keys[layer], self.values[layer] = k, v
+        return k, v

@@ -63,7 +63,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[KVCache, int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[KVCache, int] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, D); mask (L, L_keys) bool, True = may attend (overrides the causal flag)."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -72,7 +74,7 @@ class Attention(nn.Module):
         if cache is not None:
             kv, layer = cache
             k, v = kv.attend_inputs(layer, k, v)  # (B, H, L_all, d)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, L, d)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None)  # (B, H, L, d)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -105,12 +107,12 @@ class Block(nn.Module):
         self.adaln = AdaLNModulation(cfg.d_model) if adaln else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c: torch.Tensor | None,
-                cache: tuple[KVCache, int] | None = None) -> torch.Tensor:
+                cache: tuple[KVCache, int] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.adaln is None:
-            x = x + self.attn(self.norm1(x), cos, sin, cache)
+            x = x + self.attn(self.norm1(x), cos, sin, cache, mask)
             return x + self.mlp(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c)  # each (B, 1, D)
-        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, cache)
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin, cache, mask)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -152,16 +154,28 @@ class Transformer(nn.Module):
             if isinstance(module, AdaLNModulation):
                 module.reset_parameters()
 
-    def hidden(self, tokens: torch.Tensor, t: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        t: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Final normalised hidden states (B, L, D).
 
         With an empty `kv_cache` the pass records keys and values; with a filled cache whose `span` is
         set, `tokens` (B, hi - lo) are the canvas positions [lo, hi) and attend over the cached rest.
+        `attn_mask` (L, L_keys) bool replaces the attention pattern (True = may attend); `positions` (L,)
+        gives each token's RoPE position (default: offset + 0..L-1), e.g. for block diffusion's two copies.
         """
         B, L = tokens.shape
         offset = kv_cache.span[0] if kv_cache is not None and kv_cache.span is not None else 0
-        if offset + L > self.cfg.context:
-            raise ValueError(f"sequence of {L} tokens is longer than the model's context of {self.cfg.context}")
+        if positions is None:
+            positions = torch.arange(offset, offset + L, device=tokens.device)
+        if int(positions.max()) >= self.cfg.context:
+            raise ValueError(f"sequence of {int(positions.max()) + 1} tokens is longer than the model's context of {self.cfg.context}")
         x = self.embed(tokens)  # (B, L, D)
         c = None
         if self.time is not None:
@@ -172,9 +186,9 @@ class Transformer(nn.Module):
                 x = x + c[:, None, :]
         if self.cfg.embed_norm:
             x = F.rms_norm(x, (x.shape[-1],))
-        cos, sin = self.rope_cos[offset : offset + L], self.rope_sin[offset : offset + L]
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (L, d / 2)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cos, sin, c, None if kv_cache is None else (kv_cache, layer))
+            x = block(x, cos, sin, c, None if kv_cache is None else (kv_cache, layer), attn_mask)
         x = self.final_norm(x)
         if self.final_adaln is not None:
             shift, scale = self.final_adaln(c)
@@ -185,8 +199,10 @@ class Transformer(nn.Module):
         """Logits (..., V) from hidden states (..., D)."""
         return self.lm_head(h)
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
-        return self.head(self.hidden(tokens, t, kv_cache))  # (B, L, V)
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                **attention) -> torch.Tensor:
+        """Logits (B, L, V); `attention` takes hidden's attn_mask and positions."""
+        return self.head(self.hidden(tokens, t, kv_cache, **attention))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -44,9 +44,11 @@ def sample_times(batch: int, cfg: ProcessConfig, generator: torch.Generator) -> 
 def corrupt(
     x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, mask_id: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask each token of x0 (B, L) with probability 1 - alpha(t_b). Returns (z_t, masked) both (B, L)."""
+    """Mask each token of x0 (B, L) with probability 1 - alpha(t), t per sequence (B,) or per token (B, L).
+    Returns (z_t, masked), both (B, L)."""
     u = torch.rand(x0.shape, generator=generator, device=generator.device).to(x0.device)  # (B, L)
-    masked = u < (1.0 - schedule.alpha(t.to(x0.device)))[:, None]
+    alpha = schedule.alpha(t.to(x0.device))
+    masked = u < 1.0 - (alpha[:, None] if alpha.dim() == 1 else alpha)
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
 
 
@@ -60,7 +62,12 @@ def masked_diffusion_loss(
     """Draw t, corrupt x0 (B, L), and score the model on the masked positions only.
 
     The output head runs only on masked positions, which saves most of the head's cost at low t.
+    With cfg.block_size > 0 this is block diffusion (process/block.py).
     """
+    if cfg.block_size > 0:
+        from sunfish.process.block import block_diffusion_loss
+
+        return block_diffusion_loss(model, x0, cfg, mask_id, generator)
     schedule = Schedule(cfg.schedule, cfg.eps)
     B, L = x0.shape
     t = sample_times(B, cfg, generator).to(x0.device)  # (B,)

@@ -12,6 +12,7 @@ import torch
 from sunfish.config import SamplerConfig
 from sunfish.process.schedules import Schedule
 from sunfish.sample.prompt import Canvas, cut_at_eos, infill_canvas, prompt_canvas, to_batch
+from sunfish.sample.block import block_generate
 from sunfish.sample.unmask import unmask
 from sunfish.train.checkpoint import LoadedModel
 
@@ -49,8 +50,15 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
         recorder.start(x, x == tok.mask_id)
     schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
     began = time.perf_counter()
-    result = unmask(loaded.model, x, tok.mask_id, cfg, generator=generator, schedule=schedule, callback=recorder,
-                    eos_id=tok.eos_id if eos else None, track_drift=drift)
+    eos_id = tok.eos_id if eos else None
+    block = loaded.cfg.process.block_size
+    if block > 0 and canvas.fill_start > 0 and (x[:, canvas.fill_start :] == tok.mask_id).all():
+        # a block-diffusion model continues its prompt block by block with an exact cache
+        result = block_generate(loaded.model, x[:, : canvas.fill_start], x.shape[1] - canvas.fill_start, tok.mask_id,
+                                block, cfg, generator=generator, schedule=schedule, callback=recorder, eos_id=eos_id)
+    else:
+        result = unmask(loaded.model, x, tok.mask_id, cfg, generator=generator, schedule=schedule, callback=recorder,
+                        eos_id=eos_id, track_drift=drift)
     seconds = time.perf_counter() - began
     written = None
     if recorder is not None:
@@ -75,6 +83,9 @@ def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0
 def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None) -> Generation:
     """Fill each `[MASK:n]` span of `text`; the known text around the spans is kept."""
     tok = loaded.tokenizer
+    if loaded.cfg.process.block_size > 0:
+        raise ValueError("this is a block-diffusion model, which generates left to right; infilling needs a masked "
+                         "diffusion model (trained with --process.block_size=0)")
     canvas = infill_canvas(tok, text, loaded.cfg.model.context)
     result, seconds, written = _run(loaded, canvas, cfg, seed, trace)
     out = result.tokens[0].tolist()

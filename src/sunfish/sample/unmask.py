@@ -149,12 +149,33 @@ def unmask(
     if not masked.any():
         return SampleResult(tokens=x, steps=0, nfe=0)
     blocks = _blocks(masked, cfg.block_length)
+    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE)
+    return denoise_blocks(x, blocks, predict, mask_id, cfg, generator=generator, schedule=schedule,
+                          callback=callback, eos_id=eos_id)
+
+
+def denoise_blocks(
+    x: torch.Tensor,
+    blocks: list[tuple[int, int]],
+    predict,
+    mask_id: int,
+    cfg: SamplerConfig,
+    *,
+    generator: torch.Generator,
+    schedule: Schedule,
+    callback: Callable[[StepInfo], None] | None = None,
+    eos_id: int | None = None,
+    after_block: Callable[[torch.Tensor, int, int], int] | None = None,
+) -> SampleResult:
+    """Decode `blocks` of canvas x (B, L) in order. `predict(x, lo, hi)` gives the block's logits and
+    `predict.refresh()` is called at each block start; `after_block(x, lo, hi)` may run extra passes
+    (returned as their count, for the NFE)."""
+    total_masks = int((x == mask_id).sum(1).max())
     if cfg.schedule in ADAPTIVE:  # the step count follows the predictions; `steps` does not apply
         budget = [1] * len(blocks)
     else:
-        budget = _steps_per_block(min(cfg.steps, int(masked.sum(1).max())), len(blocks))
-    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE)
-    step, drift = 0, []
+        budget = _steps_per_block(min(cfg.steps, total_masks), len(blocks))
+    step, extra, drift = 0, 0, []
     for (lo, hi), n_steps in zip(blocks, budget):
         predict.refresh()
         remaining = (x[:, lo:hi] == mask_id).sum(1)  # (B,)
@@ -165,19 +186,21 @@ def unmask(
             logits = predict(x, lo, hi)
             chosen, drawn = _choose(logits, x[:, lo:hi] == mask_id, cfg, k, n_steps, counts[:, min(k, n_steps - 1)], generator, schedule)
             step, k = step + 1, k + 1
-            if predict.last_exact is not None:
+            if getattr(predict, "last_exact", None) is not None:
                 drift.append(_drift(step, logits, predict.last_exact, chosen))
-            revealed = torch.zeros_like(masked)
+            revealed = torch.zeros_like(x, dtype=torch.bool)
             revealed[:, lo:hi] = chosen
             x = x.clone()
             x[:, lo:hi] = torch.where(chosen, drawn, x[:, lo:hi])
             if callback is not None:
                 callback(StepInfo(step=step, tokens=x, masked=x == mask_id, revealed=revealed))
+        if after_block is not None:
+            extra += after_block(x, lo, hi)
         if eos_id is not None and cfg.stop_at_eos:
             x, done = _finish_after_eos(x, hi, eos_id, mask_id)
             if done:
                 break
-    return SampleResult(tokens=x, steps=step, nfe=step, drift=drift)
+    return SampleResult(tokens=x, steps=step, nfe=step + extra, drift=drift)
 
 
 def _choose(logits, candidates, cfg: SamplerConfig, k: int, n_steps: int, count, generator, schedule):

@@ -1,0 +1,73 @@
+"""Block diffusion generation (BD3-LM): block by block with an exact key/value cache.
+
+The prompt is encoded once as a clean, block-causal prefix and its keys/values are cached. Each new block
+of `block_size` masks is denoised with the usual step rules (see unmask.py) while attending to the cached
+prefix; once finished, one more pass over the clean block appends its keys/values to the cache, exactly as
+the clean copy is computed in training (process/block.py). Earlier blocks are never recomputed, so the
+length is limited only by the model's context, and generation stops early at EOS.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from sunfish.config import SamplerConfig
+from sunfish.model.kv_cache import KVCache
+from sunfish.process.block import prefix_mask
+from sunfish.process.schedules import Schedule
+from sunfish.sample.unmask import SampleResult, StepInfo, denoise_blocks
+
+
+class _CachedBlock:
+    """Logits of the active block given the exact cache of everything before it."""
+
+    def __init__(self, model, cache: KVCache, mask_id: int):
+        self.model, self.cache, self.mask_id = model, cache, mask_id
+
+    def refresh(self) -> None:  # the cache is exact: nothing to refresh
+        pass
+
+    def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        self.cache.span, self.cache.commit = (lo, hi), False
+        logits = self.model.head(self.model.hidden(x[:, lo:hi], None, self.cache)).float()  # (B, hi - lo, V)
+        logits[..., self.mask_id] = float("-inf")
+        return logits
+
+    def commit(self, x: torch.Tensor, lo: int, hi: int) -> int:
+        """Append the finished block's clean keys/values (one network evaluation; none after the last block)."""
+        if hi >= x.shape[1]:
+            return 0
+        self.cache.span, self.cache.commit = (lo, hi), True
+        self.model.hidden(x[:, lo:hi], None, self.cache)
+        self.cache.commit = False
+        return 1
+
+
+@torch.no_grad()
+def block_generate(
+    model: torch.nn.Module,
+    prompt: torch.Tensor,
+    length: int,
+    mask_id: int,
+    block_size: int,
+    cfg: SamplerConfig,
+    *,
+    generator: torch.Generator,
+    schedule: Schedule,
+    callback: Callable[[StepInfo], None] | None = None,
+    eos_id: int | None = None,
+) -> SampleResult:
+    """Generate `length` tokens after `prompt` (B, P >= 1); returns the canvas (B, P + length)."""
+    B, P = prompt.shape
+    if P + length > model.cfg.context:
+        raise ValueError(f"the prompt ({P} tokens) plus {length} new tokens exceed the model's context of {model.cfg.context}")
+    cache = KVCache()
+    model.hidden(prompt, None, cache, attn_mask=prefix_mask(P, block_size, prompt.device))
+    x = torch.cat([prompt, torch.full((B, length), mask_id, dtype=prompt.dtype, device=prompt.device)], dim=1)
+    blocks = [(lo, min(lo + block_size, P + length)) for lo in range(P, P + length, block_size)]
+    predict = _CachedBlock(model, cache, mask_id)
+    result = denoise_blocks(x, blocks, predict, mask_id, cfg, generator=generator, schedule=schedule,
+                            callback=callback, eos_id=eos_id, after_block=predict.commit)
+    return result
