@@ -8,7 +8,7 @@ import torch
 from sunfish.config import ProcessConfig, SamplerConfig, ScheduleKind
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.block import block_causal_mask, block_ids, prefix_mask, training_mask
-from sunfish.process.masked import masked_diffusion_loss
+from sunfish.process import training_loss as masked_diffusion_loss
 from sunfish.process.schedules import Schedule
 from sunfish.sample.block import _CachedBlock, block_generate
 

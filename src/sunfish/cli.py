@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only at the end)")
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.add_argument("--objective", choices=["diffusion", "ar"], help="ar: the same backbone as a causal next-token "
+                   "baseline (sets --process.kind=ar --model.attention=causal)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = verbs.add_parser("sample", help="generate text from a checkpoint")
@@ -92,6 +94,8 @@ def train_config(args: argparse.Namespace, extra: list[str]) -> RunConfig:
     out = args.out or Path("runs") / args.preset
     found = list_checkpoints(out) if args.resume else []
     cfg = read_config(found[-1]) if found else load_preset(args.preset)
+    if args.objective == "ar":
+        cfg = apply_tree(cfg, {"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}})
     cfg = apply_tree(cfg, parse_overrides(extra))
     flags = {"steps": args.steps, "save_every": args.save_every, "seed": args.seed}
     flags = {k: v for k, v in flags.items() if v is not None}

@@ -56,6 +56,11 @@ class ScheduleKind(str, enum.Enum):
     COSINE_SQ = "cosine_sq"  # alpha = cos^2(pi t / 2) (micro-dllm)
 
 
+class ProcessKind(str, enum.Enum):
+    MASKED = "masked"  # absorbing-state diffusion (MDLM / LLaDA; BD3-LM with block_size > 0)
+    AR = "ar"  # autoregressive baseline: next-token prediction, causal attention
+
+
 class LossKind(str, enum.Enum):
     NELBO = "nelbo"  # continuous-time NELBO, weight -alpha'/(1 - alpha), normalised per token
     MASKED_CE = "masked_ce"  # plain mean cross-entropy over masked tokens (micro-dllm)
@@ -128,6 +133,7 @@ class ModelConfig(Section):
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessConfig(Section):
+    kind: ProcessKind = ProcessKind.MASKED  # training objective / generative process
     schedule: ScheduleKind = ScheduleKind.LINEAR  # alpha(t), the probability a token is still clean
     discrete_steps: int = 0  # T > 0 samples t on the grid {1..T}/T; 0 = continuous t
     loss: LossKind = LossKind.NELBO  # training objective

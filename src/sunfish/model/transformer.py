@@ -74,7 +74,11 @@ class Attention(nn.Module):
         if cache is not None:
             kv, layer = cache
             k, v = kv.attend_inputs(layer, k, v)  # (B, H, L_all, d)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None)  # (B, H, L, d)
+        causal = self.causal and mask is None
+        if causal and k.shape[2] != L:  # cached decoding: query i sits at key position (L_keys - L) + i
+            mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - L)
+            causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, L, d)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 

@@ -1,0 +1,23 @@
+"""Generative processes and their training losses; `training_loss` picks the one a config names."""
+
+from __future__ import annotations
+
+import torch
+
+from sunfish.config import ProcessConfig, ProcessKind
+from sunfish.process.masked import LossOutput, masked_diffusion_loss
+
+
+def training_loss(
+    model: torch.nn.Module, x0: torch.Tensor, cfg: ProcessConfig, mask_id: int, generator: torch.Generator
+) -> LossOutput:
+    """Loss of x0 (B, L) under the configured process: masked diffusion, block diffusion, or AR."""
+    if cfg.kind is ProcessKind.AR:
+        from sunfish.process.autoregressive import next_token_loss
+
+        return next_token_loss(model, x0)
+    if cfg.block_size > 0:
+        from sunfish.process.block import block_diffusion_loss
+
+        return block_diffusion_loss(model, x0, cfg, mask_id, generator)
+    return masked_diffusion_loss(model, x0, cfg, mask_id, generator)

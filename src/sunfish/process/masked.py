@@ -62,12 +62,7 @@ def masked_diffusion_loss(
     """Draw t, corrupt x0 (B, L), and score the model on the masked positions only.
 
     The output head runs only on masked positions, which saves most of the head's cost at low t.
-    With cfg.block_size > 0 this is block diffusion (process/block.py).
     """
-    if cfg.block_size > 0:
-        from sunfish.process.block import block_diffusion_loss
-
-        return block_diffusion_loss(model, x0, cfg, mask_id, generator)
     schedule = Schedule(cfg.schedule, cfg.eps)
     B, L = x0.shape
     t = sample_times(B, cfg, generator).to(x0.device)  # (B,)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from sunfish.config import SamplerConfig
+from sunfish.config import ProcessKind, SamplerConfig
 from sunfish.process.schedules import Schedule
 from sunfish.sample.prompt import Canvas, cut_at_eos, infill_canvas, prompt_canvas, to_batch
+from sunfish.sample.ar import ar_generate
 from sunfish.sample.block import block_generate
 from sunfish.sample.unmask import unmask
 from sunfish.train.checkpoint import LoadedModel
@@ -52,7 +53,10 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
     began = time.perf_counter()
     eos_id = tok.eos_id if eos else None
     block = loaded.cfg.process.block_size
-    if block > 0 and canvas.fill_start > 0 and (x[:, canvas.fill_start :] == tok.mask_id).all():
+    if loaded.cfg.process.kind is ProcessKind.AR:
+        result = ar_generate(loaded.model, x[:, : canvas.fill_start], x.shape[1] - canvas.fill_start, cfg,
+                             generator=generator, mask_id=tok.mask_id, callback=recorder, eos_id=eos_id)
+    elif block > 0 and canvas.fill_start > 0 and (x[:, canvas.fill_start :] == tok.mask_id).all():
         # a block-diffusion model continues its prompt block by block with an exact cache
         result = block_generate(loaded.model, x[:, : canvas.fill_start], x.shape[1] - canvas.fill_start, tok.mask_id,
                                 block, cfg, generator=generator, schedule=schedule, callback=recorder, eos_id=eos_id)
@@ -83,6 +87,8 @@ def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0
 def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None) -> Generation:
     """Fill each `[MASK:n]` span of `text`; the known text around the spans is kept."""
     tok = loaded.tokenizer
+    if loaded.cfg.process.kind is ProcessKind.AR:
+        raise ValueError("this is an autoregressive model; infilling needs a masked diffusion model")
     if loaded.cfg.process.block_size > 0:
         raise ValueError("this is a block-diffusion model, which generates left to right; infilling needs a masked "
                          "diffusion model (trained with --process.block_size=0)")

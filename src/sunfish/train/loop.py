@@ -20,7 +20,7 @@ from sunfish.config import RunConfig, describe
 from sunfish.data.loader import TokenStream, split_documents
 from sunfish.data.sources import DataError, read_documents
 from sunfish.model.transformer import Transformer, build_model, count_parameters
-from sunfish.process.masked import masked_diffusion_loss
+from sunfish.process import training_loss
 from sunfish.runtime import Runtime, setup_runtime
 from sunfish.tokenizer import Tokenizer, train_tokenizer
 from sunfish.train import checkpoint as ckpt_io
@@ -96,7 +96,7 @@ def validation_loss(model: Transformer, batches: list[torch.Tensor], cfg: RunCon
     total = 0.0
     for x in batches:
         with rt.autocast():
-            total += float(masked_diffusion_loss(model, x.to(rt.device), cfg.process, mask_id, gen).loss)
+            total += float(training_loss(model, x.to(rt.device), cfg.process, mask_id, gen).loss)
     model.train()
     return total / len(batches)
 
@@ -114,7 +114,7 @@ def train_step(
     loss_value = 0.0
     for x0 in batches:
         with rt.autocast():
-            out = masked_diffusion_loss(model, x0.to(rt.device), cfg.process, mask_id, noise_gen)
+            out = training_loss(model, x0.to(rt.device), cfg.process, mask_id, noise_gen)
         (out.loss / len(batches)).backward()
         loss_value += float(out.loss.detach()) / len(batches)
     if cfg.optim.grad_clip > 0:

@@ -1,0 +1,58 @@
+"""Autoregressive decoding for the causal baseline, one token per step with an exact key/value cache."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from sunfish.config import SamplerConfig
+from sunfish.model.kv_cache import KVCache
+from sunfish.sample.unmask import SampleResult, StepInfo, draw_tokens, filter_logits
+
+
+@torch.no_grad()
+def ar_generate(
+    model: torch.nn.Module,
+    prompt: torch.Tensor,
+    length: int,
+    cfg: SamplerConfig,
+    *,
+    generator: torch.Generator,
+    mask_id: int,
+    callback: Callable[[StepInfo], None] | None = None,
+    eos_id: int | None = None,
+) -> SampleResult:
+    """Append `length` tokens to `prompt` (B, P >= 1): prefill once, then one cached pass per token.
+
+    Sampling uses the same temperature / top-k / top-p / float64 Gumbel path as the diffusion samplers.
+    Stops early when every row has produced EOS (if `eos_id` and cfg.stop_at_eos); the rest is EOS.
+    """
+    B, P = prompt.shape
+    if P + length > model.cfg.context:
+        raise ValueError(f"the prompt ({P} tokens) plus {length} new tokens exceed the model's context of {model.cfg.context}")
+    x = torch.cat([prompt, torch.full((B, length), mask_id, dtype=prompt.dtype, device=prompt.device)], dim=1)
+    cache = KVCache()
+    logits = model.head(model.hidden(prompt, None, cache)[:, -1])  # (B, V)
+    cache.commit = True
+    nfe, done = 1, torch.zeros(B, dtype=torch.bool, device=x.device)
+    for i in range(P, P + length):
+        token = draw_tokens(filter_logits(logits.float(), cfg.top_k, cfg.top_p), cfg.temperature, generator)  # (B,)
+        if eos_id is not None:
+            token = torch.where(done, torch.full_like(token, eos_id), token)
+            done |= token == eos_id
+        x = x.clone()
+        x[:, i] = token
+        if callback is not None:
+            revealed = torch.zeros_like(x, dtype=torch.bool)
+            revealed[:, i] = True
+            callback(StepInfo(step=i - P + 1, tokens=x, masked=x == mask_id, revealed=revealed))
+        if i + 1 == P + length or (eos_id is not None and cfg.stop_at_eos and bool(done.all())):
+            break
+        cache.span = (i, i + 1)
+        logits = model.head(model.hidden(x[:, i : i + 1], None, cache)[:, -1])
+        nfe += 1
+    steps = i - P + 1
+    if eos_id is not None:
+        x = x.masked_fill(x == mask_id, eos_id)
+    return SampleResult(tokens=x, steps=steps, nfe=nfe)
