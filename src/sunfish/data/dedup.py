@@ -1,0 +1,111 @@
+"""Exact and near-duplicate detection.
+
+Exact: a 16-byte BLAKE2b digest of the normalised text (`Words.exact_key`) in a set; the first document
+with a key is kept, later ones are duplicates.
+
+Near: MinHash over the set of word n-grams (shingles; 5 words by default, as in Gopher/FineWeb) estimates
+the Jaccard similarity J(A, B) = |A & B| / |A | B| of two documents' shingle sets (Broder 1997). The
+signatures go into a `datasketch.MinHashLSH` index with b bands of r rows chosen by datasketch for the
+threshold t, so a pair with similarity s collides in at least one band with probability
+1 - (1 - s^r)^b (Leskovec, Rajaraman & Ullman, Mining of Massive Datasets, ch. 3). A document that
+collides with an earlier kept document is a near-duplicate. Workers compute signatures (numpy, per
+document); the single index lives in the main process, so decisions follow the input order exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from sunfish.config import Section
+from sunfish.data.words import Words
+
+_SCHEME = "affine32"  # datasketch >= 2.0: bijective 32-bit permutations, uint32 signatures
+_UPDATE_ROWS = 8192  # shingles per update_batch call: bounds the (rows, num_perm) temporary to 4 MB
+
+
+@dataclass(frozen=True, kw_only=True)
+class DedupConfig(Section):
+    exact: bool = True  # drop documents whose normalised text was seen before
+    minhash: bool = True  # drop near-duplicates found by MinHash LSH
+    threshold: float = 0.8  # Jaccard similarity of shingle sets at which documents count as near-duplicates, (0, 1)
+    num_perm: int = 128  # MinHash permutations (signature length); more is more precise and slower
+    shingle_words: int = 5  # words per shingle
+    seed: int = 1  # seed of the MinHash permutations
+
+    RANGES = {"threshold": (0.05, 0.99), "num_perm": (16, 1024), "shingle_words": (1, 32)}
+
+
+@functools.lru_cache(maxsize=4)
+def _permutations(num_perm: int, seed: int) -> np.ndarray:
+    from datasketch import MinHash
+
+    return MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
+
+
+def minhash_signature(words: Words, cfg: DedupConfig) -> np.ndarray | None:
+    """(num_perm,) uint32 MinHash of the document's word-shingle set; None for a document without words.
+
+    A document shorter than one shingle is hashed as the single shingle of all its words. Shingle hashes
+    are 64-bit polynomial hashes of word hashes folded to 32 bits, the input width of the affine32 scheme.
+    """
+    from datasketch import MinHash
+
+    if len(words) == 0:
+        return None
+    shingles = words.ngram_hashes(min(cfg.shingle_words, len(words)))  # (S,) uint64
+    folded = ((shingles >> np.uint64(32)) ^ shingles) & np.uint64(0xFFFFFFFF)  # (S,) 32-bit values
+    sketch = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, permutations=_permutations(cfg.num_perm, cfg.seed),
+                     scheme=_SCHEME, hashfunc=int)
+    for start in range(0, len(folded), _UPDATE_ROWS):
+        sketch.update_batch(folded[start : start + _UPDATE_ROWS].tolist())
+    return np.asarray(sketch.hashvalues, dtype=np.uint32).copy()
+
+
+class ExactIndex:
+    """The set of exact-dedup keys seen so far (about 80 bytes of memory per distinct document)."""
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+
+    def check_and_add(self, key: bytes) -> bool:
+        """True if `key` was seen before; otherwise remember it and return False."""
+        if key in self._seen:
+            return True
+        self._seen.add(key)
+        return False
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class NearDuplicateIndex:
+    """A MinHash LSH index of the kept documents (about 3 KB of memory per document with the defaults)."""
+
+    def __init__(self, cfg: DedupConfig) -> None:
+        from datasketch import MinHashLSH
+
+        self.cfg = cfg
+        self._lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
+        self._count = 0
+
+    @property
+    def bands(self) -> tuple[int, int]:
+        """(b, r): bands and rows per band that datasketch chose for the threshold."""
+        return self._lsh.b, self._lsh.r
+
+    def check_and_add(self, signature: np.ndarray) -> bool:
+        """True if a document similar to `signature` was indexed before; otherwise index it and return False."""
+        from datasketch import LeanMinHash
+
+        sketch = LeanMinHash(seed=self.cfg.seed, hashvalues=signature, scheme=_SCHEME)
+        if self._lsh.query(sketch):
+            return True
+        self._lsh.insert(self._count, sketch, check_duplication=False)
+        self._count += 1
+        return False
+
+    def __len__(self) -> int:
+        return self._count
