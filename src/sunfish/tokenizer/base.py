@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ import tokenizers
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")
 UNK_TOKEN = "[UNK]"
 TOKENIZER_FILENAME = "tokenizer.json"
+HF_CONFIG_FILENAME = "tokenizer_config.json"
 
 
 class TokenizerKind(str, enum.Enum):
@@ -178,6 +180,31 @@ class Tokenizer:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write tokenizer.json and tokenizer_config.json into ``folder`` and return the folder.
+
+        transformers then loads it with ``PreTrainedTokenizerFast.from_pretrained(folder)`` or
+        ``AutoTokenizer.from_pretrained(folder)``, with the special tokens named and
+        ``clean_up_tokenization_spaces`` off (its default would turn " ." into "." on decode and break
+        the exact round trip).
+        """
+        folder = Path(folder)
+        self.save(folder / TOKENIZER_FILENAME)
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "pad_token": "[PAD]",
+            "bos_token": "[BOS]",
+            "eos_token": "[EOS]",
+            "mask_token": "[MASK]",
+            "clean_up_tokenization_spaces": False,
+            "add_bos_token": False,
+            "add_eos_token": False,
+        }
+        tmp = folder / f".{HF_CONFIG_FILENAME}.tmp"
+        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, folder / HF_CONFIG_FILENAME)
+        return folder
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
