@@ -1,9 +1,18 @@
-"""From documents to training batches.
+"""From documents or prepared shards to training batches.
 
-Documents are split into train and validation by document (deterministic for a seed), tokenized,
-wrapped as [BOS] doc [EOS] and concatenated into one token stream per split. A batch is B windows of L
-tokens at positions drawn from a `torch.Generator`; the generator's state is the loader's position, so a
-resumed run that restores it sees exactly the batches the uninterrupted run would have.
+Two sources of batches share one interface (`next_batch(B)`, `state()`, `restore(state)`):
+
+- `RandomWindows` over an in-memory `TokenStream`: documents split into train and validation by
+  document, tokenized, wrapped as [BOS] doc [EOS] and concatenated; a batch is B windows of L tokens at
+  offsets drawn from a `torch.Generator`, whose state is the position.
+- `ShardBatches` over a folder from `sunfish data prepare`: global sample i (counted over all ranks) is
+  a window of L tokens chosen by the mixing schedule (`mix.block_assignment`: which stream) and a seeded
+  permutation of that stream's windows per epoch (which window). The position is one integer, the
+  number of samples consumed; rank r of W takes samples [p + rB, p + (r+1)B) of each global batch of
+  W x B, so ranks never overlap, and together they see what one process with batch W x B would.
+
+Either way a resumed run that restores the state sees exactly the batches the uninterrupted run would
+have.
 """
 
 from __future__ import annotations
@@ -11,10 +20,12 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from sunfish.data import mix
 from sunfish.data.sources import DataError
 
 
@@ -67,3 +78,95 @@ class TokenStream:
         starts = torch.randint(0, len(self) - seq_len, (batch_size,), generator=generator)
         index = starts[:, None] + torch.arange(seq_len)[None, :]  # (B, L)
         return self.ids[index]
+
+    def batches(self, seq_len: int, seed: int, rank: int = 0, world: int = 1) -> "RandomWindows":
+        return RandomWindows(self, seq_len, seed, rank=rank, world=world)
+
+
+def data_parallel_rank() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed when it is initialised, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class RandomWindows:
+    """Batches of random windows of an in-memory stream; the position is the generator's state.
+
+    With W ranks every rank draws the same global batch of W x B windows and keeps its own B rows.
+    """
+
+    def __init__(self, stream: TokenStream, seq_len: int, seed: int, rank: int = 0, world: int = 1):
+        self.stream, self.seq_len, self.rank, self.world = stream, seq_len, rank, world
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        """(B, L) int64 token ids."""
+        rows = self.stream.batch(batch_size * self.world, self.seq_len, self.generator)  # (W*B, L)
+        return rows[self.rank * batch_size : (self.rank + 1) * batch_size]
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def restore(self, state: Any) -> None:
+        if not isinstance(state, torch.Tensor):
+            raise DataError("the checkpoint's data position is not from an in-memory corpus; resume with the --data it was trained on")
+        self.generator.set_state(state)
+
+
+class ShardBatches:
+    """Resumable, rank-aware, mixture-weighted batches of windows from prepared shards."""
+
+    def __init__(self, split, seq_len: int, seed: int, rank: int = 0, world: int = 1):
+        split.check_length(seq_len, split.name)
+        self.split, self.seq_len, self.seed, self.rank, self.world = split, seq_len, seed, rank, world
+        self.position = 0  # global samples consumed (all ranks)
+        self._windows = np.array([s.windows(split.seq_len, seq_len) for s in split.streams])  # (S,)
+        weights = np.array([s.weight if n else 0.0 for s, n in zip(split.streams, self._windows)])  # (S,)
+        self._counts = mix.block_counts(weights)  # (S,) samples per block
+        self._block = None  # (index, stream of each sample, rank of the sample within its stream in the block)
+        self._perms: dict[tuple[int, int], np.ndarray] = {}  # (stream, epoch) -> window order
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        """(B, L) int64 token ids of this rank's share of the next global batch."""
+        first = self.position + self.rank * batch_size
+        rows = [self.sample(i) for i in range(first, first + batch_size)]
+        self.position += batch_size * self.world
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+    def sample(self, index: int) -> np.ndarray:
+        """(L,) tokens of global sample `index`."""
+        block, at = divmod(index, mix.BLOCK)
+        stream, rank_in_block = self._assignment(block)
+        s = int(stream[at])
+        local = block * int(self._counts[s]) + int(rank_in_block[at])  # samples of stream s before this one
+        epoch, j = divmod(local, int(self._windows[s]))
+        window = self._permutation(s, epoch)[j]
+        return np.asarray(self.split.streams[s].window(window, self.split.seq_len, self.seq_len))
+
+    def _assignment(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._block is None or self._block[0] != block:
+            stream = mix.block_assignment(self._counts, self.seed, block)  # (BLOCK,)
+            order = np.argsort(stream, kind="stable")
+            ranks = np.empty(mix.BLOCK, np.int64)
+            ranks[order] = np.concatenate([np.arange(c) for c in self._counts])  # k-th sample of its stream
+            self._block = (block, stream, ranks)
+        return self._block[1], self._block[2]
+
+    def _permutation(self, stream: int, epoch: int) -> np.ndarray:
+        key = (stream, epoch)
+        if key not in self._perms:
+            self._perms = {k: v for k, v in self._perms.items() if k[0] != stream}  # keep one epoch per stream
+            rng = np.random.default_rng([self.seed, 0x7065726D, stream, epoch])  # 0x7065726D = "perm"
+            self._perms[key] = rng.permutation(int(self._windows[stream]))
+        return self._perms[key]
+
+    def state(self) -> dict:
+        return {"position": self.position, "seed": self.seed}
+
+    def restore(self, state: Any) -> None:
+        if not isinstance(state, dict) or "position" not in state:
+            raise DataError("the checkpoint's data position is not from prepared shards; resume with the --data it was trained on")
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise DataError(f"the checkpoint's data order was seeded with {state['seed']}, not {self.seed}; resume with the same seed")
+        self.position = int(state["position"])

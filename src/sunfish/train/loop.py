@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from sunfish.config import RunConfig, describe
-from sunfish.data.loader import TokenStream, split_documents
+from sunfish.data.loader import TokenStream, data_parallel_rank, split_documents
+from sunfish.data.shards import PreparedData, PreparedSplit, is_prepared
 from sunfish.data.sources import DataError, read_documents
 from sunfish.model.transformer import Transformer, build_model, count_parameters
 from sunfish.process import training_loss
@@ -41,8 +42,8 @@ class TrainResult:
 @dataclass
 class Corpus:
     tokenizer: Tokenizer
-    train: TokenStream
-    val: TokenStream
+    train: TokenStream | PreparedSplit  # both offer len(), fingerprint(), check_length() and batches()
+    val: TokenStream | PreparedSplit
 
 
 def load_corpus_documents(cfg: RunConfig, data: list[str] | None) -> list[str]:
@@ -63,6 +64,17 @@ def build_corpus(cfg: RunConfig, docs: list[str], tokenizer: Tokenizer | None) -
         tokenizer = train_tokenizer(cfg.data.tokenizer.value, source, cfg.data.bpe_vocab)
     make = lambda d: TokenStream.from_documents(d, tokenizer.encode_batch, tokenizer.bos_id, tokenizer.eos_id)
     return Corpus(tokenizer=tokenizer, train=make(split.train), val=make(split.val))
+
+
+def open_corpus(cfg: RunConfig, data: list[str] | None, tokenizer: Tokenizer | None) -> Corpus:
+    """A folder from `sunfish data prepare` (its shards and tokenizer), or documents split and tokenized here."""
+    if data and len(data) == 1 and is_prepared(data[0]):
+        prepared = PreparedData.open(data[0])
+        own = prepared.tokenizer()
+        if tokenizer is not None and tokenizer.to_json() != own.to_json():
+            raise DataError(f"the tokenizer in '{data[0]}' differs from the checkpoint's; resume with the data the run was trained on")
+        return Corpus(tokenizer=own, train=prepared.split("train"), val=prepared.split("val"))
+    return build_corpus(cfg, load_corpus_documents(cfg, data), tokenizer)
 
 
 def seq_len_of(cfg: RunConfig) -> int:
@@ -154,7 +166,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     resume_from = _resume_point(run_dir, resume, log)
     saved_tokenizer = Tokenizer.load(resume_from / "tokenizer.json") if resume_from else None
-    corpus = build_corpus(cfg, load_corpus_documents(cfg, data), saved_tokenizer)
+    corpus = open_corpus(cfg, data, saved_tokenizer)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=corpus.tokenizer.vocab_size))
     seq_len = seq_len_of(cfg)
     corpus.train.check_length(seq_len, "training")
@@ -164,7 +176,8 @@ def train(
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, rt.device)
     optimizer = build_optimizer(model, cfg.optim, fused=rt.device.type == "cuda")
-    data_gen = torch.Generator().manual_seed(cfg.train.seed)
+    rank, world = data_parallel_rank()
+    train_batches = corpus.train.batches(seq_len, cfg.train.seed, rank=rank, world=world)
     noise_gen = rt.generator(cfg.train.seed + 1)
     start = 0
     if resume_from is not None:
@@ -173,7 +186,7 @@ def train(
             raise DataError(f"the training data differs from the data of the run in '{run_dir}'; resume with the same --data")
         ckpt_io.load_weights(model, resume_from)
         rng = ckpt_io.load_training_extras(resume_from, optimizer)
-        data_gen.set_state(rng["data"])
+        train_batches.restore(rng["data"])
         noise_gen.set_state(rng["noise"].to(noise_gen.get_state().device))
         start = state.step
         log(f"resuming from {resume_from} at step {start}")
@@ -182,8 +195,8 @@ def train(
     n_params = count_parameters(model)
     log(f"model: {n_params:,} parameters; data: {len(corpus.train):,} training tokens, {len(corpus.val):,} validation tokens; device {rt.device}")
 
-    val_gen = torch.Generator().manual_seed(cfg.train.seed + 2)
-    val_batches = [corpus.val.batch(cfg.train.batch_size, seq_len, val_gen) for _ in range(cfg.train.val_batches)]
+    val_source = corpus.val.batches(seq_len, cfg.train.seed + 2, rank=rank, world=world)
+    val_batches = [val_source.next_batch(cfg.train.batch_size) for _ in range(cfg.train.val_batches)]
     metrics = MetricsLog(run_dir / "metrics.jsonl", start if resume_from else None)
     mask_id = corpus.tokenizer.mask_id
     total = cfg.train.steps
@@ -196,7 +209,7 @@ def train(
     for step in range(start + 1, total + 1):
         lr = lr_at(step - 1, total, cfg.optim)
         set_lr(optimizer, lr)
-        batches = [corpus.train.batch(cfg.train.batch_size, seq_len, data_gen) for _ in range(cfg.train.grad_accum)]
+        batches = [train_batches.next_batch(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]
         loss_value = train_step(model, optimizer, batches, cfg, mask_id, noise_gen, rt)
         bar.update(1)
 
@@ -213,7 +226,7 @@ def train(
             metrics.write(record)
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
         if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == total:
-            rng = {"data": data_gen.get_state(), "noise": noise_gen.get_state().cpu()}
+            rng = {"data": train_batches.state(), "noise": noise_gen.get_state().cpu()}
             state = ckpt_io.TrainingState(step=step, data_fingerprint=corpus.train.fingerprint(), extra={})
             last_ckpt = ckpt_io.save_checkpoint(run_dir, step, model, optimizer, rng, state, cfg, corpus.tokenizer)
     bar.close()

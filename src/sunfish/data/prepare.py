@@ -1,0 +1,346 @@
+"""`sunfish data prepare`: raw text in, packed token shards and a manifest out.
+
+Two streaming passes over worker processes, neither of which holds the corpus in memory:
+1. clean: read each source, clean chunks of documents in workers (`clean.clean_chunk`), decide
+   duplicates in input order here (`clean.Deduplicator`), and append each kept document to a temporary
+   file of its stream (source x language) and split (train / val) under OUT/.work;
+2. pack: train a tokenizer on the kept training text if none was given, then tokenize the temporary
+   files in workers (`pack.tokenize_chunk`) and write fixed-length sequences to shards (`pack.ShardWriter`).
+The manifest is written last, under a temporary name and renamed: a folder without manifest.json is an
+unfinished preparation, and running the command again starts it over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from sunfish.data import mix as mixing
+from sunfish.data.clean import CleanConfig, Deduplicator, clean_chunk, init_worker
+from sunfish.data.pack import PackConfig, ShardWriter, is_validation, token_dtype, tokenize_chunk
+from sunfish.data.shards import FORMAT, MANIFEST
+from sunfish.data.report import CleanReport, Reason, format_clean_report, table
+from sunfish.data.sources import DataError, Source, parse_sources
+from sunfish.data.workers import Workers, default_workers
+from sunfish.tokenizer import Tokenizer, train_bpe_tokenizer
+
+CHUNK_CHARS = 1 << 20  # characters of text per task sent to a worker
+SPLITS = ("train", "val")
+_OWNED = ("train", "val", ".work", "rejects", MANIFEST, "tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    manifest: dict
+    report: str  # the printed report
+    seconds: Counter  # stage -> seconds (summed over workers for the stages they run)
+    wall_seconds: float
+
+
+class WorkFiles:
+    """Kept documents as JSON lines, one temporary file per (stream, split), in the order they were kept."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.counts: Counter = Counter()  # (stream, split) -> documents
+        self._files: dict = {}
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, stream: str, split: str, text: str) -> None:
+        key = (stream, split)
+        if key not in self._files:
+            self._files[key] = (self.folder / f"{stream}.{split}.jsonl").open("w", encoding="utf-8")
+        self._files[key].write(json.dumps(text, ensure_ascii=False) + "\n")
+        self.counts[key] += 1
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+    def keys(self) -> list[tuple[str, str]]:
+        return sorted(self.counts)
+
+    def texts(self, stream: str, split: str) -> Iterator[str]:
+        with (self.folder / f"{stream}.{split}.jsonl").open(encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+
+def _chunks(texts: Iterator[str], tag) -> Iterator[tuple]:
+    """(tag, [documents]) with about CHUNK_CHARS characters each."""
+    chunk, size = [], 0
+    for text in texts:
+        chunk.append(text)
+        size += len(text)
+        if size >= CHUNK_CHARS:
+            yield tag, chunk
+            chunk, size = [], 0
+    if chunk:
+        yield tag, chunk
+
+
+def _clean_task(item: tuple) -> tuple:
+    tag, texts = item
+    cleaned, seconds = clean_chunk(texts)
+    return tag, cleaned, seconds
+
+
+def _tokenize_task(item: tuple) -> tuple:
+    tokenizer_file, (tag, texts) = item
+    start = time.perf_counter()
+    tokens = tokenize_chunk(tokenizer_file, texts)
+    return tag, tokens, len(texts), time.perf_counter() - start
+
+
+def _timed(items: Iterator, seconds: Counter, stage: str) -> Iterator:
+    """Pass items through, adding the time spent producing them to `seconds[stage]`."""
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            seconds[stage] += time.perf_counter() - start
+        yield item
+
+
+def _clean_pass(sources: list[Source], out: Path, clean: CleanConfig, pack: PackConfig, workers: Workers,
+                keep_rejects: bool, progress: bool, seconds: Counter) -> tuple[CleanReport, WorkFiles]:
+    dedup = Deduplicator(clean)
+    work = WorkFiles(out / ".work")
+    rejects = _Rejects(out / "rejects") if keep_rejects else None
+    items = (chunk for s in sources for chunk in _chunks(s.documents(), s.name))
+    bar = tqdm(desc="clean", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
+    for name, cleaned, secs in workers.map(_clean_task, _timed(items, seconds, "read")):
+        seconds.update(secs)
+        start = time.perf_counter()
+        for doc in cleaned:
+            reason = dedup.decide(doc, name)
+            if reason is None:
+                split = "val" if is_validation(doc.key, pack.val_fraction, pack.seed) else "train"
+                work.add(f"{name}.{doc.lang}", split, doc.text)
+            elif rejects is not None:
+                rejects.add(reason, name, doc)
+            bar.update(doc.bytes_in)
+        seconds["deduplicate"] += time.perf_counter() - start
+    bar.close()
+    work.close()
+    if rejects is not None:
+        rejects.close()
+    dedup.report.check()
+    return dedup.report, work
+
+
+class _Rejects:
+    """OUT/rejects/<reason>.jsonl: removed documents with their source and language, for inspection."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self._files = folder, {}
+
+    def add(self, reason: Reason, source: str, doc) -> None:
+        if reason not in self._files:
+            self._files[reason] = (self.folder / f"{reason.value}.jsonl").open("w", encoding="utf-8")
+        record = {"source": source, "lang": doc.lang, "text": doc.text}
+        self._files[reason].write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+
+def _tokenizer(work: WorkFiles, out: Path, path: Path | None, vocab: int, seconds: Counter, log) -> Tokenizer:
+    start = time.perf_counter()
+    if path is not None:
+        tokenizer = Tokenizer.load(path)
+    else:
+        log(f"training a byte-level BPE tokenizer of {vocab:,} tokens on the kept training text")
+        texts = (t for stream, split in work.keys() if split == "train" for t in work.texts(stream, split))
+        tokenizer = train_bpe_tokenizer(texts, vocab)
+        seconds["train tokenizer"] += time.perf_counter() - start
+    tokenizer.save_pretrained(out)
+    return tokenizer
+
+
+def _pack_pass(work: WorkFiles, out: Path, tokenizer: Tokenizer, pack: PackConfig, workers: Workers,
+               progress: bool, seconds: Counter) -> dict:
+    """Tokenize every (stream, split) file into shards; returns {(stream, split): StreamSplit}."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    file = str(out / "tokenizer.json")
+    items = ((file, chunk) for key in work.keys() for chunk in _chunks(work.texts(*key), key))
+    written, writer, writer_key = {}, None, None
+    bar = tqdm(desc="pack", unit="doc", total=sum(work.counts.values()), disable=not progress, dynamic_ncols=True)
+    for key, tokens, docs, secs in workers.map(_tokenize_task, _timed(items, seconds, "read kept")):
+        seconds["tokenize"] += secs
+        start = time.perf_counter()
+        if writer is None or writer_key != key:
+            if writer is not None:
+                written[writer_key] = writer.finish()
+            stream, split = key
+            writer, writer_key = ShardWriter(out / split, stream, pack.seq_len, pack.shard_tokens, dtype), key
+        writer.append(tokens, docs)
+        bar.update(docs)
+        seconds["write shards"] += time.perf_counter() - start
+    if writer is not None:
+        written[writer_key] = writer.finish()
+    bar.close()
+    return written
+
+
+def _streams_manifest(written: dict, weights: dict[str, float], counts: np.ndarray) -> list[dict]:
+    streams = sorted({stream for stream, _ in written})
+    rows = []
+    for i, stream in enumerate(streams):
+        source, _, lang = stream.rpartition(".")
+        entry = {"name": stream, "source": source, "lang": lang, "weight": weights.get(stream, 0.0),
+                 "block_count": int(counts[i])}
+        for split in SPLITS:
+            part = written.get((stream, split))
+            entry[split] = _split_entry(part, split)
+        rows.append(entry)
+    return rows
+
+
+def _split_entry(part, split: str) -> dict:
+    if part is None:
+        return {"documents": 0, "tokens": 0, "sequences": 0, "dropped_tokens": 0, "shards": []}
+    shards = [{"file": f"{split}/{s.file}", "sequences": s.sequences, "sha256": s.sha256} for s in part.shards]
+    return {"documents": part.documents, "tokens": part.tokens, "sequences": part.sequences,
+            "dropped_tokens": part.dropped_tokens, "shards": shards}
+
+
+def _mix(written: dict, mix: dict[str, float] | None) -> tuple[dict, dict[str, float], np.ndarray]:
+    streams = sorted({stream for stream, _ in written})
+    sizes = []
+    for stream in streams:
+        source, _, lang = stream.rpartition(".")
+        part = written.get((stream, "train"))
+        sizes.append(mixing.StreamSize(stream, source, lang, part.sequences if part else 0))
+    by, weights = mixing.stream_weights(sizes, mix)
+    counts = mixing.block_counts(np.array([weights[s] for s in streams]))
+    share, epochs = mixing.realised(counts, np.array([s.sequences for s in sizes]))
+    info = {"by": by, "requested": mix, "block": mixing.BLOCK,
+            "realised": {s: {"share": float(share[i]), "epochs_per_pass": float(epochs[i])} for i, s in enumerate(streams)}}
+    return info, weights, counts
+
+
+def _reset(out: Path) -> None:
+    """Refuse to overwrite a finished preparation; clear what an unfinished one left."""
+    if (out / MANIFEST).exists():
+        raise DataError(f"'{out}' already holds prepared data ({MANIFEST}); choose another --out or delete it first")
+    for name in _OWNED:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MANIFEST)
+
+
+def prepare(
+    inputs: list[str],
+    out: Path,
+    *,
+    clean: CleanConfig = CleanConfig(),
+    pack: PackConfig = PackConfig(),
+    tokenizer: Path | None = None,
+    train_vocab: int = 32768,
+    mix: dict[str, float] | None = None,
+    text_field: str = "text",
+    workers: int = 0,
+    keep_rejects: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> PrepareResult:
+    """Clean, tokenize and pack `inputs` into OUT; returns the manifest and the printed report."""
+    start = time.perf_counter()
+    sources = parse_sources(inputs, text_field)
+    workers = workers or default_workers()
+    out = Path(out)
+    _reset(out)
+    seconds: Counter = Counter()
+    described = [s.describe() for s in sources]
+    seconds["hash inputs"] += time.perf_counter() - start
+    with Workers(workers, init_worker, (clean,)) as pool:  # forked once, before any tokenizer runs here
+        report, work = _clean_pass(sources, out, clean, pack, pool, keep_rejects, progress, seconds)
+        if report.kept == 0:
+            raise DataError(f"no document survived cleaning (of {report.documents:,}); see the removal counts: "
+                            + ", ".join(f"{r.value} {n:,}" for r, n in report.removed.items()))
+        tok = _tokenizer(work, out, tokenizer, train_vocab, seconds, log)
+        written = _pack_pass(work, out, tok, pack, pool, progress, seconds)
+    shutil.rmtree(out / ".work")
+    mix_info, weights, counts = _mix(written, mix)
+    manifest = {
+        "format": FORMAT,
+        "created_by": f"sunfish {_version()}",
+        "seq_len": pack.seq_len,
+        "dtype": token_dtype(tok.vocab_size).name,
+        "vocab_size": tok.vocab_size,
+        "tokenizer": {"file": "tokenizer.json", "sha256": tok.sha256(), "bos_id": tok.bos_id, "eos_id": tok.eos_id},
+        "split": {"by": "document", "val_fraction": pack.val_fraction, "seed": pack.seed},
+        "sources": described,
+        "clean": {"config": _jsonable(asdict(clean)), "counts": report.as_dict()},
+        "mix": mix_info,
+        "streams": _streams_manifest(written, weights, counts),
+    }
+    manifest["tokens_per_language"] = _tokens_per_language(manifest["streams"])
+    _write_manifest(out, manifest)
+    wall = time.perf_counter() - start
+    return PrepareResult(out=out, manifest=manifest, report=format_report(manifest, report, seconds, wall),
+                         seconds=seconds, wall_seconds=wall)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sunfish")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
+        return "unknown"
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda v: v.value if hasattr(v, "value") else str(v)))
+
+
+def _tokens_per_language(streams: list[dict]) -> dict:
+    totals: dict = {}
+    for s in streams:
+        entry = totals.setdefault(s["lang"], {split: 0 for split in SPLITS})
+        for split in SPLITS:
+            entry[split] += s[split]["tokens"]
+    return dict(sorted(totals.items()))
+
+
+def format_report(manifest: dict, report: CleanReport, seconds: Counter, wall: float) -> str:
+    """The tables printed at the end: cleaning steps, streams and mix, throughput per stage."""
+    parts = [format_clean_report(report)]
+    rows = []
+    for s in manifest["streams"]:
+        real = manifest["mix"]["realised"][s["name"]]
+        rows.append((s["name"], s["train"]["documents"], s["train"]["tokens"], s["train"]["sequences"],
+                     s["val"]["tokens"], 100 * s["weight"], 100 * real["share"], real["epochs_per_pass"]))
+    header = ("stream", "train docs", "train tokens", "sequences", "val tokens", "weight %", "realised %", "epochs/pass")
+    parts.append(table(rows, header))
+    mb = report.bytes_in / 1e6
+    stage_rows = [(stage, secs, mb / secs if secs > 0 else float("inf")) for stage, secs in seconds.most_common()]
+    stage_rows.append(("total (wall clock)", wall, mb / wall if wall > 0 else float("inf")))
+    parts.append(table(stage_rows, ("stage", "seconds", "input MB/s")))
+    return "\n\n".join(parts)
