@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from planted import planted_corpus
 from sunfish.data import cli as data_cli
 from sunfish.data.clean import CleanConfig
-from sunfish.data.pack import PackConfig
+from sunfish.data.pack import PackConfig, _load_backend, encode_documents, splits_exactly
 from sunfish.data.prepare import prepare
 from sunfish.data.shards import PreparedData
 from sunfish.data.sources import DataError, write_documents
@@ -135,7 +137,7 @@ def test_existing_tokenizer_and_refusals(prepared, inputs, tmp_path):
 
 KILL_SCRIPT = """
 import sys
-from sunfish.data.pack import PackConfig
+from sunfish.data.pack import PackConfig, _load_backend, encode_documents, splits_exactly
 from sunfish.data.prepare import prepare
 prepare([sys.argv[1]], sys.argv[2], pack=PackConfig(seq_len=32, val_fraction=0.1, shard_tokens=64),
         tokenizer=sys.argv[3], workers=1, progress=False, log=lambda s: None)
@@ -199,3 +201,29 @@ def test_cli_prepare_and_dispatch(inputs, tmp_path, capsys):
     bad = parser.parse_args(["data", "prepare", *inputs, "--out", str(tmp_path / "y"), "--mix", "web"])
     with pytest.raises(DataError, match="cannot read the mix 'web'"):
         data_cli.dispatch(bad)
+
+
+FRAGMENTS = ["word", "Слово", " ", "  ", "\n", "\n\n", " \n", "\t", ".", "!?", "»", "«", "'s", "'ll", "42", "2024",
+             "🙂", "中文", "—", "-", "...", "\r\n", "[EOS]", "e\u0301", "\u00a0"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join))
+def test_cutting_before_newlines_encodes_exactly(prepared, text):
+    backend, *_ = _load_backend(str(prepared.out / "tokenizer.json"))
+    assert splits_exactly(backend)
+    assert encode_documents(backend, [text, text + "\nend"], True) == encode_documents(backend, [text, text + "\nend"], False)
+
+
+def test_other_pre_tokenizers_are_encoded_whole(prepared):
+    import tokenizers
+
+    backend = tokenizers.Tokenizer.from_file(str(prepared.out / "tokenizer.json"))
+    backend.normalizer = tokenizers.normalizers.NFKC()
+    assert not splits_exactly(backend)
+    backend = tokenizers.Tokenizer.from_file(str(prepared.out / "tokenizer.json"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace()
+    assert not splits_exactly(backend)
+    backend = tokenizers.Tokenizer.from_file(str(prepared.out / "tokenizer.json"))
+    backend.add_tokens([".\n"])
+    assert not splits_exactly(backend)

@@ -50,6 +50,24 @@ def parse_mix(args: list[str] | None) -> dict[str, float] | None:
     return weights
 
 
+def check_keys(mix: dict[str, float] | None, sources: list[str], langs: tuple[str, ...]) -> None:
+    """Fail before any work when the mix names something unknown or leaves a source or language out."""
+    if mix is None:
+        return
+    if set(mix) <= set(sources):
+        missing = [s for s in sources if s not in mix]
+    elif set(mix) <= set(langs):
+        missing = [l for l in langs if l not in mix]
+    else:
+        unknown = sorted(set(mix) - set(sources) - set(langs))
+        raise DataError(
+            f"the mix names {', '.join(unknown) or 'languages and sources together'}; name only languages "
+            f"({', '.join(langs)}) or only sources ({', '.join(sources)})"
+        )
+    if missing:
+        raise DataError(f"the mix gives no weight to {', '.join(missing)}; add {missing[0]}=WEIGHT (0 leaves it out)")
+
+
 def _group_of(streams: list[StreamSize], mix: dict[str, float]) -> tuple[str, dict[str, str]]:
     """Whether the mix keys are languages or sources, and each stream's key."""
     langs = {s.lang for s in streams}

@@ -43,7 +43,7 @@ class PrepareResult:
     out: Path
     manifest: dict
     report: str  # the printed report
-    seconds: Counter  # stage -> seconds (summed over workers for the stages they run)
+    seconds: Counter  # stage -> CPU seconds (summed over workers for the stages they run)
     wall_seconds: float
 
 
@@ -97,21 +97,21 @@ def _clean_task(item: tuple) -> tuple:
 
 def _tokenize_task(item: tuple) -> tuple:
     tokenizer_file, (tag, texts) = item
-    start = time.perf_counter()
+    start = time.process_time()
     tokens = tokenize_chunk(tokenizer_file, texts)
-    return tag, tokens, len(texts), time.perf_counter() - start
+    return tag, tokens, len(texts), time.process_time() - start
 
 
 def _timed(items: Iterator, seconds: Counter, stage: str) -> Iterator:
-    """Pass items through, adding the time spent producing them to `seconds[stage]`."""
+    """Pass items through, adding the CPU time spent producing them to `seconds[stage]`."""
     while True:
-        start = time.perf_counter()
+        start = time.process_time()
         try:
             item = next(items)
         except StopIteration:
             return
         finally:
-            seconds[stage] += time.perf_counter() - start
+            seconds[stage] += time.process_time() - start
         yield item
 
 
@@ -124,7 +124,7 @@ def _clean_pass(sources: list[Source], out: Path, clean: CleanConfig, pack: Pack
     bar = tqdm(desc="clean", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
     for name, cleaned, secs in workers.map(_clean_task, _timed(items, seconds, "read")):
         seconds.update(secs)
-        start = time.perf_counter()
+        start = time.process_time()
         for doc in cleaned:
             reason = dedup.decide(doc, name)
             if reason is None:
@@ -133,7 +133,7 @@ def _clean_pass(sources: list[Source], out: Path, clean: CleanConfig, pack: Pack
             elif rejects is not None:
                 rejects.add(reason, name, doc)
             bar.update(doc.bytes_in)
-        seconds["deduplicate"] += time.perf_counter() - start
+        seconds["deduplicate"] += time.process_time() - start
     bar.close()
     work.close()
     if rejects is not None:
@@ -160,16 +160,12 @@ class _Rejects:
             f.close()
 
 
-def _tokenizer(work: WorkFiles, out: Path, path: Path | None, vocab: int, seconds: Counter, log) -> Tokenizer:
-    start = time.perf_counter()
-    if path is not None:
-        tokenizer = Tokenizer.load(path)
-    else:
-        log(f"training a byte-level BPE tokenizer of {vocab:,} tokens on the kept training text")
-        texts = (t for stream, split in work.keys() if split == "train" for t in work.texts(stream, split))
-        tokenizer = train_bpe_tokenizer(texts, vocab)
-        seconds["train tokenizer"] += time.perf_counter() - start
-    tokenizer.save_pretrained(out)
+def _train_tokenizer(work: WorkFiles, vocab: int, seconds: Counter, log) -> Tokenizer:
+    start = time.perf_counter()  # wall clock: the trainer runs on all cores
+    log(f"training a byte-level BPE tokenizer of {vocab:,} tokens on the kept training text")
+    texts = (t for stream, split in work.keys() if split == "train" for t in work.texts(stream, split))
+    tokenizer = train_bpe_tokenizer(texts, vocab)
+    seconds["train tokenizer"] += time.perf_counter() - start
     return tokenizer
 
 
@@ -183,7 +179,7 @@ def _pack_pass(work: WorkFiles, out: Path, tokenizer: Tokenizer, pack: PackConfi
     bar = tqdm(desc="pack", unit="doc", total=sum(work.counts.values()), disable=not progress, dynamic_ncols=True)
     for key, tokens, docs, secs in workers.map(_tokenize_task, _timed(items, seconds, "read kept")):
         seconds["tokenize"] += secs
-        start = time.perf_counter()
+        start = time.process_time()
         if writer is None or writer_key != key:
             if writer is not None:
                 written[writer_key] = writer.finish()
@@ -191,7 +187,7 @@ def _pack_pass(work: WorkFiles, out: Path, tokenizer: Tokenizer, pack: PackConfi
             writer, writer_key = ShardWriter(out / split, stream, pack.seq_len, pack.shard_tokens, dtype), key
         writer.append(tokens, docs)
         bar.update(docs)
-        seconds["write shards"] += time.perf_counter() - start
+        seconds["write shards"] += time.process_time() - start
     if writer is not None:
         written[writer_key] = writer.finish()
     bar.close()
@@ -272,22 +268,37 @@ def prepare(
     """Clean, tokenize and pack `inputs` into OUT; returns the manifest and the printed report."""
     start = time.perf_counter()
     sources = parse_sources(inputs, text_field)
+    mixing.check_keys(mix, [s.name for s in sources], clean.langs)
+    given = Tokenizer.load(tokenizer) if tokenizer is not None else None  # a bad path fails now, not after cleaning
     workers = workers or default_workers()
     out = Path(out)
     _reset(out)
     seconds: Counter = Counter()
+    hashing = time.process_time()
     described = [s.describe() for s in sources]
-    seconds["hash inputs"] += time.perf_counter() - start
+    seconds["hash inputs"] += time.process_time() - hashing
     with Workers(workers, init_worker, (clean,)) as pool:  # forked once, before any tokenizer runs here
         report, work = _clean_pass(sources, out, clean, pack, pool, keep_rejects, progress, seconds)
         if report.kept == 0:
             raise DataError(f"no document survived cleaning (of {report.documents:,}); see the removal counts: "
                             + ", ".join(f"{r.value} {n:,}" for r, n in report.removed.items()))
-        tok = _tokenizer(work, out, tokenizer, train_vocab, seconds, log)
+        tok = given if given is not None else _train_tokenizer(work, train_vocab, seconds, log)
+        tok.save_pretrained(out)
         written = _pack_pass(work, out, tok, pack, pool, progress, seconds)
     shutil.rmtree(out / ".work")
+    manifest = _manifest(tok, pack, described, clean, report, written, mix)
+    _write_manifest(out, manifest)
+    wall = time.perf_counter() - start
+    return PrepareResult(out=out, manifest=manifest, report=format_report(manifest, report, seconds, wall),
+                         seconds=seconds, wall_seconds=wall)
+
+
+def _manifest(tok: Tokenizer, pack: PackConfig, sources: list[dict], clean: CleanConfig, report: CleanReport,
+              written: dict, mix: dict[str, float] | None) -> dict:
+    """Everything a loader or a person needs to know about the output (no timings: it is deterministic)."""
     mix_info, weights, counts = _mix(written, mix)
-    manifest = {
+    streams = _streams_manifest(written, weights, counts)
+    return {
         "format": FORMAT,
         "created_by": f"sunfish {_version()}",
         "seq_len": pack.seq_len,
@@ -295,16 +306,12 @@ def prepare(
         "vocab_size": tok.vocab_size,
         "tokenizer": {"file": "tokenizer.json", "sha256": tok.sha256(), "bos_id": tok.bos_id, "eos_id": tok.eos_id},
         "split": {"by": "document", "val_fraction": pack.val_fraction, "seed": pack.seed},
-        "sources": described,
+        "sources": sources,
         "clean": {"config": _jsonable(asdict(clean)), "counts": report.as_dict()},
         "mix": mix_info,
-        "streams": _streams_manifest(written, weights, counts),
+        "streams": streams,
+        "tokens_per_language": _tokens_per_language(streams),
     }
-    manifest["tokens_per_language"] = _tokens_per_language(manifest["streams"])
-    _write_manifest(out, manifest)
-    wall = time.perf_counter() - start
-    return PrepareResult(out=out, manifest=manifest, report=format_report(manifest, report, seconds, wall),
-                         seconds=seconds, wall_seconds=wall)
 
 
 def _version() -> str:
@@ -342,5 +349,5 @@ def format_report(manifest: dict, report: CleanReport, seconds: Counter, wall: f
     mb = report.bytes_in / 1e6
     stage_rows = [(stage, secs, mb / secs if secs > 0 else float("inf")) for stage, secs in seconds.most_common()]
     stage_rows.append(("total (wall clock)", wall, mb / wall if wall > 0 else float("inf")))
-    parts.append(table(stage_rows, ("stage", "seconds", "input MB/s")))
+    parts.append(table(stage_rows, ("stage", "CPU seconds", "input MB/s")))
     return "\n\n".join(parts)
