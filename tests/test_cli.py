@@ -116,3 +116,23 @@ def test_block_diffusion_trains_and_samples(tmp_path, capsys):
     body = json.loads(capsys.readouterr().out)
     assert body["text"].startswith("the cat") and body["steps"] == 10 and body["nfe"] == 12  # + 2 cache commits
     assert "block-diffusion" in error_of(capsys, ["infill", str(out), "--text", "the [MASK:3] sat"])
+
+
+def test_data_pipeline_verbs_are_wired(tmp_path, capsys):
+    """`sunfish data prepare` output trains with `sunfish train --data DIR`; `tokenizer stats` answers."""
+    corpus = tmp_path / "c.jsonl"
+    from sunfish.data.sources import write_documents
+    from sunfish.data.synth import generate_stories
+
+    write_documents(corpus, generate_stories("both", 300, 0))
+    prepared = tmp_path / "prep"
+    assert main(["data", "prepare", str(corpus), "--out", str(prepared), "--train-tokenizer", "600", "--seq-len", "64",
+                 "--min-words", "5", "--workers", "1", "--no-progress"]) == 0
+    assert (prepared / "manifest.json").is_file()
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "nano", "--data", str(prepared), "--out", str(out), "--steps", "2",
+                 "--model.context=64", "--train.val_every=0", "--no-progress"]) == 0
+    assert (out / "checkpoints" / "step-000002" / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["tokenizer", "stats", str(prepared / "tokenizer.json"), "--text", f"en={corpus}"]) == 0
+    assert capsys.readouterr().out.strip()

@@ -19,6 +19,7 @@ from sunfish.config import (
     load_preset,
     parse_overrides,
 )
+from sunfish.data import cli as data_cli
 
 
 class UsageError(ValueError):
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = verbs.add_parser("train", help="train a masked diffusion LM", epilog="Any config field: --section.field=value")
     t.add_argument("--preset", default="nano", help="preset name (see `sunfish presets`)")
-    t.add_argument("--data", nargs="+", help=".txt/.jsonl files or folders (default: the built-in story corpus)")
+    t.add_argument("--data", nargs="+", help=".txt/.jsonl files or folders, or a `sunfish data prepare` shard folder (default: the built-in story corpus)")
     t.add_argument("--out", type=Path, help="run folder (default runs/PRESET)")
     t.add_argument("--steps", type=int, help="planned total optimiser steps")
     t.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only at the end)")
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = verbs.add_parser("quickstart", help="make the built-in corpus, train a small model, show samples")
     q.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     q.add_argument("--steps", type=int, help="training steps (default: the quickstart preset's)")
+    data_cli.register(verbs)  # data prepare, tokenizer train|extend|stats
     return parser
 
 
@@ -173,6 +175,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if extra and args.verb != "train":
         raise UsageError(f"unrecognised arguments: {' '.join(extra)}")
+    handled = data_cli.dispatch(args)
+    if handled is not None:
+        return handled
     if args.verb == "train":
         return cmd_train(args, extra)
     if args.verb in ("sample", "infill"):
