@@ -191,7 +191,7 @@ def train(
         start = state.step
         log(f"resuming from {resume_from} at step {start}")
     if cfg.train.compile:
-        apply_compile(model)
+        apply_compile(model, log)
     n_params = count_parameters(model)
     log(f"model: {n_params:,} parameters; data: {len(corpus.train):,} training tokens, {len(corpus.val):,} validation tokens; device {rt.device}")
 
