@@ -136,3 +136,22 @@ def test_data_pipeline_verbs_are_wired(tmp_path, capsys):
     capsys.readouterr()
     assert main(["tokenizer", "stats", str(prepared / "tokenizer.json"), "--text", f"en={corpus}"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_damaged_or_foreign_checkpoints_are_refused(run_dir, tmp_path, capsys):
+    import shutil
+
+    ckpt = sorted((run_dir / "checkpoints").iterdir())[-1]
+    foreign = tmp_path / "foreign"
+    shutil.copytree(ckpt, foreign)
+    config = json.loads((foreign / "config.json").read_text())
+    config["model"]["d_model"] = 64  # the weights were trained at width 32
+    (foreign / "config.json").write_text(json.dumps(config))
+    assert "another model" in error_of(capsys, ["sample", str(foreign), "--length", "4"])
+    truncated = tmp_path / "truncated"
+    shutil.copytree(ckpt, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert "damaged" in error_of(capsys, ["sample", str(truncated), "--length", "4"])
+    (truncated / "config.json").write_text("{not json")
+    assert "damaged" in error_of(capsys, ["sample", str(truncated), "--length", "4"])

@@ -117,7 +117,10 @@ def load_weights(model: Transformer, ckpt: Path) -> None:
     try:
         missing, unexpected = load_model(model, str(ckpt / "model.safetensors"), strict=False)
     except Exception as err:  # safetensors raises several types for damaged or mismatched files
-        raise CheckpointError(f"the weights in '{ckpt}' do not fit this model ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"the weights in '{ckpt}' cannot be loaded into the model its config describes "
+            f"({str(err).splitlines()[0]}); the checkpoint is damaged or belongs to another model"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(f"the weights in '{ckpt}' do not match the model in its config (missing {len(missing)}, unexpected {len(unexpected)} tensors)")
 
