@@ -19,11 +19,22 @@ from sunfish.config import (
     load_preset,
     parse_overrides,
 )
-from sunfish.data import cli as data_cli
+import importlib
 
 
 class UsageError(ValueError):
     """Bad command-line input; the message is one sentence."""
+
+
+# Modules that add verbs of their own: each has `register(verbs)` (adds sub-parsers) and
+# `dispatch(args) -> int | None` (runs the verb if it is one of its own, else returns None).
+VERB_MODULES = (
+    "sunfish.data.cli",  # data prepare, tokenizer train|extend|stats
+)
+
+
+def _verb_modules() -> list:
+    return [importlib.import_module(name) for name in VERB_MODULES]
 
 
 def _sampler_flags(p: argparse.ArgumentParser) -> None:
@@ -85,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = verbs.add_parser("quickstart", help="make the built-in corpus, train a small model, show samples")
     q.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     q.add_argument("--steps", type=int, help="training steps (default: the quickstart preset's)")
-    data_cli.register(verbs)  # data prepare, tokenizer train|extend|stats
+    for module in _verb_modules():
+        module.register(verbs)
     return parser
 
 
@@ -175,9 +187,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if extra and args.verb != "train":
         raise UsageError(f"unrecognised arguments: {' '.join(extra)}")
-    handled = data_cli.dispatch(args)
-    if handled is not None:
-        return handled
+    for module in _verb_modules():
+        handled = module.dispatch(args)
+        if handled is not None:
+            return handled
     if args.verb == "train":
         return cmd_train(args, extra)
     if args.verb in ("sample", "infill"):
