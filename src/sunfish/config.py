@@ -92,6 +92,18 @@ class TokenizerChoice(str, enum.Enum):
     BPE = "bpe"
 
 
+class ParallelKind(str, enum.Enum):
+    NONE = "none"  # one process (or independent processes)
+    DDP = "ddp"  # DistributedDataParallel under torchrun: replicated weights, all-reduced gradients
+    FSDP = "fsdp"  # FSDP2 (fully_shard) under torchrun: weights, gradients and optimizer state sharded
+
+
+class LogKind(str, enum.Enum):
+    JSONL = "jsonl"  # RUN_DIR/metrics.jsonl only
+    TENSORBOARD = "tensorboard"  # also TensorBoard scalars in RUN_DIR/tensorboard
+    WANDB = "wandb"  # also Weights & Biases (offline unless WANDB_MODE says otherwise)
+
+
 class Section:
     """Base of the config sections: enum fields given as strings are converted on construction."""
 
@@ -154,8 +166,12 @@ class OptimConfig(Section):
     warmup_steps: int = 100  # linear warm-up length in optimiser steps
     min_lr_ratio: float = 0.1  # cosine decay floor as a fraction of the peak
     grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
+    lr_embed: float = 1.0  # learning-rate multiplier for the token (and time) embeddings and output head
+    lr_attn: float = 1.0  # learning-rate multiplier for attention weights
+    lr_mlp: float = 1.0  # learning-rate multiplier for MLP weights
 
-    RANGES = {"lr": (0.0, INF), "warmup_steps": (0, INF), "min_lr_ratio": (0.0, 1.0), "grad_clip": (0.0, INF)}
+    RANGES = {"lr": (0.0, INF), "warmup_steps": (0, INF), "min_lr_ratio": (0.0, 1.0), "grad_clip": (0.0, INF),
+              "lr_embed": (0.0, INF), "lr_attn": (0.0, INF), "lr_mlp": (0.0, INF)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,9 +189,19 @@ class TrainConfig(Section):
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch; 0 = leave torch's default
+    parallel: ParallelKind = ParallelKind.NONE  # none | ddp | fsdp (ddp and fsdp run under torchrun)
+    act_ckpt: int = 0  # activation checkpointing of every k-th block (1 = all blocks); 0 = off
+    offload: bool = False  # fsdp: keep parameters, gradients and optimizer state in CPU memory
+    keep_last: int = 0  # keep the newest K checkpoints (plus the best by validation loss); 0 = keep all
+    max_bad_steps: int = 10  # abort after this many steps in a row with a non-finite loss or gradient
+    log: LogKind = LogKind.JSONL  # metrics sink besides metrics.jsonl: jsonl | tensorboard | wandb
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999); 0 = off
+    peak_tflops: float = 0.0  # per-device peak TFLOP/s for MFU; 0 = look up the GPU (no MFU on CPU)
 
     RANGES = {"steps": (1, INF), "batch_size": (1, INF), "grad_accum": (1, INF), "seq_len": (0, INF),
-              "log_every": (1, INF), "val_every": (0, INF), "val_batches": (1, INF), "save_every": (0, INF), "threads": (0, INF)}
+              "log_every": (1, INF), "val_every": (0, INF), "val_batches": (1, INF), "save_every": (0, INF), "threads": (0, INF),
+              "act_ckpt": (0, INF), "keep_last": (0, INF), "max_bad_steps": (1, INF), "ema": (0.0, 0.999999),
+              "peak_tflops": (0.0, INF)}
 
 
 @dataclass(frozen=True, kw_only=True)
