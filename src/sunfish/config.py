@@ -25,7 +25,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 INF = float("inf")
 SECTION_NAMES = {"ModelConfig": "model", "ProcessConfig": "process", "OptimConfig": "optim", "TrainConfig": "train",
-                 "DataConfig": "data", "SamplerConfig": "sampler"}
+                 "DataConfig": "data", "SamplerConfig": "sampler", "EvalConfig": "eval"}
 
 
 class ConfigError(ValueError):
@@ -234,6 +234,30 @@ class SamplerConfig(Section):
     RANGES = {"length": (1, INF), "steps": (1, INF), "block_length": (0, INF), "temperature": (0.0, INF),
               "top_k": (0, INF), "top_p": (1e-6, 1.0), "threshold": (1e-6, 1.0), "factor": (1e-6, INF),
               "entropy_bound": (0.0, INF)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(Section):
+    """`sunfish eval` settings (not stored in checkpoints); flags --eval.field=value."""
+
+    seed: int = 0  # seeds the Monte Carlo noise, the samples and the infill spans
+    max_tokens: int = 16384  # held-out tokens the likelihood suite scores (whole documents; 0 = all)
+    seq_len: int = 0  # tokens per scored window; 0 = the run's training sequence length
+    batch_size: int = 16  # windows per forward pass
+    rel_se: float = 0.01  # Monte Carlo stops once the standard error is below this fraction of the estimate
+    min_rounds: int = 4  # fewest Monte Carlo passes over the held-out text
+    max_rounds: int = 64  # most Monte Carlo passes (the reached error is reported either way)
+    samples: int = 16  # unprompted samples per step count (generation suite)
+    sample_length: int = 0  # tokens per sample; 0 = the checkpoint's sampler length
+    sample_steps: str = "16,64,256"  # comma-separated denoising step counts (each capped at the sample length)
+    temperature: float = 1.0  # sampling temperature of the generation suite (1 = the model's distribution)
+    infill_windows: int = 32  # held-out windows per span kind (infill suite)
+    translation_pairs: int = 32  # sentence pairs prompted and scored (translation suite)
+    translation_direction: str = "en-ru"  # en-ru | ru-en
+
+    RANGES = {"max_tokens": (0, INF), "seq_len": (0, INF), "batch_size": (1, INF), "rel_se": (1e-6, 1.0),
+              "min_rounds": (2, INF), "max_rounds": (2, INF), "samples": (1, INF), "sample_length": (0, INF),
+              "temperature": (0.0, INF), "infill_windows": (1, INF), "translation_pairs": (1, INF)}
 
 
 @dataclass(frozen=True, kw_only=True)
