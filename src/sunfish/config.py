@@ -25,7 +25,8 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 INF = float("inf")
 SECTION_NAMES = {"ModelConfig": "model", "ProcessConfig": "process", "OptimConfig": "optim", "TrainConfig": "train",
-                 "DataConfig": "data", "SamplerConfig": "sampler", "EvalConfig": "eval"}
+                 "DataConfig": "data", "SamplerConfig": "sampler", "EvalConfig": "eval",
+                 "AdaptConfig": "adapt"}
 
 
 class ConfigError(ValueError):
@@ -260,6 +261,43 @@ class EvalConfig(Section):
               "temperature": (0.0, INF), "infill_windows": (1, INF), "translation_pairs": (1, INF)}
 
 
+class BaseKind(str, enum.Enum):
+    HF = "hf"  # a local Hugging Face causal LM folder (transformers AutoModelForCausalLM)
+    SUNFISH = "sunfish"  # a Sunfish run trained with `sunfish train --objective ar`
+
+
+class Layout(str, enum.Enum):
+    SAME = "same"  # LLaDA: the logits at position i predict token i
+    SHIFTED = "shifted"  # Dream: the logits at i - 1 predict token i, keeping the AR head's alignment
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptConfig(Section):
+    """AR -> diffusion adaptation (`sunfish adapt`); saved in the checkpoint of an adapted run."""
+
+    base: str = ""  # the causal model adapted: a local HF folder or a Sunfish AR run; "" = not an adapted run
+    kind: BaseKind = BaseKind.HF  # what `base` is (set by `sunfish adapt` from the folder's contents)
+    layout: Layout = Layout.SHIFTED  # which position's logits predict a masked token
+    lora: bool = False  # train LoRA adapters (peft) instead of all weights
+    lora_rank: int = 16  # LoRA rank r (>= 1)
+    lora_alpha: float = 32.0  # LoRA scale numerator (the update is scaled by alpha / r)
+    lora_targets: str = "all-linear"  # comma-separated module names LoRA wraps, or all-linear (peft's choice)
+    qlora: bool = False  # 4-bit base weights (bitsandbytes; CUDA only), with lora
+    align_weight: float = 0.0  # weight of the representation-alignment loss; 0 = off
+    align_layers: str = ""  # comma-separated 1-based layers aligned with the causal teacher; "" = all
+    align_layer_sample: int = 0  # layers drawn per step from align_layers; 0 = all of them
+    align_token_fraction: float = 1.0  # fraction of positions scored by the alignment loss per step, in (0, 1]
+    teacher_cache: str = ""  # folder of teacher hidden states (`sunfish adapt cache-teacher`); "" = none
+    trajectories: str = ""  # file from `sunfish adapt trajectories`; "" = random masking only
+    traj_mix: float = 1.0  # probability that a sequence with a trajectory is masked along it, in [0, 1]
+    traj_min_ratio: float = 0.1  # smallest mask ratio drawn for trajectory masking, in (0, 1]
+    traj_max_ratio: float = 0.9  # largest mask ratio drawn for trajectory masking, in (0, 1]
+
+    RANGES = {"lora_rank": (1, INF), "lora_alpha": (0.0, INF), "align_weight": (0.0, INF),
+              "align_layer_sample": (0, INF), "align_token_fraction": (1e-6, 1.0), "traj_mix": (0.0, 1.0),
+              "traj_min_ratio": (1e-6, 1.0), "traj_max_ratio": (1e-6, 1.0)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -268,6 +306,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     preset: str = ""  # the preset this run started from
 
     def to_dict(self) -> dict[str, Any]:
