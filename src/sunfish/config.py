@@ -88,6 +88,13 @@ class CacheMode(str, enum.Enum):
     DUAL = "dual"  # Fast-dLLM dual cache: also reuse the masked suffix; recompute only the active block
 
 
+class RemaskKind(str, enum.Enum):
+    NONE = "none"  # committed tokens are final
+    CAP = "cap"  # ReMDM max-capped: sigma = min(eta, sigma_max)
+    RESCALE = "rescale"  # ReMDM rescaled: sigma = eta * sigma_max
+    CONF = "conf"  # ReMDM confidence: cap's budget spent on the least confident committed tokens
+
+
 class TokenizerChoice(str, enum.Enum):
     CHAR = "char"
     BPE = "bpe"
@@ -153,8 +160,11 @@ class ProcessConfig(Section):
     antithetic: bool = True  # low-discrepancy sampling of t across the batch
     eps: float = 1e-3  # smallest t drawn (and the log-linear schedule's eps), in (0, 0.5)
     block_size: int = 0  # block diffusion (BD3-LM) block size in tokens; 0 = one block (MDLM)
+    prompt_prob: float = 0.0  # fraction of sequences whose random-length prefix is kept clean as a prompt, [0, 1]
+    cond_dropout: float = 0.0  # fraction of those prompts replaced by [MASK] (classifier-free guidance), [0, 1]
 
-    RANGES = {"discrete_steps": (0, INF), "eps": (1e-8, 0.5), "block_size": (0, INF)}
+    RANGES = {"discrete_steps": (0, INF), "eps": (1e-8, 0.5), "block_size": (0, INF), "prompt_prob": (0.0, 1.0),
+              "cond_dropout": (0.0, 1.0)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,10 +241,16 @@ class SamplerConfig(Section):
     entropy_bound: float = 0.5  # gamma of the entropy-bound schedule, in nats (>= 0)
     cache: CacheMode = CacheMode.NONE  # approximate key/value cache, refreshed when a block completes
     stop_at_eos: bool = True  # prompted generation: after a block holding EOS, fill the rest with EOS and stop
+    remask: RemaskKind = RemaskKind.NONE  # ReMDM remasking of committed tokens
+    remask_eta: float = 0.1  # ReMDM eta: cap on sigma (cap, conf) or its multiplier (rescale), in [0, 1]
+    remask_start: float = 0.5  # remask once this fraction of a block is decoded, in [0, 1]
+    remask_end: float = 1.0  # ... and until this fraction, in [0, 1]
+    guidance: float = 0.0  # classifier-free guidance w: uncond + (1 + w)(cond - uncond); 0 = off
 
     RANGES = {"length": (1, INF), "steps": (1, INF), "block_length": (0, INF), "temperature": (0.0, INF),
               "top_k": (0, INF), "top_p": (1e-6, 1.0), "threshold": (1e-6, 1.0), "factor": (1e-6, INF),
-              "entropy_bound": (0.0, INF)}
+              "entropy_bound": (0.0, INF), "remask_eta": (0.0, 1.0), "remask_start": (0.0, 1.0),
+              "remask_end": (0.0, 1.0), "guidance": (0.0, INF)}
 
 
 @dataclass(frozen=True, kw_only=True)

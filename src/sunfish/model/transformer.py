@@ -171,8 +171,9 @@ class Transformer(nn.Module):
 
         With an empty `kv_cache` the pass records keys and values; with a filled cache whose `span` is
         set, `tokens` (B, hi - lo) are the canvas positions [lo, hi) and attend over the cached rest.
-        `attn_mask` (L, L_keys) bool replaces the attention pattern (True = may attend); `positions` (L,)
-        gives each token's RoPE position (default: offset + 0..L-1), e.g. for block diffusion's two copies.
+        `attn_mask` (L, L_keys) bool replaces the attention pattern (True = may attend; (B, 1, L, L_keys) per row);
+        `positions` (L,) or (B, L) gives each token's RoPE position (default: offset + 0..L-1), e.g. for block
+        diffusion's two copies or left-padded rows.
         """
         B, L = tokens.shape
         offset = kv_cache.span[0] if kv_cache is not None and kv_cache.span is not None else 0
@@ -191,6 +192,8 @@ class Transformer(nn.Module):
         if self.cfg.embed_norm:
             x = F.rms_norm(x, (x.shape[-1],))
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (L, d / 2)
+        if positions.dim() == 2:  # per-row positions (B, L), e.g. left-padded batches
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, d / 2)
         for layer, block in enumerate(self.blocks):
             x = block(x, cos, sin, c, None if kv_cache is None else (kv_cache, layer), attn_mask)
         x = self.final_norm(x)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import torch
 
 from sunfish.config import Policy, SamplerConfig, StepSchedule
+from sunfish.sample.batch import Generators, uniform
 
 ADAPTIVE = (StepSchedule.THRESHOLD, StepSchedule.FACTOR, StepSchedule.ENTROPY_BOUND)
 
 
-def policy_scores(probs: torch.Tensor, drawn: torch.Tensor, policy: Policy, generator: torch.Generator) -> torch.Tensor:
-    """Higher = reveal sooner. probs (B, n, V), drawn (B, n) -> (B, n)."""
+def policy_scores(probs: torch.Tensor, drawn: torch.Tensor, policy: Policy, generator: Generators,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Higher = reveal sooner. probs (B, n, V), drawn (B, n) -> (B, n). `rows` (B,): rows that draw noise."""
     if policy is Policy.CONFIDENCE:
         return probs.gather(-1, drawn[..., None]).squeeze(-1)
     if policy is Policy.MARGIN:
@@ -27,7 +29,7 @@ def policy_scores(probs: torch.Tensor, drawn: torch.Tensor, policy: Policy, gene
         return top2[..., 0] - top2[..., 1]
     if policy is Policy.ENTROPY:
         return -entropy(probs)
-    return torch.rand(drawn.shape, generator=generator, device=generator.device).to(probs.device)
+    return uniform(tuple(drawn.shape), generator, rows=rows).to(probs.device)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:

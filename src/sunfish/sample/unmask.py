@@ -12,10 +12,12 @@ step the model predicts the masked positions of the active block and a rule comm
   (alpha(s) - alpha(t)) / (1 - alpha(t)); the last step of a block reveals the rest.
 * THRESHOLD, FACTOR, ENTROPY_BOUND: adaptive rules (see `policies.py`); the step count follows the text.
 
-Committed tokens never change and context tokens are never touched. Tokens are drawn with temperature,
-top-k and top-p through float64 Gumbel noise (low-precision Gumbel noise degrades samples, as LLaDA
-notes). With `cfg.cache` the approximate key/value cache of Fast-dLLM is used (model/kv_cache.py),
-refreshed when a block completes. A callback receives a `StepInfo` after each step.
+Context tokens are never touched, and committed tokens never change unless `cfg.remask` takes some back
+(ReMDM, see remask.py). Tokens are drawn with temperature, top-k and top-p through float64 Gumbel noise
+(low-precision Gumbel noise degrades samples, as LLaDA notes). With `cfg.cache` the approximate key/value
+cache of Fast-dLLM is used (model/kv_cache.py), refreshed when a block completes; with `cfg.guidance` the
+logits are classifier-free guided. Rows may carry their own generators and left padding (batch.py), so a
+batch decodes each row as a batch of one would. A callback receives a `StepInfo` after each step.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import torch
 from sunfish.config import CacheMode, SamplerConfig, StepSchedule
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.schedules import Schedule
-from sunfish.sample.policies import ADAPTIVE, adaptive_count, policy_scores, top_ranked, transfer_counts
+from sunfish.sample.batch import Generators, Padding, uniform
+from sunfish.sample.policies import ADAPTIVE, adaptive_count, policy_scores, top_ranked
+from sunfish.sample.remask import remask
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class StepInfo:
     tokens: torch.Tensor  # (B, L) canvas after this step
     masked: torch.Tensor  # (B, L) still masked
     revealed: torch.Tensor  # (B, L) committed in this step
+    remasked: torch.Tensor | None = None  # (B, L) committed earlier and masked again in this step (ReMDM)
 
 
 @dataclass(frozen=True)
@@ -70,11 +75,14 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def draw_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """Greedy at temperature 0, else Gumbel-max with float64 noise: argmax(l / T + g). (..., V) -> (...)."""
+def draw_tokens(logits: torch.Tensor, temperature: float, generator: Generators,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy at temperature 0, else Gumbel-max with float64 noise: argmax(l / T + g). (B, ..., V) -> (B, ...).
+
+    With one generator per row, only the rows where `rows` (B,) is True draw noise (see batch.uniform)."""
     if temperature <= 0:
         return logits.argmax(-1)
-    u = torch.rand(logits.shape, generator=generator, device=generator.device, dtype=torch.float64)
+    u = uniform(tuple(logits.shape), generator, dtype=torch.float64, rows=rows)
     gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
     return (logits.double() / temperature + gumbel.to(logits.device)).argmax(-1)
 
@@ -97,32 +105,74 @@ def _steps_per_block(total: int, n_blocks: int) -> list[int]:
 class _Predictor:
     """Block logits from the model, through the key/value cache when one is configured."""
 
-    def __init__(self, model, mask_id: int, schedule: Schedule, mode: CacheMode, track_drift: bool):
+    passes = 1  # network evaluations per call
+
+    def __init__(self, model, mask_id: int, schedule: Schedule, mode: CacheMode, track_drift: bool,
+                 padding: Padding | None = None):
         self.model, self.mask_id, self.schedule, self.mode = model, mask_id, schedule, mode
-        self.track_drift = track_drift
+        self.track_drift, self.padding = track_drift, padding
         self.cache: KVCache | None = None
         self.last_exact: torch.Tensor | None = None  # exact log-probs of the last cached step, for drift
 
     def refresh(self) -> None:
         self.cache = None
 
-    def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Logits (B, hi - lo, V) for the block [lo, hi) of canvas x (B, L)."""
+    def time(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Diffusion time (B,) from the masked fraction of each row's real tokens (None: no time input)."""
+        if not self.model.needs_time:
+            return None
         masked = x == self.mask_id
-        t = self.schedule.time_of_alpha(1.0 - masked.float().mean(1)) if self.model.needs_time else None  # (B,)
+        if self.padding is None:
+            return self.schedule.time_of_alpha(1.0 - masked.float().mean(1))
+        return self.schedule.time_of_alpha(1.0 - masked.sum(1) / self.padding.real(x.shape[1]).sum(1))
+
+    def _hidden(self, tokens: torch.Tensor, t, cache: KVCache | None, lo: int, width: int) -> torch.Tensor:
+        rows = {} if self.padding is None else self.padding.attention(lo, lo + tokens.shape[1], width)
+        return self.model.hidden(tokens, t, cache, **rows)
+
+    def logits(self, x: torch.Tensor, lo: int, hi: int, t: torch.Tensor | None) -> torch.Tensor:
+        """Raw logits (B, hi - lo, V) for the block [lo, hi) of canvas x (B, L)."""
         self.last_exact = None
+        L = x.shape[1]
         if self.mode is CacheMode.NONE or self.cache is None:
             cache = None if self.mode is CacheMode.NONE else KVCache()
-            h = self.model.hidden(x, t, cache)[:, lo:hi]
+            h = self._hidden(x, t, cache, 0, L)[:, lo:hi]
             self.cache = cache
         else:
-            span = (lo, x.shape[1]) if self.mode is CacheMode.PREFIX else (lo, hi)
+            span = (lo, L) if self.mode is CacheMode.PREFIX else (lo, hi)
             self.cache.span = span
-            h = self.model.hidden(x[:, span[0] : span[1]], t, self.cache)[:, : hi - lo]
+            h = self._hidden(x[:, span[0] : span[1]], t, self.cache, lo, L)[:, : hi - lo]
             if self.track_drift:
-                self.last_exact = self.model.head(self.model.hidden(x, t)[:, lo:hi]).float().log_softmax(-1)
-        logits = self.model.head(h).float()
+                self.last_exact = self.model.head(self._hidden(x, t, None, 0, L)[:, lo:hi]).float().log_softmax(-1)
+        return self.model.head(h).float()
+
+    def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Logits (B, hi - lo, V) for the block [lo, hi) of canvas x (B, L); [MASK] is never predicted."""
+        logits = self.logits(x, lo, hi, self.time(x))
         logits[..., self.mask_id] = float("-inf")
+        return logits
+
+
+class _Guided:
+    """Classifier-free guidance (as in LLaDA): logits = u + (1 + w)(c - u), with c the model's logits on the
+    canvas and u on the canvas whose prompt is replaced by [MASK]. Each pass keeps its own cache."""
+
+    passes = 2
+    last_exact = None
+
+    def __init__(self, cond: _Predictor, uncond: _Predictor, prompt: torch.Tensor, weight: float):
+        self.cond, self.uncond, self.prompt, self.weight = cond, uncond, prompt, weight  # prompt (B, L) bool
+
+    def refresh(self) -> None:
+        self.cond.refresh()
+        self.uncond.refresh()
+
+    def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        t = self.cond.time(x)
+        c = self.cond.logits(x, lo, hi, t)  # (B, n, V)
+        u = self.uncond.logits(x.masked_fill(self.prompt, self.cond.mask_id), lo, hi, t)
+        logits = u + (1.0 + self.weight) * (c - u)
+        logits[..., self.cond.mask_id] = float("-inf")
         return logits
 
 
@@ -133,23 +183,33 @@ def unmask(
     mask_id: int,
     cfg: SamplerConfig,
     *,
-    generator: torch.Generator,
+    generator: Generators,
     schedule: Schedule,
     callback: Callable[[StepInfo], None] | None = None,
     eos_id: int | None = None,
     track_drift: bool = False,
+    padding: Padding | None = None,
 ) -> SampleResult:
     """Fill the [MASK] positions of `canvas` (B, L); every other position is kept as given.
 
     With `eos_id` and `cfg.stop_at_eos`, once a finished block holds an EOS in every row, the masks after
-    each row's first EOS become EOS and decoding stops (variable-length generation).
+    each row's first EOS become EOS and decoding stops (variable-length generation). `generator` may be one
+    generator per row and `padding` the rows' left padding (batch.py): row b then decodes exactly as it
+    would alone with generator[b]. With `cfg.guidance` > 0 the prompt (every position that is neither a
+    mask nor padding) is replaced by [MASK] in the unconditional pass.
     """
     x = canvas.clone()
     masked = x == mask_id
     if not masked.any():
         return SampleResult(tokens=x, steps=0, nfe=0)
+    if track_drift and cfg.guidance > 0:
+        raise ValueError("the drift report measures the unguided cache; drop --guidance or --drift")
     blocks = _blocks(masked, cfg.block_length)
-    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE)
+    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE, padding)
+    if cfg.guidance > 0:
+        prompt = ~masked if padding is None else ~masked & padding.real(x.shape[1])
+        uncond = _Predictor(model, mask_id, schedule, cfg.cache, False, padding)
+        predict = _Guided(predict, uncond, prompt, cfg.guidance)
     return denoise_blocks(x, blocks, predict, mask_id, cfg, generator=generator, schedule=schedule,
                           callback=callback, eos_id=eos_id)
 
@@ -161,7 +221,7 @@ def denoise_blocks(
     mask_id: int,
     cfg: SamplerConfig,
     *,
-    generator: torch.Generator,
+    generator: Generators,
     schedule: Schedule,
     callback: Callable[[StepInfo], None] | None = None,
     eos_id: int | None = None,
@@ -169,8 +229,10 @@ def denoise_blocks(
 ) -> SampleResult:
     """Decode `blocks` of canvas x (B, L) in order. `predict(x, lo, hi)` gives the block's logits and
     `predict.refresh()` is called at each block start; `after_block(x, lo, hi)` may run extra passes
-    (returned as their count, for the NFE)."""
-    total_masks = int((x == mask_id).sum(1).max())
+    (returned as their count, for the NFE). Only the positions masked on entry are ever written."""
+    generated = x == mask_id  # (B, L)
+    psi = torch.zeros(x.shape, device=x.device)  # confidence of each token when it was committed (ReMDM conf)
+    total_masks = int(generated.sum(1).max())
     if cfg.schedule in ADAPTIVE:  # the step count follows the predictions; `steps` does not apply
         budget = [1] * len(blocks)
     else:
@@ -178,48 +240,65 @@ def denoise_blocks(
     step, extra, drift = 0, 0, []
     for (lo, hi), n_steps in zip(blocks, budget):
         predict.refresh()
-        remaining = (x[:, lo:hi] == mask_id).sum(1)  # (B,)
-        n_steps = max(1, min(n_steps, int(remaining.max())))
-        counts = transfer_counts(remaining, n_steps)  # (B, n_steps), FIXED only
+        n_steps = max(1, min(n_steps, int((x[:, lo:hi] == mask_id).sum(1).max())))
         k = 0
         while (x[:, lo:hi] == mask_id).any() and (cfg.schedule in ADAPTIVE or k < n_steps):
             logits = predict(x, lo, hi)
-            chosen, drawn = _choose(logits, x[:, lo:hi] == mask_id, cfg, k, n_steps, counts[:, min(k, n_steps - 1)], generator, schedule)
+            block = x[:, lo:hi]
+            chosen, drawn, conf, remasked = _choose(logits, block == mask_id, generated[:, lo:hi], psi[:, lo:hi],
+                                                    cfg, k, n_steps, generator, schedule)
             step, k = step + 1, k + 1
             if getattr(predict, "last_exact", None) is not None:
                 drift.append(_drift(step, logits, predict.last_exact, chosen))
-            revealed = torch.zeros_like(x, dtype=torch.bool)
-            revealed[:, lo:hi] = chosen
-            x = x.clone()
-            x[:, lo:hi] = torch.where(chosen, drawn, x[:, lo:hi])
+            x, psi = x.clone(), psi.clone()
+            x[:, lo:hi] = torch.where(chosen, drawn, block.masked_fill(remasked, mask_id))
+            psi[:, lo:hi] = torch.where(chosen, conf, psi[:, lo:hi])
             if callback is not None:
-                callback(StepInfo(step=step, tokens=x, masked=x == mask_id, revealed=revealed))
+                callback(StepInfo(step=step, tokens=x, masked=x == mask_id, revealed=_widen(chosen, x, lo),
+                                  remasked=_widen(remasked, x, lo)))
         if after_block is not None:
             extra += after_block(x, lo, hi)
         if eos_id is not None and cfg.stop_at_eos:
             x, done = _finish_after_eos(x, hi, eos_id, mask_id)
             if done:
                 break
-    return SampleResult(tokens=x, steps=step, nfe=step + extra, drift=drift)
+    return SampleResult(tokens=x, steps=step, nfe=step * getattr(predict, "passes", 1) + extra, drift=drift)
 
 
-def _choose(logits, candidates, cfg: SamplerConfig, k: int, n_steps: int, count, generator, schedule):
-    """Positions of the block to commit (B, n) and the drawn tokens (B, n)."""
+def _widen(block_mask: torch.Tensor, x: torch.Tensor, lo: int) -> torch.Tensor:
+    """A (B, n) mask of the block starting at column lo as a (B, L) mask of the canvas."""
+    out = torch.zeros_like(x, dtype=torch.bool)
+    out[:, lo : lo + block_mask.shape[1]] = block_mask
+    return out
+
+
+def _choose(logits, candidates, generated, psi, cfg: SamplerConfig, k: int, n_steps: int, generator, schedule):
+    """One step on the active block: positions to commit (B, n), the drawn tokens (B, n), their confidences
+    (B, n), and committed positions to mask again (B, n, ReMDM). Only rows with masks draw noise."""
+    rows = candidates.any(-1)  # (B,)
     logits = filter_logits(logits, cfg.top_k, cfg.top_p)
-    drawn = draw_tokens(logits, cfg.temperature, generator)  # (B, n)
+    drawn = draw_tokens(logits, cfg.temperature, generator, rows)  # (B, n)
+    probs = logits.softmax(-1)
+    conf = probs.gather(-1, drawn[..., None]).squeeze(-1)  # (B, n)
+    scores, count = _rule(probs, drawn, candidates, cfg, k, n_steps, generator, schedule, rows)
+    again = remask(generated & ~candidates, generated, psi, candidates.sum(-1) - count, cfg, generator, rows)
+    return top_ranked(scores, candidates, count + again.sum(-1)), drawn, conf, again
+
+
+def _rule(probs, drawn, candidates, cfg: SamplerConfig, k: int, n_steps: int, generator, schedule, rows):
+    """(scores (B, n), count (B,)): the step commits the count[b] best-scoring candidates of row b."""
     if cfg.schedule is StepSchedule.ANCESTRAL:
         t_now = torch.tensor(1.0 - k / n_steps, dtype=torch.float64)
         t_next = torch.tensor(1.0 - (k + 1) / n_steps, dtype=torch.float64)
         a_now, a_next = schedule.alpha(t_now), schedule.alpha(t_next)
         p = 1.0 if k == n_steps - 1 else float((a_next - a_now) / (1.0 - a_now).clamp_min(1e-12))
-        u = torch.rand(candidates.shape, generator=generator, device=generator.device).to(candidates.device)
-        return candidates & (u < p), drawn
-    probs = logits.softmax(-1)
+        u = uniform(tuple(candidates.shape), generator, rows=rows).to(candidates.device)
+        return -u, (candidates & (u < p)).sum(-1)  # the masks with u < p are exactly the count lowest u
     if cfg.schedule in ADAPTIVE:
-        scores, count = adaptive_count(probs, drawn, candidates, cfg)
-    else:
-        scores = policy_scores(probs, drawn, cfg.policy, generator)
-    return top_ranked(scores, candidates, count), drawn
+        return adaptive_count(probs, drawn, candidates, cfg)
+    # LLaDA's fixed counts: ceil(masks left / steps left) per step, which is transfer_counts' split
+    count = -(-candidates.sum(-1) // (n_steps - k))
+    return policy_scores(probs, drawn, cfg.policy, generator, rows), count
 
 
 def _drift(step: int, cached: torch.Tensor, exact_logprobs: torch.Tensor, chosen: torch.Tensor) -> Drift:
