@@ -1,0 +1,342 @@
+"""Measuring samplers: speed (tokens/s, NFE per token) and quality (agreement, generative perplexity).
+
+Used by `sunfish tune-sampler` (tune.py) and `sunfish bench sample`. Every decode here is greedy
+(temperature 0) and fills the whole canvas (no EOS stopping), so all settings generate the same number
+of tokens and two outputs can be compared position by position. Quality figures:
+
+* agreement: the fraction of generated positions holding the same token as a reference decode of the
+  same model and prompts (the slow exact sampler: one token per step, no cache);
+* generative perplexity: exp of the mean next-token NLL of the generated tokens, given the prompt, under
+  a causal reference model trained with `--objective ar` on the same tokenizer (ALGORITHMS.md, section 7),
+  reported with the unigram entropy of the output (low-temperature text can game perplexity by repeating).
+
+The benchmark compares the plain LLaDA-style sampler (one token per step, semi-autoregressive blocks,
+no cache; the baseline measured in the same run) with threshold decoding, the prefix and dual caches,
+block diffusion with its exact cache, and a causal model with a key/value cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sunfish.config import CacheMode, ProcessKind, SamplerConfig, StepSchedule
+from sunfish.process.schedules import Schedule
+from sunfish.sample.ar import ar_generate
+from sunfish.sample.block import block_generate
+from sunfish.sample.prompt import prompt_canvas
+from sunfish.sample.unmask import unmask
+from sunfish.train.checkpoint import LoadedModel
+
+DEFAULT_PROMPTS = (
+    "Once upon a time, there was a little",
+    "One day, a girl named Lily went to the",
+    "The sun was warm and the birds sang in the",
+    "Tom had a big red ball. He wanted to",
+    "In a small house near the forest lived an old",
+    "The little dog was sad because he could not",
+    "Жила-была маленькая девочка, которая очень любила",
+    "Однажды утром кот вышел в сад и увидел",
+)
+QUALITY_TOLERANCE = 0.02  # "quality within 2%" (Fast-dLLM's figure): the bound the targets use
+TARGETS = {256: 8.0, 1024: 20.0}  # generation length -> speed-up over the baseline the issue asks for
+
+
+class BenchError(ValueError):
+    """A benchmark or tuning input a person can fix; the message is one sentence."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    tokens: list[list[int]]  # generated ids per row, prompt excluded
+    seconds: float  # wall-clock time of the decode
+    nfe: int  # network function evaluations (one batched forward pass counts once)
+
+    @property
+    def generated(self) -> int:
+        return sum(len(row) for row in self.tokens)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated / max(self.seconds, 1e-9)
+
+    @property
+    def nfe_per_token(self) -> float:
+        """Forward passes per generated token of one row (a batch shares its passes)."""
+        return self.nfe / max(len(self.tokens[0]), 1)
+
+
+def model_kind(loaded: LoadedModel) -> str:
+    """'ar', 'block' (BD3-LM) or 'masked' (MDLM / LLaDA)."""
+    if loaded.cfg.process.kind is ProcessKind.AR:
+        return "ar"
+    return "block" if loaded.cfg.process.block_size > 0 else "masked"
+
+
+def read_prompts(path: Path) -> list[str]:
+    """One prompt per non-blank line of a UTF-8 text file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise BenchError(f"cannot read the prompts file '{path}' ({type(err).__name__}); pass a UTF-8 text file with one prompt per line") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise BenchError(f"the prompts file '{path}' holds no prompt; write one prompt per line")
+    return prompts
+
+
+def encodable_prompts(loaded: LoadedModel, prompts: list[str]) -> list[str]:
+    """The prompts the checkpoint's tokenizer can encode (a character vocabulary may lack some letters)."""
+    kept = []
+    for prompt in prompts:
+        try:
+            loaded.tokenizer.encode(prompt)
+        except ValueError:
+            continue
+        kept.append(prompt)
+    if not kept:
+        raise BenchError(f"none of the built-in prompts can be encoded by the tokenizer of '{loaded.path}'; pass --prompts FILE")
+    return kept
+
+
+def prompt_ids(loaded: LoadedModel, prompts: list[str], length: int) -> list[list[int]]:
+    """[BOS] + tokens of each prompt, checked against the model's context for `length` new tokens."""
+    tok = loaded.tokenizer
+    out = []
+    for prompt in prompts:
+        canvas = prompt_canvas(tok, prompt, length, loaded.cfg.model.context)
+        out.append(canvas.ids[: canvas.fill_start])
+    return out
+
+
+def batch_of(ids: list[list[int]], batch: int, device: torch.device) -> torch.Tensor:
+    """`batch` distinct prompts (cycling through `ids`) cut to the shortest one's token count, so they
+    share one (batch, P) tensor without padding."""
+    rows = [ids[i % len(ids)] for i in range(batch)]
+    shortest = min(len(r) for r in rows)
+    return torch.tensor([r[:shortest] for r in rows], dtype=torch.long, device=device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def decode(loaded: LoadedModel, prompt: torch.Tensor, cfg: SamplerConfig, seed: int = 0) -> Decoded:
+    """Greedily generate `cfg.length` tokens after each row of `prompt` (B, P) with the sampler that
+    `sunfish sample` uses for this kind of model; the whole canvas is filled (no EOS stopping)."""
+    cfg = dataclasses.replace(cfg, temperature=0.0, stop_at_eos=False)
+    model, mask_id = loaded.model, loaded.tokenizer.mask_id
+    B, P = prompt.shape
+    generator = torch.Generator(device=prompt.device).manual_seed(seed)
+    schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
+    kind = model_kind(loaded)
+    _sync(prompt.device)
+    began = time.perf_counter()
+    if kind == "ar":
+        result = ar_generate(model, prompt, cfg.length, cfg, generator=generator, mask_id=mask_id)
+    elif kind == "block":
+        result = block_generate(model, prompt, cfg.length, mask_id, loaded.cfg.process.block_size, cfg,
+                                generator=generator, schedule=schedule)
+    else:
+        canvas = torch.cat([prompt, torch.full((B, cfg.length), mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
+        result = unmask(model, canvas, mask_id, cfg, generator=generator, schedule=schedule)
+    _sync(prompt.device)
+    seconds = time.perf_counter() - began
+    return Decoded(tokens=result.tokens[:, P:].tolist(), seconds=seconds, nfe=result.nfe)
+
+
+def agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
+    """Fraction of positions where `tokens` equals `reference` (same shapes)."""
+    same = sum(a == b for row, ref in zip(tokens, reference) for a, b in zip(row, ref))
+    return same / max(sum(len(r) for r in reference), 1)
+
+
+def unigram_entropy(tokens: list[list[int]]) -> float:
+    """Mean over rows of the entropy (nats) of the row's token histogram: a diversity figure."""
+    values = []
+    for row in tokens:
+        counts = Counter(row)
+        n = len(row)
+        values.append(-sum(c / n * math.log(c / n) for c in counts.values()) if n else 0.0)
+    return sum(values) / max(len(values), 1)
+
+
+def check_reference(ref: LoadedModel, loaded: LoadedModel) -> None:
+    """The generative-perplexity scorer must be a causal model sharing the checkpoint's tokenizer."""
+    if ref.cfg.process.kind is not ProcessKind.AR:
+        raise BenchError(f"the reference model '{ref.path}' is not autoregressive; train one with `sunfish train --objective ar` on the same data")
+    if ref.tokenizer.sha256() != loaded.tokenizer.sha256():
+        raise BenchError(f"the reference model '{ref.path}' uses another tokenizer than '{loaded.path}'; train it on the same data and tokenizer")
+
+
+@torch.no_grad()
+def generative_nll(ref: LoadedModel, prompt: torch.Tensor, tokens: list[list[int]]) -> tuple[float, int]:
+    """(sum of -log p(token | prompt, earlier tokens), token count) under the causal model `ref`.
+    Rows longer than its context are scored on their first context tokens."""
+    device = next(ref.model.parameters()).device
+    total, count = 0.0, 0
+    for p_row, g_row in zip(prompt.tolist(), tokens):
+        x = torch.tensor([p_row + g_row], dtype=torch.long, device=device)[:, : ref.cfg.model.context]  # (1, L)
+        logits = ref.model(x[:, :-1]).float()  # (1, L - 1, V)
+        start = len(p_row) - 1  # the logit row that predicts the first generated token
+        nll = F.cross_entropy(logits[0, start:], x[0, start + 1 :], reduction="sum")
+        total, count = total + float(nll), count + x.shape[1] - 1 - start
+    return total, count
+
+
+def generative_ppl(ref: LoadedModel, prompt: torch.Tensor, tokens: list[list[int]]) -> float:
+    nll, count = generative_nll(ref, prompt, tokens)
+    return math.exp(nll / max(count, 1))
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # row label
+    model: str  # which checkpoint: 'diffusion', 'block' or 'ar'
+    cfg: SamplerConfig  # the sampler setting (its length is replaced per run)
+    reference: str | None  # the method whose output this one's agreement is measured against
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    length: int
+    batch: int
+    method: str
+    tokens_per_s: float  # median over repeats, all rows of the batch counted
+    nfe_per_token: float
+    speedup: float  # tokens/s over the baseline's, same length and batch
+    agreement: float | None  # with the method's reference output (None: no reference)
+    gen_ppl: float | None  # under the causal model, when there is one
+    entropy: float  # unigram entropy of the output, nats
+
+
+def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: bool) -> list[Method]:
+    """The rows of the table, the baseline first."""
+    base = one_per_step(SamplerConfig(block_length=block_length))
+    fast = dataclasses.replace(base, threshold=threshold)
+    rows = [
+        Method("baseline: LLaDA 1 token/step", "diffusion", base, None),
+        Method(f"+ threshold {threshold:g}", "diffusion", fast, "baseline: LLaDA 1 token/step"),
+        Method("+ prefix cache", "diffusion", dataclasses.replace(fast, cache=CacheMode.PREFIX), "baseline: LLaDA 1 token/step"),
+        Method("+ dual cache", "diffusion", dataclasses.replace(fast, cache=CacheMode.DUAL), "baseline: LLaDA 1 token/step"),
+    ]
+    if has_block:
+        rows += [Method("block diffusion 1 token/step, exact cache", "block", base, None),
+                 Method(f"block diffusion threshold {threshold:g}, exact cache", "block", fast,
+                        "block diffusion 1 token/step, exact cache")]
+    if has_ar:
+        rows.append(Method("causal model, KV cache", "ar", base, None))
+    return rows
+
+
+def one_per_step(cfg: SamplerConfig) -> SamplerConfig:
+    """Exactly one token per step in confidence order, whatever the block layout: the threshold rule with
+    a bar of 1.0 commits only its guaranteed best position, which is the confidence sampler (LLaDA's
+    fixed schedule with steps = length matches it only when the length is a multiple of the block length)."""
+    return dataclasses.replace(cfg, schedule=StepSchedule.THRESHOLD, threshold=1.0, cache=CacheMode.NONE)
+
+
+def _setting_for(method: Method, length: int) -> SamplerConfig:
+    return dataclasses.replace(method.cfg, length=length, steps=length, block_length=min(method.cfg.block_length, length))
+
+
+def measure(loaded: LoadedModel, prompt: torch.Tensor, cfg: SamplerConfig, repeats: int) -> tuple[Decoded, float]:
+    """One decode's output and the median tokens/s over `repeats` timed decodes."""
+    runs = [decode(loaded, prompt, cfg) for _ in range(max(repeats, 1))]
+    return runs[0], statistics.median(r.tokens_per_s for r in runs)
+
+
+def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[int], batches: list[int],
+              repeats: int, block_length: int = 32, threshold: float = 0.9,
+              log=lambda line: None) -> list[BenchRow]:
+    """Measure every method at every (length, batch). `models` holds 'diffusion' and optionally
+    'block' and 'ar' (the causal model also scores generative perplexity)."""
+    ar = models.get("ar")
+    methods = bench_methods(block_length, threshold, "block" in models, ar is not None)
+    device = next(models["diffusion"].model.parameters()).device
+    ids = {name: prompt_ids(m, prompts, max(lengths)) for name, m in models.items()}
+    for name, m in models.items():  # warm-up: first calls pay for allocation and kernel selection
+        decode(m, batch_of(ids[name], 1, device), one_per_step(SamplerConfig(length=min(lengths))))
+    rows: list[BenchRow] = []
+    for length in lengths:
+        for batch in batches:
+            outputs: dict[str, list[list[int]]] = {}
+            base_speed = None
+            for method in methods:
+                loaded = models[method.model]
+                prompt = batch_of(ids[method.model], batch, device)
+                out, speed = measure(loaded, prompt, _setting_for(method, length), repeats)
+                outputs[method.name] = out.tokens
+                base_speed = base_speed or speed
+                ref_out = outputs.get(method.reference) if method.reference else None
+                row = BenchRow(length=length, batch=batch, method=method.name, tokens_per_s=speed,
+                               nfe_per_token=out.nfe_per_token, speedup=speed / base_speed,
+                               agreement=agreement(out.tokens, ref_out) if ref_out is not None else None,
+                               gen_ppl=generative_ppl(ar, prompt, out.tokens) if ar is not None else None,
+                               entropy=unigram_entropy(out.tokens))
+                rows.append(row)
+                log(format_row(row))
+    return rows
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+HEADER = ("| length | batch | method | tokens/s | NFE/token | speed-up | agreement | gen. PPL | entropy |\n"
+          "|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+
+
+def format_row(row: BenchRow) -> str:
+    return (f"| {row.length} | {row.batch} | {row.method} | {row.tokens_per_s:,.1f} | {row.nfe_per_token:.3f} | "
+            f"{row.speedup:.2f}x | {_fmt(row.agreement, '.3f')} | {_fmt(row.gen_ppl, '.2f')} | {row.entropy:.2f} |")
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    return "\n".join([HEADER, *(format_row(r) for r in rows)])
+
+
+def within_quality(row: BenchRow, baseline: BenchRow, tolerance: float = QUALITY_TOLERANCE) -> bool:
+    """Quality within `tolerance` of the baseline: generative perplexity at most (1 + tolerance) times the
+    baseline's when a causal scorer was given, else agreement with the reference output >= 1 - tolerance."""
+    if row.gen_ppl is not None and baseline.gen_ppl is not None:
+        return row.gen_ppl <= (1 + tolerance) * baseline.gen_ppl
+    return row.agreement is None or row.agreement >= 1 - tolerance
+
+
+def target_report(rows: list[BenchRow]) -> list[str]:
+    """One line per target and (length, batch): the speed-up targets and diffusion vs the causal model."""
+    lines = []
+    groups: dict[tuple[int, int], list[BenchRow]] = {}
+    for row in rows:
+        groups.setdefault((row.length, row.batch), []).append(row)
+    for (length, batch), group in groups.items():
+        baseline = group[0]
+        diffusion = [r for r in group[1:] if not r.method.startswith("causal")]
+        good = [r for r in diffusion if within_quality(r, baseline)]
+        best = max(good, key=lambda r: r.tokens_per_s, default=None)
+        where = f"length {length}, batch {batch}"
+        if length in TARGETS:
+            need = TARGETS[length]
+            mark = "MET" if best is not None and best.speedup >= need else "NOT MET"
+            got = f"{best.method} at {best.speedup:.1f}x" if best else "no setting within quality"
+            lines.append(f"{where}: >= {need:g}x the baseline within {QUALITY_TOLERANCE:.0%} quality: {mark} ({got})")
+        ar = next((r for r in group if r.method.startswith("causal")), None)
+        if ar is not None and best is not None:
+            ratio = best.tokens_per_s / ar.tokens_per_s
+            verdict = "holds" if ratio >= 1 else "does not hold"
+            lines.append(f"{where}: fastest diffusion setting within quality ({best.method}) runs at {ratio:.2f}x the "
+                         f"causal model's tokens/s: the claim {verdict}")
+    return lines

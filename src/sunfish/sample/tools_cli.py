@@ -1,0 +1,161 @@
+"""Command-line verbs for sampler tooling: `sunfish tune-sampler` and `sunfish bench sample`.
+
+`register(verbs)` adds them to the main parser's sub-commands (`sample` joins a `bench` group, created if
+no other module made one); `dispatch(args)` runs one of them and returns its exit code, or None for a
+verb that is not ours. Library work is imported inside each command so `sunfish --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _subcommands(parser: argparse.ArgumentParser, dest: str) -> argparse._SubParsersAction:
+    """The parser's sub-command group, created if it has none (argparse offers no public lookup)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return parser.add_subparsers(dest=dest, required=True)
+
+
+def _numbers(kind):
+    def parse(value: str) -> list:
+        try:
+            return [kind(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{value}' is not a comma-separated list of {kind.__name__} values") from None
+    return parse
+
+
+def _add_tune(verbs: argparse._SubParsersAction) -> None:
+    from sunfish.sample.tune import Quality
+
+    p = verbs.add_parser("tune-sampler", help="find the fastest sampler setting within a quality bound and save it as the default",
+                         description="Measures the exact sampler (one token per step, no cache) and a grid of step rules, "
+                                     "block lengths and cache modes on your prompts, greedily.")
+    p.add_argument("path", help="run folder or checkpoint (its config.json gets the chosen setting)")
+    p.add_argument("--prompts", type=Path, required=True, help="UTF-8 text file, one prompt per line")
+    p.add_argument("--length", type=int, help="tokens to generate (default: the checkpoint's sampler length)")
+    p.add_argument("--quality", choices=[q.value for q in Quality], default="agreement",
+                   help="agreement with the exact sampler's output, or gen_ppl under --ref (default agreement)")
+    p.add_argument("--bound", type=float, default=0.02, help="allowed quality loss as a fraction: agreement >= 1 - "
+                   "bound, or generative perplexity <= (1 + bound) x the exact sampler's (default 0.02)")
+    p.add_argument("--ref", help="causal reference model (trained with --objective ar, same tokenizer) for generative perplexity")
+    p.add_argument("--budget", type=float, default=300.0, help="seconds of search; settings not reached are skipped (default 300)")
+    p.add_argument("--repeats", type=int, default=1, help="timed decodes per setting, median taken (default 1)")
+    p.add_argument("--thresholds", type=_numbers(float), help="thresholds to try, e.g. 0.95,0.9,0.7")
+    p.add_argument("--steps", type=_numbers(int), help="fixed step counts to try, e.g. 32,16")
+    p.add_argument("--block-lengths", type=_numbers(int), help="block lengths to try, 0 = one block (diffusion models)")
+    p.add_argument("--dry-run", action="store_true", help="print the table and the choice; write nothing")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(tools_command="tune-sampler")
+
+
+def _add_bench(verbs: argparse._SubParsersAction) -> None:
+    bench = verbs.choices.get("bench") or verbs.add_parser("bench", help="benchmarks")
+    p = _subcommands(bench, "bench_verb").add_parser(
+        "sample", help="tokens/s, NFE per token and quality of the samplers against the plain one-token-per-step baseline")
+    p.add_argument("path", help="masked diffusion run folder or checkpoint")
+    p.add_argument("--ar", help="causal model of the same size (--objective ar, same tokenizer): a row, and the generative-perplexity scorer")
+    p.add_argument("--block", help="block-diffusion model (--process.block_size > 0, same tokenizer): rows with its exact cache")
+    p.add_argument("--lengths", type=_numbers(int), default=[64, 256, 1024], help="generation lengths (default 64,256,1024)")
+    p.add_argument("--batch", type=_numbers(int), default=[1, 8], help="batch sizes (default 1,8)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per row; the table shows the median (default 3)")
+    p.add_argument("--prompts", type=Path, help="UTF-8 text file, one prompt per line (default: eight built-in story openings)")
+    p.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block length of the diffusion rows (default 32)")
+    p.add_argument("--threshold", type=float, default=0.9, help="confidence bar of the threshold rows (default 0.9)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(tools_command="bench-sample")
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    _add_tune(verbs)
+    _add_bench(verbs)
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    """Run the verb if it is one of ours and return its exit code; None otherwise."""
+    command = getattr(args, "tools_command", None)
+    if command == "tune-sampler":
+        return cmd_tune(args)
+    if command == "bench-sample":
+        return cmd_bench_sample(args)
+    return None
+
+
+def _positive(name: str, values: list[int] | None) -> None:
+    from sunfish.sample.bench import BenchError
+
+    if values is not None and (not values or min(values) < 1):
+        raise BenchError(f"{name} needs positive whole numbers, e.g. {name} 64,256")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from sunfish.runtime import setup_runtime
+    from sunfish.sample.bench import BenchError, model_kind, read_prompts
+    from sunfish.sample.tune import Quality, chosen_values, format_trials, tune, write_sampler_defaults
+    from sunfish.train.checkpoint import load_for_inference
+
+    _positive("--length", None if args.length is None else [args.length])
+    _positive("--steps", args.steps)
+    if args.block_lengths is not None and (not args.block_lengths or min(args.block_lengths) < 0):
+        raise BenchError("--block-lengths needs whole numbers >= 0 (0 = one block), e.g. --block-lengths 0,32")
+    if args.thresholds is not None and (not args.thresholds or not all(0 < t <= 1 for t in args.thresholds)):
+        raise BenchError("--thresholds needs values in (0, 1], e.g. --thresholds 0.95,0.9")
+    prompts = read_prompts(args.prompts)
+    rt = setup_runtime(args.device)
+    loaded = load_for_inference(args.path, rt.device)
+    ref = load_for_inference(args.ref, rt.device) if args.ref else None
+    length = args.length or loaded.cfg.sampler.length
+    result = tune(loaded, prompts, length=length, quality=Quality(args.quality), bound=args.bound, ref=ref,
+                  budget_s=args.budget, repeats=args.repeats, thresholds=args.thresholds, steps=args.steps,
+                  block_lengths=args.block_lengths, log=lambda line: print(line, flush=True))
+    print()
+    print(format_trials(result))
+    bound = (f"agreement >= {1 - args.bound:.3f}" if result.quality is Quality.AGREEMENT
+             else f"generative perplexity <= {1 + args.bound:.3f} x the exact sampler's")
+    exact = result.trials[0]
+    print(f"\nquality bound: {bound}; greedy decoding of {len(prompts)} prompt(s), {length} tokens each")
+    print(f"chosen: {result.chosen.label}: {result.chosen.tokens_per_s / exact.tokens_per_s:.2f}x the exact sampler's tokens/s")
+    values = chosen_values(result.chosen.cfg, model_kind(loaded))
+    if args.dry_run:
+        print(f"--dry-run: nothing written (would set sampler {values})")
+        return 0
+    target, old = write_sampler_defaults(loaded.path, values)
+    print(f"wrote sampler defaults {values} to {target} (old values {old}; previous file kept as {target.name}.bak)")
+    return 0
+
+
+def cmd_bench_sample(args: argparse.Namespace) -> int:
+    from sunfish.runtime import setup_runtime
+    from sunfish.sample.bench import (HEADER, DEFAULT_PROMPTS, BenchError, check_reference, encodable_prompts, model_kind,
+                                      read_prompts,
+                                      run_bench, target_report)
+    from sunfish.train.checkpoint import load_for_inference
+
+    _positive("--lengths", args.lengths)
+    _positive("--batch", args.batch)
+    if args.repeats < 1:
+        raise BenchError(f"--repeats {args.repeats} is not a positive count; use e.g. --repeats 3")
+    rt = setup_runtime(args.device)
+    models = {"diffusion": load_for_inference(args.path, rt.device)}
+    prompts = read_prompts(args.prompts) if args.prompts else encodable_prompts(models["diffusion"], list(DEFAULT_PROMPTS))
+    if model_kind(models["diffusion"]) != "masked":
+        raise BenchError(f"'{args.path}' is not a masked diffusion model (block_size 0); pass block-diffusion models with --block and causal ones with --ar")
+    if args.block:
+        models["block"] = load_for_inference(args.block, rt.device)
+        if model_kind(models["block"]) != "block":
+            raise BenchError(f"--block '{args.block}' is not a block-diffusion model; train one with --process.block_size=16 --model.time_cond=none")
+        if models["block"].tokenizer.sha256() != models["diffusion"].tokenizer.sha256():
+            raise BenchError(f"--block '{args.block}' uses another tokenizer than '{args.path}'; train both on the same data")
+    if args.ar:
+        models["ar"] = load_for_inference(args.ar, rt.device)
+        check_reference(models["ar"], models["diffusion"])
+    print(f"device {rt.device}; median of {args.repeats} runs; greedy, whole canvas (no EOS stop); "
+          f"agreement with the row's reference output; gen. PPL under {'the causal model' if args.ar else '- (no --ar)'}\n")
+    print(HEADER, flush=True)
+    rows = run_bench(models, prompts, args.lengths, args.batch, args.repeats, block_length=args.block_length,
+                     threshold=args.threshold, log=lambda line: print(line, flush=True))
+    print("\n" + "\n".join(target_report(rows)))
+    return 0

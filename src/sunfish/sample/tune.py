@@ -1,0 +1,231 @@
+"""Auto-tuning the sampler: the fastest setting whose quality stays within a bound of the exact sampler.
+
+The reference is the slow exact sampler: one token per step in confidence order (LLaDA's sampler), the
+checkpoint's block length, no cache, greedy. Candidates vary the step rule (threshold tau, or a fixed step count below the
+length), the semi-autoregressive block length and the key/value cache mode (block-diffusion models have
+a fixed block size and an exact cache, so only the step rule varies). Each candidate decodes the same
+prompts greedily; its quality is either
+
+* agreement: the fraction of generated tokens equal to the reference output (bound: >= 1 - bound), or
+* generative perplexity under a causal reference model (bound: <= (1 + bound) x the reference's).
+
+The fastest candidate (measured tokens/s) within the bound wins; the reference itself always qualifies,
+so there is always an answer. `write_sampler_defaults` stores it in the checkpoint's config.json, which
+`sunfish sample` reads, through a temporary file and os.replace, keeping the old file as config.json.bak.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sunfish.config import CacheMode, SamplerConfig, StepSchedule, config_from_dict
+from sunfish.sample.bench import (BenchError, Decoded, agreement, check_reference, decode, generative_nll, model_kind,
+                                  one_per_step, prompt_ids)
+from sunfish.train.checkpoint import LoadedModel, resolve_checkpoint
+
+
+class Quality(str, enum.Enum):
+    AGREEMENT = "agreement"  # token agreement with the exact sampler's greedy output
+    GEN_PPL = "gen_ppl"  # generative perplexity under a causal reference model
+
+
+@dataclass(frozen=True)
+class Trial:
+    cfg: SamplerConfig
+    label: str
+    tokens_per_s: float  # median over repeats, all prompts together
+    nfe_per_token: float
+    agreement: float  # with the exact sampler's output
+    gen_ppl: float | None  # under the reference model, when given
+    within: bool  # quality within the bound
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    trials: list[Trial]  # in the order measured; trials[0] is the exact sampler
+    chosen: Trial
+    quality: Quality
+    bound: float
+    skipped: int  # candidates not measured because the time budget ran out
+
+
+def label(cfg: SamplerConfig, kind: str) -> str:
+    if cfg.schedule is StepSchedule.THRESHOLD:
+        rule = "exact: 1 token/step" if cfg.threshold >= 1.0 else f"threshold {cfg.threshold:g}"
+    else:
+        rule = f"{cfg.steps} steps"
+    if kind == "block":
+        return f"{rule}, exact block cache"
+    block = "one block" if cfg.block_length in (0, cfg.length) else f"block {cfg.block_length}"
+    return f"{rule}, {block}, cache {cfg.cache.value}"
+
+
+def _n_blocks(length: int, block_length: int) -> int:
+    return 1 if block_length in (0, length) else -(-length // block_length)
+
+
+def candidates(base: SamplerConfig, kind: str, thresholds: list[float], steps: list[int],
+               block_lengths: list[int], block_size: int = 0) -> list[SamplerConfig]:
+    """The search grid, step rule outermost so a cut budget still covers every block length and cache.
+    `block_size`: a block-diffusion model's trained block size (its blocks are fixed)."""
+    length = base.length
+    rules = [dataclasses.replace(base, schedule=StepSchedule.THRESHOLD, threshold=t) for t in thresholds]
+    rules += [dataclasses.replace(base, schedule=StepSchedule.FIXED, steps=s) for s in steps if 1 <= s < length]
+    if kind == "block":
+        return [r for r in rules if r.schedule is StepSchedule.THRESHOLD or r.steps >= _n_blocks(length, block_size)]
+    layouts = []
+    for b in dict.fromkeys(min(b, length) if b > 0 else 0 for b in block_lengths):
+        modes = [CacheMode.NONE, CacheMode.PREFIX] + ([CacheMode.DUAL] if _n_blocks(length, b) > 1 else [])
+        layouts += [(b, mode) for mode in modes]
+    out = []
+    for rule in rules:
+        for b, mode in layouts:
+            if rule.schedule is StepSchedule.FIXED and rule.steps < _n_blocks(length, b):
+                continue  # fewer steps than blocks cannot finish every block
+            out.append(dataclasses.replace(rule, block_length=b, cache=mode))
+    return out
+
+
+def default_grid(length: int) -> tuple[list[float], list[int], list[int]]:
+    """Thresholds, fixed step counts and block lengths searched when none are given."""
+    steps = [length // d for d in (2, 4, 8) if length // d >= 1]
+    blocks = [0] + [b for b in (64, 32, 16, 8) if b < length]
+    return [0.95, 0.9, 0.8, 0.7, 0.5], steps, blocks
+
+
+def _decode_all(loaded: LoadedModel, ids: list[list[int]], cfg: SamplerConfig) -> Decoded:
+    """Decode each prompt alone (batch 1, as `sunfish sample` does) and pool the figures."""
+    device = next(loaded.model.parameters()).device
+    runs = [decode(loaded, torch.tensor([row], device=device), cfg) for row in ids]
+    return Decoded(tokens=[r.tokens[0] for r in runs], seconds=sum(r.seconds for r in runs),
+                   nfe=sum(r.nfe for r in runs) // max(len(runs), 1))
+
+
+def _gen_ppl(ref: LoadedModel | None, ids: list[list[int]], tokens: list[list[int]]) -> float | None:
+    if ref is None:
+        return None
+    device = next(ref.model.parameters()).device
+    nll, count = 0.0, 0
+    for row, out in zip(ids, tokens):
+        n, c = generative_nll(ref, torch.tensor([row], device=device), [out])
+        nll, count = nll + n, count + c
+    return float(torch.tensor(nll / max(count, 1)).exp())
+
+
+def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quality = Quality.AGREEMENT,
+         bound: float = 0.02, ref: LoadedModel | None = None, budget_s: float = 300.0, repeats: int = 1,
+         thresholds: list[float] | None = None, steps: list[int] | None = None,
+         block_lengths: list[int] | None = None, log=lambda line: None) -> TuneResult:
+    """Measure the exact sampler and then the grid until the budget is spent; pick the fastest within bound."""
+    kind = model_kind(loaded)
+    if kind == "ar":
+        raise BenchError(f"'{loaded.path}' is an autoregressive model, which decodes one token per pass; tune-sampler tunes diffusion samplers")
+    if not 0 <= bound < 1:
+        raise BenchError(f"--bound {bound} is out of range; give a fraction between 0 and 1, e.g. 0.02 for 2%")
+    if quality is Quality.GEN_PPL and ref is None:
+        raise BenchError("--quality gen_ppl needs a causal reference model; pass --ref CKPT (trained with --objective ar)")
+    if ref is not None:
+        check_reference(ref, loaded)
+    ids = prompt_ids(loaded, prompts, length)
+    grid = default_grid(length)
+    base = dataclasses.replace(loaded.cfg.sampler, length=length, temperature=0.0, top_k=0, top_p=1.0)
+    exact = one_per_step(base)
+    todo = candidates(base, kind, thresholds or grid[0], steps or grid[1],
+                      block_lengths if block_lengths is not None else grid[2], loaded.cfg.process.block_size)
+    _decode_all(loaded, ids[:1], dataclasses.replace(exact, length=min(length, 8)))  # warm-up: one-time costs
+    began = time.perf_counter()
+    reference = _measure(loaded, ids, exact, repeats)
+    trials = [_trial(exact, kind, reference, reference.tokens, ref, ids, quality, bound, None)]
+    log(f"exact sampler: {trials[0].tokens_per_s:,.1f} tokens/s")
+    skipped = 0
+    for i, cfg in enumerate(todo):
+        if time.perf_counter() - began > budget_s:
+            skipped = len(todo) - i
+            log(f"time budget of {budget_s:g} s spent; {skipped} of {len(todo)} settings not measured")
+            break
+        out = _measure(loaded, ids, cfg, repeats)
+        trials.append(_trial(cfg, kind, out, reference.tokens, ref, ids, quality, bound, trials[0].gen_ppl))
+        t = trials[-1]
+        log(f"[{i + 1}/{len(todo)}] {t.label}: {t.tokens_per_s:,.1f} tokens/s, agreement {t.agreement:.3f}")
+    chosen = max((t for t in trials if t.within), key=lambda t: t.tokens_per_s)
+    return TuneResult(trials=trials, chosen=chosen, quality=quality, bound=bound, skipped=skipped)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    tokens: list[list[int]]
+    tokens_per_s: float
+    nfe_per_token: float
+
+
+def _measure(loaded: LoadedModel, ids: list[list[int]], cfg: SamplerConfig, repeats: int) -> _Measured:
+    runs = [_decode_all(loaded, ids, cfg) for _ in range(max(repeats, 1))]
+    speeds = sorted(r.tokens_per_s for r in runs)
+    return _Measured(tokens=runs[0].tokens, tokens_per_s=speeds[len(speeds) // 2], nfe_per_token=runs[0].nfe_per_token)
+
+
+def _trial(cfg, kind, out: _Measured, reference, ref, ids, quality, bound, ref_ppl) -> Trial:
+    agree = agreement(out.tokens, reference)
+    ppl = _gen_ppl(ref, ids, out.tokens)
+    if quality is Quality.GEN_PPL:
+        within = ref_ppl is None or ppl <= (1 + bound) * ref_ppl
+    else:
+        within = agree >= 1 - bound
+    return Trial(cfg=cfg, label=label(cfg, kind), tokens_per_s=out.tokens_per_s, nfe_per_token=out.nfe_per_token,
+                 agreement=agree, gen_ppl=ppl, within=within)
+
+
+def format_trials(result: TuneResult) -> str:
+    """The searched table, fastest first; * marks the chosen setting, x settings outside the bound."""
+    lines = ["|   | setting | tokens/s | NFE/token | agreement | gen. PPL |", "|---|---|---:|---:|---:|---:|"]
+    for t in sorted(result.trials, key=lambda t: -t.tokens_per_s):
+        mark = "*" if t is result.chosen else (" " if t.within else "x")
+        ppl = "-" if t.gen_ppl is None else f"{t.gen_ppl:.2f}"
+        lines.append(f"| {mark} | {t.label} | {t.tokens_per_s:,.1f} | {t.nfe_per_token:.3f} | {t.agreement:.3f} | {ppl} |")
+    return "\n".join(lines)
+
+
+def chosen_values(cfg: SamplerConfig, kind: str) -> dict:
+    """The sampler fields that define a setting, as config.json stores them."""
+    values: dict = {"length": cfg.length, "schedule": cfg.schedule.value}
+    values |= {"threshold": cfg.threshold} if cfg.schedule is StepSchedule.THRESHOLD else {"steps": cfg.steps}
+    if kind != "block":
+        values |= {"block_length": cfg.block_length, "cache": cfg.cache.value}
+    return values
+
+
+def write_sampler_defaults(path: str | Path, values: dict) -> tuple[Path, dict]:
+    """Set `values` in the `sampler` section of the checkpoint's config.json atomically (temporary file +
+    os.replace), after copying the current file to config.json.bak. Returns (config path, old values)."""
+    ckpt = resolve_checkpoint(path)
+    target = ckpt / "config.json"
+    text = target.read_text(encoding="utf-8")
+    tree = json.loads(text)
+    old_sampler = tree.get("sampler", {})
+    old = {k: old_sampler.get(k, getattr(SamplerConfig(), k)) for k in values}
+    old = {k: v.value if isinstance(v, enum.Enum) else v for k, v in old.items()}
+    tree["sampler"] = {**old_sampler, **values}
+    config_from_dict(tree)  # refuse to write a config that would not load
+    _atomic_write(ckpt / "config.json.bak", text)
+    _atomic_write(target, json.dumps(tree, indent=2) + "\n")
+    return target, old
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
