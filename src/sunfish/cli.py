@@ -30,6 +30,7 @@ class UsageError(ValueError):
 # `dispatch(args) -> int | None` (runs the verb if it is one of its own, else returns None).
 VERB_MODULES = (
     "sunfish.data.cli",  # data prepare, tokenizer train|extend|stats
+    "sunfish.sample.tools_cli",  # tune-sampler, bench sample
 )
 
 
