@@ -1,0 +1,1 @@
+"""Evaluation: held-out likelihood, generation quality, infilling, translation, lm-eval adapter, reports."""

@@ -1,0 +1,109 @@
+"""Command-line verbs of the evaluation suite: `sunfish eval`, `sunfish compare` and `sunfish lm-eval`.
+
+`register(verbs)` adds them to the main parser; `dispatch(args)` runs one and returns its exit code, or
+None for a verb that is not ours. Every EvalConfig field is a flag `--eval.field=value`, generated from
+the dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from sunfish.config import EvalConfig, apply_section
+
+
+def _eval_flags(p: argparse.ArgumentParser) -> None:
+    for name in (f.name for f in dataclasses.fields(EvalConfig)):
+        p.add_argument(f"--eval.{name}", dest=f"eval__{name}", metavar="VALUE",
+                       help=f"EvalConfig.{name} (default {getattr(EvalConfig(), name)!r})")
+
+
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    values = {k[len("eval__"):]: v for k, v in vars(args).items() if k.startswith("eval__") and v is not None}
+    return apply_section(EvalConfig(), "eval", values)
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    e = verbs.add_parser("eval", help="evaluate a checkpoint: likelihood, generation, infilling, translation",
+                         epilog="Settings: --eval.field=value (e.g. --eval.max_tokens=32768 --eval.sample_steps=16,64)")
+    e.add_argument("path", help="run folder (from `sunfish train --out`) or one of its checkpoints")
+    e.add_argument("--data", nargs="+", default=[], help="held-out .txt/.jsonl files or folders")
+    e.add_argument("--suite", default="", help="comma-separated: likelihood,generation,infill,translation "
+                   "(default: all; translation only with --parallel)")
+    e.add_argument("--ref-model", help="reference causal LM for generative perplexity: a Sunfish --objective ar run "
+                   "or a local Hugging Face model folder")
+    e.add_argument("--parallel", help="English-Russian TSV (columns en, ru) for the translation suite")
+    e.add_argument("--out", type=Path, help="folder for eval.json, report.md and plots (default RUN/eval)")
+    e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
+    e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    _eval_flags(e)
+
+    c = verbs.add_parser("compare", help="several evaluated runs side by side")
+    c.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders evaluated with `sunfish eval`")
+    c.add_argument("--out", type=Path, help="also write compare.md and plots into this folder")
+
+    h = verbs.add_parser("lm-eval", help="run lm-evaluation-harness tasks on a checkpoint")
+    h.add_argument("path", help="run folder or checkpoint")
+    h.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    h.add_argument("--include-path", help="folder of extra task YAML files")
+    h.add_argument("--limit", type=float, help="documents per task (or a fraction)")
+    h.add_argument("--mc-samples", type=int, default=32, help="Monte Carlo NELBO draws per loglikelihood request")
+    h.add_argument("--device", default="auto")
+    h.add_argument("--out", type=Path, help="write the results JSON here")
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    if args.verb == "eval":
+        return cmd_eval(args)
+    if args.verb == "compare":
+        return cmd_compare(args)
+    if args.verb == "lm-eval":
+        return cmd_lm_eval(args)
+    return None
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sunfish.eval.report import parse_suites, run_dir_of, run_eval, summary_rows, text_table, write_report
+    from sunfish.train.checkpoint import resolve_checkpoint
+
+    cfg = eval_config(args)
+    suites = parse_suites(args.suite, has_parallel=bool(args.parallel))
+    quiet = (lambda _: None) if args.json else print
+    body = run_eval(args.path, args.data, suites, cfg, ref_model=args.ref_model, parallel=args.parallel,
+                    device=args.device, log=quiet)
+    out = args.out or run_dir_of(resolve_checkpoint(args.path)) / "eval"
+    report = write_report(body, out)
+    if args.json:
+        print(json.dumps(body, ensure_ascii=False))
+    else:
+        print()
+        print(text_table(summary_rows(body)))
+        print(f"\nwrote {out / 'eval.json'} and {report}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from sunfish.eval.report import compare
+
+    print(compare(args.runs, args.out))
+    if args.out:
+        print(f"\nwrote {args.out / 'compare.md'}")
+    return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from sunfish.eval.harness import run_tasks
+
+    results = run_tasks(args.path, args.tasks.split(","), include_path=args.include_path, limit=args.limit,
+                        mc_samples=args.mc_samples, device=args.device)
+    text = json.dumps(results, indent=2, ensure_ascii=False, default=str)
+    if args.out:
+        from sunfish.eval.report import write_atomic
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.out, text + "\n")
+    print(text)
+    return 0
