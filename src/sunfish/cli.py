@@ -31,6 +31,7 @@ class UsageError(ValueError):
 VERB_MODULES = (
     "sunfish.data.cli",  # data prepare, tokenizer train|extend|stats
     "sunfish.sample.tools_cli",  # tune-sampler, bench sample
+    "sunfish.eval.cli",  # eval, compare, lm-eval
 )
 
 
