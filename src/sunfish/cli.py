@@ -31,6 +31,7 @@ class UsageError(ValueError):
 VERB_MODULES = (
     "sunfish.data.cli",  # data prepare, tokenizer train|extend|stats
     "sunfish.sample.tools_cli",  # tune-sampler, bench sample
+    "sunfish.adapt.cli",  # adapt, adapt cache-teacher|trajectories|export
     "sunfish.eval.cli",  # eval, compare, lm-eval
 )
 
@@ -187,8 +188,9 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
-    if extra and args.verb != "train":
+    if extra and args.verb not in ("train", "adapt"):
         raise UsageError(f"unrecognised arguments: {' '.join(extra)}")
+    args.overrides = extra  # --section.field=value flags, for verbs that take them
     for module in _verb_modules():
         handled = module.dispatch(args)
         if handled is not None:
