@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ class Runtime:
 def setup_runtime(device: str = "auto", dtype: str = "auto", threads: int = 0) -> Runtime:
     """Pick the device and precision.
 
-    auto: CUDA when available, else CPU. dtype auto: bf16 autocast on CUDA (bf16 matrix units), fp32 on
+    auto: CUDA when available, else CPU; under torchrun each worker takes GPU LOCAL_RANK. dtype auto: bf16 autocast on CUDA (bf16 matrix units), fp32 on
     CPU, where bf16 matmul runs about 4x slower than fp32 on machines without bf16 units.
     """
     if threads > 0:
@@ -36,6 +37,10 @@ def setup_runtime(device: str = "auto", dtype: str = "auto", threads: int = 0) -
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' was asked for but CUDA is not available; use --train.device=cpu")
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:  # one GPU per torchrun worker
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if dtype == "auto":
         dtype = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if dtype not in ("fp32", "bf16"):

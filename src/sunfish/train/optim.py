@@ -9,17 +9,32 @@ import torch
 from sunfish.config import OptimConfig
 
 
+def lr_scale(name: str, cfg: OptimConfig) -> float:
+    """Layer-wise learning-rate multiplier of a parameter, by its name in the model."""
+    if name.startswith(("embed.", "time.", "lm_head.")):
+        return cfg.lr_embed
+    if ".attn." in name:
+        return cfg.lr_attn
+    if ".mlp." in name:
+        return cfg.lr_mlp
+    return 1.0
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
-    """Two groups: matrices (ndim >= 2) with weight decay, vectors (norm gains, biases) without."""
-    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """Matrices (ndim >= 2) with weight decay, vectors (norm gains, biases) without, split further by the
+    layer-wise multipliers (embeddings, attention, MLP) when they differ; each group keeps its `lr_scale`."""
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        decay = cfg.weight_decay if p.ndim >= 2 else 0.0
+        groups.setdefault((decay, lr_scale(name.replace("_checkpoint_wrapped_module.", ""), cfg)), []).append(p)
+    order = sorted(groups, key=lambda k: (-k[0], -k[1]))  # decayed groups first
+    param_groups = [{"params": groups[k], "weight_decay": k[0], "lr_scale": k[1]} for k in order]
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None
+        param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None
     )
 
 
@@ -40,4 +55,40 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+class WeightEMA:
+    """Exponential moving average of the weights, ema <- decay * ema + (1 - decay) * w after each step.
+
+    The shadow tensors have the parameters' own type and layout (FSDP shards stay shards), keyed by the
+    plain model's parameter names. `swapped(model)` puts the averages into the model for validation.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = _named_params(model)
+        self.shadow = {name: p.detach().clone().float() for name, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        names = list(self.params)
+        torch._foreach_lerp_([self.shadow[n] for n in names], [self.params[n].detach().float() for n in names], 1.0 - self.decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchange the model's weights with the averages (call twice to restore)."""
+        for name, p in self.params.items():
+            held = p.detach().clone()
+            p.copy_(self.shadow[name].to(p.dtype))
+            self.shadow[name].copy_(held.float())
+
+
+def _named_params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    out: dict[str, torch.nn.Parameter] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            out[name.replace("_checkpoint_wrapped_module.", "")] = p
+    return out

@@ -1,11 +1,148 @@
-"""Wrappers applied to a built model from outside (the model code knows nothing of them)."""
+"""Parallelism applied to a built model from outside (the model code knows nothing of it).
+
+Order, as in torchtitan's `parallelize_llama`: activation checkpointing, then `torch.compile` per block,
+then data parallelism: DDP (replicated weights, all-reduced gradients) or FSDP2 (`fully_shard` on each
+block, then on the root, so one block's full weights exist at a time). Multi-process runs start under
+`torchrun`, which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address in the environment:
+
+    torchrun --nproc_per_node=2 -m sunfish train --preset nano --train.parallel=fsdp
+    torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --nproc_per_node=8 \\
+        -m sunfish train --preset sunfish-1.4b --train.parallel=fsdp --train.offload=true
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+from dataclasses import dataclass
 from typing import Callable
 
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from sunfish.config import ParallelKind, TrainConfig
 from sunfish.model.transformer import Transformer
+from sunfish.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place among the data-parallel workers."""
+
+    rank: int = 0
+    world: int = 1
+    kind: ParallelKind = ParallelKind.NONE
+    owns_group: bool = False  # this process created the process group (and destroys it at the end)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(kind: ParallelKind, device: torch.device) -> DistInfo:
+    """Join the torchrun process group (gloo on CPU, NCCL on CUDA) for ddp/fsdp; check the launch fits the kind."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if kind is ParallelKind.NONE:
+        if world > 1:
+            raise ValueError(f"this process is one of {world} torchrun workers but --train.parallel=none; "
+                             "pass --train.parallel=ddp or --train.parallel=fsdp")
+        return DistInfo()
+    if "RANK" not in os.environ:
+        raise ValueError(f"--train.parallel={kind.value} runs under torchrun; start it as "
+                         f"`torchrun --nproc_per_node=N -m sunfish train ... --train.parallel={kind.value}`")
+    owns = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+        owns = True
+    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), kind=kind, owns_group=owns)
+
+
+def close_distributed(info: DistInfo) -> None:
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _comm_device(device: torch.device) -> torch.device:
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_mean(value: float, info: DistInfo, device: torch.device) -> float:
+    """The mean of `value` over all ranks (the value itself in one process)."""
+    if not info.active:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device(device))
+    dist.all_reduce(t)
+    return float(t) / info.world
+
+
+def all_sum(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    if not info.active:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device(device))
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on any rank (so all ranks take the same branch)."""
+    if not info.active:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.int32, device=_comm_device(device))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.active:
+        dist.barrier()
+
+
+def gather_rows(local: torch.Tensor, info: DistInfo, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's `local` tensor (same shape on all ranks), in rank order, on the CPU."""
+    if not info.active:
+        return [local.cpu()]
+    local = local.to(_comm_device(device))
+    parts = [torch.empty_like(local) for _ in range(info.world)]
+    dist.all_gather(parts, local)
+    return [p.cpu() for p in parts]
+
+
+class Objective(nn.Module):
+    """The model and its training loss as one module, so DDP's and FSDP's hooks wrap the whole computation
+    (the loss calls `model.hidden` and `model.head`, not `forward`). Returns the scalar loss."""
+
+    def __init__(self, model: Transformer, loss_fn: Callable[[Transformer, torch.Tensor, torch.Generator], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.loss_fn(self.model, x0, generator)
+
+
+def apply_activation_checkpointing(model: Transformer, every: int) -> int:
+    """Recompute the activations of every `every`-th block in the backward pass instead of storing them.
+
+    Uses PyTorch's non-reentrant `checkpoint_wrapper`; state-dict keys stay those of the plain model.
+    Returns the number of blocks wrapped.
+    """
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    if every <= 0:
+        return 0
+    wrapped = 0
+    for i, block in enumerate(model.blocks):
+        if i % every == 0:
+            model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+            wrapped += 1
+    return wrapped
 
 
 def apply_compile(model: Transformer, log: Callable[[str], None] = print) -> bool:
@@ -22,3 +159,51 @@ def apply_compile(model: Transformer, log: Callable[[str], None] = print) -> boo
     for block in model.blocks:
         block.compile()
     return True
+
+
+def apply_fsdp(objective: Objective, info: DistInfo, rt: Runtime, offload: bool) -> None:
+    """FSDP2: shard each block, then the root (embeddings, final norm, head) through the Objective.
+
+    On CUDA with bf16 the parameters are gathered in bf16 and gradients reduced in fp32 (the sharded
+    fp32 master weights and AdamW state stay fp32). `offload` keeps the shards on the CPU (CPUOffloadPolicy).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(rt.device.type, (info.world,))
+    options: dict = {"mesh": mesh}
+    if rt.device.type == "cuda" and rt.autocast_dtype is torch.bfloat16:
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if offload:
+        options["offload_policy"] = CPUOffloadPolicy()
+    for block in objective.model.blocks:
+        fully_shard(block, **options)
+    fully_shard(objective, **options)
+
+
+def parallelize(model: Transformer, objective: Objective, cfg: TrainConfig, info: DistInfo, rt: Runtime,
+                log: Callable[[str], None]) -> nn.Module:
+    """Apply activation checkpointing, compile and DDP/FSDP; returns the module to call for the loss."""
+    if cfg.offload and cfg.parallel is not ParallelKind.FSDP:
+        raise ValueError("--train.offload=true needs --train.parallel=fsdp (offload moves FSDP's shards to the CPU)")
+    wrapped = apply_activation_checkpointing(model, cfg.act_ckpt)
+    if wrapped:
+        log(f"activation checkpointing: {wrapped} of {len(model.blocks)} blocks recompute their activations")
+    if cfg.compile:
+        apply_compile(model, log)
+    if cfg.parallel is ParallelKind.DDP:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(objective, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if cfg.parallel is ParallelKind.FSDP:
+        apply_fsdp(objective, info, rt, cfg.offload)
+    return objective
+
+
+def gradient_sync(module: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
+    if hasattr(module, "no_sync") and not sync:
+        return module.no_sync()
+    if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        module.set_requires_gradient_sync(sync)
+    return contextlib.nullcontext()
