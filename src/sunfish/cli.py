@@ -128,7 +128,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     out = args.out or Path("runs") / args.preset
     result = train(cfg, run_dir=out, data=args.data, resume=args.resume, progress=not args.no_progress)
     val = f", val loss {result.final_val_loss:.4f}" if result.final_val_loss is not None else ""
-    print(f"done in {result.seconds:.0f} s: loss {result.final_loss:.4f}{val}; checkpoint {result.checkpoint}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(f"done in {result.seconds:.0f} s: loss {result.final_loss:.4f}{val}; checkpoint {result.checkpoint}")
     return 0
 
 
