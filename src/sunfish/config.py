@@ -60,6 +60,50 @@ class ScheduleKind(str, enum.Enum):
 class ProcessKind(str, enum.Enum):
     MASKED = "masked"  # absorbing-state diffusion (MDLM / LLaDA; BD3-LM with block_size > 0)
     AR = "ar"  # autoregressive baseline: next-token prediction, causal attention
+    CONTINUOUS = "continuous"  # Gaussian diffusion over token embeddings (Diffusion-LM), rounding to tokens
+    FLOW = "flow"  # flow matching on the probability simplex (noise -> one-hot), argmax at the end
+
+
+class NoiseSchedule(str, enum.Enum):
+    LINEAR = "linear"  # VP linear beta from 0.1 to 20 (DDPM's 1e-4..0.02 over 1000 steps)
+    COSINE = "cosine"  # alpha_bar = cos^2((t + s) / (1 + s) pi / 2) / cos^2(s / (1 + s) pi / 2), s = 0.008
+    SQRT = "sqrt"  # alpha_bar = 1 - sqrt(t + 1e-4) (Diffusion-LM)
+
+
+class Parameterisation(str, enum.Enum):
+    X0 = "x0"  # the network predicts the clean embedding (Diffusion-LM's choice)
+    EPS = "eps"  # the network predicts the added noise
+    V = "v"  # the network predicts v = sqrt(abar) eps - sqrt(1 - abar) x0
+
+
+class EmbedMode(str, enum.Enum):
+    NORMALIZED = "normalized"  # learned jointly, each row RMS-normalised to 1 when used as x0
+    LEARNED = "learned"  # learned jointly, unconstrained (initialised N(0, 1))
+    FROZEN = "frozen"  # fixed random N(0, 1) rows, RMS-normalised
+
+
+class FlowNoise(str, enum.Enum):
+    DIRICHLET = "dirichlet"  # uniform on the simplex, Dirichlet(1, ..., 1)
+    SOFTMAX_GAUSSIAN = "softmax_gaussian"  # softmax of a standard Gaussian vector
+
+
+class FlowLoss(str, enum.Enum):
+    CE = "ce"  # predict p(x1) with cross-entropy; velocity = (p - x_t) / (1 - t)
+    VELOCITY = "velocity"  # regress the velocity x1 - x0 with squared error (the seed's objective)
+
+
+class Solver(str, enum.Enum):
+    AUTO = "auto"  # ddim for continuous models, euler for flow models
+    DDIM = "ddim"  # continuous: DDIM with `eta` (0 = deterministic)
+    DDPM = "ddpm"  # continuous: ancestral sampling (DDIM with eta = 1)
+    EULER = "euler"  # flow: Euler steps from noise to data
+    HEUN = "heun"  # flow: Heun's second-order steps (2 evaluations per step, Euler on the last)
+
+
+class Rounding(str, enum.Enum):
+    HEAD = "head"  # argmax of the output head applied to the x0 estimate
+    COSINE = "cosine"  # the embedding with the highest cosine similarity
+    EUCLIDEAN = "euclidean"  # the nearest embedding in Euclidean distance
 
 
 class LossKind(str, enum.Enum):
@@ -160,10 +204,19 @@ class ProcessConfig(Section):
     antithetic: bool = True  # low-discrepancy sampling of t across the batch
     eps: float = 1e-3  # smallest t drawn (and the log-linear schedule's eps), in (0, 0.5)
     block_size: int = 0  # block diffusion (BD3-LM) block size in tokens; 0 = one block (MDLM)
+    noise_schedule: NoiseSchedule = NoiseSchedule.COSINE  # continuous: alpha_bar(t) of the Gaussian process
+    param: Parameterisation = Parameterisation.X0  # continuous: what the network predicts (x0 | eps | v)
+    embed: EmbedMode = EmbedMode.NORMALIZED  # continuous: how token embeddings (the data x0) are kept
+    self_cond: bool = False  # continuous: feed the previous x0 estimate back in (Chen et al. 2022), 50% in training
+    flow_noise: FlowNoise = FlowNoise.DIRICHLET  # flow: the noise point on the simplex
+    flow_loss: FlowLoss = FlowLoss.CE  # flow: cross-entropy on p(x1) or velocity squared error
+    learned_schedule: bool = False  # continuous/flow: warp noise levels by a learned monotone network
+    learn_schedule_after: int = 0  # training batches on the fixed schedule before the learned one trains and is used
     prompt_prob: float = 0.0  # fraction of sequences whose random-length prefix is kept clean as a prompt, [0, 1]
     cond_dropout: float = 0.0  # fraction of those prompts replaced by [MASK] (classifier-free guidance), [0, 1]
 
     RANGES = {"discrete_steps": (0, INF), "eps": (1e-8, 0.5), "block_size": (0, INF), "prompt_prob": (0.0, 1.0),
+              "learn_schedule_after": (0, INF),
               "cond_dropout": (0.0, 1.0)}
 
 
@@ -246,11 +299,15 @@ class SamplerConfig(Section):
     remask_start: float = 0.5  # remask once this fraction of a block is decoded, in [0, 1]
     remask_end: float = 1.0  # ... and until this fraction, in [0, 1]
     guidance: float = 0.0  # classifier-free guidance w: uncond + (1 + w)(cond - uncond); 0 = off
+    solver: Solver = Solver.AUTO  # continuous/flow models: ddim | ddpm (continuous), euler | heun (flow)
+    eta: float = 0.0  # DDIM noise scale: 0 deterministic, 1 = DDPM's posterior variance, in [0, 1]
+    rounding: Rounding = Rounding.HEAD  # continuous: how an x0 estimate becomes tokens
+    clamp: bool = False  # continuous: snap each x0 estimate to its rounded token's embedding (clamping trick)
 
     RANGES = {"length": (1, INF), "steps": (1, INF), "block_length": (0, INF), "temperature": (0.0, INF),
               "top_k": (0, INF), "top_p": (1e-6, 1.0), "threshold": (1e-6, 1.0), "factor": (1e-6, INF),
               "entropy_bound": (0.0, INF), "remask_eta": (0.0, 1.0), "remask_start": (0.0, 1.0),
-              "remask_end": (0.0, 1.0), "guidance": (0.0, INF)}
+              "remask_end": (0.0, 1.0), "guidance": (0.0, INF), "eta": (0.0, 1.0)}
 
 
 @dataclass(frozen=True, kw_only=True)

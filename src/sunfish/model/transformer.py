@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sunfish.config import AttentionKind, MLPKind, ModelConfig, TimeCond
+from sunfish.config import AttentionKind, MLPKind, ModelConfig, ProcessConfig, TimeCond
 from sunfish.model.conditioning import AdaLNModulation, TimeEmbedding, modulate
 from sunfish.model.kv_cache import KVCache
 
@@ -160,12 +160,13 @@ class Transformer(nn.Module):
 
     def hidden(
         self,
-        tokens: torch.Tensor,
+        tokens: torch.Tensor | None,
         t: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         *,
         attn_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final normalised hidden states (B, L, D).
 
@@ -173,15 +174,18 @@ class Transformer(nn.Module):
         set, `tokens` (B, hi - lo) are the canvas positions [lo, hi) and attend over the cached rest.
         `attn_mask` (L, L_keys) bool replaces the attention pattern (True = may attend; (B, 1, L, L_keys) per row);
         `positions` (L,) or (B, L) gives each token's RoPE position (default: offset + 0..L-1), e.g. for block
-        diffusion's two copies or left-padded rows.
+        diffusion's two copies or left-padded rows. `embeds` (B, L, D) replaces the token lookup (pass
+        tokens=None): continuous inputs such as noised embeddings or points on the simplex.
         """
-        B, L = tokens.shape
+        if (tokens is None) == (embeds is None):
+            raise ValueError("pass exactly one of tokens (B, L) and embeds (B, L, D) to the model")
+        B, L = tokens.shape if embeds is None else embeds.shape[:2]
         offset = kv_cache.span[0] if kv_cache is not None and kv_cache.span is not None else 0
         if positions is None:
-            positions = torch.arange(offset, offset + L, device=tokens.device)
+            positions = torch.arange(offset, offset + L, device=self.rope_cos.device)
         if int(positions.max()) >= self.cfg.context:
             raise ValueError(f"sequence of {int(positions.max()) + 1} tokens is longer than the model's context of {self.cfg.context}")
-        x = self.embed(tokens)  # (B, L, D)
+        x = self.embed(tokens) if embeds is None else embeds  # (B, L, D)
         c = None
         if self.time is not None:
             if t is None:
@@ -206,9 +210,9 @@ class Transformer(nn.Module):
         """Logits (..., V) from hidden states (..., D)."""
         return self.lm_head(h)
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+    def forward(self, tokens: torch.Tensor | None, t: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 **attention) -> torch.Tensor:
-        """Logits (B, L, V); `attention` takes hidden's attn_mask and positions."""
+        """Logits (B, L, V); `attention` takes hidden's attn_mask, positions and embeds."""
         return self.head(self.hidden(tokens, t, kv_cache, **attention))
 
 
@@ -217,7 +221,17 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transformer:
-    """Instantiate on `device`; pass "meta" to size a model without allocating its weights."""
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", process: ProcessConfig | None = None) -> Transformer:
+    """Instantiate on `device`; pass "meta" to size a model without allocating its weights.
+
+    With a continuous or flow `process`, the layers that process adds (input/output projections, the
+    learned schedule) are attached as `model.process_io`, so the optimiser and checkpoints include them;
+    masked and autoregressive models are built exactly as without it.
+    """
     with torch.device(device):
-        return Transformer(cfg)
+        model = Transformer(cfg)
+        if process is not None:
+            from sunfish.process.layers import attach_process_layers
+
+            attach_process_layers(model, process)
+        return model

@@ -12,10 +12,21 @@ def training_loss(
     model: torch.nn.Module, x0: torch.Tensor, cfg: ProcessConfig, mask_id: int, generator: torch.Generator
 ) -> LossOutput:
     """Loss of x0 (B, L) under the configured process: masked diffusion, block diffusion, or AR."""
+    own = getattr(model, "training_loss", None)
+    if own is not None:  # a model with its own objective (sunfish.adapt's DiffusionLM: NELBO + alignment)
+        return own(x0, cfg, mask_id, generator)
     if cfg.kind is ProcessKind.AR:
         from sunfish.process.autoregressive import next_token_loss
 
         return next_token_loss(model, x0)
+    if cfg.kind is ProcessKind.CONTINUOUS:
+        from sunfish.process.continuous import continuous_loss
+
+        return continuous_loss(model, x0, cfg, generator)
+    if cfg.kind is ProcessKind.FLOW:
+        from sunfish.process.flow import flow_loss
+
+        return flow_loss(model, x0, cfg, generator)
     if cfg.block_size > 0:
         from sunfish.process.block import block_diffusion_loss
 
