@@ -4,7 +4,8 @@ The prompt is encoded once as a clean, block-causal prefix and its keys/values a
 of `block_size` masks is denoised with the usual step rules (see unmask.py) while attending to the cached
 prefix; once finished, one more pass over the clean block appends its keys/values to the cache, exactly as
 the clean copy is computed in training (process/block.py). Earlier blocks are never recomputed, so the
-length is limited only by the model's context, and generation stops early at EOS.
+length is limited only by the model's context, and generation stops early at EOS. Left-padded rows
+(batch.py) decode as they would alone; classifier-free guidance is not available here.
 """
 
 from __future__ import annotations
@@ -17,21 +18,25 @@ from sunfish.config import SamplerConfig
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.block import prefix_mask
 from sunfish.process.schedules import Schedule
+from sunfish.sample.batch import Generators, Padding
 from sunfish.sample.unmask import SampleResult, StepInfo, denoise_blocks
 
 
 class _CachedBlock:
     """Logits of the active block given the exact cache of everything before it."""
 
-    def __init__(self, model, cache: KVCache, mask_id: int):
-        self.model, self.cache, self.mask_id = model, cache, mask_id
+    def __init__(self, model, cache: KVCache, mask_id: int, padding: Padding | None = None):
+        self.model, self.cache, self.mask_id, self.padding = model, cache, mask_id, padding
+
+    def _rows(self, lo: int, hi: int) -> dict:
+        return {} if self.padding is None else self.padding.attention(lo, hi)
 
     def refresh(self) -> None:  # the cache is exact: nothing to refresh
         pass
 
     def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         self.cache.span, self.cache.commit = (lo, hi), False
-        logits = self.model.head(self.model.hidden(x[:, lo:hi], None, self.cache)).float()  # (B, hi - lo, V)
+        logits = self.model.head(self.model.hidden(x[:, lo:hi], None, self.cache, **self._rows(lo, hi))).float()  # (B, hi - lo, V)
         logits[..., self.mask_id] = float("-inf")
         return logits
 
@@ -40,7 +45,7 @@ class _CachedBlock:
         if hi >= x.shape[1]:
             return 0
         self.cache.span, self.cache.commit = (lo, hi), True
-        self.model.hidden(x[:, lo:hi], None, self.cache)
+        self.model.hidden(x[:, lo:hi], None, self.cache, **self._rows(lo, hi))
         self.cache.commit = False
         return 1
 
@@ -54,20 +59,29 @@ def block_generate(
     block_size: int,
     cfg: SamplerConfig,
     *,
-    generator: torch.Generator,
+    generator: Generators,
     schedule: Schedule,
     callback: Callable[[StepInfo], None] | None = None,
     eos_id: int | None = None,
+    padding: Padding | None = None,
 ) -> SampleResult:
-    """Generate `length` tokens after `prompt` (B, P >= 1); returns the canvas (B, P + length)."""
+    """Generate `length` tokens after `prompt` (B, P >= 1); returns the canvas (B, P + length).
+    `padding`: the prompts' left padding, with `generator` one generator per row (batch.py)."""
     B, P = prompt.shape
     if P + length > model.cfg.context:
         raise ValueError(f"the prompt ({P} tokens) plus {length} new tokens exceed the model's context of {model.cfg.context}")
+    if cfg.guidance > 0:
+        raise ValueError("classifier-free guidance works with masked diffusion models, not block diffusion; drop --guidance")
     cache = KVCache()
-    model.hidden(prompt, None, cache, attn_mask=prefix_mask(P, block_size, prompt.device))
+    if padding is None:
+        model.hidden(prompt, None, cache, attn_mask=prefix_mask(P, block_size, prompt.device))
+    else:  # block-causal over each row's own positions, padding hidden
+        ids = padding.positions(0, P) // block_size  # (B, P)
+        model.hidden(prompt, None, cache, attn_mask=padding.square(ids[:, :, None] >= ids[:, None, :]),
+                     positions=padding.positions(0, P))
     x = torch.cat([prompt, torch.full((B, length), mask_id, dtype=prompt.dtype, device=prompt.device)], dim=1)
     blocks = [(lo, min(lo + block_size, P + length)) for lo in range(P, P + length, block_size)]
-    predict = _CachedBlock(model, cache, mask_id)
+    predict = _CachedBlock(model, cache, mask_id, padding)
     result = denoise_blocks(x, blocks, predict, mask_id, cfg, generator=generator, schedule=schedule,
                             callback=callback, eos_id=eos_id, after_block=predict.commit)
     return result

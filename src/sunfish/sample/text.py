@@ -1,4 +1,4 @@
-"""Text in, text out: prompted generation and infilling on a loaded checkpoint, with optional trace."""
+"""Text in, text out: prompted generation (one prompt or a batch) and infilling on a loaded checkpoint."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -13,6 +14,7 @@ from sunfish.config import ProcessKind, SamplerConfig
 from sunfish.process.schedules import Schedule
 from sunfish.sample.prompt import Canvas, cut_at_eos, infill_canvas, prompt_canvas, to_batch
 from sunfish.sample.ar import ar_generate
+from sunfish.sample.batch import Generators, Padding, left_pad, row_generators
 from sunfish.sample.block import block_generate
 from sunfish.sample.unmask import unmask
 from sunfish.train.checkpoint import LoadedModel
@@ -49,20 +51,9 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
 
         recorder = TraceRecorder(tok.token_text, start=1)  # everything after BOS; the prompt shows muted
         recorder.start(x, x == tok.mask_id)
-    schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
     began = time.perf_counter()
-    eos_id = tok.eos_id if eos else None
-    block = loaded.cfg.process.block_size
-    if loaded.cfg.process.kind is ProcessKind.AR:
-        result = ar_generate(loaded.model, x[:, : canvas.fill_start], x.shape[1] - canvas.fill_start, cfg,
-                             generator=generator, mask_id=tok.mask_id, callback=recorder, eos_id=eos_id)
-    elif block > 0 and canvas.fill_start > 0 and (x[:, canvas.fill_start :] == tok.mask_id).all():
-        # a block-diffusion model continues its prompt block by block with an exact cache
-        result = block_generate(loaded.model, x[:, : canvas.fill_start], x.shape[1] - canvas.fill_start, tok.mask_id,
-                                block, cfg, generator=generator, schedule=schedule, callback=recorder, eos_id=eos_id)
-    else:
-        result = unmask(loaded.model, x, tok.mask_id, cfg, generator=generator, schedule=schedule, callback=recorder,
-                        eos_id=eos_id, track_drift=drift)
+    result = _decode(loaded, x, canvas.fill_start, cfg, generator, recorder=recorder,
+                     eos_id=tok.eos_id if eos else None, drift=drift)
     seconds = time.perf_counter() - began
     written = None
     if recorder is not None:
@@ -71,6 +62,28 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
         title = f"{cfg.schedule.value} / {cfg.policy.value}, {result.steps} steps, T={cfg.temperature:g}"
         written = str(write_trace(recorder.frames, trace, title=title))
     return result, seconds, written
+
+
+def _decode(loaded: LoadedModel, x: torch.Tensor, fill_start: int, cfg: SamplerConfig, generator: Generators, *,
+            padding: Padding | None = None, recorder=None, eos_id: int | None = None, drift: bool = False):
+    """Run the checkpoint's sampler on canvas x (B, L) whose columns from `fill_start` on may change."""
+    tok = loaded.tokenizer
+    schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
+    block = loaded.cfg.process.block_size
+    rows = {} if padding is None else {"padding": padding}
+    if loaded.cfg.process.kind is ProcessKind.AR:
+        return ar_generate(loaded.model, x[:, :fill_start], x.shape[1] - fill_start, cfg, generator=generator,
+                           mask_id=tok.mask_id, callback=recorder, eos_id=eos_id, **rows)
+    if loaded.cfg.process.kind in (ProcessKind.CONTINUOUS, ProcessKind.FLOW):  # sample/continuous.py, sample/flow.py
+        from sunfish.sample.continuous import sample_continuous
+
+        return sample_continuous(loaded.model, x, tok.mask_id, cfg, loaded.cfg.process, generator, callback=recorder, **rows)
+    if block > 0 and fill_start > 0 and (x[:, fill_start:] == tok.mask_id).all():
+        # a block-diffusion model continues its prompt block by block with an exact cache
+        return block_generate(loaded.model, x[:, :fill_start], x.shape[1] - fill_start, tok.mask_id, block, cfg,
+                              generator=generator, schedule=schedule, callback=recorder, eos_id=eos_id, **rows)
+    return unmask(loaded.model, x, tok.mask_id, cfg, generator=generator, schedule=schedule, callback=recorder,
+                  eos_id=eos_id, track_drift=drift, **rows)
 
 
 def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None,
@@ -82,6 +95,38 @@ def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0
     ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id)
     return Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
                       seconds=seconds, tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, drift=result.drift)
+
+
+def generate_batch(loaded: LoadedModel, prompts: Sequence[str], cfg: SamplerConfig, seed: int = 0,
+                   batch_size: int = 8) -> list[Generation]:
+    """Continue each prompt, `batch_size` at a time; prompt i uses seed + i, so its text is the one
+    `generate(loaded, prompts[i], cfg, seed + i)` gives, whatever the batch size or the other prompts.
+
+    Prompts of different lengths share a batch right-aligned, with the padding hidden from attention and
+    RoPE positions starting at each row's first token (batch.py). `seconds` and `tokens_per_s` are the batch's.
+    """
+    if batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    if not prompts:
+        raise ValueError("no prompts to continue; give at least one prompt")
+    tok = loaded.tokenizer
+    device = next(loaded.model.parameters()).device
+    canvases = [prompt_canvas(tok, p, cfg.length, loaded.cfg.model.context) for p in prompts]
+    out: list[Generation] = []
+    for first in range(0, len(prompts), batch_size):
+        chunk = canvases[first : first + batch_size]
+        x, padding = left_pad([c.ids for c in chunk], tok.pad_id, device)
+        fill_start = x.shape[1] - cfg.length
+        generators = row_generators([seed + first + j for j in range(len(chunk))], device)
+        began = time.perf_counter()
+        result = _decode(loaded, x, fill_start, cfg, generators, padding=padding, eos_id=tok.eos_id)
+        seconds = time.perf_counter() - began
+        for j, prompt in enumerate(prompts[first : first + batch_size]):
+            ids = cut_at_eos(result.tokens[j, fill_start:].tolist(), tok.eos_id)
+            out.append(Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
+                                  seconds=seconds, tokens_per_s=len(chunk) * cfg.length / max(seconds, 1e-9),
+                                  trace=None))
+    return out
 
 
 def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None) -> Generation:
