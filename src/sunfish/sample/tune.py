@@ -11,13 +11,15 @@ prompts greedily; its quality is either
 
 The fastest candidate (measured tokens/s) within the bound wins; the reference itself always qualifies,
 so there is always an answer. `write_sampler_defaults` stores it in the checkpoint's config.json, which
-`sunfish sample` reads, through a temporary file and os.replace, keeping the old file as config.json.bak.
+`sunfish sample` reads, through a temporary file and os.replace, keeping the old file as config.json.bak,
+and updates the file's entry in the checkpoint's manifest.json the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import json
 import os
 import time
@@ -29,7 +31,7 @@ import torch
 from sunfish.config import CacheMode, SamplerConfig, StepSchedule, config_from_dict
 from sunfish.sample.bench import (BenchError, Decoded, agreement, check_reference, decode, generative_nll, model_kind,
                                   one_per_step, prompt_ids)
-from sunfish.train.checkpoint import LoadedModel, resolve_checkpoint
+from sunfish.train.checkpoint import MANIFEST, LoadedModel, resolve_checkpoint
 
 
 class Quality(str, enum.Enum):
@@ -214,9 +216,23 @@ def write_sampler_defaults(path: str | Path, values: dict) -> tuple[Path, dict]:
     old = {k: v.value if isinstance(v, enum.Enum) else v for k, v in old.items()}
     tree["sampler"] = {**old_sampler, **values}
     config_from_dict(tree)  # refuse to write a config that would not load
+    new_text = json.dumps(tree, indent=2) + "\n"
+    manifest = _manifest_with(ckpt, "config.json", new_text.encode("utf-8"))
     _atomic_write(ckpt / "config.json.bak", text)
-    _atomic_write(target, json.dumps(tree, indent=2) + "\n")
+    _atomic_write(target, new_text)
+    if manifest is not None:  # the loader checks every file against it, so it follows at once
+        _atomic_write(ckpt / MANIFEST, manifest)
     return target, old
+
+
+def _manifest_with(ckpt: Path, name: str, body: bytes) -> str | None:
+    """The checkpoint's manifest.json text with the size and SHA-256 of `name` set to those of `body`."""
+    path = ckpt / MANIFEST
+    if not path.is_file():
+        return None
+    tree = json.loads(path.read_text(encoding="utf-8"))
+    tree["files"][name] = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    return json.dumps(tree, indent=1) + "\n"
 
 
 def _atomic_write(path: Path, text: str) -> None:
