@@ -1,0 +1,100 @@
+"""`sunfish bench sample`: every row of the table for a tiny length, figures that follow from the settings,
+and the target verdicts computed from the rows (never from wall-clock time in a test)."""
+
+import pytest
+
+from sunfish.cli import main
+from sunfish.sample.bench import BenchRow, agreement, target_report, unigram_entropy, within_quality
+
+from test_train import DOCS
+
+TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=48",
+        "--train.batch_size=4", "--train.val_every=0", "--data.val_fraction=0.2", "--no-progress"]
+METHODS = ["baseline: LLaDA 1 token/step", "+ threshold 0.9", "+ prefix cache", "+ dual cache",
+           "block diffusion 1 token/step, exact cache", "block diffusion threshold 0.9, exact cache",
+           "causal model, KV cache"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(DOCS), encoding="utf-8")
+    kinds = {"diffusion": [], "ar": ["--objective", "ar"], "block": ["--process.block_size=4"]}
+    out = {}
+    for name, extra in kinds.items():
+        out[name] = root / name
+        assert main(["train", "--preset", "nano", "--data", str(corpus), "--out", str(out[name]), "--steps", "4", *TINY, *extra]) == 0
+    prompts = root / "prompts.txt"
+    prompts.write_text("the cat\na little girl\n", encoding="utf-8")
+    out["prompts"] = prompts
+    return out
+
+
+def table_rows(out: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| length")]
+
+
+def test_table_has_every_row(runs, capsys):
+    capsys.readouterr()
+    argv = ["bench", "sample", str(runs["diffusion"]), "--ar", str(runs["ar"]), "--block", str(runs["block"]),
+            "--lengths", "8", "--batch", "1,2", "--repeats", "1", "--prompts", str(runs["prompts"]), "--block-length", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert [(r[0], r[1], r[2]) for r in rows] == [("8", b, m) for b in ("1", "2") for m in METHODS]
+    for r in rows:
+        speed, nfe, speedup = float(r[3].replace(",", "")), float(r[4]), float(r[5].rstrip("x"))
+        assert speed > 0 and nfe >= 1.0 and speedup > 0  # 8 tokens need at least 8 passes in these settings
+        if r[2] in METHODS[1:4] + METHODS[5:6]:
+            assert 0.0 <= float(r[6]) <= 1.0  # agreement with the row's reference output
+        assert float(r[7]) > 1.0  # generative perplexity under the causal model
+    baseline = [r for r in rows if r[2] == METHODS[0]]
+    assert all(r[4] == "1.000" and r[5] == "1.00x" for r in baseline)  # one token per step, the reference speed
+    assert "the causal model's tokens/s" in out
+
+
+def test_without_optional_models(runs, capsys):
+    capsys.readouterr()
+    assert main(["bench", "sample", str(runs["diffusion"]), "--lengths", "6", "--batch", "1", "--repeats", "2",
+                 "--prompts", str(runs["prompts"])]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [r[2] for r in rows] == METHODS[:4] and all(r[7] == "-" for r in rows)
+
+
+def row(method, speedup, ppl=None, agree=None, length=256):
+    return BenchRow(length=length, batch=1, method=method, tokens_per_s=10.0 * speedup, nfe_per_token=1.0,
+                    speedup=speedup, agreement=agree, gen_ppl=ppl, entropy=1.0)
+
+
+def test_target_verdicts_follow_the_rows():
+    base = row("baseline", 1.0, ppl=10.0)
+    met = target_report([base, row("+ dual cache", 9.0, ppl=10.1), row("causal model, KV cache", 5.0, ppl=4.0)])
+    assert "MET (+ dual cache at 9.0x)" in met[0] and "NOT" not in met[0] and "claim holds" in met[1]
+    worse = target_report([base, row("+ dual cache", 9.0, ppl=10.5), row("+ threshold 0.9", 3.0, ppl=10.0)])
+    assert "NOT MET (+ threshold 0.9 at 3.0x)" in worse[0]  # 5% worse perplexity does not count
+    assert within_quality(row("x", 2.0, agree=0.985), row("b", 1.0)) and not within_quality(row("x", 2.0, agree=0.9), row("b", 1.0))
+    assert target_report([row("baseline", 1.0, length=64), row("x", 2.0, length=64)]) == []  # no target at 64
+
+
+def test_quality_figures():
+    assert agreement([[1, 2, 3], [4, 5, 6]], [[1, 2, 0], [4, 0, 0]]) == pytest.approx(3 / 6)
+    assert unigram_entropy([[7, 7, 7, 7]]) == 0.0 and unigram_entropy([[1, 2]]) == pytest.approx(0.6931, abs=1e-4)
+
+
+def test_bad_inputs_get_one_sentence(runs, capsys):
+    def error(argv):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sunfish: error: ") and len(err.splitlines()) == 1
+        return err
+
+    d, prompts = str(runs["diffusion"]), str(runs["prompts"])
+    assert "not a block-diffusion model" in error(["bench", "sample", d, "--block", d, "--prompts", prompts])
+    assert "not autoregressive" in error(["bench", "sample", d, "--ar", str(runs["block"]), "--prompts", prompts])
+    assert "not a masked diffusion model" in error(["bench", "sample", str(runs["ar"]), "--prompts", prompts])
+    assert "--lengths" in error(["bench", "sample", d, "--lengths", "0", "--prompts", prompts])
+    assert "context" in error(["bench", "sample", d, "--lengths", "100", "--prompts", prompts])
+    assert "built-in prompts" in error(["bench", "sample", d, "--lengths", "4"])  # a character vocabulary without 'O'
