@@ -66,10 +66,12 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
     from sunfish.eval.generative import generation_suite, load_reference
     from sunfish.eval.infill import InfillUnsupported, infill_suite
     from sunfish.eval.likelihood import UnsupportedProcess, evaluate_likelihood, held_out
-    from sunfish.eval.translation import translation_suite
+    from sunfish.eval.translation import TranslationUnsupported, read_pairs, translation_suite
     from sunfish.runtime import setup_runtime
     from sunfish.train.checkpoint import load_for_inference, read_state
 
+    if "translation" in suites:
+        read_pairs(parallel, cfg.translation_direction)  # a bad file or direction fails before any work
     rt = setup_runtime(device)
     loaded = load_for_inference(path, rt.device)
     docs = read_documents(data) if data else []
@@ -103,7 +105,7 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
                 body["suites"][suite] = [r.as_json() for r in infill_suite(loaded, full[0], cfg, log=log)]
             else:
                 body["suites"][suite] = translation_suite(loaded, parallel, cfg, log=log).as_json()
-        except (UnsupportedProcess, InfillUnsupported) as err:
+        except (UnsupportedProcess, InfillUnsupported, TranslationUnsupported) as err:
             log(f"  skipped: {err}")
             body["suites"][suite] = _skip(err)
         if isinstance(body["suites"][suite], dict):

@@ -28,6 +28,10 @@ class TranslationError(ValueError):
     """A problem with the parallel file or the direction; the message is one sentence."""
 
 
+class TranslationUnsupported(ValueError):
+    """The model cannot be prompted with these pairs (context too short, script unknown to its tokenizer)."""
+
+
 @dataclass(frozen=True)
 class Pair:
     source: str
@@ -80,6 +84,17 @@ def build_prompt(shots: list[Pair], pair: Pair, direction: str) -> str:
     return "".join(parts) + f"{src}: {pair.source}\n{tgt}:"
 
 
+def _fit_prompt(tok, context: int, pairs: list[Pair], pool: list[int], i: int, pair: Pair, direction: str):
+    """(prompt with as many shots as fit, output length), or (None, 0) when even zero shots do not fit."""
+    length = min(context // 2, 2 * len(tok.encode(pair.references[0])) + 8)
+    for n_shots in range(MAX_SHOTS, -1, -1):
+        shots = [pairs[pool[(i * MAX_SHOTS + k) % len(pool)]] for k in range(n_shots)]
+        prompt = build_prompt(shots, pair, direction)
+        if 1 + len(tok.encode(prompt)) + length <= context:
+            return prompt, length
+    return None, 0
+
+
 def translation_suite(loaded: LoadedModel, parallel: str | Path, cfg: EvalConfig, log=print) -> TranslationResult:
     """Prompt `cfg.translation_pairs` seeded pairs and score the outputs."""
     import sacrebleu
@@ -94,14 +109,10 @@ def translation_suite(loaded: LoadedModel, parallel: str | Path, cfg: EvalConfig
     outputs, refs, examples, skipped = [], [], [], 0
     for i, index in enumerate(tests):
         pair = pairs[index]
-        length = min(context // 2, 2 * len(tok.encode(pair.references[0])) + 8)
-        prompt = None
-        for n_shots in range(MAX_SHOTS, -1, -1):
-            shots = [pairs[pool[(i * MAX_SHOTS + k) % len(pool)]] for k in range(n_shots)]
-            candidate = build_prompt(shots, pair, cfg.translation_direction)
-            if 1 + len(tok.encode(candidate)) + length <= context:
-                prompt = candidate
-                break
+        try:
+            prompt, length = _fit_prompt(tok, context, pairs, pool, i, pair, cfg.translation_direction)
+        except ValueError:  # a character tokenizer without this script
+            prompt = None
         if prompt is None:
             skipped += 1
             continue
@@ -113,7 +124,8 @@ def translation_suite(loaded: LoadedModel, parallel: str | Path, cfg: EvalConfig
         if len(examples) < 3:
             examples.append({"source": pair.source, "reference": pair.references[0], "output": output})
     if not outputs:
-        raise TranslationError(f"no translation prompt fits the model's context of {context} tokens; use a model with a longer context")
+        raise TranslationUnsupported(f"no translation prompt fits the model (context of {context} tokens, or text its "
+                                     "tokenizer cannot encode); use a model trained on both languages with a longer context")
     width = max(len(r) for r in refs)
     streams = [[r[k] if k < len(r) else r[0] for r in refs] for k in range(width)]
     bleu = sacrebleu.corpus_bleu(outputs, streams).score
