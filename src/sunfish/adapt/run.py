@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from sunfish.adapt.align import parse_layers
 from sunfish.config import BaseKind, ProcessKind, RunConfig, apply_tree
 from sunfish.adapt.model import (HF_BASE, DiffusionLM, base_kind, build_student, flipped_sunfish_config, hf_context,
                                  load_hf_causal, merge_lora, model_config_of)
@@ -111,6 +112,8 @@ def adapt(cfg: RunConfig, *, run_dir: Path, data: list[str] | None = None, resum
         raise ValueError("no base model: pass the folder of a causal LM, `sunfish adapt BASE_DIR --data ...`")
     if cfg.adapt.qlora and not cfg.adapt.lora:
         raise ValueError("--adapt.qlora trains LoRA adapters over 4-bit weights; add --lora")
+    if cfg.adapt.align_weight > 0:
+        parse_layers(cfg.adapt.align_layers, cfg.model.n_layers)  # a bad layer list fails before any loading
     tokenizer = base_tokenizer(cfg)
     corpus = adapt_corpus(cfg, data, tokenizer)
     run_dir.mkdir(parents=True, exist_ok=True)
