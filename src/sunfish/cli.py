@@ -11,6 +11,7 @@ from pathlib import Path
 from sunfish.config import (
     CacheMode,
     ConfigError,
+    RemaskKind,
     Policy,
     RunConfig,
     SamplerConfig,
@@ -53,6 +54,11 @@ def _sampler_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factor", type=float, help="factor of --schedule factor")
     p.add_argument("--entropy-bound", type=float, help="gamma (nats) of --schedule entropy_bound")
     p.add_argument("--cache", choices=[m.value for m in CacheMode], help="approximate key/value cache")
+    p.add_argument("--remask", choices=[m.value for m in RemaskKind], help="ReMDM remasking of committed tokens")
+    p.add_argument("--remask-eta", type=float, help="ReMDM eta in [0, 1] (cap on sigma, or its multiplier for rescale)")
+    p.add_argument("--remask-start", type=float, help="remask once this fraction of a block is decoded")
+    p.add_argument("--remask-end", type=float, help="... until this fraction")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance w >= 0 (0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trace", type=Path, help="write the denoising as FILE.gif or FILE.mp4")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -81,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--length", type=int, help="tokens to generate")
     s.add_argument("--no-stop-at-eos", action="store_true", help="fill the whole canvas even after an EOS")
     s.add_argument("--drift", action="store_true", help="with --cache: report cached-vs-exact drift per step (--json)")
+    s.add_argument("--prompts", type=Path, help="file of prompts: one per line, or .jsonl with a \"prompt\" field; "
+                   "prints one output per prompt (prompt i uses seed + i)")
+    s.add_argument("--batch-size", type=int, help="with --prompts: prompts decoded together (default 8)")
 
     i = verbs.add_parser("infill", help="fill [MASK] / [MASK:n] spans in a text")
     _sampler_flags(i)
@@ -137,6 +146,8 @@ def _sampler_config(args: argparse.Namespace, defaults: SamplerConfig) -> Sample
     names = {"steps": "steps", "policy": "policy", "schedule": "schedule", "block_length": "block_length",
              "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "length": "length",
              "threshold": "threshold", "factor": "factor", "entropy_bound": "entropy_bound", "cache": "cache"}
+    names |= {"remask": "remask", "remask_eta": "remask_eta", "remask_start": "remask_start",
+              "remask_end": "remask_end", "guidance": "guidance"}
     values = {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag, None) is not None}
     if getattr(args, "no_stop_at_eos", False):
         values["stop_at_eos"] = False
@@ -151,6 +162,8 @@ def cmd_sample(args: argparse.Namespace, infill: bool) -> int:
     rt = setup_runtime(args.device)
     loaded = load_for_inference(args.path, rt.device)
     cfg = _sampler_config(args, loaded.cfg.sampler)
+    if not infill and (args.prompts is not None or args.batch_size is not None):
+        return _sample_many(args, loaded, cfg)
     if infill:
         out = do_infill(loaded, args.text, cfg, seed=args.seed, trace=args.trace)
     else:
@@ -162,6 +175,22 @@ def cmd_sample(args: argparse.Namespace, infill: bool) -> int:
         print(out.text)
         if out.trace:
             print(f"[trace written to {out.trace}]", file=sys.stderr)
+    return 0
+
+
+def _sample_many(args: argparse.Namespace, loaded, cfg: SamplerConfig) -> int:
+    """`sample --prompts FILE`: one output (or JSON line) per prompt, decoded in batches."""
+    from sunfish.sample.prompt import read_prompts
+    from sunfish.sample.text import generate_batch
+
+    if args.prompts is None:
+        raise UsageError("--batch-size needs --prompts FILE")
+    if args.prompt or args.trace or args.drift:
+        raise UsageError("--prompts takes the prompts from the file; --prompt, --trace and --drift work with one prompt")
+    outs = generate_batch(loaded, read_prompts(args.prompts), cfg, seed=args.seed,
+                          batch_size=8 if args.batch_size is None else args.batch_size)
+    for out in outs:
+        print(json.dumps(out.as_json(), ensure_ascii=False) if args.json else out.text)
     return 0
 
 

@@ -15,6 +15,8 @@ def training_loss(
     own = getattr(model, "training_loss", None)
     if own is not None:  # a model with its own objective (sunfish.adapt's DiffusionLM: NELBO + alignment)
         return own(x0, cfg, mask_id, generator)
+    if cfg.prompt_prob > 0 and (cfg.kind is ProcessKind.AR or (cfg.kind is ProcessKind.MASKED and cfg.block_size > 0)):
+        raise ValueError("process.prompt_prob (conditional training) is not implemented for the AR or block objectives; set it to 0")
     if cfg.kind is ProcessKind.AR:
         from sunfish.process.autoregressive import next_token_loss
 

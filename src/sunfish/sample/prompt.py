@@ -1,9 +1,12 @@
-"""Building canvases: a prompt followed by masks, or text with `[MASK]` / `[MASK:n]` spans to infill."""
+"""Building canvases: a prompt followed by masks, or text with `[MASK]` / `[MASK:n]` spans to infill;
+reading a file of prompts."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -60,6 +63,33 @@ def infill_canvas(tok: Tokenizer, text: str, context: int, default_span: int = 1
 
 def to_batch(canvas: Canvas, batch: int, device: torch.device) -> torch.Tensor:
     return torch.tensor([canvas.ids] * batch, dtype=torch.long, device=device)  # (B, L)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a text file (one per non-blank line) or a .jsonl file ({"prompt": ...} per line)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise PromptError(f"the prompts file {path} does not exist; give a .txt (one prompt per line) or .jsonl file") from None
+    except UnicodeDecodeError:
+        raise PromptError(f"the prompts file {path} is not UTF-8 text") from None
+    lines = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    if path.suffix != ".jsonl":
+        prompts = [line for _, line in lines]
+    else:
+        prompts = []
+        for i, line in lines:
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                item = None
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                raise PromptError(f'line {i} of {path} is not a JSON object with a "prompt" string')
+            prompts.append(item["prompt"])
+    if not prompts:
+        raise PromptError(f"the prompts file {path} holds no prompt; write one prompt per line")
+    return prompts
 
 
 def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
