@@ -59,6 +59,10 @@ def _sampler_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remask-start", type=float, help="remask once this fraction of a block is decoded")
     p.add_argument("--remask-end", type=float, help="... until this fraction")
     p.add_argument("--guidance", type=float, help="classifier-free guidance w >= 0 (0 = off)")
+    p.add_argument("--solver", choices=["auto", "ddim", "ddpm", "euler", "heun"], help="continuous: ddim|ddpm; flow: euler|heun")
+    p.add_argument("--eta", type=float, help="DDIM noise scale (0 deterministic, 1 = DDPM)")
+    p.add_argument("--rounding", choices=["head", "cosine", "euclidean"], help="continuous: x0 estimate -> tokens")
+    p.add_argument("--clamp", action="store_true", default=None, help="continuous: snap x0 estimates to embeddings")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trace", type=Path, help="write the denoising as FILE.gif or FILE.mp4")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -79,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.add_argument("--objective", choices=["diffusion", "ar"], help="ar: the same backbone as a causal next-token "
                    "baseline (sets --process.kind=ar --model.attention=causal)")
+    t.add_argument("--process", choices=["masked", "continuous", "flow"], help="generative process (sets --process.kind; "
+                   "continuous and flow models without time conditioning get --model.time_cond=sinusoidal)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = verbs.add_parser("sample", help="generate text from a checkpoint")
@@ -122,6 +128,11 @@ def train_config(args: argparse.Namespace, extra: list[str]) -> RunConfig:
     cfg = read_config(found[-1]) if found else load_preset(args.preset)
     if args.objective == "ar":
         cfg = apply_tree(cfg, {"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}})
+    if args.process:
+        chosen = {"process": {"kind": args.process}}
+        if args.process != "masked" and cfg.model.time_cond.value == "none":
+            chosen["model"] = {"time_cond": "sinusoidal"}  # Gaussian / simplex noise levels are not visible as a mask ratio is
+        cfg = apply_tree(cfg, chosen)
     cfg = apply_tree(cfg, parse_overrides(extra))
     flags = {"steps": args.steps, "save_every": args.save_every, "seed": args.seed}
     flags = {k: v for k, v in flags.items() if v is not None}
@@ -145,7 +156,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 def _sampler_config(args: argparse.Namespace, defaults: SamplerConfig) -> SamplerConfig:
     names = {"steps": "steps", "policy": "policy", "schedule": "schedule", "block_length": "block_length",
              "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "length": "length",
-             "threshold": "threshold", "factor": "factor", "entropy_bound": "entropy_bound", "cache": "cache"}
+             "threshold": "threshold", "factor": "factor", "entropy_bound": "entropy_bound", "cache": "cache",
+             "solver": "solver", "eta": "eta", "rounding": "rounding", "clamp": "clamp"}
     names |= {"remask": "remask", "remask_eta": "remask_eta", "remask_start": "remask_start",
               "remask_end": "remask_end", "guidance": "guidance"}
     values = {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag, None) is not None}

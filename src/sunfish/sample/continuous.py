@@ -60,8 +60,8 @@ def ddim_step(x_t, x0_hat, t, s, schedule: GaussianSchedule, eta: float, generat
 
 def ddim_sample(denoiser: Denoiser, x0_known: torch.Tensor, known: torch.Tensor, times: torch.Tensor,
                 schedule: GaussianSchedule, eta: float, generator: torch.Generator, *, self_cond: bool = False,
-                clamp: Callable | None = None, on_step: Callable | None = None) -> torch.Tensor:
-    """Run the reverse process over `times`; returns the last x0 estimate (B, L, D).
+                clamp: Callable | None = None, on_step: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the reverse process over `times`; returns (x at the last time, the last x0 estimate), both (B, L, D).
 
     x0_known (B, L, D) holds the clean embeddings of the `known` (B, L) positions; `clamp` maps an x0
     estimate to the nearest embeddings; `on_step(k, x0_hat)` is called after step k (1-based).
@@ -81,7 +81,7 @@ def ddim_sample(denoiser: Denoiser, x0_known: torch.Tensor, known: torch.Tensor,
         x = torch.where(known[..., None], x0_known, x)
         if on_step is not None:
             on_step(k + 1, x0_hat)
-    return x0_hat
+    return x, x0_hat
 
 
 @torch.no_grad()
