@@ -214,6 +214,7 @@ class BenchRow:
     length: int
     batch: int
     method: str
+    model: str  # 'diffusion', 'block' or 'ar'
     tokens_per_s: float  # median over repeats, all rows of the batch counted
     nfe_per_token: float
     speedup: float  # tokens/s over the baseline's, same length and batch
@@ -281,7 +282,7 @@ def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[
                 outputs[method.name] = out.tokens
                 base_speed = base_speed or speed
                 ref_out = outputs.get(method.reference) if method.reference else None
-                row = BenchRow(length=length, batch=batch, method=method.name, tokens_per_s=speed,
+                row = BenchRow(length=length, batch=batch, method=method.name, model=method.model, tokens_per_s=speed,
                                nfe_per_token=out.nfe_per_token, speedup=speed / base_speed,
                                agreement=agreement(out.tokens, ref_out) if ref_out is not None else None,
                                gen_ppl=generative_ppl(ar, prompt, out.tokens) if ar is not None else None,
@@ -316,6 +317,25 @@ def within_quality(row: BenchRow, baseline: BenchRow, tolerance: float = QUALITY
     return row.agreement is None or row.agreement >= 1 - tolerance
 
 
+def _versus_causal(diffusion: list[BenchRow], ar: BenchRow, tolerance: float = QUALITY_TOLERANCE) -> str:
+    """Is the fastest diffusion row at the causal model's quality at least as fast as the causal model?
+    (The causal model scores its own greedy output, which flatters it: read its perplexity as a floor.)"""
+    if ar.gen_ppl is None:
+        return "no quality figure for the causal model"
+    equal = [r for r in diffusion if r.gen_ppl is not None and r.gen_ppl <= (1 + tolerance) * ar.gen_ppl]
+    if equal:
+        best = max(equal, key=lambda r: r.tokens_per_s)
+        ratio = best.tokens_per_s / ar.tokens_per_s
+        verdict = "holds" if ratio >= 1 else "does not hold"
+        return (f"at the causal model's quality the fastest diffusion row ({best.method}) runs at {ratio:.2f}x its "
+                f"tokens/s: the claim {verdict}")
+    best = max(diffusion, key=lambda r: r.tokens_per_s)
+    closest = min(r.gen_ppl for r in diffusion if r.gen_ppl is not None)
+    return (f"no diffusion row reaches the causal model's quality (gen. PPL {closest:.2f} at best vs {ar.gen_ppl:.2f}), "
+            f"so the claim is not shown; the fastest diffusion row ({best.method}) runs at "
+            f"{best.tokens_per_s / ar.tokens_per_s:.2f}x its tokens/s")
+
+
 def target_report(rows: list[BenchRow]) -> list[str]:
     """One line per target and (length, batch): the speed-up targets and diffusion vs the causal model."""
     lines = []
@@ -324,7 +344,7 @@ def target_report(rows: list[BenchRow]) -> list[str]:
         groups.setdefault((row.length, row.batch), []).append(row)
     for (length, batch), group in groups.items():
         baseline = group[0]
-        diffusion = [r for r in group[1:] if not r.method.startswith("causal")]
+        diffusion = [r for r in group if r.model != "ar"]
         good = [r for r in diffusion if within_quality(r, baseline)]
         best = max(good, key=lambda r: r.tokens_per_s, default=None)
         where = f"length {length}, batch {batch}"
@@ -333,10 +353,7 @@ def target_report(rows: list[BenchRow]) -> list[str]:
             mark = "MET" if best is not None and best.speedup >= need else "NOT MET"
             got = f"{best.method} at {best.speedup:.1f}x" if best else "no setting within quality"
             lines.append(f"{where}: >= {need:g}x the baseline within {QUALITY_TOLERANCE:.0%} quality: {mark} ({got})")
-        ar = next((r for r in group if r.method.startswith("causal")), None)
-        if ar is not None and best is not None:
-            ratio = best.tokens_per_s / ar.tokens_per_s
-            verdict = "holds" if ratio >= 1 else "does not hold"
-            lines.append(f"{where}: fastest diffusion setting within quality ({best.method}) runs at {ratio:.2f}x the "
-                         f"causal model's tokens/s: the claim {verdict}")
+        ar = next((r for r in group if r.model == "ar"), None)
+        if ar is not None:
+            lines.append(f"{where}: {_versus_causal(diffusion, ar)}")
     return lines

@@ -1,0 +1,126 @@
+"""Sampling speed and quality: the fast samplers against the plain one-token-per-step baseline.
+
+    python benchmarks/sampling.py [--quick] [--lengths 64,256,1024] [--batch 1,8] [--repeats 3]
+                                  [--diffusion CKPT] [--block CKPT] [--ar CKPT] [--workdir runs/bench-sampling]
+
+For each generation length and batch size, in one run: the plain LLaDA-style sampler (one token per step
+in confidence order, semi-autoregressive blocks of 32, no cache: the baseline), + threshold decoding,
++ the prefix cache, + the dual cache, block diffusion (BD3-LM) with its exact cache, and the causal model
+of the same size decoding with a key/value cache. Figures: tokens/s (median of --repeats; a batch counts
+all its rows), forward passes per generated token, speed-up over the baseline, agreement with the
+reference output (the baseline's for the diffusion rows, the block model's own one-token-per-step output
+for the threshold block row), generative perplexity of the output under the causal model, and the
+output's unigram entropy (a diversity figure to read beside the perplexity). Then the targets of the
+issue: >= 8x the baseline at length 256 and >= 20x at 1024, each with quality within 2% (generative
+perplexity at most 1.02x the baseline's), and the fastest diffusion row within that quality against the
+causal model. Decoding is greedy over the whole canvas (no EOS stop), so every row generates the same
+number of tokens. Batches hold distinct prompts cut to a common token count.
+
+Models: pass checkpoints, or let the script train the three models itself on the TinyStories text in
+../shared/corpora (same character vocabulary, same backbone: 4 layers x 128, context 1,056 >= 1,024 +
+prompt; `--quick`: 1 layer x 32, context 96, a few steps, lengths 16 and 32) into --workdir, reusing
+models already trained there. The same table comes from `sunfish bench sample CKPT --ar A --block B`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sunfish.config import apply_tree, load_preset
+from sunfish.model.transformer import count_parameters
+from sunfish.runtime import setup_runtime
+from sunfish.sample.bench import HEADER, check_reference, model_kind, run_bench, target_report
+from sunfish.train.checkpoint import list_checkpoints, load_for_inference
+from sunfish.train.loop import train
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "en_tinystories" / "tinystories_train_head.jsonl"
+FULL = {"model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "context": 1056},
+        "train": {"steps": 600, "batch_size": 8, "log_every": 50, "val_every": 0},
+        "optim": {"lr": 2e-3, "warmup_steps": 50}}
+QUICK = {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context": 96},
+         "train": {"steps": 30, "batch_size": 8, "log_every": 10, "val_every": 0},
+         "optim": {"lr": 2e-3, "warmup_steps": 5}}
+KINDS = {"diffusion": {}, "block": {"process": {"block_size": 16}},
+         "ar": {"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}}}
+
+
+def _csv(value: str) -> list[int]:
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
+def prompts_from_corpus(n: int = 8, chars: int = 40) -> list[str]:
+    """The openings of the corpus's last `n` stories (the validation end of the file), cut at a word."""
+    lines = SHARED.read_text(encoding="utf-8").splitlines()[-n:]
+    return [json.loads(line)["text"][:chars].rsplit(" ", 1)[0] for line in lines]
+
+
+def trained(kind: str, workdir: Path, quick: bool, steps: int | None) -> Path:
+    """A checkpoint of `kind` in workdir/kind, trained here unless one is already there."""
+    out = workdir / kind
+    if list_checkpoints(out):
+        print(f"reusing {out}")
+        return out
+    if not SHARED.exists():
+        sys.exit(f"{SHARED} is absent; pass --diffusion/--block/--ar checkpoints instead")
+    tree = json.loads(json.dumps(QUICK if quick else FULL))
+    for section, values in KINDS[kind].items():
+        tree.setdefault(section, {}).update(values)
+    if steps:
+        tree["train"]["steps"] = steps
+    cfg = apply_tree(load_preset("nano"), tree)
+    print(f"training the {kind} model ({cfg.train.steps} steps, context {cfg.model.context}) into {out}", flush=True)
+    result = train(cfg, run_dir=out, data=[str(SHARED)], progress=False, log=lambda line: None)
+    print(f"  {result.parameters:,} parameters, final loss {result.final_loss:.3f}, {result.seconds:.0f} s", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny models, short lengths: a smoke run of a minute or two")
+    p.add_argument("--lengths", type=_csv, help="generation lengths (default 64,256,1024; quick 16,32)")
+    p.add_argument("--batch", type=_csv, default=[1, 8], help="batch sizes (default 1,8)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per row, median shown (default 3)")
+    p.add_argument("--diffusion", help="masked diffusion checkpoint (default: train one)")
+    p.add_argument("--block", help="block-diffusion checkpoint (default: train one)")
+    p.add_argument("--ar", help="causal checkpoint of the same size (default: train one)")
+    p.add_argument("--workdir", type=Path, default=Path("runs/bench-sampling"), help="where trained models go")
+    p.add_argument("--train-steps", type=int, help="training steps of each model trained here")
+    p.add_argument("--block-length", type=int, default=32, help="block length of the diffusion rows (default 32)")
+    p.add_argument("--threshold", type=float, default=0.9, help="threshold of the threshold rows (default 0.9)")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args()
+    lengths = args.lengths or ([16, 32] if args.quick else [64, 256, 1024])
+    workdir = args.workdir / ("quick" if args.quick else "full")
+    paths = {"diffusion": args.diffusion, "block": args.block, "ar": args.ar}
+    paths = {k: v or trained(k, workdir, args.quick, args.train_steps) for k, v in paths.items()}
+    rt = setup_runtime(args.device)
+    models = {k: load_for_inference(v, rt.device) for k, v in paths.items()}
+    for name in ("diffusion", "block", "ar"):
+        expected = {"diffusion": "masked"}.get(name, name)
+        if model_kind(models[name]) != expected:
+            sys.exit(f"--{name} {paths[name]} is a {model_kind(models[name])} model, not {expected}")
+    check_reference(models["ar"], models["diffusion"])
+    check_reference(models["ar"], models["block"])
+    prompts = prompts_from_corpus() if SHARED.exists() else ["the cat", "a little girl"]
+    sizes = ", ".join(f"{k} {count_parameters(m.model):,}" for k, m in models.items())
+    print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"device {rt.device}; parameters: {sizes}")
+    print(f"median of {args.repeats} runs; greedy, whole canvas; diffusion block length {args.block_length}, "
+          f"threshold {args.threshold}; {len(prompts)} prompts\n")
+    print(HEADER, flush=True)
+    began = time.perf_counter()
+    rows = run_bench(models, prompts, lengths, args.batch, args.repeats, block_length=args.block_length,
+                     threshold=args.threshold, log=lambda line: print(line, flush=True))
+    print("\n" + "\n".join(target_report(rows)))
+    print(f"\n({time.perf_counter() - began:.0f} s of measuring)")
+
+
+if __name__ == "__main__":
+    main()
