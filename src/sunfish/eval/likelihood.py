@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from sunfish.config import EvalConfig, ProcessConfig
 from sunfish.process.block import block_ids, training_mask
+from sunfish.process.continuous import continuous_nats
 from sunfish.process.masked import corrupt
 from sunfish.process.schedules import Schedule
 from sunfish.tokenizer import Tokenizer
@@ -158,6 +159,7 @@ CAUSAL = Estimator("exact NLL (causal)", causal_nats, exact=True)
 ESTIMATORS: dict[str, Callable[[ProcessConfig], Estimator]] = {
     "masked": lambda cfg: BLOCK if cfg.block_size > 0 else MASKED,
     "ar": lambda cfg: CAUSAL,
+    "continuous": lambda cfg: Estimator("NELBO (embedding diffusion, continuous time)", continuous_nats, exact=False),
 }
 
 
