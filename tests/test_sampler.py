@@ -104,3 +104,65 @@ def test_filter_logits_top_k_top_p():
     assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, 0, 0.7)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, 0, 0.4)).tolist() == [[False, True, True, True]]
+
+
+def _every_sampler():
+    """(name, run(model_cfg) -> (canvas in, canvas out)) for each sampling path, batched ones included."""
+    from sunfish.config import AttentionKind, CacheMode
+    from sunfish.sample.ar import ar_generate
+    from sunfish.sample.batch import left_pad, row_generators
+    from sunfish.sample.block import block_generate
+
+    def plain(**kw):
+        def go(model_cfg):
+            x = canvas(gen=16)
+            return x, run(make_model(model_cfg), x, **kw).tokens
+        return go
+
+    def padded(kind):
+        def go(model_cfg):
+            rows = [[1, 5, 6], [1, 7, 8, 9, 10, 11]]
+            prompt, padding = left_pad(rows, 0, "cpu")
+            gens, cfg = row_generators([0, 1], "cpu"), SamplerConfig(steps=8, temperature=1.0)
+            if kind == "ar":
+                model = make_model(dataclasses.replace(model_cfg, attention=AttentionKind.CAUSAL))
+                out = ar_generate(model, prompt, 12, cfg, generator=gens, mask_id=MASK, padding=padding).tokens
+            elif kind == "block":
+                out = block_generate(make_model(model_cfg), prompt, 12, MASK, 4, cfg, generator=gens, schedule=SCHEDULE,
+                                     padding=padding).tokens
+            else:
+                x = torch.cat([prompt, torch.full((2, 12), MASK)], dim=1)
+                out = unmask(make_model(model_cfg), x, MASK, cfg, generator=gens, schedule=SCHEDULE, padding=padding).tokens
+            return torch.cat([prompt, torch.full((2, 12), MASK)], dim=1), out
+        return go
+
+    def single(kind):
+        def go(model_cfg):
+            prompt = canvas(gen=0)
+            cfg = SamplerConfig(steps=8, temperature=1.0)
+            if kind == "ar":
+                model = make_model(dataclasses.replace(model_cfg, attention=AttentionKind.CAUSAL))
+                out = ar_generate(model, prompt, 12, cfg, generator=torch.Generator(), mask_id=MASK).tokens
+            else:
+                out = block_generate(make_model(model_cfg), prompt, 12, MASK, 4, cfg, generator=torch.Generator(),
+                                     schedule=SCHEDULE).tokens
+            return torch.cat([prompt, torch.full((2, 12), MASK)], dim=1), out
+        return go
+
+    return {
+        "fixed": plain(), "ancestral": plain(schedule=StepSchedule.ANCESTRAL),
+        "threshold": plain(schedule=StepSchedule.THRESHOLD), "factor": plain(schedule=StepSchedule.FACTOR),
+        "entropy_bound": plain(schedule=StepSchedule.ENTROPY_BOUND),
+        "prefix_cache": plain(cache=CacheMode.PREFIX, block_length=8), "dual_cache": plain(cache=CacheMode.DUAL, block_length=8),
+        "remask": plain(remask="conf", remask_eta=0.5, temperature=1.0), "guidance": plain(guidance=1.0),
+        "block_diffusion": single("block"), "autoregressive": single("ar"),
+        "batched_plain": padded("plain"), "batched_block": padded("block"), "batched_ar": padded("ar"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_every_sampler()))
+def test_every_sampler_keeps_prompt_and_never_returns_a_mask(tiny_model_cfg, name):
+    x, out = _every_sampler()[name](tiny_model_cfg)
+    kept = x != MASK
+    assert out.shape == x.shape and torch.equal(out[kept], x[kept])
+    assert not (out == MASK).any()

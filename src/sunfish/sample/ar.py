@@ -47,7 +47,9 @@ def ar_generate(
     cache.commit = True
     nfe, done = 1, torch.zeros(B, dtype=torch.bool, device=x.device)
     for i in range(P, P + length):
-        token = draw_tokens(filter_logits(logits.float(), cfg.top_k, cfg.top_p), cfg.temperature, generator)  # (B,)
+        logits = logits.float()
+        logits[:, mask_id] = float("-inf")  # [MASK] is a canvas symbol, never an output
+        token = draw_tokens(filter_logits(logits, cfg.top_k, cfg.top_p), cfg.temperature, generator)  # (B,)
         if eos_id is not None:
             token = torch.where(done, torch.full_like(token, eos_id), token)
             done |= token == eos_id
