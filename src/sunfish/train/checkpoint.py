@@ -380,8 +380,7 @@ def load_training_extras(ckpt: Path, model: Transformer, optimizer: torch.optim.
         set_optimizer_state_dict(model, optimizer, _unflatten_optimizer(flat, template), options=_options(False))
     else:
         flat = _read_full(ckpt, "optimizer.safetensors")
-        full_template = get_optimizer_state_dict(model, optimizer, options=_options(True))
-        set_optimizer_state_dict(model, optimizer, _unflatten_optimizer(flat, full_template), options=_options(True))
+        set_optimizer_state_dict(model, optimizer, _unflatten_optimizer(flat, template), options=_options(True))
         if ema is not None and has_ema(ckpt):
             _copy_into(ema, _read_full(ckpt, "ema.safetensors"))
     rng: dict[str, Any] = dict(_read_full(ckpt, "rng.safetensors"))

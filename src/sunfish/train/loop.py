@@ -130,7 +130,7 @@ class Streams:
     def restore(self, states: torch.Tensor, step: int, seed: int, log: Callable[[str], None]) -> None:
         if states.dim() == 2 and states.shape[0] == self.total:
             for g, j in zip(self.gens, self.index):
-                g.set_state(states[j].to(g.get_state().device))
+                g.set_state(states[j].clone().to(g.get_state().device))  # a fresh tensor: set_state reads from storage start
             return
         saved = states.shape[0] if states.dim() == 2 else 1
         log(f"note: the checkpoint has {saved} noise streams per step and this run uses {self.total} "
