@@ -34,6 +34,7 @@ VERB_MODULES = (
     "sunfish.sample.tools_cli",  # tune-sampler, bench sample
     "sunfish.adapt.cli",  # adapt, adapt cache-teacher|trajectories|export
     "sunfish.eval.cli",  # eval, compare, lm-eval
+    "sunfish.train.cli",  # export, estimate
 )
 
 
