@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -324,7 +325,9 @@ def _read_sharded(ckpt: Path, targets: dict) -> None:
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
     try:
-        dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(ckpt / SHARDED)))
+        with warnings.catch_warnings():  # in one process DCP warns that it loads without a process group
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(ckpt / SHARDED)))
     except Exception as err:  # DCP wraps reader errors in several types
         raise _damaged(ckpt, err) from None
 

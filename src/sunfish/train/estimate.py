@@ -156,7 +156,7 @@ def report(inp: EstimateInput, est: Estimate, preset: str) -> str:
         + ("fits" if fits else "does NOT fit"),
     ]
     if est.host_bytes:
-        lines.append(f"  host memory  {gib(est.host_bytes):>14}   (offloaded weights, gradients, moments; all devices)")
+        lines.append(f"  host memory  {gib(est.host_bytes):>14}   (offloaded weights, gradients, moments, per device)")
     lines += [
         "",
         f"  {est.flops_per_token / 1e9:,.2f} GFLOP per token; at {inp.mfu:.0%} MFU of {inp.gpu_tflops:g} TFLOP/s per device: "
