@@ -54,7 +54,9 @@ class MetricsLog:
         elif self.path.exists():  # drop lines a killed run logged after its last checkpoint
             lines = self.path.read_text(encoding="utf-8").splitlines()
             keep = [l for l in lines if l and _step_of(l) is not None and _step_of(l) <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+            os.replace(tmp, self.path)  # a kill during the rewrite never loses lines
         self.tb = self.wandb = None
         if sink is LogKind.TENSORBOARD:
             try:
