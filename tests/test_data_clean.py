@@ -133,3 +133,20 @@ def test_near_duplicate_detection_follows_the_threshold():
                     for _ in range(20))
     assert caught == 20 and unrelated == 0
     assert index.bands == (9, 13)  # datasketch's choice for threshold 0.8 and 128 permutations
+
+
+@pytest.mark.parametrize("words", [1, 3, 5, 400, 3000])
+def test_minhash_signature_equals_datasketch(words):
+    """The numpy signature is datasketch's affine32 MinHash of the same folded shingle hashes, value for value."""
+    from datasketch import MinHash
+
+    rng = np.random.default_rng(words)
+    doc = Words.of(" ".join(f"w{i}" for i in rng.integers(0, 300, words)))
+    for cfg in (DedupConfig(), DedupConfig(num_perm=64, shingle_words=3, seed=7)):
+        shingles = doc.ngram_hashes(min(cfg.shingle_words, len(doc)))
+        folded = ((shingles >> np.uint64(32)) ^ shingles) & np.uint64(0xFFFFFFFF)
+        reference = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, scheme="affine32", hashfunc=int)
+        reference.update_batch(folded.tolist())
+        signature = minhash_signature(doc, cfg)
+        assert signature.dtype == np.uint32 and np.array_equal(signature, reference.hashvalues)
+    assert minhash_signature(Words.of("!!!"), DedupConfig()) is None

@@ -23,7 +23,7 @@ from sunfish.config import Section
 from sunfish.data.words import Words
 
 _SCHEME = "affine32"  # datasketch >= 2.0: bijective 32-bit permutations, uint32 signatures
-_UPDATE_ROWS = 8192  # shingles per update_batch call: bounds the (rows, num_perm) temporary to 4 MB
+_BLOCK_ROWS = 1024  # shingles per block: a (rows, num_perm) uint32 temporary of 512 KB, cache-sized
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,10 +39,21 @@ class DedupConfig(Section):
 
 
 @functools.lru_cache(maxsize=4)
-def _permutations(num_perm: int, seed: int) -> np.ndarray:
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b): (num_perm,) uint32 each, datasketch's affine32 permutations h -> a * h + b mod 2^32 for `seed`."""
     from datasketch import MinHash
 
-    return MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME).permutations
+    return a.astype(np.uint32), b.astype(np.uint32)
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, the bijection datasketch's affine32 scheme applies to each input first."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)  # uint32 arrays wrap around: the arithmetic is mod 2^32 by design
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
 
 
 def minhash_signature(words: Words, cfg: DedupConfig) -> np.ndarray | None:
@@ -50,18 +61,24 @@ def minhash_signature(words: Words, cfg: DedupConfig) -> np.ndarray | None:
 
     A document shorter than one shingle is hashed as the single shingle of all its words. Shingle hashes
     are 64-bit polynomial hashes of word hashes folded to 32 bits, the input width of the affine32 scheme.
+    The signature is datasketch's `MinHash(scheme="affine32").update_batch(shingles)`, value for value
+    (a test checks it): signature_k = min over shingles s of a_k * fmix32(s) + b_k mod 2^32, computed
+    here in blocks of shingles without datasketch's per-value Python conversions (2x faster).
     """
-    from datasketch import MinHash
-
     if len(words) == 0:
         return None
     shingles = words.ngram_hashes(min(cfg.shingle_words, len(words)))  # (S,) uint64
-    folded = ((shingles >> np.uint64(32)) ^ shingles) & np.uint64(0xFFFFFFFF)  # (S,) 32-bit values
-    sketch = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, permutations=_permutations(cfg.num_perm, cfg.seed),
-                     scheme=_SCHEME, hashfunc=int)
-    for start in range(0, len(folded), _UPDATE_ROWS):
-        sketch.update_batch(folded[start : start + _UPDATE_ROWS].tolist())
-    return np.asarray(sketch.hashvalues, dtype=np.uint32).copy()
+    mixed = _fmix32((((shingles >> np.uint64(32)) ^ shingles) & np.uint64(0xFFFFFFFF)).astype(np.uint32))  # (S,)
+    a, b = _permutations(cfg.num_perm, cfg.seed)  # (P,) each
+    signature = np.full(cfg.num_perm, np.iinfo(np.uint32).max, np.uint32)  # (P,)
+    block = np.empty((min(_BLOCK_ROWS, len(mixed)), cfg.num_perm), np.uint32)  # (rows, P), reused
+    for start in range(0, len(mixed), _BLOCK_ROWS):
+        values = mixed[start : start + _BLOCK_ROWS, None]  # (rows, 1)
+        rows = block[: len(values)]
+        np.multiply(values, a, out=rows)
+        rows += b
+        np.minimum(signature, rows.min(axis=0), out=signature)
+    return signature
 
 
 class ExactIndex:

@@ -19,13 +19,14 @@ import functools
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
 from sunfish.config import Section
+from sunfish.tokenizer.fast import LINE_CUT, PieceEncoder
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,9 +49,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-_BEFORE_NEWLINE = re.compile(r"(?<=\S)(?=\n)")  # cut points: before a newline that follows a non-space
-
-
 def splits_exactly(backend) -> bool:
     """True when encoding a text cut before each newline that follows a non-space gives the ids of the whole.
 
@@ -68,7 +66,7 @@ def splits_exactly(backend) -> bool:
         return False
     if not pre.get("use_regex", True) or pre.get("add_prefix_space", False):
         return False
-    return not any(_BEFORE_NEWLINE.search(t["content"]) for t in spec.get("added_tokens", []) if not t.get("special"))
+    return not any(LINE_CUT.search(t["content"]) for t in spec.get("added_tokens", []) if not t.get("special"))
 
 
 @functools.lru_cache(maxsize=2)
@@ -81,18 +79,35 @@ def _load_backend(tokenizer_file: str):
     return backend, backend.token_to_id("[BOS]"), backend.token_to_id("[EOS]"), splits_exactly(backend)
 
 
+@functools.lru_cache(maxsize=2)
+def _load_encoder(tokenizer_file: str) -> PieceEncoder | None:
+    """The worker's cached piece encoder, or None when the tokenizer is not one it encodes exactly."""
+    backend, *_ = _load_backend(tokenizer_file)
+    return PieceEncoder(backend) if PieceEncoder.supports(backend) else None
+
+
 def encode_documents(backend, texts: list[str], split: bool) -> list[list[int]]:
-    """Token ids of each text, encoding cut pieces in one batch when `split` (see `splits_exactly`)."""
+    """Token ids of each text with the tokenizers library, encoding cut pieces in one batch when `split`
+    (see `splits_exactly`); the reference that `tokenize_chunk`'s piece cache reproduces."""
     if not split:
         return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
-    pieces = [_BEFORE_NEWLINE.split(text) for text in texts]
+    pieces = [LINE_CUT.split(text) for text in texts]
     encoded = iter(backend.encode_batch([p for parts in pieces for p in parts], add_special_tokens=False))
     return [[i for _ in parts for i in next(encoded).ids] for parts in pieces]
 
 
 def tokenize_chunk(tokenizer_file: str, texts: list[str]) -> np.ndarray:
-    """(T,) uint32 tokens of the chunk, each document wrapped as [BOS] ... [EOS]."""
+    """(T,) uint32 tokens of the chunk, each document wrapped as [BOS] ... [EOS].
+
+    GPT-2-style byte-level BPE (what `train_bpe_tokenizer` builds) goes through the piece cache of
+    `sunfish.tokenizer.fast`, 4-5x faster than the library and id for id the same; other tokenizers
+    through the library.
+    """
     backend, bos, eos, split = _load_backend(tokenizer_file)
+    encoder = _load_encoder(tokenizer_file)
+    if encoder is not None:
+        parts = (part for text in texts for part in ((bos,), encoder.iter_ids(text), (eos,)))
+        return np.fromiter(chain.from_iterable(parts), np.uint32)
     encoded = encode_documents(backend, texts, split)
     out = np.empty(sum(len(ids) + 2 for ids in encoded), np.uint32)  # (T,)
     at = 0
