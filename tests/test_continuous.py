@@ -117,7 +117,7 @@ def fit(process: ProcessConfig, steps: int = 20):
     return before, measure(), model, x
 
 
-@pytest.mark.parametrize("param", ["x0", "eps", "v"])
+@pytest.mark.parametrize("param", ["x0", "eps", "v", "softmax"])
 def test_short_run_lowers_the_loss(param):
     process = ProcessConfig(kind="continuous", param=param, self_cond=param == "v")
     before, after, _, _ = fit(process)

@@ -74,6 +74,7 @@ class Parameterisation(str, enum.Enum):
     X0 = "x0"  # the network predicts the clean embedding (Diffusion-LM's choice)
     EPS = "eps"  # the network predicts the added noise
     V = "v"  # the network predicts v = sqrt(abar) eps - sqrt(1 - abar) x0
+    SOFTMAX = "softmax"  # the LM head's p(w | x_t) gives x0 = sum_w p(w) Emb(w), trained by CE (CDCD, Dieleman et al. 2022)
 
 
 class EmbedMode(str, enum.Enum):

@@ -194,7 +194,7 @@ class LikelihoodResult:
 
     @property
     def perplexity(self) -> float:
-        return math.exp(self.nats_per_token)
+        return math.exp(self.nats_per_token) if self.nats_per_token < 700 else math.inf  # a loose bound must not overflow
 
     @property
     def perplexity_se(self) -> float:

@@ -7,12 +7,15 @@ or frozen (`process.embed`). Forward process (variance preserving, continuous t 
     q(x_t | x0) = N(sqrt(abar(t)) x0, (1 - abar(t)) I)
 
 with abar from `NoiseSchedule`: linear (VP beta 0.1 -> 20), cosine (Nichol & Dhariwal 2021) or sqrt
-(Diffusion-LM). The network sees in_proj([x_t, self-cond]) and predicts x0, eps or v via out_proj.
+(Diffusion-LM). The network sees in_proj([x_t, self-cond]) and predicts x0, eps or v via out_proj, or
+(softmax, CDCD's score interpolation) token probabilities p through the LM head, x0_hat = sum_w p(w) Emb(w).
 
 Training loss (Diffusion-LM's end-to-end objective, per token):
     || f_theta(x_t, t) - target ||^2 / D  +  -log p(w | x_t0)  +  || sqrt(abar(1)) x0 ||^2 / D
 where p(w | x) = softmax(head(x)) is the rounding decoder (the LM head applied in embedding space), x_t0
-a draw at the smallest time t0 = process.eps, and the last term keeps free embeddings from growing.
+a draw at the smallest time t0 = process.eps, and the last term keeps free embeddings from growing. With
+the softmax parameterisation the first two terms become the cross-entropy -log p_theta(w | x_t), and the
+rounding decoder is the network's own p_theta(w | x_t0).
 
 Likelihood (`nelbo_per_token`): the continuous-time variational bound of VDM (Kingma et al. 2021, eq. 17)
 with the rounding decoder at t0, a valid upper bound on -log p(w) per token in nats.
@@ -94,13 +97,16 @@ def predict(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, self_con
     if io.in_proj.in_features > x_t.shape[-1]:  # self-conditioned model: [x_t, previous x0 estimate]
         x_t = torch.cat([x_t, torch.zeros_like(x_t) if self_cond is None else self_cond], dim=-1)
     h = model.hidden(None, t if model.needs_time else None, embeds=io.in_proj(x_t))  # (B, L, D)
-    return io.out_proj(h)
+    return model.head(h) if io.out_proj is None else io.out_proj(h)  # (B, L, V) logits for softmax, else (B, L, D)
 
 
-def to_x0(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, schedule: GaussianSchedule, param: Parameterisation) -> torch.Tensor:
-    """The x0 estimate implied by a raw output under each parameterisation."""
+def to_x0(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, schedule: GaussianSchedule, param: Parameterisation,
+          table: torch.Tensor | None = None) -> torch.Tensor:
+    """The x0 estimate implied by a raw output under each parameterisation (softmax needs the table (V, D))."""
     if param is Parameterisation.X0:
         return out
+    if param is Parameterisation.SOFTMAX:
+        return (out.float().softmax(-1) @ table.float()).to(x_t.dtype)
     a = expand(schedule.alpha_bar(t)).to(out)
     if param is Parameterisation.EPS:
         return (x_t - (1 - a).sqrt() * out) / a.sqrt()
@@ -118,7 +124,7 @@ def target_of(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: Ga
 
 def denoise(model, x_t, t, cfg: ProcessConfig, schedule: GaussianSchedule, self_cond=None) -> torch.Tensor:
     """x0 estimate (B, L, D) from x_t (B, L, D), t (B,)."""
-    return to_x0(predict(model, x_t, t, self_cond), x_t, t, schedule, cfg.param)
+    return to_x0(predict(model, x_t, t, self_cond), x_t, t, schedule, cfg.param, embedding_table(model, cfg))
 
 
 def clean_prefix(batch: int, length: int, prob: float, generator: torch.Generator) -> torch.Tensor:
@@ -134,7 +140,10 @@ def rounding_nll(model, x0: torch.Tensor, tokens: torch.Tensor, cfg: ProcessConf
     """-log p(w | x_t0) per token (B, L): the rounding decoder on a draw at the smallest time t0."""
     t0 = torch.full((x0.shape[0],), cfg.eps, device=x0.device)
     z0, _ = forward_sample(x0, t0, schedule, generator)
-    logits = model.head(z0).float()  # (B, L, V)
+    if cfg.param is Parameterisation.SOFTMAX:  # the network's own posterior at t0
+        logits = predict(model, z0, t0).float()
+    else:
+        logits = model.head(z0).float()  # (B, L, V)
     return F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none").view(tokens.shape)
 
 
@@ -154,14 +163,20 @@ def continuous_loss(model: torch.nn.Module, tokens: torch.Tensor, cfg: ProcessCo
             self_cond = denoise(model, x_t, t, cfg, schedule)
     out = predict(model, x_t, t, self_cond)
     noisy = (~clean).float()
-    mse = (out.float() - target_of(x0, eps, t, schedule, cfg.param).float()).square().mean(-1)  # (B, L)
-    mse_loss = (mse * noisy).sum() / noisy.sum().clamp_min(1.0)
-    rounding = rounding_nll(model, x0, tokens, cfg, schedule, generator)  # (B, L)
+    if cfg.param is Parameterisation.SOFTMAX:
+        per_token = F.cross_entropy(out.float().flatten(0, 1), tokens.flatten(), reduction="none").view(B, L)
+        rounding = per_token  # the network is its own rounding decoder
+    else:
+        per_token = (out.float() - target_of(x0, eps, t, schedule, cfg.param).float()).square().mean(-1)  # (B, L)
+        rounding = rounding_nll(model, x0, tokens, cfg, schedule, generator)  # (B, L)
+    mse_loss = (per_token * noisy).sum() / noisy.sum().clamp_min(1.0)
     prior = schedule.alpha_bar(torch.ones(1, device=x0.device)) * x0.float().square().mean(-1)  # (B, L)
     with torch.no_grad():  # per-example x0 error, the signal the learned warp fits
-        x0_err = (to_x0(out, x_t, t, schedule, cfg.param) - x0).float().square().mean(-1)
+        x0_err = (to_x0(out, x_t, t, schedule, cfg.param, embedding_table(model, cfg)) - x0).float().square().mean(-1)
         x0_err = (x0_err * noisy).sum(1) / noisy.sum(1).clamp_min(1.0)  # (B,)
-    loss = mse_loss + rounding.mean() + prior.mean() + fit_term(warp, t, x0_err, cfg.learn_schedule_after, model.training)
+    if cfg.param is not Parameterisation.SOFTMAX:
+        mse_loss = mse_loss + rounding.mean()
+    loss = mse_loss + prior.mean() + fit_term(warp, t, x0_err, cfg.learn_schedule_after, model.training)
     return LossOutput(loss=loss, masked_tokens=int(noisy.sum()), nll_sum=rounding.sum().detach())
 
 

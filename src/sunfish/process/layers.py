@@ -2,7 +2,7 @@
 
 Continuous (embedding) diffusion: `in_proj` maps the noised embedding x_t (with self-conditioning, the
 concatenation [x_t, previous x0 estimate]) to the residual width, and `out_proj` maps the final hidden
-state to the prediction (x0, eps or v) in embedding space. Both processes may carry the learned noise
+state to the prediction (x0, eps or v) in embedding space (the softmax parameterisation uses the LM head). Both processes may carry the learned noise
 warp (`schedule_net.MonotoneWarp`). Being submodules of the model, they are trained by the same
 optimiser and saved in the same checkpoint; building the model from a checkpoint's config rebuilds them.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from sunfish.config import AttentionKind, EmbedMode, ProcessConfig, ProcessKind
+from sunfish.config import AttentionKind, EmbedMode, Parameterisation, ProcessConfig, ProcessKind
 from sunfish.process.schedule_net import MonotoneWarp
 
 
@@ -22,7 +22,8 @@ class ProcessIO(nn.Module):
         continuous = cfg.kind is ProcessKind.CONTINUOUS
         inputs = 2 if cfg.self_cond else 1
         self.in_proj = nn.Linear(inputs * d_model, d_model, bias=False) if continuous else None
-        self.out_proj = nn.Linear(d_model, d_model, bias=False) if continuous else None
+        regress = continuous and cfg.param is not Parameterisation.SOFTMAX  # softmax reads x0 off the LM head
+        self.out_proj = nn.Linear(d_model, d_model, bias=False) if regress else None
         self.schedule = MonotoneWarp() if cfg.learned_schedule else None
         for layer in (self.in_proj, self.out_proj):
             if layer is not None:

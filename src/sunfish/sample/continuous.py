@@ -20,9 +20,16 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from sunfish.config import ProcessConfig, Rounding, SamplerConfig, Solver
-from sunfish.process.continuous import GaussianSchedule, denoise, embedding_table, expand
+from sunfish.config import Parameterisation, ProcessConfig, Rounding, SamplerConfig, Solver
+from sunfish.process.continuous import GaussianSchedule, embedding_table, predict, to_x0
 from sunfish.sample.unmask import SampleResult, StepInfo
+
+def gaussian(shape: tuple[int, ...], generator, device: torch.device | str) -> torch.Tensor:
+    """N(0, I) noise of `shape` (B, ...): one generator for the batch, or one per row (sample.batch.Generators)."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=generator.device).to(device)
+    return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
+
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # (x_t, t, self_cond) -> x0_hat
 
@@ -46,7 +53,7 @@ def time_grid(steps: int, warp=None, after: int = 0) -> torch.Tensor:
     return u
 
 
-def ddim_step(x_t, x0_hat, t, s, schedule: GaussianSchedule, eta: float, generator: torch.Generator) -> torch.Tensor:
+def ddim_step(x_t, x0_hat, t, s, schedule: GaussianSchedule, eta: float, generator) -> torch.Tensor:
     """One DDIM step from time t to s < t (scalars) for x_t, x0_hat (B, L, D)."""
     a_t = schedule.alpha_bar(torch.tensor(t)).item()
     a_s = schedule.alpha_bar(torch.tensor(s)).item()
@@ -54,12 +61,12 @@ def ddim_step(x_t, x0_hat, t, s, schedule: GaussianSchedule, eta: float, generat
     sigma = eta * ((1 - a_s) / max(1 - a_t, 1e-12)) ** 0.5 * max(1 - a_t / a_s, 0.0) ** 0.5
     x_s = a_s**0.5 * x0_hat + max(1 - a_s - sigma**2, 0.0) ** 0.5 * eps_hat
     if sigma > 0:
-        x_s = x_s + sigma * torch.randn(x_t.shape, generator=generator, device=generator.device).to(x_t)
+        x_s = x_s + sigma * gaussian(x_t.shape, generator, x_t.device).to(x_t.dtype)
     return x_s
 
 
 def ddim_sample(denoiser: Denoiser, x0_known: torch.Tensor, known: torch.Tensor, times: torch.Tensor,
-                schedule: GaussianSchedule, eta: float, generator: torch.Generator, *, self_cond: bool = False,
+                schedule: GaussianSchedule, eta: float, generator, *, self_cond: bool = False,
                 clamp: Callable | None = None, on_step: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the reverse process over `times`; returns (x at the last time, the last x0 estimate), both (B, L, D).
 
@@ -67,7 +74,7 @@ def ddim_sample(denoiser: Denoiser, x0_known: torch.Tensor, known: torch.Tensor,
     estimate to the nearest embeddings; `on_step(k, x0_hat)` is called after step k (1-based).
     """
     B = x0_known.shape[0]
-    x = torch.randn(x0_known.shape, generator=generator, device=generator.device).to(x0_known)
+    x = gaussian(x0_known.shape, generator, x0_known.device).to(x0_known.dtype)
     x = torch.where(known[..., None], x0_known, x)
     x0_hat, prev = x, None
     for k in range(len(times) - 1):
@@ -86,7 +93,7 @@ def ddim_sample(denoiser: Denoiser, x0_known: torch.Tensor, known: torch.Tensor,
 
 @torch.no_grad()
 def continuous_generate(model: torch.nn.Module, canvas: torch.Tensor, mask_id: int, cfg: SamplerConfig,
-                        process: ProcessConfig, *, generator: torch.Generator,
+                        process: ProcessConfig, *, generator,
                         callback: Callable[[StepInfo], None] | None = None) -> SampleResult:
     """Fill the `mask_id` positions of canvas (B, L) with an embedding-diffusion model; the rest stay."""
     if cfg.solver not in (Solver.AUTO, Solver.DDIM, Solver.DDPM):
@@ -96,12 +103,22 @@ def continuous_generate(model: torch.nn.Module, canvas: torch.Tensor, mask_id: i
     known = canvas != mask_id
     x0_known = table[canvas]  # (B, L, D)
     eta = 1.0 if cfg.solver is Solver.DDPM else cfg.eta
-    rounding = lambda x: round_to_tokens(x, table, cfg.rounding, model.head)
+    state = {"tokens": canvas, "logits": None}
+    softmax = process.param is Parameterisation.SOFTMAX
+
+    def denoiser(x: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None) -> torch.Tensor:
+        out = predict(model, x, t, self_cond)
+        state["logits"] = out if softmax else None
+        return to_x0(out, x, t, schedule, process.param, table)
+
+    def rounding(x0_hat: torch.Tensor) -> torch.Tensor:
+        if softmax and cfg.rounding is Rounding.HEAD:  # "through the output head": the network's own argmax
+            return state["logits"].argmax(-1)
+        return round_to_tokens(x0_hat, table, cfg.rounding, model.head)
+
     clamp = (lambda x: table[rounding(x)]) if cfg.clamp else None
-    denoiser = lambda x, t, sc: denoise(model, x, t, process, schedule, sc)
     warp = model.process_io.schedule
     times = time_grid(cfg.steps, warp, process.learn_schedule_after)
-    state = {"tokens": canvas}
 
     def on_step(k: int, x0_hat: torch.Tensor) -> None:
         tokens = torch.where(known, canvas, rounding(x0_hat))
@@ -120,7 +137,7 @@ def sample_continuous(model: torch.nn.Module, canvas: torch.Tensor, mask_id: int
     from sunfish.config import ProcessKind
     from sunfish.sample.flow import flow_generate
 
-    if padding is not None or not isinstance(generator, torch.Generator):
+    if padding is not None:
         raise ValueError(f"batched prompts of different lengths are not supported by {process.kind.value} models; "
                          "generate one prompt at a time")
     run = continuous_generate if process.kind is ProcessKind.CONTINUOUS else flow_generate

@@ -45,7 +45,7 @@ def integrate(field: Velocity, x: torch.Tensor, known: torch.Tensor, x_known: to
 
 @torch.no_grad()
 def flow_generate(model: torch.nn.Module, canvas: torch.Tensor, mask_id: int, cfg: SamplerConfig,
-                  process: ProcessConfig, *, generator: torch.Generator,
+                  process: ProcessConfig, *, generator,
                   callback: Callable[[StepInfo], None] | None = None) -> SampleResult:
     """Fill the `mask_id` positions of canvas (B, L) with a simplex flow model; the rest stay."""
     if cfg.solver not in (Solver.AUTO, Solver.EULER, Solver.HEUN):
@@ -53,7 +53,10 @@ def flow_generate(model: torch.nn.Module, canvas: torch.Tensor, mask_id: int, cf
     V = model.cfg.vocab_size
     known = canvas != mask_id
     x_known = F.one_hot(canvas, V).float()  # (B, L, V)
-    x = simplex_noise(x_known.shape, process.flow_noise, generator).to(x_known.device)
+    if isinstance(generator, torch.Generator):
+        x = simplex_noise(x_known.shape, process.flow_noise, generator).to(x_known.device)
+    else:  # one generator per row (sample.batch.Generators)
+        x = torch.stack([simplex_noise(x_known.shape[1:], process.flow_noise, g) for g in generator]).to(x_known.device)
     warp = model.process_io.schedule
     times = 1.0 - time_grid(cfg.steps, warp, process.learn_schedule_after)  # 0 -> 1
     state = {"tokens": canvas}
