@@ -1,0 +1,238 @@
+"""A run that survives kills, signals, bad batches, damaged checkpoints and a second run in its folder."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sunfish.cli import main
+from sunfish.config import apply_tree, load_preset
+from sunfish.process.masked import LossOutput
+from sunfish.train import loop
+from sunfish.train.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_for_inference,
+    read_state,
+    verify_checkpoint,
+)
+from sunfish.train.loop import train
+from sunfish.train.robust import RunInUseError, TrainingAborted
+
+DOCS = [
+    "the cat sat on the mat. the dog ran to the park and the cat ran too.",
+    "a little girl found a red ball in the garden. she was very happy.",
+    "Маша нашла красный мяч в саду. Она была очень рада.",
+    "the sun was warm and the birds sang in the tall green trees.",
+] * 6
+TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=32",
+        "--train.batch_size=4", "--train.log_every=1", "--train.val_every=4", "--train.val_batches=2",
+        "--optim.warmup_steps=2", "--data.val_fraction=0.2"]
+QUIET = lambda s: None
+
+
+def tiny_cfg(steps=8, **train):
+    tree = {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context": 32},
+            "train": {"steps": steps, "batch_size": 4, "log_every": 1, "val_every": 4, "val_batches": 2, **train},
+            "optim": {"warmup_steps": 2}, "data": {"val_fraction": 0.2}}
+    return apply_tree(load_preset("nano"), tree)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(DOCS), encoding="utf-8")
+    return str(path)
+
+
+def metrics(run_dir):
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        for key in ("tokens_per_s", "memory_gib", "mfu"):
+            line.pop(key, None)
+    return lines
+
+
+def weights(run_dir):
+    return load_for_inference(run_dir, torch.device("cpu")).model.state_dict()
+
+
+def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, corpus):
+    steps = 24
+    argv = ["train", "--preset", "nano", "--data", corpus, "--steps", str(steps), "--save-every", "3", "--no-progress", *TINY]
+    assert main([*argv, "--out", str(tmp_path / "reference")]) == 0
+    run = tmp_path / "chaos"
+    cmd = [sys.executable, "-m", "sunfish", *argv, "--out", str(run), "--resume"]
+    rng = random.Random(4)
+    interruptions = []
+    for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
+        done = len(metrics(run)) if (run / "metrics.jsonl").exists() else 0
+        target = done + rng.randint(2, 5)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None:
+            lines = (run / "metrics.jsonl").read_text().count("\n") if (run / "metrics.jsonl").exists() else 0
+            if lines >= target:
+                time.sleep(rng.random() * 0.02)
+                proc.send_signal(sig)
+                break
+            time.sleep(0.002)
+        code = proc.wait(timeout=120)
+        err = proc.stderr.read()
+        proc.stderr.close()
+        interruptions.append(code)
+        for ckpt in list_checkpoints(run):
+            verify_checkpoint(ckpt)  # no kill ever leaves a damaged checkpoint under a real name
+        if sig == signal.SIGTERM and code != 0:
+            assert code == 130, err
+            newest = read_state(list_checkpoints(run)[-1]).step
+            assert newest == max(l["step"] for l in metrics(run))  # the stop wrote the last finished step
+    assert interruptions.count(-signal.SIGKILL) >= 2
+    assert main([*argv, "--out", str(run), "--resume"]) == 0
+    a, b = metrics(run), metrics(tmp_path / "reference")
+    assert [l["step"] for l in a] == [l["step"] for l in b]
+    for x, y in zip(a, b):
+        assert x == pytest.approx(y, rel=1e-6)
+    ref, got = weights(tmp_path / "reference"), weights(run)
+    assert all(torch.allclose(ref[k], got[k], rtol=1e-5, atol=1e-7) for k in ref)
+    assert not (run / ".lock").exists()
+
+
+def _plant_nan(monkeypatch, bad_calls):
+    real = loop.training_loss
+    calls = {"n": 0}
+
+    def loss_with_nan(model, x0, cfg, mask_id, generator):
+        out = real(model, x0, cfg, mask_id, generator)
+        calls["n"] += 1
+        if model.training and calls["n"] in bad_calls:
+            return LossOutput(loss=out.loss * float("nan"), masked_tokens=out.masked_tokens, nll_sum=out.nll_sum)
+        return out
+
+    monkeypatch.setattr(loop, "training_loss", loss_with_nan)
+
+
+def test_planted_nan_batch_is_skipped(tmp_path, corpus, monkeypatch):
+    _plant_nan(monkeypatch, bad_calls={3})  # the third training batch (step 3)
+    logs = []
+    train(tiny_cfg(steps=6), run_dir=tmp_path / "run", data=[corpus], progress=False, log=logs.append)
+    lines = metrics(tmp_path / "run")
+    assert {"step": 3, "skipped": True, "lr": pytest.approx(lines[2]["lr"])} == lines[2]
+    assert all(l.get("skipped") is None and l["loss"] == l["loss"] for l in lines if l["step"] != 3)
+    assert any("step 3 skipped: non-finite loss" in s for s in logs)
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "run").values())
+
+
+def test_too_many_bad_steps_in_a_row_abort_with_one_sentence(tmp_path, corpus, monkeypatch):
+    _plant_nan(monkeypatch, bad_calls=set(range(2, 100)))
+    with pytest.raises(TrainingAborted, match=r"training stopped at step 4: 3 steps in a row had a non-finite"):
+        train(tiny_cfg(steps=8, max_bad_steps=3), run_dir=tmp_path / "run", data=[corpus], progress=False, log=QUIET)
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_truncated_checkpoint_is_refused_and_resume_falls_back(tmp_path, corpus, capsys):
+    full = tmp_path / "full"
+    train(tiny_cfg(steps=8, save_every=4), run_dir=full, data=[corpus], progress=False, log=QUIET)
+    run = tmp_path / "run"
+    shutil.copytree(full, run)
+    damaged = run / "checkpoints" / "step-000008" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="is damaged: model.safetensors has"):
+        load_for_inference(run, torch.device("cpu"))
+    assert main(["sample", str(run), "--length", "8", "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sunfish: error: checkpoint") and "damaged" in err[0]
+    logs = []
+    train(tiny_cfg(steps=8, save_every=4), run_dir=run, data=[corpus], resume=True, progress=False, log=logs.append)
+    assert any("step-000008" in s and "falling back to the previous checkpoint" in s for s in logs)
+    assert any("resuming from" in s and "step-000004" in s for s in logs)
+    assert metrics(run) == metrics(full)
+    verify_checkpoint(list_checkpoints(run)[-1])
+
+
+def test_flipped_byte_is_caught_by_the_hash(tmp_path, corpus):
+    run = tmp_path / "run"
+    train(tiny_cfg(steps=2), run_dir=run, data=[corpus], progress=False, log=QUIET)
+    path = list_checkpoints(run)[-1] / "optimizer.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256 of optimizer.safetensors differs"):
+        verify_checkpoint(list_checkpoints(run)[-1])
+
+
+def test_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path, corpus):
+    run = tmp_path / "run"
+    run.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename}))
+        with pytest.raises(RunInUseError, match=f"is in use by another run \\(pid {sleeper.pid}"):
+            train(tiny_cfg(steps=2), run_dir=run, data=[corpus], progress=False, log=QUIET)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    logs = []
+    train(tiny_cfg(steps=2), run_dir=run, data=[corpus], progress=False, log=logs.append)
+    assert any(f"took over the lock of a run that is no longer alive (pid {sleeper.pid})" in s for s in logs)
+    assert not (run / ".lock").exists()
+
+
+def test_keep_last_keeps_the_newest_and_the_best(tmp_path, corpus):
+    run = tmp_path / "run"
+    train(tiny_cfg(steps=12, save_every=2, val_every=2, keep_last=2), run_dir=run, data=[corpus], progress=False, log=QUIET)
+    kept = [p.name for p in list_checkpoints(run)]
+    vals = {l["step"]: l["val_loss"] for l in metrics(run) if "val_loss" in l}
+    best = min(vals, key=vals.get)
+    assert kept[-2:] == ["step-000010", "step-000012"]
+    assert set(kept) == {"step-000010", "step-000012", f"step-{best:06d}"}
+    assert main(["export", str(run), "--best", "--out", str(tmp_path / "best")]) == 0
+    assert read_state(tmp_path / "best").extra["exported_from"].endswith(f"step-{best:06d}")
+
+
+def test_ema_weights_are_saved_and_used_for_sampling(tmp_path, corpus):
+    run = tmp_path / "run"
+    train(tiny_cfg(steps=6, ema=0.9), run_dir=run, data=[corpus], progress=False, log=QUIET)
+    ckpt = list_checkpoints(run)[-1]
+    assert (ckpt / "ema.safetensors").is_file()
+    averaged = load_for_inference(run, torch.device("cpu")).model.state_dict()
+    raw = load_for_inference(run, torch.device("cpu"), ema=False).model.state_dict()
+    assert any(not torch.equal(averaged[k], raw[k]) for k in raw)
+    assert main(["export", str(run), "--raw", "--out", str(tmp_path / "raw")]) == 0
+    exported = load_for_inference(tmp_path / "raw", torch.device("cpu")).model.state_dict()
+    assert all(torch.equal(exported[k], raw[k]) for k in raw)
+
+
+def test_layerwise_learning_rates(tmp_path):
+    from sunfish.model.transformer import build_model
+    from sunfish.train.optim import build_optimizer, set_lr
+
+    cfg = apply_tree(load_preset("nano"), {"model": {"vocab_size": 40}, "optim": {"lr_embed": 0.5, "lr_attn": 2.0}})
+    model = build_model(cfg.model)
+    opt = build_optimizer(model, cfg.optim)
+    set_lr(opt, 1e-3)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(model.embed.weight)] == pytest.approx(5e-4)
+    assert lr_of[id(model.blocks[0].attn.qkv.weight)] == pytest.approx(2e-3)
+    assert lr_of[id(model.blocks[0].mlp.up.weight)] == pytest.approx(1e-3)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len({id(p) for p in model.parameters()})
+
+
+def test_tensorboard_scalars_and_grad_norm(tmp_path, corpus):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(tiny_cfg(steps=4, log="tensorboard"), run_dir=run, data=[corpus], progress=False, log=QUIET)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/val_loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/memory_gib"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert all("grad_norm" in l for l in metrics(run))
