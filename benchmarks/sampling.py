@@ -1,7 +1,7 @@
 """Sampling speed and quality: the fast samplers against the plain one-token-per-step baseline.
 
     python benchmarks/sampling.py [--quick] [--lengths 64,256,1024] [--batch 1,8] [--repeats 3]
-                                  [--diffusion CKPT] [--block CKPT] [--ar CKPT] [--workdir runs/bench-sampling]
+                                  [--diffusion CKPT] [--block CKPT] [--ar CKPT] [--workdir runs/bench-sampling] [--threads N]
 
 For each generation length and batch size, in one run: the plain LLaDA-style sampler (one token per step
 in confidence order, semi-autoregressive blocks of 32, no cache: the baseline), + threshold decoding,
@@ -18,8 +18,8 @@ number of tokens. Batches hold distinct prompts cut to a common token count.
 
 Models: pass checkpoints, or let the script train the three models itself on the TinyStories text in
 ../shared/corpora (same character vocabulary, same backbone: 4 layers x 128, context 1,056 >= 1,024 +
-prompt; `--quick`: 1 layer x 32, context 96, a few steps, lengths 16 and 32) into --workdir, reusing
-models already trained there. The same table comes from `sunfish bench sample CKPT --ar A --block B`.
+prompt; `--quick`: 1 layer x 32, context 320, 30 steps, lengths 16 and 32 unless --lengths asks for up to
+256) into --workdir, reusing models already trained there. The same table comes from `sunfish bench sample CKPT --ar A --block B`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "en_tinyst
 FULL = {"model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "context": 1056},
         "train": {"steps": 600, "batch_size": 8, "log_every": 50, "val_every": 0},
         "optim": {"lr": 2e-3, "warmup_steps": 50}}
-QUICK = {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context": 96},
+QUICK = {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context": 320},
          "train": {"steps": 30, "batch_size": 8, "log_every": 10, "val_every": 0},
          "optim": {"lr": 2e-3, "warmup_steps": 5}}
 KINDS = {"diffusion": {}, "block": {"process": {"block_size": 16}},
@@ -61,7 +61,7 @@ def prompts_from_corpus(n: int = 8, chars: int = 40) -> list[str]:
     return [json.loads(line)["text"][:chars].rsplit(" ", 1)[0] for line in lines]
 
 
-def trained(kind: str, workdir: Path, quick: bool, steps: int | None) -> Path:
+def trained(kind: str, workdir: Path, quick: bool, steps: int | None, threads: int) -> Path:
     """A checkpoint of `kind` in workdir/kind, trained here unless one is already there."""
     out = workdir / kind
     if list_checkpoints(out):
@@ -74,6 +74,7 @@ def trained(kind: str, workdir: Path, quick: bool, steps: int | None) -> Path:
         tree.setdefault(section, {}).update(values)
     if steps:
         tree["train"]["steps"] = steps
+    tree["train"]["threads"] = threads
     cfg = apply_tree(load_preset("nano"), tree)
     print(f"training the {kind} model ({cfg.train.steps} steps, context {cfg.model.context}) into {out}", flush=True)
     result = train(cfg, run_dir=out, data=[str(SHARED)], progress=False, log=lambda line: None)
@@ -95,12 +96,14 @@ def main() -> None:
     p.add_argument("--block-length", type=int, default=32, help="block length of the diffusion rows (default 32)")
     p.add_argument("--threshold", type=float, default=0.9, help="threshold of the threshold rows (default 0.9)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default; on a shared "
+                   "machine 1 avoids oversubscription, which slowed a 2-thread forward pass 50x here)")
     args = p.parse_args()
     lengths = args.lengths or ([16, 32] if args.quick else [64, 256, 1024])
     workdir = args.workdir / ("quick" if args.quick else "full")
     paths = {"diffusion": args.diffusion, "block": args.block, "ar": args.ar}
-    paths = {k: v or trained(k, workdir, args.quick, args.train_steps) for k, v in paths.items()}
-    rt = setup_runtime(args.device)
+    paths = {k: v or trained(k, workdir, args.quick, args.train_steps, args.threads) for k, v in paths.items()}
+    rt = setup_runtime(args.device, threads=args.threads)
     models = {k: load_for_inference(v, rt.device) for k, v in paths.items()}
     for name in ("diffusion", "block", "ar"):
         expected = {"diffusion": "masked"}.get(name, name)

@@ -49,6 +49,7 @@ def _add_tune(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--block-lengths", type=_numbers(int), help="block lengths to try, 0 = one block (diffusion models)")
     p.add_argument("--dry-run", action="store_true", help="print the table and the choice; write nothing")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default; 1 is steadier on a busy machine)")
     p.set_defaults(tools_command="tune-sampler")
 
 
@@ -66,6 +67,7 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block length of the diffusion rows (default 32)")
     p.add_argument("--threshold", type=float, default=0.9, help="confidence bar of the threshold rows (default 0.9)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default; 1 is steadier on a busy machine)")
     p.set_defaults(tools_command="bench-sample")
 
 
@@ -104,7 +106,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.thresholds is not None and (not args.thresholds or not all(0 < t <= 1 for t in args.thresholds)):
         raise BenchError("--thresholds needs values in (0, 1], e.g. --thresholds 0.95,0.9")
     prompts = read_prompts(args.prompts)
-    rt = setup_runtime(args.device)
+    rt = setup_runtime(args.device, threads=max(args.threads, 0))
     loaded = load_for_inference(args.path, rt.device)
     ref = load_for_inference(args.ref, rt.device) if args.ref else None
     length = args.length or loaded.cfg.sampler.length
@@ -138,7 +140,7 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
     _positive("--batch", args.batch)
     if args.repeats < 1:
         raise BenchError(f"--repeats {args.repeats} is not a positive count; use e.g. --repeats 3")
-    rt = setup_runtime(args.device)
+    rt = setup_runtime(args.device, threads=max(args.threads, 0))
     models = {"diffusion": load_for_inference(args.path, rt.device)}
     prompts = read_prompts(args.prompts) if args.prompts else encodable_prompts(models["diffusion"], list(DEFAULT_PROMPTS))
     if model_kind(models["diffusion"]) != "masked":
