@@ -172,3 +172,18 @@ def test_cli_train_sample_infill(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("the ")
     assert main(["sample", str(out), "--length", "8", "--solver", "euler"]) == 2
     assert "flow models" in capsys.readouterr().err
+
+
+def test_trace_records_rounded_tokens_each_step():
+    from sunfish.sample.trace import TraceRecorder
+
+    model = model_for()
+    mask = MODEL.vocab_size - 1
+    canvas = torch.tensor([[1, 2, mask, mask, mask, mask]])
+    recorder = TraceRecorder(lambda i: f"<{i}>", start=1)
+    recorder.start(canvas, canvas == mask)
+    out = continuous_generate(model, canvas, mask, SamplerConfig(steps=4), PROCESS, generator=torch.Generator().manual_seed(0),
+                              callback=recorder)
+    assert [f.step for f in recorder.frames] == [0, 1, 2, 3, 4]
+    assert "░" not in recorder.frames[1].pieces  # every position shows its current rounded token
+    assert recorder.frames[-1].pieces == tuple(f"<{i}>" for i in out.tokens[0, 1:].tolist())
