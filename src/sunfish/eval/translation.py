@@ -84,6 +84,15 @@ def build_prompt(shots: list[Pair], pair: Pair, direction: str) -> str:
     return "".join(parts) + f"{src}: {pair.source}\n{tgt}:"
 
 
+def score(outputs: list[str], references: list[list[str]]) -> tuple[float, float]:
+    """Corpus BLEU and chrF (sacrebleu, 0-100) of outputs against one or more references per output."""
+    import sacrebleu
+
+    width = max(len(r) for r in references)
+    streams = [[r[k] if k < len(r) else r[0] for r in references] for k in range(width)]  # sacrebleu: one list per reference set
+    return sacrebleu.corpus_bleu(outputs, streams).score, sacrebleu.corpus_chrf(outputs, streams).score
+
+
 def _fit_prompt(tok, context: int, pairs: list[Pair], pool: list[int], i: int, pair: Pair, direction: str):
     """(prompt with as many shots as fit, output length), or (None, 0) when even zero shots do not fit."""
     length = min(context // 2, 2 * len(tok.encode(pair.references[0])) + 8)
@@ -97,8 +106,6 @@ def _fit_prompt(tok, context: int, pairs: list[Pair], pool: list[int], i: int, p
 
 def translation_suite(loaded: LoadedModel, parallel: str | Path, cfg: EvalConfig, log=print) -> TranslationResult:
     """Prompt `cfg.translation_pairs` seeded pairs and score the outputs."""
-    import sacrebleu
-
     from sunfish.sample.text import generate
 
     pairs = read_pairs(parallel, cfg.translation_direction)
@@ -126,10 +133,7 @@ def translation_suite(loaded: LoadedModel, parallel: str | Path, cfg: EvalConfig
     if not outputs:
         raise TranslationUnsupported(f"no translation prompt fits the model (context of {context} tokens, or text its "
                                      "tokenizer cannot encode); use a model trained on both languages with a longer context")
-    width = max(len(r) for r in refs)
-    streams = [[r[k] if k < len(r) else r[0] for r in refs] for k in range(width)]
-    bleu = sacrebleu.corpus_bleu(outputs, streams).score
-    chrf = sacrebleu.corpus_chrf(outputs, streams).score
+    bleu, chrf = score(outputs, refs)
     log(f"  {cfg.translation_direction}: BLEU {bleu:.2f}, chrF {chrf:.2f} over {len(outputs)} pairs ({skipped} too long)")
     return TranslationResult(direction=cfg.translation_direction, pairs=len(outputs), skipped=skipped, bleu=bleu,
                              chrf=chrf, examples=examples)
