@@ -51,8 +51,8 @@ PROCESSES = {  # name -> config overrides on the shared base
     "simplex flow, CE + learned schedule": {"process": {"kind": "flow", "flow_loss": "ce", "learned_schedule": True,
                                                         "learn_schedule_after": -1}, **TIMED},  # -1: half the steps
 }
-FULL = dict(d_model=128, n_layers=4, n_heads=4, context=128, batch=16, vocab=1024, docs=1000, held_docs=60,
-            held_tokens=8192, samples=8, length=128, gen_steps=(16, 64, 256), rounds=12)
+FULL = dict(d_model=64, n_layers=2, n_heads=2, context=64, batch=16, vocab=512, docs=1000, held_docs=60,
+            held_tokens=4096, samples=8, length=64, gen_steps=(16, 64, 256), rounds=8)
 QUICK = dict(d_model=32, n_layers=1, n_heads=2, context=48, batch=4, vocab=300, docs=80, held_docs=6,
              held_tokens=512, samples=2, length=24, gen_steps=(4, 16), rounds=3)
 
@@ -144,7 +144,8 @@ def table(results: dict, gen_steps: tuple[int, ...]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps: a smoke run")
-    p.add_argument("--steps", type=int, help="training steps of every model (default 500; quick 10)")
+    p.add_argument("--steps", type=int, help="training steps of every model (default 300; quick 10)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = its default)")
     p.add_argument("--out", type=Path, default=Path("runs/processes"))
     p.add_argument("--doc", type=Path, help="write the Markdown report here (e.g. docs/results_processes.md)")
     p.add_argument("--only", help="comma-separated process names to (re)run; AR always runs first")
@@ -154,14 +155,16 @@ def main() -> int:
         print(f"needs ../shared/corpora ({EN}); not found beside this checkout", file=sys.stderr)
         return 2
     size = QUICK if args.quick else FULL
-    steps = args.steps or (10 if args.quick else 500)
+    steps = args.steps or (10 if args.quick else 300)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = list(PROCESSES) if not args.only else ["AR"] + [n for n in PROCESSES if n in args.only.split(",") and n != "AR"]
     args.out.mkdir(parents=True, exist_ok=True)
     docs = read_docs(size["docs"] + size["held_docs"])
     corpus = args.out / "train.jsonl"
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[: size["docs"]]), encoding="utf-8")
     held = docs[size["docs"]:]
-    base = base_config(size, steps, args.seed)
+    base = apply_tree(base_config(size, steps, args.seed), {"train": {"threads": args.threads}})
     ecfg = EvalConfig(seed=args.seed, seq_len=size["context"], max_tokens=size["held_tokens"], min_rounds=2,
                       max_rounds=size["rounds"], rel_se=0.01)
     results_path = args.out / "results.json"
@@ -180,14 +183,21 @@ def main() -> int:
             print(f"  trained in {seconds / 60:.1f} min; evaluating")
             results[name] = {"steps": steps, "train_seconds": seconds, **evaluate(run, held, ref, size, ecfg)}
             results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            report(results, size, steps, args)
         elif name == "AR":
             ref = SunfishReference(load_for_inference(run, setup_runtime("auto").device))
+    print()
+    print(report(results, size, steps, args))
+    return 0
+
+
+def report(results: dict, size: dict, steps: int, args: argparse.Namespace) -> str:
+    """The table of the models finished so far; written to --doc (atomically) when given."""
     results = {n: results[n] for n in PROCESSES if n in results}
     md = table(results, size["gen_steps"])
-    print()
-    print(md)
     if args.doc:
-        command = "python benchmarks/compare_processes.py" + (" --quick" if args.quick else "") + (f" --steps {args.steps}" if args.steps else "")
+        command = ("python benchmarks/compare_processes.py" + (" --quick" if args.quick else "")
+                   + (f" --steps {args.steps}" if args.steps else "") + (f" --threads {args.threads}" if args.threads else ""))
         n_tok = size["batch"] * size["context"] * steps
         text = "\n".join([
             "# Generative processes at equal compute", "",
@@ -202,7 +212,7 @@ def main() -> int:
         tmp = args.doc.with_name(f".{args.doc.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(args.doc)
-    return 0
+    return md
 
 
 if __name__ == "__main__":
