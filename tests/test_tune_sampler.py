@@ -122,6 +122,13 @@ def test_generative_perplexity_bound(runs):
     assert result.chosen.within
 
 
+def test_spent_budget_keeps_the_exact_sampler(runs):
+    loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
+    result = tune(loaded, ["the cat"], length=8, budget_s=1e-9, thresholds=[0.9], steps=[4], block_lengths=[0])
+    assert len(result.trials) == 1 and result.skipped == 4 and result.chosen is result.trials[0]
+    assert result.chosen.cfg.threshold == 1.0 and result.chosen.nfe_per_token == 1.0  # one token per step
+
+
 def test_grid_skips_settings_that_cannot_finish():
     from sunfish.config import SamplerConfig
 
@@ -143,5 +150,6 @@ def test_bad_inputs_get_one_sentence(runs, tmp_path, capsys):
     assert "--ref" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--quality", "gen_ppl"])
     assert "not autoregressive" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--ref", run])
     assert "context" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--length", "200"])
+    assert "--repeats" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--repeats", "0"])
     assert "--thresholds" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--thresholds", "2"])
     assert "not a Sunfish run" in error_of(capsys, ["tune-sampler", str(tmp_path), "--prompts", prompts])

@@ -105,6 +105,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise BenchError("--block-lengths needs whole numbers >= 0 (0 = one block), e.g. --block-lengths 0,32")
     if args.thresholds is not None and (not args.thresholds or not all(0 < t <= 1 for t in args.thresholds)):
         raise BenchError("--thresholds needs values in (0, 1], e.g. --thresholds 0.95,0.9")
+    if args.repeats < 1 or args.budget <= 0:
+        raise BenchError("--repeats needs a count >= 1 and --budget a positive number of seconds")
     prompts = read_prompts(args.prompts)
     rt = setup_runtime(args.device, threads=max(args.threads, 0))
     loaded = load_for_inference(args.path, rt.device)
@@ -118,6 +120,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     bound = (f"agreement >= {1 - args.bound:.3f}" if result.quality is Quality.AGREEMENT
              else f"generative perplexity <= {1 + args.bound:.3f} x the exact sampler's")
     exact = result.trials[0]
+    if result.skipped:
+        print(f"\nthe --budget of {args.budget:g} s ran out: {result.skipped} settings were not measured")
     print(f"\nquality bound: {bound}; greedy decoding of {len(prompts)} prompt(s), {length} tokens each")
     print(f"chosen: {result.chosen.label}: {result.chosen.tokens_per_s / exact.tokens_per_s:.2f}x the exact sampler's tokens/s")
     values = chosen_values(result.chosen.cfg, model_kind(loaded))

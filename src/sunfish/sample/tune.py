@@ -21,7 +21,9 @@ import dataclasses
 import enum
 import hashlib
 import json
+import math
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 
 from sunfish.config import CacheMode, SamplerConfig, StepSchedule, config_from_dict
-from sunfish.sample.bench import (BenchError, Decoded, agreement, check_reference, decode, generative_nll, model_kind,
+from sunfish.sample.bench import (BenchError, agreement, check_reference, decode, generative_nll, model_kind,
                                   one_per_step, prompt_ids)
 from sunfish.train.checkpoint import MANIFEST, LoadedModel, resolve_checkpoint
 
@@ -103,12 +105,23 @@ def default_grid(length: int) -> tuple[list[float], list[int], list[int]]:
     return [0.95, 0.9, 0.8, 0.7, 0.5], steps, blocks
 
 
-def _decode_all(loaded: LoadedModel, ids: list[list[int]], cfg: SamplerConfig) -> Decoded:
-    """Decode each prompt alone (batch 1, as `sunfish sample` does) and pool the figures."""
+@dataclass(frozen=True)
+class _Measured:
+    tokens: list[list[int]]  # generated ids per prompt
+    tokens_per_s: float  # median over repeats
+    nfe_per_token: float  # forward passes per generated token, over all prompts
+
+
+def _measure(loaded: LoadedModel, ids: list[list[int]], cfg: SamplerConfig, repeats: int = 1) -> _Measured:
+    """Decode each prompt alone (batch 1, as `sunfish sample` does), `repeats` times; pool the figures."""
     device = next(loaded.model.parameters()).device
-    runs = [decode(loaded, torch.tensor([row], device=device), cfg) for row in ids]
-    return Decoded(tokens=[r.tokens[0] for r in runs], seconds=sum(r.seconds for r in runs),
-                   nfe=sum(r.nfe for r in runs) // max(len(runs), 1))
+    speeds, runs = [], []
+    for _ in range(max(repeats, 1)):
+        runs = [decode(loaded, torch.tensor([row], device=device), cfg) for row in ids]
+        speeds.append(sum(r.generated for r in runs) / max(sum(r.seconds for r in runs), 1e-9))
+    generated = sum(r.generated for r in runs)
+    return _Measured(tokens=[r.tokens[0] for r in runs], tokens_per_s=statistics.median(speeds),
+                     nfe_per_token=sum(r.nfe for r in runs) / max(generated, 1))
 
 
 def _gen_ppl(ref: LoadedModel | None, ids: list[list[int]], tokens: list[list[int]]) -> float | None:
@@ -119,7 +132,7 @@ def _gen_ppl(ref: LoadedModel | None, ids: list[list[int]], tokens: list[list[in
     for row, out in zip(ids, tokens):
         n, c = generative_nll(ref, torch.tensor([row], device=device), [out])
         nll, count = nll + n, count + c
-    return float(torch.tensor(nll / max(count, 1)).exp())
+    return math.exp(nll / max(count, 1))
 
 
 def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quality = Quality.AGREEMENT,
@@ -142,7 +155,7 @@ def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quali
     exact = one_per_step(base)
     todo = candidates(base, kind, thresholds or grid[0], steps or grid[1],
                       block_lengths if block_lengths is not None else grid[2], loaded.cfg.process.block_size)
-    _decode_all(loaded, ids[:1], dataclasses.replace(exact, length=min(length, 8)))  # warm-up: one-time costs
+    _measure(loaded, ids[:1], dataclasses.replace(exact, length=min(length, 8)))  # warm-up: one-time costs
     began = time.perf_counter()
     reference = _measure(loaded, ids, exact, repeats)
     trials = [_trial(exact, kind, reference, reference.tokens, ref, ids, quality, bound, None)]
@@ -159,19 +172,6 @@ def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quali
         log(f"[{i + 1}/{len(todo)}] {t.label}: {t.tokens_per_s:,.1f} tokens/s, agreement {t.agreement:.3f}")
     chosen = max((t for t in trials if t.within), key=lambda t: t.tokens_per_s)
     return TuneResult(trials=trials, chosen=chosen, quality=quality, bound=bound, skipped=skipped)
-
-
-@dataclass(frozen=True)
-class _Measured:
-    tokens: list[list[int]]
-    tokens_per_s: float
-    nfe_per_token: float
-
-
-def _measure(loaded: LoadedModel, ids: list[list[int]], cfg: SamplerConfig, repeats: int) -> _Measured:
-    runs = [_decode_all(loaded, ids, cfg) for _ in range(max(repeats, 1))]
-    speeds = sorted(r.tokens_per_s for r in runs)
-    return _Measured(tokens=runs[0].tokens, tokens_per_s=speeds[len(speeds) // 2], nfe_per_token=runs[0].nfe_per_token)
 
 
 def _trial(cfg, kind, out: _Measured, reference, ref, ids, quality, bound, ref_ppl) -> Trial:
