@@ -46,7 +46,7 @@ class InfillResult:
 
 def check_infill(loaded: LoadedModel) -> None:
     if loaded.cfg.process.kind is not ProcessKind.MASKED:
-        raise InfillUnsupported(f"infilling needs a masked diffusion model; this is a '{loaded.cfg.process.kind.value}' model")
+        raise InfillUnsupported(f"infilling needs a masked diffusion model; this model's process is '{loaded.cfg.process.kind.value}'")
     if loaded.cfg.process.block_size > 0:
         raise InfillUnsupported("infilling needs a masked diffusion model; this block-diffusion model generates left to right")
 

@@ -122,9 +122,10 @@ def summary_rows(body: dict) -> list[tuple[str, str]]:
     suites = body["suites"]
     lik = suites.get("likelihood")
     if lik and "skipped" not in lik:
+        how = lik["method"] if lik["exact"] else f"{lik['method']}, {lik['rounds']} rounds"
         pm = "" if lik["exact"] else f" ± {lik['perplexity_se']:.3f}"
         bound = "" if lik["exact"] else "<= "
-        rows += [("perplexity", f"{bound}{lik['perplexity']:.3f}{pm} ({lik['method']}, {lik['rounds']} rounds)"),
+        rows += [("perplexity", f"{bound}{lik['perplexity']:.3f}{pm} ({how})"),
                  ("bits per byte", f"{lik['bits_per_byte']:.4f}" + ("" if lik["exact"] else f" ± {lik['bits_per_byte_se']:.4f}"))]
     for name in SUITES:
         if isinstance(suites.get(name), dict) and "skipped" in suites[name]:
