@@ -12,7 +12,8 @@ block diffusion gets proportionally fewer steps. Then, per model: held-out bits 
 Russian separately (exact for AR, the Monte Carlo NELBO bound with its standard error for diffusion),
 generative perplexity of unprompted samples at 16/64/256 steps scored by this study's AR model, and
 distinct-n of those samples. Prints a table; writes results.json, results.md and objectives.png under --out;
-with --doc, replaces the "## Objectives" section of that Markdown file and copies the plot beside it.
+with --doc, rewrites the marked block of that Markdown file's "## Objectives" section (notes outside the
+markers are kept) and copies the plot beside it.
 Timings are not the point here (the CPU may be shared); the figures are.
 """
 
@@ -177,19 +178,21 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def update_doc(doc: Path, section: str) -> None:
-    """Replace the '## Objectives' section of `doc` (up to the next '## ' heading), or append it."""
+BEGIN, END = "<!-- compare_objectives: begin -->", "<!-- compare_objectives: end -->"
+
+
+def update_doc(doc: Path, block: str) -> None:
+    """Put `block` between the BEGIN/END markers of `doc` (notes around them are kept); without markers,
+    add a '## Objectives' section holding them at the end."""
     text = doc.read_text(encoding="utf-8") if doc.exists() else "# Results\n"
-    lines = text.splitlines()
-    start = next((i for i, l in enumerate(lines) if l.strip() == "## Objectives"), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
+    marked = f"{BEGIN}\n{block.strip()}\n{END}"
+    if BEGIN in text and END in text:
+        new = text[: text.index(BEGIN)] + marked + text[text.index(END) + len(END):]
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start]) + "\n" + section + ("\n" + "\n".join(lines[end:]) if end < len(lines) else "")
+        new = text.rstrip("\n") + "\n\n## Objectives\n\n" + marked + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     tmp = doc.with_name(f".{doc.name}.tmp")
-    tmp.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
+    tmp.write_text(new, encoding="utf-8")
     tmp.replace(doc)
 
 
@@ -198,7 +201,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps: a smoke run")
     p.add_argument("--steps", type=int, help="AR / masked training steps (block diffusion: fewer, same FLOPs)")
     p.add_argument("--out", type=Path, default=Path("runs/objectives"))
-    p.add_argument("--doc", type=Path, help="Markdown file whose '## Objectives' section is (re)written")
+    p.add_argument("--doc", type=Path, help="Markdown file whose marked '## Objectives' block is (re)written")
     p.add_argument("--only", help="comma-separated objectives to run (default all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 helps on a crowded CPU)")
@@ -249,11 +252,11 @@ def main() -> int:
     print()
     print(md)
     plot(results, args.out / "objectives.png")
-    command = "python benchmarks/compare_objectives.py" + (" --quick" if args.quick else "") + (f" --steps {args.steps}" if args.steps else "")
+    command = " ".join(["python benchmarks/compare_objectives.py"] + (["--quick"] if args.quick else [])
+                       + ([f"--steps {args.steps}"] if args.steps else []) + ([f"--threads {args.threads}"] if args.threads else []))
     model = (f"{size['n_layers']} layers x {size['d_model']}, context {size['context']}, byte-level BPE {size['vocab']}, "
              f"{n_params:,} parameters, batch {size['batch']} x {size['context']}")
     section = "\n".join([
-        "## Objectives", "",
         f"Command: `{command}` (model: {model}; {size['docs']} English + {size['docs']} Russian TinyStories for "
         f"training, the next {size['held_docs']} of each held out; equal training FLOPs, 6N + 12 n_layers d T per "
         "token with block diffusion's 2L tokens counted).", "",
