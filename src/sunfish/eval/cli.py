@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 from pathlib import Path
 
 from sunfish.config import EvalConfig, apply_section
 
 
+def _field_comments() -> dict[str, str]:
+    """The one-line comment of each EvalConfig field, read from its source, for --help."""
+    source = inspect.getsource(EvalConfig)
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]+#\s*(.+)$", source, re.M)}
+
+
 def _eval_flags(p: argparse.ArgumentParser) -> None:
+    comments = _field_comments()
     for name in (f.name for f in dataclasses.fields(EvalConfig)):
         p.add_argument(f"--eval.{name}", dest=f"eval__{name}", metavar="VALUE",
-                       help=f"EvalConfig.{name} (default {getattr(EvalConfig(), name)!r})")
+                       help=f"{comments.get(name, '')} (default {getattr(EvalConfig(), name)!r})")
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:

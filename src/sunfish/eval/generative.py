@@ -198,7 +198,11 @@ def generation_suite(loaded: LoadedModel, ref, cfg: EvalConfig, log=print) -> li
     length = min(length, loaded.cfg.model.context - 1)
     results = []
     for steps in step_counts(cfg.sample_steps, length, loaded.cfg.process.kind is ProcessKind.AR):
-        texts, seconds, nfe = sample_texts(loaded, cfg.samples, length, steps, cfg.temperature, cfg.seed, cfg.batch_size)
+        try:
+            texts, seconds, nfe = sample_texts(loaded, cfg.samples, length, steps, cfg.temperature, cfg.seed, cfg.batch_size)
+        except ValueError as err:  # e.g. fewer steps than a block-diffusion model has blocks
+            log(f"  {steps} steps: skipped ({err})")
+            continue
         ppl = generative_perplexity(ref, texts)[0] if ref is not None else None
         div = diversity(texts)
         results.append(GenerationQuality(
