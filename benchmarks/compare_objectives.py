@@ -170,6 +170,7 @@ def plot(results: dict, path: Path) -> None:
         if gens:
             b.plot([g["steps"] for g in gens], [g["gen_perplexity"] for g in gens], "o-", label=n)
     b.set_xscale("log")
+    b.set_yscale("log")
     b.set_xlabel("sampling steps")
     b.set_ylabel("generative perplexity (AR reference)")
     b.legend(fontsize=8)
