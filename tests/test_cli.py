@@ -147,6 +147,8 @@ def test_damaged_or_foreign_checkpoints_are_refused(run_dir, tmp_path, capsys):
     config = json.loads((foreign / "config.json").read_text())
     config["model"]["d_model"] = 64  # the weights were trained at width 32
     (foreign / "config.json").write_text(json.dumps(config))
+    assert "damaged: config.json has" in error_of(capsys, ["sample", str(foreign), "--length", "4"])  # the manifest
+    (foreign / "manifest.json").unlink()  # a checkpoint without a manifest is checked against its model alone
     assert "another model" in error_of(capsys, ["sample", str(foreign), "--length", "4"])
     truncated = tmp_path / "truncated"
     shutil.copytree(ckpt, truncated)
