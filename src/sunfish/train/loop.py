@@ -158,7 +158,7 @@ def validation_loss(trainer: torch.nn.Module, batches: list[torch.Tensor], seed:
     return total / count
 
 
-def train_step(
+def forward_backward(
     trainer: torch.nn.Module,
     model: Transformer,
     batches: list[torch.Tensor],
@@ -183,6 +183,18 @@ def train_step(
     if hasattr(norm, "full_tensor"):  # FSDP: a DTensor
         norm = norm.full_tensor()
     return loss_value, float(norm)
+
+
+def train_step(model: Transformer, optimizer: torch.optim.Optimizer, batches: list[torch.Tensor], cfg: RunConfig,
+               mask_id: int, noise_gen: torch.Generator, rt: Runtime) -> float:
+    """One single-process optimiser step over `batches` with one noise generator; returns the mean loss.
+    (The unit of work of benchmarks/train_throughput.py; the loop itself uses `forward_backward`.)"""
+    objective = Objective(model, lambda m, x, g: training_loss(m, x, cfg.process, mask_id, g).loss)
+    streams = Streams([noise_gen] * len(batches), list(range(len(batches))), len(batches))
+    loss, _ = forward_backward(objective, model, batches, streams, cfg.optim.grad_clip, DistInfo(), rt)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 def _resume_point(run_dir: Path, resume: bool, log: Callable[[str], None]) -> Path | None:
@@ -323,7 +335,7 @@ def _train(cfg: RunConfig, run_dir: Path, data: list[str] | None, resume: bool, 
             lr = lr_at(step - 1, total, cfg.optim)
             set_lr(optimizer, lr)
             batches = [train_batches.next_batch(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]
-            loss_value, grad_norm = train_step(trainer, model, batches, streams, cfg.optim.grad_clip, info, rt)
+            loss_value, grad_norm = forward_backward(trainer, model, batches, streams, cfg.optim.grad_clip, info, rt)
             if guard.check(step, loss_value, grad_norm):
                 optimizer.step()
                 if ema is not None:
