@@ -6,6 +6,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from planted import BOILERPLATE, PII, planted_corpus
 from sunfish.data import pii
@@ -150,3 +152,66 @@ def test_minhash_signature_equals_datasketch(words):
         signature = minhash_signature(doc, cfg)
         assert signature.dtype == np.uint32 and np.array_equal(signature, reference.hashvalues)
     assert minhash_signature(Words.of("!!!"), DedupConfig()) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["1", "12", "_", "a", "я", "٣", "x1", "1x", " ", "  ", "\n", "\t", "²"]), max_size=30).map("".join))
+def test_no_letter_word_pattern_equals_its_plain_form(text):
+    import re
+
+    from sunfish.data.quality import _NO_LETTER_WORD
+
+    assert _NO_LETTER_WORD.findall(text) == re.findall(r"(?<!\S)[\d_]+(?!\S)", text)
+
+
+def test_every_boilerplate_phrase_contains_its_literal():
+    """The literal pre-check may skip the regex only if no match can lack every literal."""
+    import re
+
+    from sunfish.data.quality import _BOILERPLATE_PHRASES
+
+    for literal, phrases in _BOILERPLATE_PHRASES:
+        top_level = re.sub(r"\([^()]*\)\??", "", phrases)  # drop groups: what is left every match contains
+        assert all(literal in alternative for alternative in top_level.split("|")), (literal, phrases)
+
+
+def _reference_ngram_hashes(words: Words, n: int) -> np.ndarray:
+    count = len(words) - n + 1
+    if count <= 0:
+        return np.zeros(0, np.uint64)
+    acc = words.hashes[:count].copy()
+    for k in range(1, n):
+        acc *= np.uint64(0x9E3779B97F4A7C15)
+        acc += words.hashes[k : k + count]
+    return acc
+
+
+def _reference_top_ngram_fraction(words: Words, n: int) -> float:
+    """The plain form: count every distinct n-gram, take the most frequent (ties: smallest hash)."""
+    hashes = _reference_ngram_hashes(words, n)
+    values, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+    if len(hashes) < 2 or counts.max() < 2:
+        return 0.0
+    best = int(np.argmax(counts))
+    return float(counts[best] * words.lengths[first[best] : first[best] + n].sum()) / max(int(words.lengths.sum()), 1)
+
+
+def _reference_duplicate_ngram_fraction(words: Words, n: int) -> float:
+    hashes = _reference_ngram_hashes(words, n)
+    values, counts = np.unique(hashes, return_counts=True)
+    covered = np.zeros(len(words), bool)
+    for start in np.flatnonzero(np.isin(hashes, values[counts > 1])):
+        covered[start : start + n] = True
+    return float(words.lengths[covered].sum()) / max(int(words.lengths.sum()), 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "bb", "ccc", "дом", "и", "the", "12", "x_y"]), max_size=60), st.integers(1, 7))
+def test_ngram_statistics_equal_their_plain_forms(tokens, n):
+    from sunfish.data.quality import top_ngram_fraction
+
+    words = Words.of(" ".join(tokens))
+    assert np.array_equal(words.ngram_hashes(n), _reference_ngram_hashes(words, n))
+    assert top_ngram_fraction(words, n) == _reference_top_ngram_fraction(words, n)
+    assert duplicate_ngram_fraction(words, n) == _reference_duplicate_ngram_fraction(words, n)
+    assert words.exact_key() == Words.of(" ".join(tokens).upper()).exact_key()

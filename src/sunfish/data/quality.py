@@ -31,15 +31,28 @@ STOP_WORDS = {  # Gopher's English list; for Russian the most frequent function 
 }
 BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "‣", "◦", "*", "-")  # not dashes: Russian dialogue opens with "—"
 TERMINAL = (".", "!", "?", "…", '"', "'", "”", "»", ")", "]", ":", ";")
-_BOILERPLATE = re.compile(  # C4's policy phrases, notices about JavaScript, and their Russian counterparts
-    r"terms of use|privacy policy|cookie policy|uses cookies|use of cookies|use cookies|accept (?:all )?cookies"
-    r"|(?:enable|turn on|requires?) javascript|javascript (?:is|must be) (?:disabled|enabled|required)"
-    r"|all rights reserved|sign up for our newsletter"
-    r"|политик\w* конфиденциальности|пользовательск\w* соглашени\w*|все права защищены|условия использования"
-    r"|(?:использует|используем|используют) (?:файлы )?cookie|включите javascript|подпи\w+ на (?:нашу )?рассылку"
+_BOILERPLATE_PHRASES = (  # (a literal every match contains, the phrases): C4's policy phrases, notices about
+    # JavaScript, and their Russian counterparts. The literal lets most documents skip the regex (str.find is ~10x faster).
+    ("terms of use", r"terms of use"),
+    ("privacy policy", r"privacy policy"),
+    ("cookie", r"cookie policy|uses cookies|use of cookies|use cookies|accept (?:all )?cookies"),
+    ("javascript", r"(?:enable|turn on|requires?) javascript|javascript (?:is|must be) (?:disabled|enabled|required)"),
+    ("all rights reserved", r"all rights reserved"),
+    ("sign up for our newsletter", r"sign up for our newsletter"),
+    ("конфиденциальности", r"политик\w* конфиденциальности"),
+    ("пользовательск", r"пользовательск\w* соглашени\w*"),
+    ("все права защищены", r"все права защищены"),
+    ("условия использования", r"условия использования"),
+    ("cookie", r"(?:использует|используем|используют) (?:файлы )?cookie"),
+    ("javascript", r"включите javascript"),
+    ("рассылку", r"подпи\w+ на (?:нашу )?рассылку"),
 )
+_BOILERPLATE = re.compile("|".join(phrases for _, phrases in _BOILERPLATE_PHRASES))
+_BOILERPLATE_LITERALS = tuple(dict.fromkeys(literal for literal, _ in _BOILERPLATE_PHRASES))
 _LOREM = re.compile(r"lorem ipsum")
-_NO_LETTER_WORD = re.compile(r"(?<!\S)[\d_]+(?!\S)")
+# A whole word of digits and underscores: (?<!\S)[\d_]+(?!\S), written to open with the character class so
+# that the regex engine skips ahead to candidate characters (3x faster on text with few digits).
+_NO_LETTER_WORD = re.compile(r"[\d_](?<!\S[\d_])[\d_]*(?!\S)")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 
 
@@ -71,7 +84,10 @@ class QualityConfig(Section):
 
 def strip_boilerplate(text: str, cfg: QualityConfig) -> tuple[str, int]:
     """`text` without short boilerplate lines, and how many lines went."""
-    if not cfg.remove_boilerplate or not _BOILERPLATE.search(text.lower()):
+    if not cfg.remove_boilerplate:
+        return text, 0
+    lowered = text.lower()
+    if not any(literal in lowered for literal in _BOILERPLATE_LITERALS) or not _BOILERPLATE.search(lowered):
         return text, 0
     kept, removed = [], 0
     for line in text.split("\n"):
@@ -168,16 +184,16 @@ def _duplicate_text_rules(text: str, words: Words, lang: str, cfg: QualityConfig
 def top_ngram_fraction(words: Words, n: int) -> float:
     """Characters covered by the most frequent word n-gram (count x its length) over all word characters."""
     hashes = words.ngram_hashes(n)  # (G,)
-    if len(hashes) < 2:
-        return 0.0
     ordered = np.sort(hashes)
-    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))  # first index of each run
-    runs = np.diff(np.concatenate([starts, [len(ordered)]]))  # (U,) occurrences of each distinct n-gram
+    run_ends = np.flatnonzero(ordered[1:] != ordered[:-1])  # last index of each run of equal hashes but the final run
+    if len(run_ends) == max(len(ordered) - 1, 0):
+        return 0.0  # no n-gram occurs twice
+    bounds = np.concatenate(([-1], run_ends, [len(ordered) - 1]))  # (U+1,)
+    runs = bounds[1:] - bounds[:-1]  # (U,) occurrences of each distinct n-gram, in hash order
     best = int(np.argmax(runs))
-    if runs[best] < 2:
-        return 0.0
-    where = int(np.argmax(hashes == ordered[starts[best]]))
-    return float(runs[best] * words.ngram_lengths(n)[where]) / max(int(words.lengths.sum()), 1)
+    where = int(np.argmax(hashes == ordered[bounds[best + 1]]))  # its first occurrence
+    length = int(words.lengths[where : where + n].sum())  # its characters
+    return float(runs[best] * length) / max(words.characters, 1)
 
 
 def duplicate_ngram_fraction(words: Words, n: int) -> float:
@@ -188,8 +204,11 @@ def duplicate_ngram_fraction(words: Words, n: int) -> float:
     hashes = words.ngram_hashes(n)  # (G,)
     if len(hashes) < 2:
         return 0.0
-    order = np.argsort(hashes, kind="stable")
-    same = hashes[order][1:] == hashes[order][:-1]  # (G-1,) neighbours in sorted order are equal
+    order = np.argsort(hashes)  # the set of repeated positions does not depend on how ties are ordered
+    ordered = hashes[order]
+    same = ordered[1:] == ordered[:-1]  # (G-1,) neighbours in sorted order are equal
+    if not same.any():
+        return 0.0
     repeated_sorted = np.zeros(len(hashes), bool)
     repeated_sorted[1:] |= same
     repeated_sorted[:-1] |= same
@@ -197,7 +216,7 @@ def duplicate_ngram_fraction(words: Words, n: int) -> float:
     w = len(words)
     edges = np.bincount(starts, minlength=w + 1) - np.bincount(starts + n, minlength=w + 1)  # (W+1,) +1 in, -1 out
     covered = np.cumsum(edges)[:w] > 0  # (W,) word inside some repeated n-gram
-    return float(words.lengths[covered].sum()) / max(int(words.lengths.sum()), 1)
+    return float(words.lengths[covered].sum()) / max(words.characters, 1)
 
 
 def _ngram_rules(text: str, words: Words, lang: str, cfg: QualityConfig) -> Reason | None:

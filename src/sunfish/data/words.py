@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xxhash
@@ -37,40 +37,43 @@ class Words:
     """A document as normalised words with per-word hashes and lengths."""
 
     words: list[str]  # normalised words, in order
+    encoded: list[bytes]  # the same words in UTF-8
     hashes: np.ndarray  # (W,) uint64, xxh3-64 of each word's UTF-8 bytes
     lengths: np.ndarray  # (W,) int64, characters per word
+    characters: int  # sum of lengths
+    _ngrams: dict = field(default_factory=dict, compare=False, repr=False)  # n -> read-only n-gram hashes
 
     @classmethod
     def of(cls, text: str) -> "Words":
         norm = normalise(text)
         words = norm.split()
-        hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, norm.encode("utf-8").split()), np.uint64)
-        assert len(hashes) == len(words), "str.split and bytes.split disagree on the normalised text"
+        encoded = norm.encode("utf-8").split()
+        assert len(encoded) == len(words), "str.split and bytes.split disagree on the normalised text"
+        hashes = np.fromiter(map(xxhash.xxh3_64_intdigest, encoded), np.uint64, len(encoded))
         lengths = np.fromiter(map(len, words), np.int64, len(words))
-        return cls(words=words, hashes=hashes, lengths=lengths)
+        return cls(words=words, encoded=encoded, hashes=hashes, lengths=lengths, characters=int(lengths.sum()))
 
     def __len__(self) -> int:
         return len(self.words)
 
     def exact_key(self) -> bytes:
         """16-byte BLAKE2b digest of the normalised text: equal keys mean equal documents up to normalisation."""
-        return hashlib.blake2b(" ".join(self.words).encode("utf-8"), digest_size=16).digest()
+        return hashlib.blake2b(b" ".join(self.encoded), digest_size=16).digest()
 
     def ngram_hashes(self, n: int) -> np.ndarray:
-        """(W - n + 1,) uint64 hashes of the word n-grams: h = sum_k hash(w_{i+k}) * B^(n-1-k) mod 2^64."""
+        """(W - n + 1,) uint64 hashes of the word n-grams: h = sum_k hash(w_{i+k}) * B^(n-1-k) mod 2^64.
+
+        Read-only and computed once per n, by Horner's rule from the (n-1)-gram hashes:
+        h_n[i] = h_{n-1}[i] * B + hash(w_{i+n-1}), so the quality rules and MinHash share them.
+        """
         count = len(self.words) - n + 1
         if count <= 0:
             return np.zeros(0, np.uint64)
-        acc = self.hashes[:count].copy()
-        for k in range(1, n):
-            acc *= _NGRAM_BASE  # uint64 arrays wrap around: the arithmetic is mod 2^64 by design
-            acc += self.hashes[k : k + count]
-        return acc
-
-    def ngram_lengths(self, n: int) -> np.ndarray:
-        """(W - n + 1,) characters in each word n-gram (spaces between words not counted)."""
-        count = len(self.words) - n + 1
-        if count <= 0:
-            return np.zeros(0, np.int64)
-        csum = np.concatenate([[0], np.cumsum(self.lengths)])
-        return csum[n : n + count] - csum[:count]
+        if n not in self._ngrams:
+            if n == 1:
+                grams = self.hashes.copy()
+            else:  # uint64 arrays wrap around: the arithmetic is mod 2^64 by design
+                grams = self.ngram_hashes(n - 1)[:count] * _NGRAM_BASE + self.hashes[n - 1 : n - 1 + count]
+            grams.flags.writeable = False
+            self._ngrams[n] = grams
+        return self._ngrams[n]
