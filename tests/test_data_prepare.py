@@ -125,8 +125,13 @@ def test_mix_by_language(inputs, tmp_path):
 
 def test_existing_tokenizer_and_refusals(prepared, inputs, tmp_path):
     tokenizer = prepared.out / "tokenizer.json"
-    reused = prepare(inputs, tmp_path / "reuse", pack=PACK, tokenizer=tokenizer, workers=1, progress=False, log=quiet)
+    reused = prepare(inputs, tmp_path / "reuse", pack=PACK, tokenizer=tokenizer, workers=2, progress=False, log=quiet)
     assert reused.manifest["tokenizer"]["sha256"] == Tokenizer.load(tokenizer).sha256()
+    # With a tokenizer given, cleaning and tokenizing run in one pass: the same shards as the two-pass run
+    assert reused.manifest["streams"] == prepared.manifest["streams"] and reused.manifest["clean"] == prepared.manifest["clean"]
+    for entry in reused.manifest["streams"]:
+        for shard in entry["train"]["shards"] + entry["val"]["shards"]:
+            assert (tmp_path / "reuse" / shard["file"]).read_bytes() == (prepared.out / shard["file"]).read_bytes()
     with pytest.raises(DataError, match="already holds prepared data"):
         prepare(inputs, tmp_path / "reuse", pack=PACK, tokenizer=tokenizer, workers=1, progress=False, log=quiet)
     foreign = tmp_path / "foreign.jsonl"

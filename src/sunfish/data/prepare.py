@@ -1,13 +1,16 @@
 """`sunfish data prepare`: raw text in, packed token shards and a manifest out.
 
-Two streaming passes over worker processes, neither of which holds the corpus in memory:
-1. clean: read each source, clean chunks of documents in workers (`clean.clean_chunk`), decide
-   duplicates in input order here (`clean.Deduplicator`), and append each kept document to a temporary
-   file of its stream (source x language) and split (train / val) under OUT/.work;
-2. pack: train a tokenizer on the kept training text if none was given, then tokenize the temporary
-   files in workers (`pack.tokenize_chunk`) and write fixed-length sequences to shards (`pack.ShardWriter`).
-The manifest is written last, under a temporary name and renamed: a folder without manifest.json is an
-unfinished preparation, and running the command again starts it over.
+Streaming over worker processes, never holding the corpus in memory. Workers clean chunks of documents
+(`clean.clean_chunk`); this process decides duplicates in input order (`clean.Deduplicator`) and routes
+each kept document to its stream (source x language) and split (train / val).
+- With a tokenizer given, one pass: the workers also tokenize the documents that passed their checks
+  (`pack.tokenize_chunk`), and kept documents' tokens go straight to the shards (`pack.ShardWriter`,
+  one per stream and split).
+- Without one, two passes: kept documents go to temporary files under OUT/.work, a tokenizer is trained
+  on the kept training text, then the temporary files are tokenized in workers and packed.
+Both give the same shards for the same tokenizer: each stream and split receives its documents in the
+order they were kept. The manifest is written last, under a temporary name and renamed: a folder
+without manifest.json is an unfinished preparation, and running the command again starts it over.
 """
 
 from __future__ import annotations
@@ -90,9 +93,15 @@ def _chunks(texts: Iterator[str], tag) -> Iterator[tuple]:
 
 
 def _clean_task(item: tuple) -> tuple:
-    tag, texts = item
+    """Worker: clean a chunk; with a tokenizer file, also tokenize each document that passed ([BOS] ... [EOS])."""
+    tokenizer_file, (tag, texts) = item
     cleaned, seconds = clean_chunk(texts)
-    return tag, cleaned, seconds
+    tokens = [None] * len(cleaned)
+    if tokenizer_file is not None:
+        start = time.process_time()
+        tokens = [tokenize_chunk(tokenizer_file, [doc.text]) if doc.reason is None else None for doc in cleaned]
+        seconds["tokenize"] += time.process_time() - start
+    return tag, cleaned, tokens, seconds
 
 
 def _tokenize_task(item: tuple) -> tuple:
@@ -115,31 +124,66 @@ def _timed(items: Iterator, seconds: Counter, stage: str) -> Iterator:
         yield item
 
 
-def _clean_pass(sources: list[Source], out: Path, clean: CleanConfig, pack: PackConfig, workers: Workers,
-                keep_rejects: bool, progress: bool, seconds: Counter) -> tuple[CleanReport, WorkFiles]:
-    dedup = Deduplicator(clean)
-    work = WorkFiles(out / ".work")
-    rejects = _Rejects(out / "rejects") if keep_rejects else None
-    items = (chunk for s in sources for chunk in _chunks(s.documents(), s.name))
+def _kept_chunks(sources: list[Source], tokenizer_file: str | None, dedup: Deduplicator, pack: PackConfig,
+                 workers: Workers, rejects: "_Rejects | None", progress: bool, seconds: Counter) -> Iterator[list]:
+    """Each chunk's kept documents as ((stream, split), Cleaned, tokens or None), deciding duplicates in input order."""
+    items = ((tokenizer_file, chunk) for s in sources for chunk in _chunks(s.documents(), s.name))
     bar = tqdm(desc="clean", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
-    for name, cleaned, secs in workers.map(_clean_task, _timed(items, seconds, "read")):
+    for name, cleaned, tokens, secs in workers.map(_clean_task, _timed(items, seconds, "read")):
         seconds.update(secs)
         start = time.process_time()
-        for doc in cleaned:
+        kept = []
+        for doc, ids in zip(cleaned, tokens):
             reason = dedup.decide(doc, name)
             if reason is None:
                 split = "val" if is_validation(doc.key, pack.val_fraction, pack.seed) else "train"
-                work.add(f"{name}.{doc.lang}", split, doc.text)
+                kept.append(((f"{name}.{doc.lang}", split), doc, ids))
             elif rejects is not None:
                 rejects.add(reason, name, doc)
             bar.update(doc.bytes_in)
         seconds["deduplicate"] += time.process_time() - start
+        yield kept
     bar.close()
+
+
+def _clean_pass(sources: list[Source], out: Path, clean: CleanConfig, pack: PackConfig, workers: Workers,
+                keep_rejects: bool, progress: bool, seconds: Counter) -> tuple[CleanReport, WorkFiles]:
+    """Two-pass path, first pass: kept documents to temporary files."""
+    dedup = Deduplicator(clean)
+    work = WorkFiles(out / ".work")
+    rejects = _Rejects(out / "rejects") if keep_rejects else None
+    for kept in _kept_chunks(sources, None, dedup, pack, workers, rejects, progress, seconds):
+        start = time.process_time()
+        for (stream, split), doc, _ in kept:
+            work.add(stream, split, doc.text)
+        seconds["write kept"] += time.process_time() - start
     work.close()
     if rejects is not None:
         rejects.close()
     dedup.report.check()
     return dedup.report, work
+
+
+def _one_pass(sources: list[Source], out: Path, clean: CleanConfig, pack: PackConfig, tokenizer: Tokenizer,
+              workers: Workers, keep_rejects: bool, progress: bool, seconds: Counter) -> tuple[CleanReport, dict]:
+    """Clean, tokenize and pack in one pass; returns the report and {(stream, split): StreamSplit}."""
+    dedup = Deduplicator(clean)
+    rejects = _Rejects(out / "rejects") if keep_rejects else None
+    dtype, writers = token_dtype(tokenizer.vocab_size), {}
+    for kept in _kept_chunks(sources, str(out / "tokenizer.json"), dedup, pack, workers, rejects, progress, seconds):
+        start = time.process_time()
+        batches: dict = {}
+        for key, _, ids in kept:
+            batches.setdefault(key, []).append(ids)
+        for (stream, split), arrays in batches.items():
+            if (stream, split) not in writers:
+                writers[stream, split] = ShardWriter(out / split, stream, pack.seq_len, pack.shard_tokens, dtype)
+            writers[stream, split].append(np.concatenate(arrays), len(arrays))
+        seconds["write shards"] += time.process_time() - start
+    if rejects is not None:
+        rejects.close()
+    dedup.report.check()
+    return dedup.report, {key: writer.finish() for key, writer in writers.items()}
 
 
 class _Rejects:
@@ -278,19 +322,29 @@ def prepare(
     described = [s.describe() for s in sources]
     seconds["hash inputs"] += time.process_time() - hashing
     with Workers(workers, init_worker, (clean,)) as pool:  # forked once, before any tokenizer runs here
-        report, work = _clean_pass(sources, out, clean, pack, pool, keep_rejects, progress, seconds)
-        if report.kept == 0:
-            raise DataError(f"no document survived cleaning (of {report.documents:,}); see the removal counts: "
-                            + ", ".join(f"{r.value} {n:,}" for r, n in report.removed.items()))
-        tok = given if given is not None else _train_tokenizer(work, train_vocab, seconds, log)
-        tok.save_pretrained(out)
-        written = _pack_pass(work, out, tok, pack, pool, progress, seconds)
-    shutil.rmtree(out / ".work")
+        if given is not None:
+            tok = given
+            tok.save_pretrained(out)  # the workers read it from there
+            report, written = _one_pass(sources, out, clean, pack, tok, pool, keep_rejects, progress, seconds)
+            _check_kept(report)
+        else:
+            report, work = _clean_pass(sources, out, clean, pack, pool, keep_rejects, progress, seconds)
+            _check_kept(report)
+            tok = _train_tokenizer(work, train_vocab, seconds, log)
+            tok.save_pretrained(out)
+            written = _pack_pass(work, out, tok, pack, pool, progress, seconds)
+            shutil.rmtree(out / ".work")
     manifest = _manifest(tok, pack, described, clean, report, written, mix)
     _write_manifest(out, manifest)
     wall = time.perf_counter() - start
     return PrepareResult(out=out, manifest=manifest, report=format_report(manifest, report, seconds, wall),
                          seconds=seconds, wall_seconds=wall)
+
+
+def _check_kept(report: CleanReport) -> None:
+    if report.kept == 0:
+        raise DataError(f"no document survived cleaning (of {report.documents:,}); see the removal counts: "
+                        + ", ".join(f"{r.value} {n:,}" for r, n in report.removed.items()))
 
 
 def _manifest(tok: Tokenizer, pack: PackConfig, sources: list[dict], clean: CleanConfig, report: CleanReport,
