@@ -236,3 +236,14 @@ def test_tensorboard_scalars_and_grad_norm(tmp_path, corpus):
     assert {"train/loss", "train/val_loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/memory_gib"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert all("grad_norm" in l for l in metrics(run))
+
+
+def test_wandb_offline_run(tmp_path, corpus, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    train(tiny_cfg(steps=2, log="wandb"), run_dir=run, data=[corpus], progress=False, log=QUIET)
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and any(offline[0].glob("*.wandb"))
+    assert len(metrics(run)) == 2
