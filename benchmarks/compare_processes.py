@@ -44,15 +44,15 @@ TIMED = {"model": {"time_cond": "sinusoidal"}}
 PROCESSES = {  # name -> config overrides on the shared base
     "AR": {"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}},
     "masked (MDLM NELBO)": {"process": {"kind": "masked"}},
-    "embedding, x0 + rounding (Diffusion-LM)": {"process": {"kind": "continuous", "param": "x0", "noise_schedule": "sqrt"}, **TIMED},
     "embedding, softmax x0 (CDCD)": {"process": {"kind": "continuous", "param": "softmax", "noise_schedule": "cosine"}, **TIMED},
     "simplex flow, CE": {"process": {"kind": "flow", "flow_loss": "ce"}, **TIMED},
+    "embedding, x0 + rounding (Diffusion-LM)": {"process": {"kind": "continuous", "param": "x0", "noise_schedule": "sqrt"}, **TIMED},
     "simplex flow, velocity MSE": {"process": {"kind": "flow", "flow_loss": "velocity"}, **TIMED},
     "simplex flow, CE + learned schedule": {"process": {"kind": "flow", "flow_loss": "ce", "learned_schedule": True,
                                                         "learn_schedule_after": -1}, **TIMED},  # -1: half the steps
 }
 FULL = dict(d_model=64, n_layers=2, n_heads=2, context=64, batch=16, vocab=512, docs=1000, held_docs=60,
-            held_tokens=4096, samples=8, length=64, gen_steps=(16, 64, 256), rounds=8)
+            held_tokens=4096, samples=8, length=63, gen_steps=(16, 64, 256), rounds=8)
 QUICK = dict(d_model=32, n_layers=1, n_heads=2, context=48, batch=4, vocab=300, docs=80, held_docs=6,
              held_tokens=512, samples=2, length=24, gen_steps=(4, 16), rounds=3)
 
