@@ -253,12 +253,6 @@ def _setting_for(method: Method, length: int) -> SamplerConfig:
     return dataclasses.replace(method.cfg, length=length, steps=length, block_length=min(method.cfg.block_length, length))
 
 
-def measure(loaded: LoadedModel, prompt: torch.Tensor, cfg: SamplerConfig, repeats: int) -> tuple[Decoded, float]:
-    """One decode's output and the median tokens/s over `repeats` timed decodes."""
-    runs = [decode(loaded, prompt, cfg) for _ in range(max(repeats, 1))]
-    return runs[0], statistics.median(r.tokens_per_s for r in runs)
-
-
 def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[int], batches: list[int],
               repeats: int, block_length: int = 32, threshold: float = 0.9,
               log=lambda line: None) -> list[BenchRow]:
@@ -273,14 +267,13 @@ def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[
     rows: list[BenchRow] = []
     for length in lengths:
         for batch in batches:
-            outputs: dict[str, list[list[int]]] = {}
-            base_speed = None
+            prompts_of = {name: batch_of(ids[name], batch, device) for name in models}
+            runs = _interleaved(models, methods, prompts_of, length, repeats)
+            outputs = {name: decoded[0].tokens for name, decoded in runs.items()}
+            base_speed = statistics.median(r.tokens_per_s for r in runs[methods[0].name])
             for method in methods:
-                loaded = models[method.model]
-                prompt = batch_of(ids[method.model], batch, device)
-                out, speed = measure(loaded, prompt, _setting_for(method, length), repeats)
-                outputs[method.name] = out.tokens
-                base_speed = base_speed or speed
+                out, prompt = runs[method.name][0], prompts_of[method.model]
+                speed = statistics.median(r.tokens_per_s for r in runs[method.name])
                 ref_out = outputs.get(method.reference) if method.reference else None
                 row = BenchRow(length=length, batch=batch, method=method.name, model=method.model, tokens_per_s=speed,
                                nfe_per_token=out.nfe_per_token, speedup=speed / base_speed,
@@ -290,6 +283,17 @@ def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[
                 rows.append(row)
                 log(format_row(row))
     return rows
+
+
+def _interleaved(models: dict[str, LoadedModel], methods: list[Method], prompts_of: dict[str, torch.Tensor],
+                 length: int, repeats: int) -> dict[str, list[Decoded]]:
+    """`repeats` rounds, each decoding with every method once, so a change in machine load during the run
+    touches all methods alike rather than whichever ran at that moment."""
+    runs: dict[str, list[Decoded]] = {m.name: [] for m in methods}
+    for _ in range(max(repeats, 1)):
+        for m in methods:
+            runs[m.name].append(decode(models[m.model], prompts_of[m.model], _setting_for(m, length)))
+    return runs
 
 
 def _fmt(value: float | None, spec: str) -> str:
