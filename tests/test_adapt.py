@@ -125,7 +125,7 @@ def test_alignment_loss_is_zero_when_student_equals_teacher():
     same = {k: v.detach().clone() for k, v in states.items()}
     assert float(alignment_loss(states, same).detach()) == pytest.approx(0.0, abs=1e-6)
     positions = torch.rand(2, 8) < 0.5
-    assert float(alignment_loss(states, same, positions)) == pytest.approx(0.0, abs=1e-6)
+    assert float(alignment_loss(states, same, positions).detach()) == pytest.approx(0.0, abs=1e-6)
     other = {k: torch.randn(2, 8, 16) for k in (1, 2)}
     loss = alignment_loss(states, other)
     assert 0.0 < float(loss) < 4.0
@@ -212,3 +212,22 @@ def test_commit_order_and_trajectory_masking_in_the_loss(llama_dir, tmp_path):
     adapted_loss(model, x0, ProcessConfig(), 300, torch.Generator().manual_seed(0))
     assert torch.equal(seen["z"] == 300, latest_committed(order, torch.full((3,), 1 / 3)))
     assert objective.trajectory_rows == 3
+
+
+@pytest.mark.parametrize("qk_norm,tie,norm_weights", [(False, False, True), (True, True, False)])
+def test_sunfish_model_exports_to_an_equivalent_hf_model(qk_norm, tie, norm_weights):
+    from sunfish.adapt.export import sunfish_to_hf
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, context=64, qk_norm=qk_norm,
+                                    tie_embeddings=tie, norm_weights=norm_weights, rope_base=500.0)).eval()
+    for p in model.parameters():  # weights far from the init, so a wrong map cannot hide
+        torch.nn.init.normal_(p, 1.0, 0.2) if p.dim() == 1 else torch.nn.init.normal_(p, std=0.3)
+    hf = sunfish_to_hf(model)
+    x = torch.randint(0, 50, (2, 20))
+    with torch.no_grad():
+        theirs = hf(x, attention_mask=torch.ones(2, 1, 20, 20, dtype=torch.bool)).logits
+        assert torch.allclose(model(x), theirs, atol=1e-4)
+    relu = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=4, context=64, mlp="relu2"))
+    with pytest.raises(ValueError, match="SwiGLU"):
+        sunfish_to_hf(relu)

@@ -103,6 +103,19 @@ def test_adapt_a_sunfish_causal_run(world, capsys):
     capsys.readouterr()
     assert main(["sample", str(out), "--prompt", "Once", "--length", "8", "--steps", "4", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["text"].startswith("Once")
+    export = world["root"] / "from_ar_hf"
+    assert main(["adapt", "export", str(out), "--out", str(export)]) == 0
+    from transformers import AutoModelForCausalLM
+
+    from sunfish.train.checkpoint import load_for_inference
+
+    hf = AutoModelForCausalLM.from_pretrained(str(export)).eval()
+    loaded = load_for_inference(out, torch.device("cpu"))
+    x = torch.randint(4, loaded.tokenizer.vocab_size, (1, 12))
+    with torch.no_grad():
+        theirs = hf(x, attention_mask=torch.ones(1, 1, 12, 12, dtype=torch.bool)).logits
+        mine = loaded.model(x)
+    assert torch.allclose(theirs[:, :-1], mine[:, 1:], atol=1e-4)
     assert main(["adapt", str(out), "--data", str(world["docs"]), "--out", str(world["root"] / "x"), *TINY]) == 2
 
 

@@ -192,14 +192,18 @@ def export_hf(run_path: str | Path, out: Path) -> Path:
     cfg = loaded.cfg
     if not cfg.adapt.base:
         raise ValueError(f"'{run_path}' is not an adapted run; `sunfish adapt export` takes the --out folder of `sunfish adapt`")
-    if cfg.adapt.kind is not BaseKind.HF:
-        raise ValueError("this run adapted a Sunfish model, which has no Hugging Face architecture to export to; "
-                         "sample it with `sunfish sample RUN_DIR`")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"'{out}' is not empty; choose a new --out folder for the export")
-    hf = loaded.model.backbone.hf
-    if cfg.adapt.lora:
-        merge_lora(hf)
+    if cfg.adapt.kind is BaseKind.HF:
+        hf = loaded.model.backbone.hf
+        if cfg.adapt.lora:
+            merge_lora(hf)
+    else:
+        from sunfish.adapt.export import sunfish_to_hf
+
+        if cfg.adapt.lora:
+            merge_lora(loaded.model.backbone.model)
+        hf = sunfish_to_hf(loaded.model.backbone.model)
     hf.config.sunfish_adapt = {"bidirectional": True, "layout": cfg.adapt.layout.value,
                                "mask_token_id": loaded.tokenizer.mask_id, "base": cfg.adapt.base}
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
