@@ -150,7 +150,7 @@ def table(results: dict, steps_list: list[int]) -> str:
     return markdown_table(header, rows)
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, length: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,12 +165,17 @@ def plot(results: dict, path: Path) -> None:
     a.set_xticks([i + 0.2 for i in range(len(names))], names, rotation=20, fontsize=8)
     a.set_ylabel("held-out bits per byte (lower is better)")
     a.legend()
+    ticks = set()
     for n in names:
         gens = [g for g in results[n]["generation"] if g.get("gen_perplexity") is not None]
+        steps = [min(g["steps"], length) for g in gens]  # the steps actually run (capped at the sample length)
+        ticks |= set(steps)
         if gens:
-            b.plot([g["steps"] for g in gens], [g["gen_perplexity"] for g in gens], "o-", label=n)
+            b.plot(steps, [g["gen_perplexity"] for g in gens], "o-", label=n)
     b.set_xscale("log")
     b.set_yscale("log")
+    b.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
+    b.minorticks_off()
     b.set_xlabel("sampling steps")
     b.set_ylabel("generative perplexity (AR reference)")
     b.legend(fontsize=8)
@@ -252,7 +257,7 @@ def main() -> int:
     md = table(results, steps_list)
     print()
     print(md)
-    plot(results, args.out / "objectives.png")
+    plot(results, args.out / "objectives.png", size["length"])
     command = " ".join(["python benchmarks/compare_objectives.py"] + (["--quick"] if args.quick else [])
                        + ([f"--steps {args.steps}"] if args.steps else []) + ([f"--threads {args.threads}"] if args.threads else []))
     model = (f"{size['n_layers']} layers x {size['d_model']}, context {size['context']}, byte-level BPE {size['vocab']}, "
