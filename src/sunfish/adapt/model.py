@@ -159,7 +159,8 @@ def load_hf_causal(folder: str | Path, cfg: AdaptConfig, *, weights: bool = True
         config = AutoConfig.from_pretrained(str(folder))
         if not weights:
             return AutoModelForCausalLM.from_config(config)
-        extra = {"quantization_config": _qlora_config()} if cfg.qlora else {"dtype": torch.float32}
+        extra = ({"quantization_config": _qlora_config(), "device_map": {"": torch.cuda.current_device()}} if cfg.qlora
+                 else {"dtype": torch.float32})
         return AutoModelForCausalLM.from_pretrained(str(folder), **extra)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"cannot load a causal LM from '{folder}' ({str(err).splitlines()[0]}); "

@@ -96,7 +96,8 @@ def student_factory(run_dir: Path, tokenizer, log: Callable[[str], None]):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log(f"adapting {cfg.adapt.base} ({cfg.adapt.kind.value}, layout {cfg.adapt.layout.value}"
             f"{', LoRA r=%d' % cfg.adapt.lora_rank if cfg.adapt.lora else ''}): {trainable:,} trainable parameters")
-        model.to(device)
+        if not cfg.adapt.qlora:  # 4-bit weights are placed on the GPU when loaded and cannot be moved
+            model.to(device)
         attach(model, cfg, log)
         return model
 
