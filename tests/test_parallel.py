@@ -1,5 +1,6 @@
-"""DDP and FSDP2 under torchrun on CPU (gloo): the same losses as one process with the same global batch,
-and checkpoints that move between FSDP and a single process in both directions."""
+"""DDP and FSDP2 under torchrun on CPU (gloo): the same losses as one process with the same global batch
+(with activation checkpointing and an EMA of the weights, whose validation losses are logged), and
+checkpoints that move between FSDP and a single process in both directions."""
 
 import json
 import os
@@ -24,7 +25,7 @@ DOCS = [
 STEPS = 20
 TINY = ["--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2", "--model.context=32",
         "--train.batch_size=2", "--train.log_every=1", "--train.val_every=5", "--train.val_batches=3",
-        "--optim.warmup_steps=2", "--data.val_fraction=0.2"]
+        "--optim.warmup_steps=2", "--data.val_fraction=0.2", "--train.ema=0.9"]
 
 # One torchrun launch runs several `sunfish train` command lines in turn (the process group is made once).
 WORKER = textwrap.dedent("""
@@ -41,7 +42,7 @@ WORKER = textwrap.dedent("""
 
 def tiny_cfg(**train):
     tree = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "context": 32},
-            "train": {"steps": STEPS, "batch_size": 2, "log_every": 1, "val_every": 5, "val_batches": 3, **train},
+            "train": {"steps": STEPS, "batch_size": 2, "log_every": 1, "val_every": 5, "val_batches": 3, "ema": 0.9, **train},
             "optim": {"warmup_steps": 2}, "data": {"val_fraction": 0.2}}
     return apply_tree(load_preset("nano"), tree)
 
@@ -85,8 +86,8 @@ def runs(tmp_path_factory):
     shutil.rmtree(tmp / "single_to_fsdp" / "checkpoints" / f"step-{STEPS:06d}")
     common = ["train", "--preset", "nano", "--data", str(corpus), "--steps", str(STEPS), "--no-progress", *TINY]
     jobs = [
-        [*common, "--out", str(tmp / "ddp"), "--train.parallel=ddp"],
-        [*common, "--out", str(tmp / "fsdp"), "--train.parallel=fsdp", "--save-every", "10"],
+        [*common, "--out", str(tmp / "ddp"), "--train.parallel=ddp", "--train.act_ckpt=1"],
+        [*common, "--out", str(tmp / "fsdp"), "--train.parallel=fsdp", "--train.act_ckpt=2", "--save-every", "10"],
         [*common, "--out", str(tmp / "single_to_fsdp"), "--train.parallel=fsdp", "--train.grad_accum=1", "--resume"],
     ]
     torchrun(tmp, jobs)
@@ -101,8 +102,10 @@ def test_ddp_and_fsdp_match_one_process_with_the_same_global_batch(runs):
     assert_same_metrics(metrics(tmp / "fsdp"), reference)
     a = load_for_inference(tmp / "single", torch.device("cpu")).model.state_dict()
     for other in ("ddp", "fsdp"):
-        b = load_for_inference(tmp / other, torch.device("cpu")).model.state_dict()
-        assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), other
+        for ema in (True, False):
+            a = load_for_inference(tmp / "single", torch.device("cpu"), ema=ema).model.state_dict()
+            b = load_for_inference(tmp / other, torch.device("cpu"), ema=ema).model.state_dict()
+            assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), (other, ema)
 
 
 def test_fsdp_checkpoints_are_sharded_verified_and_exportable(runs):

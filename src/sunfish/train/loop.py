@@ -42,6 +42,7 @@ from sunfish.train.parallel import (
     gradient_sync,
     init_distributed,
     parallelize,
+    reshard,
 )
 from sunfish.train.robust import BadStepGuard, RunInUseError, RunLock, StopRequest
 
@@ -153,6 +154,7 @@ def validation_loss(trainer: torch.nn.Module, batches: list[torch.Tensor], seed:
                 loss = float(trainer(x.to(rt.device), rt.generator(seed + 3 + (i << 32))))
             if i < len(batches):
                 total, count = total + loss, count + 1
+    reshard(trainer)
     trainer.train()
     total, count = all_sum([total, float(count)], info, rt.device)
     return total / count

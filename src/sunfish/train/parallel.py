@@ -200,6 +200,14 @@ def parallelize(model: Transformer, objective: Objective, cfg: TrainConfig, info
     return objective
 
 
+def reshard(module: nn.Module) -> None:
+    """Free FSDP's gathered weights (the root keeps them after a forward pass without backward), so the
+    next forward gathers the shards again, e.g. after EMA weights were swapped in and out."""
+    for sub in module.modules():
+        if hasattr(sub, "reshard") and hasattr(sub, "unshard"):  # an FSDPModule
+            sub.reshard()
+
+
 def gradient_sync(module: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
     """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
     if hasattr(module, "no_sync") and not sync:
