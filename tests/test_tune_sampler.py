@@ -125,8 +125,24 @@ def test_generative_perplexity_bound(runs):
 def test_spent_budget_keeps_the_exact_sampler(runs):
     loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
     result = tune(loaded, ["the cat"], length=8, budget_s=1e-9, thresholds=[0.9], steps=[4], block_lengths=[0])
-    assert len(result.trials) == 1 and result.skipped == 4 and result.chosen is result.trials[0]
+    assert len(result.trials) == 1 and result.skipped >= 4 and result.chosen is result.trials[0]
     assert result.chosen.cfg.threshold == 1.0 and result.chosen.nfe_per_token == 1.0  # one token per step
+
+
+def test_agreement_is_measured_against_the_exact_sampler_of_the_same_layout(runs):
+    from sunfish.config import SamplerConfig
+    from sunfish.sample.tune import is_exact, with_references
+
+    exact = SamplerConfig(length=16, schedule=StepSchedule.THRESHOLD, threshold=1.0)
+    todo = candidates(SamplerConfig(length=16), "masked", [0.9], [8], [0, 4])
+    queue = with_references(exact, todo)
+    assert queue[0] == exact and [c.block_length for c in queue if is_exact(c)] == [0, 4]
+    first_block4 = next(i for i, c in enumerate(queue) if c.block_length == 4)
+    assert is_exact(queue[first_block4])  # each layout's reference is measured before its candidates
+    loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
+    result = tune(loaded, ["the cat"], length=8, thresholds=[0.9], steps=[], block_lengths=[0, 4])
+    exacts = [t for t in result.trials if is_exact(t.cfg)]
+    assert len(exacts) == 2 and all(t.agreement == 1.0 for t in exacts)
 
 
 def test_grid_skips_settings_that_cannot_finish():

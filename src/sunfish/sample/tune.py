@@ -1,18 +1,20 @@
 """Auto-tuning the sampler: the fastest setting whose quality stays within a bound of the exact sampler.
 
-The reference is the slow exact sampler: one token per step in confidence order (LLaDA's sampler), the
-checkpoint's block length, no cache, greedy. Candidates vary the step rule (threshold tau, or a fixed step count below the
-length), the semi-autoregressive block length and the key/value cache mode (block-diffusion models have
-a fixed block size and an exact cache, so only the step rule varies). Each candidate decodes the same
-prompts greedily; its quality is either
+The reference is the slow exact sampler: one token per step in confidence order (LLaDA's sampler), no
+cache, greedy, at the checkpoint's block length. Candidates vary the step rule (threshold tau, or a fixed
+step count below the length), the semi-autoregressive block length and the key/value cache mode
+(block-diffusion models have a fixed block size and an exact cache, so only the step rule varies). Each
+candidate decodes the same prompts greedily; its quality is either
 
-* agreement: the fraction of generated tokens equal to the reference output (bound: >= 1 - bound), or
-* generative perplexity under a causal reference model (bound: <= (1 + bound) x the reference's).
+* agreement: the fraction of generated tokens equal to the exact sampler's output at the candidate's own
+  block length (bound: >= 1 - bound), measuring what the faster rule or the cache changes, or
+* generative perplexity under a causal reference model (bound: <= (1 + bound) x the exact sampler's at the
+  checkpoint's block length), which also judges a different block length.
 
-The fastest candidate (measured tokens/s) within the bound wins; the reference itself always qualifies,
-so there is always an answer. `write_sampler_defaults` stores it in the checkpoint's config.json, which
-`sunfish sample` reads, through a temporary file and os.replace, keeping the old file as config.json.bak,
-and updates the file's entry in the checkpoint's manifest.json the same way.
+The fastest candidate (measured tokens/s) within the bound wins; the exact sampler itself always
+qualifies, so there is always an answer. `write_sampler_defaults` stores it in the checkpoint's
+config.json, which `sunfish sample` reads, through a temporary file and os.replace, keeping the old file
+as config.json.bak, and updates the file's entry in the checkpoint's manifest.json the same way.
 """
 
 from __future__ import annotations
@@ -47,14 +49,14 @@ class Trial:
     label: str
     tokens_per_s: float  # median over repeats, all prompts together
     nfe_per_token: float
-    agreement: float  # with the exact sampler's output
+    agreement: float  # with the exact sampler's output at the same block layout
     gen_ppl: float | None  # under the reference model, when given
     within: bool  # quality within the bound
 
 
 @dataclass(frozen=True)
 class TuneResult:
-    trials: list[Trial]  # in the order measured; trials[0] is the exact sampler
+    trials: list[Trial]  # in the order measured; trials[0] is the exact sampler at the checkpoint's block length
     chosen: Trial
     quality: Quality
     bound: float
@@ -96,6 +98,31 @@ def candidates(base: SamplerConfig, kind: str, thresholds: list[float], steps: l
                 continue  # fewer steps than blocks cannot finish every block
             out.append(dataclasses.replace(rule, block_length=b, cache=mode))
     return out
+
+
+def is_exact(cfg: SamplerConfig) -> bool:
+    """One token per step without a cache (see bench.one_per_step)."""
+    return cfg.schedule is StepSchedule.THRESHOLD and cfg.threshold >= 1.0 and cfg.cache is CacheMode.NONE
+
+
+def _layout(cfg: SamplerConfig) -> int:
+    """The block length as a layout: 0 for one block over the whole canvas."""
+    return cfg.block_length if 0 < cfg.block_length < cfg.length else 0
+
+
+def with_references(exact: SamplerConfig, todo: list[SamplerConfig]) -> list[SamplerConfig]:
+    """The measuring order: `exact` first, and the exact sampler of each further block layout just before
+    the first candidate with that layout. Agreement compares a candidate with the exact sampler of its own
+    layout, so it measures what the faster rule or cache changes, not what a different block order does
+    (that shows in the generative perplexity)."""
+    queue, seen = [exact], {_layout(exact)}
+    for cfg in todo:
+        if _layout(cfg) not in seen:
+            seen.add(_layout(cfg))
+            queue.append(dataclasses.replace(exact, block_length=cfg.block_length))
+        if cfg not in queue:
+            queue.append(cfg)
+    return queue
 
 
 def default_grid(length: int) -> tuple[list[float], list[int], list[int]]:
@@ -156,20 +183,23 @@ def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quali
     todo = candidates(base, kind, thresholds or grid[0], steps or grid[1],
                       block_lengths if block_lengths is not None else grid[2], loaded.cfg.process.block_size)
     _measure(loaded, ids[:1], dataclasses.replace(exact, length=min(length, 8)))  # warm-up: one-time costs
+    queue = with_references(exact, todo)
     began = time.perf_counter()
-    reference = _measure(loaded, ids, exact, repeats)
-    trials = [_trial(exact, kind, reference, reference.tokens, ref, ids, quality, bound, None)]
-    log(f"exact sampler: {trials[0].tokens_per_s:,.1f} tokens/s")
+    references: dict[int, list[list[int]]] = {}  # layout -> the exact sampler's output with that layout
+    trials: list[Trial] = []
     skipped = 0
-    for i, cfg in enumerate(todo):
-        if time.perf_counter() - began > budget_s:
-            skipped = len(todo) - i
-            log(f"time budget of {budget_s:g} s spent; {skipped} of {len(todo)} settings not measured")
+    for i, cfg in enumerate(queue):
+        if trials and time.perf_counter() - began > budget_s:
+            skipped = len(queue) - i
+            log(f"time budget of {budget_s:g} s spent; {skipped} of {len(queue)} settings not measured")
             break
         out = _measure(loaded, ids, cfg, repeats)
-        trials.append(_trial(cfg, kind, out, reference.tokens, ref, ids, quality, bound, trials[0].gen_ppl))
+        if is_exact(cfg):
+            references[_layout(cfg)] = out.tokens
+        main_ppl = trials[0].gen_ppl if trials else None
+        trials.append(_trial(cfg, kind, out, references[_layout(cfg)], ref, ids, quality, bound, main_ppl))
         t = trials[-1]
-        log(f"[{i + 1}/{len(todo)}] {t.label}: {t.tokens_per_s:,.1f} tokens/s, agreement {t.agreement:.3f}")
+        log(f"[{i + 1}/{len(queue)}] {t.label}: {t.tokens_per_s:,.1f} tokens/s, agreement {t.agreement:.3f}")
     chosen = max((t for t in trials if t.within), key=lambda t: t.tokens_per_s)
     return TuneResult(trials=trials, chosen=chosen, quality=quality, bound=bound, skipped=skipped)
 
