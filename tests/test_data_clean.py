@@ -215,3 +215,14 @@ def test_ngram_statistics_equal_their_plain_forms(tokens, n):
     assert top_ngram_fraction(words, n) == _reference_top_ngram_fraction(words, n)
     assert duplicate_ngram_fraction(words, n) == _reference_duplicate_ngram_fraction(words, n)
     assert words.exact_key() == Words.of(" ".join(tokens).upper()).exact_key()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40) | st.lists(st.sampled_from(["e", "\u0301", "\u0308", "\n", "…", "№", "ﬁ", "\u1100", "\u1161",
+                                                         "\u11a8", "Å", "\u0327", "½", "\r", "A"]), max_size=30).map("".join))
+def test_line_wise_nfkc_equals_whole_text_nfkc(text):
+    import unicodedata
+
+    from sunfish.data.words import nfkc
+
+    assert nfkc(text) == unicodedata.normalize("NFKC", text)

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -100,14 +99,15 @@ def tokenize_chunk(tokenizer_file: str, texts: list[str]) -> np.ndarray:
     """(T,) uint32 tokens of the chunk, each document wrapped as [BOS] ... [EOS].
 
     GPT-2-style byte-level BPE (what `train_bpe_tokenizer` builds) goes through the piece cache of
-    `sunfish.tokenizer.fast`, 4-5x faster than the library and id for id the same; other tokenizers
+    `sunfish.tokenizer.fast`, 5-6x faster than the library and id for id the same; other tokenizers
     through the library.
     """
     backend, bos, eos, split = _load_backend(tokenizer_file)
     encoder = _load_encoder(tokenizer_file)
     if encoder is not None:
-        parts = (part for text in texts for part in ((bos,), encoder.iter_ids(text), (eos,)))
-        return np.fromiter(chain.from_iterable(parts), np.uint32)
+        bos_eos = np.array([bos, eos], np.uint32).tobytes()
+        packed = b"".join(part for text in texts for part in (bos_eos[:4], encoder.packed(text), bos_eos[4:]))
+        return np.frombuffer(packed, np.uint32)  # read-only
     encoded = encode_documents(backend, texts, split)
     out = np.empty(sum(len(ids) + 2 for ids in encoded), np.uint32)  # (T,)
     at = 0

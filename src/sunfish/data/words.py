@@ -25,11 +25,21 @@ _NON_WORD = re.compile(r"[^\w \t\n\r\f\v]+")
 _NGRAM_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial n-gram hash (golden-ratio constant)
 
 
+def nfkc(text: str) -> str:
+    """`unicodedata.normalize("NFKC", text)`, normalising only the lines that need it (3-4x faster on books).
+
+    Exact: a line feed has no decomposition, canonical combining class 0 and composes with nothing, so
+    normalisation never acts across it, and the NFKC of a text is the NFKC of its lines joined by it.
+    """
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    return "\n".join(line if unicodedata.is_normalized("NFKC", line) else unicodedata.normalize("NFKC", line)
+                     for line in text.split("\n"))
+
+
 def normalise(text: str) -> str:
     """NFKC, lower case, punctuation, symbols and non-ASCII spaces replaced by spaces (not collapsed)."""
-    if not unicodedata.is_normalized("NFKC", text):
-        text = unicodedata.normalize("NFKC", text)
-    return _NON_WORD.sub(" ", text.lower())
+    return _NON_WORD.sub(" ", nfkc(text).lower())
 
 
 @dataclass(frozen=True)

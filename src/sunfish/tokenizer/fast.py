@@ -6,7 +6,7 @@ bytes. So the ids of a text are the concatenation of the ids of its pieces, and 
 never change. `tokenizers` redoes the second step for every piece and builds an `Encoding` (offsets,
 masks, word ids) per text, about 3 MB/s on one core here. Word frequencies are Zipfian, so a dict from
 piece to ids answers almost every piece (over 95% on the Russian and English corpora) and the BPE model
-runs only for pieces not seen before; the regex runs in the `regex` module. That is 4-5x faster.
+runs only for pieces not seen before; the regex runs in the `regex` module. That is 5-6x faster.
 
 Exactness. `PieceEncoder.supports` admits only tokenizers whose encoding is exactly those two steps: no
 normalizer, a ByteLevel pre-tokenizer with its regex and no prefix space, a BPE model without dropout,
@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import chain
-from typing import Iterable, Iterator
-
+import struct
+import numpy as np
 import regex
 
 # The pattern of tokenizers' ByteLevel pre-tokenizer (GPT-2's): contractions, letters, digits,
@@ -88,15 +87,20 @@ def _character_class(chars: str) -> str:
 
 
 class _PieceIds(dict):
-    """piece -> tuple of BPE ids, filled on first sight by running the model on the piece's bytes."""
+    """piece -> its BPE ids as packed uint32 bytes, filled on first sight by running the model on the piece's bytes.
+
+    Bytes, not tuples: joining the pieces' bytes and reading them with `numpy.frombuffer` is the fastest way
+    from a list of pieces to an id array (a C-level join instead of iterating over every id).
+    """
 
     def __init__(self, model):
         super().__init__()
         self._model = model
 
-    def __missing__(self, piece: str) -> tuple[int, ...]:
-        mapped = "".join([_BYTE_CHARS[b] for b in piece.encode("utf-8")])
-        ids = tuple(token.id for token in self._model.tokenize(mapped))
+    def __missing__(self, piece: str) -> bytes:
+        mapped = piece.encode("utf-8").decode("latin-1").translate(_BYTE_CHARS)  # byte b -> _BYTE_CHARS[b]
+        tokens = self._model.tokenize(mapped)
+        ids = struct.pack(f"={len(tokens)}I", *[token.id for token in tokens])  # native-endian uint32
         if len(self) < MAX_CACHED_PIECES:
             self[piece] = ids
         return ids
@@ -128,19 +132,23 @@ class PieceEncoder:
         added = spec.get("added_tokens", [])
         return all(t.get("special") for t in added) and (not added or backend.encode_special_tokens)
 
-    def iter_ids(self, text: str) -> Iterator[int]:
-        """The token ids of `text`, lazily (feed to `numpy.fromiter` or `list`)."""
-        if self._unverified.search(text) is None:
-            return self._fast(text)
-        return chain.from_iterable(self._line_ids(line) for line in LINE_CUT.split(text))
-
     def encode(self, text: str) -> list[int]:
-        return list(self.iter_ids(text))
+        return self.encode_array(text).tolist()
 
-    def _fast(self, text: str) -> Iterator[int]:
-        return chain.from_iterable(map(self._ids.__getitem__, self._pattern.findall(text)))
+    def encode_array(self, text: str) -> np.ndarray:
+        """(T,) uint32 token ids of `text` (a read-only view of `packed(text)`)."""
+        return np.frombuffer(self.packed(text), np.uint32)
 
-    def _line_ids(self, line: str) -> Iterable[int]:
+    def packed(self, text: str) -> bytes:
+        """The token ids of `text` as native-endian uint32 bytes, ready to join with other documents' ids."""
+        if self._unverified.search(text) is None:
+            return self._cached(text)
+        return b"".join(self._packed_line(line) for line in LINE_CUT.split(text))
+
+    def _cached(self, text: str) -> bytes:
+        return b"".join(map(self._ids.__getitem__, self._pattern.findall(text)))
+
+    def _packed_line(self, line: str) -> bytes:
         if self._unverified.search(line) is None:
-            return self._fast(line)
-        return self._backend.encode(line, add_special_tokens=False).ids
+            return self._cached(line)
+        return np.array(self._backend.encode(line, add_special_tokens=False).ids, np.uint32).tobytes()
