@@ -95,3 +95,8 @@ def test_sigma_strategies():
     assert torch.isclose(conf.sum(), torch.tensor(0.8))  # the same expected count as cap: 4 x 0.2
     flat = remask_sigma(decoded, torch.full_like(psi, 0.5), left, SamplerConfig(remask="conf", remask_eta=0.2))
     assert torch.allclose(flat, sigma(RemaskKind.CAP, 0.2)[None])  # equal confidences: conf is cap
+
+
+def test_an_inverted_window_is_refused(tiny_model_cfg):
+    with pytest.raises(ValueError, match="window"):
+        run(make_model(tiny_model_cfg), canvas(), remask="cap", remask_start=0.8, remask_end=0.2)

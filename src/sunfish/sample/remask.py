@@ -55,6 +55,9 @@ def remask(decoded: torch.Tensor, generated: torch.Tensor, psi: torch.Tensor, ma
     none = torch.zeros_like(decoded)
     if cfg.remask is RemaskKind.NONE:
         return none
+    if cfg.remask_start > cfg.remask_end:
+        raise ValueError(f"sampler.remask_start ({cfg.remask_start}) is after remask_end ({cfg.remask_end}); "
+                         "the remasking window must start before it ends")
     progress = decoded.sum(-1) / generated.sum(-1).clamp_min(1)  # alpha_t of the block (B,)
     on = rows & (progress >= cfg.remask_start) & (progress < cfg.remask_end) & (masks_left > 0) & decoded.any(-1)
     if not bool(on.any()):
