@@ -14,7 +14,7 @@ output's unigram entropy (a diversity figure to read beside the perplexity). The
 issue: >= 8x the baseline at length 256 and >= 20x at 1024, each with quality within 2% (generative
 perplexity at most 1.02x the baseline's), and the fastest diffusion row within that quality against the
 causal model. Decoding is greedy over the whole canvas (no EOS stop), so every row generates the same
-number of tokens. Batches hold distinct prompts cut to a common token count.
+number of tokens. Batches hold distinct prompts, right-aligned with hidden left padding (sample/batch.py).
 
 Models: pass checkpoints, or let the script train the three models itself on the TinyStories text in
 ../shared/corpora (same character vocabulary, same backbone: 4 layers x 128, context 1,056 >= 1,024 +

@@ -1,6 +1,8 @@
 """`sunfish bench sample`: every row of the table for a tiny length, figures that follow from the settings,
 and the target verdicts computed from the rows (never from wall-clock time in a test)."""
 
+import dataclasses
+
 import pytest
 
 from sunfish.cli import main
@@ -53,6 +55,21 @@ def test_table_has_every_row(runs, capsys):
     baseline = [r for r in rows if r[2] == METHODS[0]]
     assert all(r[4] == "1.000" and r[5] == "1.00x" for r in baseline)  # one token per step, the reference speed
     assert "the causal model's" in out
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "block", "ar"])
+def test_a_batch_of_different_prompts_decodes_as_each_alone(runs, kind):
+    import torch
+
+    from sunfish.config import SamplerConfig
+    from sunfish.sample.bench import decode, one_per_step, prompt_ids
+    from sunfish.train.checkpoint import load_for_inference
+
+    loaded = load_for_inference(runs[kind], torch.device("cpu"))
+    rows = prompt_ids(loaded, ["the cat", "a little girl found"], 8)  # 8 and 19 tokens: left padding
+    cfg = dataclasses.replace(one_per_step(SamplerConfig(length=8, block_length=4)), threshold=0.5)
+    together = decode(loaded, rows, cfg)
+    assert together.tokens == [decode(loaded, [r], cfg).tokens[0] for r in rows]
 
 
 def test_without_optional_models(runs, capsys):

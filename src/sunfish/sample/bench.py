@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from sunfish.config import CacheMode, ProcessKind, SamplerConfig, StepSchedule
 from sunfish.process.schedules import Schedule
 from sunfish.sample.ar import ar_generate
+from sunfish.sample.batch import left_pad
 from sunfish.sample.block import block_generate
 from sunfish.sample.prompt import prompt_canvas
 from sunfish.sample.unmask import unmask
@@ -117,12 +118,9 @@ def prompt_ids(loaded: LoadedModel, prompts: list[str], length: int) -> list[lis
     return out
 
 
-def batch_of(ids: list[list[int]], batch: int, device: torch.device) -> torch.Tensor:
-    """`batch` distinct prompts (cycling through `ids`) cut to the shortest one's token count, so they
-    share one (batch, P) tensor without padding."""
-    rows = [ids[i % len(ids)] for i in range(batch)]
-    shortest = min(len(r) for r in rows)
-    return torch.tensor([r[:shortest] for r in rows], dtype=torch.long, device=device)
+def batch_of(ids: list[list[int]], batch: int) -> list[list[int]]:
+    """`batch` prompts, cycling through `ids`."""
+    return [ids[i % len(ids)] for i in range(batch)]
 
 
 def _sync(device: torch.device) -> None:
@@ -130,26 +128,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def decode(loaded: LoadedModel, prompt: torch.Tensor, cfg: SamplerConfig, seed: int = 0) -> Decoded:
-    """Greedily generate `cfg.length` tokens after each row of `prompt` (B, P) with the sampler that
-    `sunfish sample` uses for this kind of model; the whole canvas is filled (no EOS stopping)."""
+def decode(loaded: LoadedModel, rows: list[list[int]], cfg: SamplerConfig, seed: int = 0) -> Decoded:
+    """Greedily generate `cfg.length` tokens after each prompt of `rows` (token ids, [BOS] first) in one
+    batch, with the sampler `sunfish sample` uses for this kind of model. Prompts of different lengths
+    are right-aligned with their left padding hidden from attention (sample/batch.py), as in
+    `generate_batch`. The whole canvas is filled (no EOS stopping)."""
     cfg = dataclasses.replace(cfg, temperature=0.0, stop_at_eos=False)
     model, mask_id = loaded.model, loaded.tokenizer.mask_id
+    device = next(model.parameters()).device
+    prompt, padding = left_pad(rows, loaded.tokenizer.pad_id, device)  # (B, P)
     B, P = prompt.shape
-    generator = torch.Generator(device=prompt.device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
     kind = model_kind(loaded)
-    _sync(prompt.device)
+    _sync(device)
     began = time.perf_counter()
     if kind == "ar":
-        result = ar_generate(model, prompt, cfg.length, cfg, generator=generator, mask_id=mask_id)
+        result = ar_generate(model, prompt, cfg.length, cfg, generator=generator, mask_id=mask_id, padding=padding)
     elif kind == "block":
         result = block_generate(model, prompt, cfg.length, mask_id, loaded.cfg.process.block_size, cfg,
-                                generator=generator, schedule=schedule)
+                                generator=generator, schedule=schedule, padding=padding)
     else:
-        canvas = torch.cat([prompt, torch.full((B, cfg.length), mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
-        result = unmask(model, canvas, mask_id, cfg, generator=generator, schedule=schedule)
-    _sync(prompt.device)
+        canvas = torch.cat([prompt, torch.full((B, cfg.length), mask_id, dtype=prompt.dtype, device=device)], 1)
+        result = unmask(model, canvas, mask_id, cfg, generator=generator, schedule=schedule, padding=padding)
+    _sync(device)
     seconds = time.perf_counter() - began
     return Decoded(tokens=result.tokens[:, P:].tolist(), seconds=seconds, nfe=result.nfe)
 
@@ -179,12 +181,12 @@ def check_reference(ref: LoadedModel, loaded: LoadedModel) -> None:
 
 
 @torch.no_grad()
-def generative_nll(ref: LoadedModel, prompt: torch.Tensor, tokens: list[list[int]]) -> tuple[float, int]:
-    """(sum of -log p(token | prompt, earlier tokens), token count) under the causal model `ref`.
-    Rows longer than its context are scored on their first context tokens."""
+def generative_nll(ref: LoadedModel, rows: list[list[int]], tokens: list[list[int]]) -> tuple[float, int]:
+    """(sum of -log p(token | prompt, earlier tokens), token count) of the generated `tokens` after each
+    prompt of `rows` under the causal model `ref`. Rows longer than its context are cut to it."""
     device = next(ref.model.parameters()).device
     total, count = 0.0, 0
-    for p_row, g_row in zip(prompt.tolist(), tokens):
+    for p_row, g_row in zip(rows, tokens):
         x = torch.tensor([p_row + g_row], dtype=torch.long, device=device)[:, : ref.cfg.model.context]  # (1, L)
         logits = ref.model(x[:, :-1]).float()  # (1, L - 1, V)
         start = len(p_row) - 1  # the logit row that predicts the first generated token
@@ -193,8 +195,8 @@ def generative_nll(ref: LoadedModel, prompt: torch.Tensor, tokens: list[list[int
     return total, count
 
 
-def generative_ppl(ref: LoadedModel, prompt: torch.Tensor, tokens: list[list[int]]) -> float:
-    nll, count = generative_nll(ref, prompt, tokens)
+def generative_ppl(ref: LoadedModel, rows: list[list[int]], tokens: list[list[int]]) -> float:
+    nll, count = generative_nll(ref, rows, tokens)
     return math.exp(nll / max(count, 1))
 
 
@@ -260,14 +262,13 @@ def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[
     'block' and 'ar' (the causal model also scores generative perplexity)."""
     ar = models.get("ar")
     methods = bench_methods(block_length, threshold, "block" in models, ar is not None)
-    device = next(models["diffusion"].model.parameters()).device
     ids = {name: prompt_ids(m, prompts, max(lengths)) for name, m in models.items()}
     for name, m in models.items():  # warm-up: first calls pay for allocation and kernel selection
-        decode(m, batch_of(ids[name], 1, device), one_per_step(SamplerConfig(length=min(lengths))))
+        decode(m, batch_of(ids[name], 1), one_per_step(SamplerConfig(length=min(lengths))))
     rows: list[BenchRow] = []
     for length in lengths:
         for batch in batches:
-            prompts_of = {name: batch_of(ids[name], batch, device) for name in models}
+            prompts_of = {name: batch_of(ids[name], batch) for name in models}
             runs = _interleaved(models, methods, prompts_of, length, repeats)
             outputs = {name: decoded[0].tokens for name, decoded in runs.items()}
             base_speed = statistics.median(r.tokens_per_s for r in runs[methods[0].name])
@@ -285,7 +286,7 @@ def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[
     return rows
 
 
-def _interleaved(models: dict[str, LoadedModel], methods: list[Method], prompts_of: dict[str, torch.Tensor],
+def _interleaved(models: dict[str, LoadedModel], methods: list[Method], prompts_of: dict[str, list[list[int]]],
                  length: int, repeats: int) -> dict[str, list[Decoded]]:
     """`repeats` rounds, each decoding with every method once, so a change in machine load during the run
     touches all methods alike rather than whichever ran at that moment."""

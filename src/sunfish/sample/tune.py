@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from sunfish.config import CacheMode, SamplerConfig, StepSchedule, config_from_dict
 from sunfish.sample.bench import (BenchError, agreement, check_reference, decode, generative_nll, model_kind,
@@ -141,10 +140,9 @@ class _Measured:
 
 def _measure(loaded: LoadedModel, ids: list[list[int]], cfg: SamplerConfig, repeats: int = 1) -> _Measured:
     """Decode each prompt alone (batch 1, as `sunfish sample` does), `repeats` times; pool the figures."""
-    device = next(loaded.model.parameters()).device
     speeds, runs = [], []
     for _ in range(max(repeats, 1)):
-        runs = [decode(loaded, torch.tensor([row], device=device), cfg) for row in ids]
+        runs = [decode(loaded, [row], cfg) for row in ids]
         speeds.append(sum(r.generated for r in runs) / max(sum(r.seconds for r in runs), 1e-9))
     generated = sum(r.generated for r in runs)
     return _Measured(tokens=[r.tokens[0] for r in runs], tokens_per_s=statistics.median(speeds),
@@ -154,11 +152,7 @@ def _measure(loaded: LoadedModel, ids: list[list[int]], cfg: SamplerConfig, repe
 def _gen_ppl(ref: LoadedModel | None, ids: list[list[int]], tokens: list[list[int]]) -> float | None:
     if ref is None:
         return None
-    device = next(ref.model.parameters()).device
-    nll, count = 0.0, 0
-    for row, out in zip(ids, tokens):
-        n, c = generative_nll(ref, torch.tensor([row], device=device), [out])
-        nll, count = nll + n, count + c
+    nll, count = generative_nll(ref, ids, tokens)
     return math.exp(nll / max(count, 1))
 
 
