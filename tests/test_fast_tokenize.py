@@ -135,3 +135,15 @@ def test_tokenize_chunk_equals_the_library_path(backend, corpora, tmp_path):
     expected = np.concatenate([[bos, *ids, eos] for ids in encode_documents(library, texts, split)]).astype(np.uint32)
     got = tokenize_chunk(str(file), texts)
     assert got.dtype == np.uint32 and np.array_equal(got, expected)
+
+
+def test_a_tokenizer_rewritten_at_the_same_path_is_read_again(backend, corpora, tmp_path):
+    file, texts = tmp_path / "tokenizer.json", corpora["code_switched"][:50]
+    file.write_text(backend.to_str(), encoding="utf-8")
+    first = tokenize_chunk(str(file), texts)
+    smaller = train_bpe_tokenizer(texts, 400).backend
+    file.write_text(smaller.to_str(), encoding="utf-8")
+    library, bos, eos, split = _load_backend(str(file))
+    assert library.get_vocab_size() == smaller.get_vocab_size() != backend.get_vocab_size()
+    expected = np.concatenate([[bos, *ids, eos] for ids in encode_documents(library, texts, split)]).astype(np.uint32)
+    assert np.array_equal(tokenize_chunk(str(file), texts), expected) and not np.array_equal(first, expected)

@@ -68,9 +68,24 @@ def splits_exactly(backend) -> bool:
     return not any(LINE_CUT.search(t["content"]) for t in spec.get("added_tokens", []) if not t.get("special"))
 
 
-@functools.lru_cache(maxsize=2)
 def _load_backend(tokenizer_file: str):
-    """The tokenizer of a worker, read once per process (the Rust object does not pickle)."""
+    """(backend, bos id, eos id, splits_exactly): the tokenizer of a worker, read once per process and file
+    version (the Rust object does not pickle; a file rewritten at the same path is read again)."""
+    return _read_backend(tokenizer_file, *_version(tokenizer_file))
+
+
+def _load_encoder(tokenizer_file: str) -> PieceEncoder | None:
+    """The worker's cached piece encoder, or None when the tokenizer is not one it encodes exactly."""
+    return _build_encoder(tokenizer_file, *_version(tokenizer_file))
+
+
+def _version(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=2)
+def _read_backend(tokenizer_file: str, mtime_ns: int, size: int):
     import tokenizers
 
     backend = tokenizers.Tokenizer.from_file(tokenizer_file)
@@ -79,9 +94,8 @@ def _load_backend(tokenizer_file: str):
 
 
 @functools.lru_cache(maxsize=2)
-def _load_encoder(tokenizer_file: str) -> PieceEncoder | None:
-    """The worker's cached piece encoder, or None when the tokenizer is not one it encodes exactly."""
-    backend, *_ = _load_backend(tokenizer_file)
+def _build_encoder(tokenizer_file: str, mtime_ns: int, size: int) -> PieceEncoder | None:
+    backend = _read_backend(tokenizer_file, mtime_ns, size)[0]
     return PieceEncoder(backend) if PieceEncoder.supports(backend) else None
 
 
