@@ -127,7 +127,7 @@ def test_parallel_file_and_translation_suite(runs, tmp_path):
     with pytest.raises(TranslationError, match="'en' and 'ru' columns"):
         read_pairs(tmp_path / "bad.tsv", "en-ru")
     result = translation_suite(load_for_inference(runs["mdlm"], CPU), tsv, EvalConfig(translation_pairs=2), log=lambda _: None)
-    assert result.pairs + result.skipped == 2 and 0.0 <= result.bleu <= 100.0 and 0.0 <= result.chrf <= 100.0
+    assert result.pairs + result.pairs_skipped == 2 and 0.0 <= result.bleu <= 100.0 and 0.0 <= result.chrf <= 100.0
 
 
 def test_lm_eval_adapter_answers_requests(runs):

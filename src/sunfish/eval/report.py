@@ -128,7 +128,7 @@ def summary_rows(body: dict) -> list[tuple[str, str]]:
         rows += [("perplexity", f"{bound}{lik['perplexity']:.3f}{pm} ({how})"),
                  ("bits per byte", f"{lik['bits_per_byte']:.4f}" + ("" if lik["exact"] else f" ± {lik['bits_per_byte_se']:.4f}"))]
     for name in SUITES:
-        if isinstance(suites.get(name), dict) and "skipped" in suites[name]:
+        if isinstance(suites.get(name), dict) and isinstance(suites[name].get("skipped"), str):
             rows.append((name, "skipped: " + suites[name]["skipped"]))
     for g in suites.get("generation", []) if isinstance(suites.get("generation"), list) else []:
         ppl = f"gen. ppl {g['gen_perplexity']:.2f}, " if g["gen_perplexity"] is not None else ""

@@ -42,7 +42,7 @@ class Pair:
 class TranslationResult:
     direction: str
     pairs: int  # pairs scored
-    skipped: int  # pairs whose prompt did not fit the context
+    pairs_skipped: int  # pairs whose prompt did not fit the context or the tokenizer
     bleu: float
     chrf: float
     examples: list[dict]  # a few {source, reference, output}
@@ -135,5 +135,5 @@ def translation_suite(loaded: LoadedModel, parallel: str | Path, cfg: EvalConfig
                                      "tokenizer cannot encode); use a model trained on both languages with a longer context")
     bleu, chrf = score(outputs, refs)
     log(f"  {cfg.translation_direction}: BLEU {bleu:.2f}, chrF {chrf:.2f} over {len(outputs)} pairs ({skipped} too long)")
-    return TranslationResult(direction=cfg.translation_direction, pairs=len(outputs), skipped=skipped, bleu=bleu,
+    return TranslationResult(direction=cfg.translation_direction, pairs=len(outputs), pairs_skipped=skipped, bleu=bleu,
                              chrf=chrf, examples=examples)
