@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py [--quick] [--repeats 3] [--steps 30] [--presets nano,tiny]
     python benchmarks/scale.py --gpu [--presets small,dllm-ru-300m]     # on a CUDA machine
+    python benchmarks/scale.py --memory [--presets nano,quickstart,tiny,micro]
 
 CPU (default): each preset trains the same global batch (2 x 8 sequences) as one process (2 micro-batches
 of 8, all threads, and one thread) and as two torchrun processes (gloo; DDP and FSDP2, one thread each, 8 sequences
@@ -146,6 +147,24 @@ def gpu_table(args: argparse.Namespace) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def memory_table(args: argparse.Namespace) -> None:
+    """The estimator against the measured peak of one fp32 CPU training step (PyTorch's MemTracker)."""
+    from sunfish.train.estimate import measure_step_peak
+
+    rows = []
+    for preset in args.presets.split(","):
+        model = preset_model(preset)
+        batch, seq = (8, 128) if model.d_model <= 128 else (4, 256)
+        seq = min(seq, model.context)
+        for ckpt in (0, 1):
+            predicted = estimate(EstimateInput(model=model, batch=batch, seq_len=seq, dtype="fp32", act_ckpt=ckpt)).total
+            measured = measure_step_peak(model, batch, seq, ckpt)
+            rows.append((preset, f"{batch} x {seq}", "yes" if ckpt else "no", f"{measured / 2**20:,.1f}",
+                         f"{predicted / 2**20:,.1f}", f"{predicted / measured - 1:+.1%}"))
+    print("one fp32 training step on the CPU (AdamW state present), peak tensor memory\n")
+    print_table(("preset", "batch", "act. ckpt", "measured MiB", "estimate MiB", "error"), rows)
+
+
 def print_table(header: tuple, rows: list[tuple]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
@@ -161,11 +180,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--presets", default="")
     parser.add_argument("--gpu", action="store_true", help="the GPU table (small, dllm-ru-300m by default)")
+    parser.add_argument("--memory", action="store_true", help="the estimator against measured CPU peaks (nano, quickstart, tiny, micro)")
     parser.add_argument("--batch", type=int, default=0, help="--gpu: sequences per batch (default: the preset's)")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.steps = 1, 8
         args.presets = args.presets or ("small" if args.gpu else "nano")
+    if args.memory:
+        args.presets = args.presets or "nano,quickstart,tiny,micro"
+        return memory_table(args)
     args.presets = args.presets or ("small,dllm-ru-300m" if args.gpu else "nano,tiny")
     (gpu_table if args.gpu else cpu_table)(args)
 
