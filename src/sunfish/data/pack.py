@@ -113,7 +113,7 @@ def tokenize_chunk(tokenizer_file: str, texts: list[str]) -> np.ndarray:
     """(T,) uint32 tokens of the chunk, each document wrapped as [BOS] ... [EOS].
 
     GPT-2-style byte-level BPE (what `train_bpe_tokenizer` builds) goes through the piece cache of
-    `sunfish.tokenizer.fast`, 5-6x faster than the library and id for id the same; other tokenizers
+    `sunfish.tokenizer.fast`, 4-5x faster than the library and id for id the same; other tokenizers
     through the library.
     """
     backend, bos, eos, split = _load_backend(tokenizer_file)

@@ -5,8 +5,9 @@ a run of digits, of punctuation or of spaces), and the BPE merges run inside eac
 bytes. So the ids of a text are the concatenation of the ids of its pieces, and the ids of a piece
 never change. `tokenizers` redoes the second step for every piece and builds an `Encoding` (offsets,
 masks, word ids) per text, about 3 MB/s on one core here. Word frequencies are Zipfian, so a dict from
-piece to ids answers almost every piece (over 95% on the Russian and English corpora) and the BPE model
-runs only for pieces not seen before; the regex runs in the `regex` module. That is 5-6x faster.
+piece to ids answers almost every piece (95% on the first 10 MB of the Russian and English corpora, more
+later) and the BPE model runs only for pieces not seen before; the regex runs in the `regex` module.
+On one core that is 4-5x faster than `tokenizers` (measured: benchmarks/data_throughput.py --reference).
 
 Exactness. `PieceEncoder.supports` admits only tokenizers whose encoding is exactly those two steps: no
 normalizer, a ByteLevel pre-tokenizer with its regex and no prefix space, a BPE model without dropout,
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+
 import numpy as np
 import regex
 
@@ -34,7 +36,7 @@ import regex
 # other symbols (each optionally after one space), then whitespace not followed by a non-space.
 PIECE_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 LINE_CUT = re.compile(r"(?<=\S)(?=\n)")  # before a newline that follows a non-space: no piece spans it
-PROBED_RANGES = (  # code points checked against the backend when an encoder is built (~15K, ~0.2 s)
+PROBED_RANGES = (  # code points checked against the backend when an encoder is built (~15K, ~0.3 s)
     (0x0000, 0x2FFF),  # Latin, Greek, Cyrillic, ..., general punctuation, symbols, arrows, box drawing
     (0x3000, 0x30FF),  # CJK punctuation, kana
     (0xFF00, 0xFFEF),  # full-width forms
