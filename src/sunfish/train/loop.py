@@ -125,7 +125,6 @@ class Streams:
     def states(self, info: DistInfo, device: torch.device) -> torch.Tensor:
         """(W x A, S) uint8 generator states of all ranks' streams, in stream order."""
         parts = gather_rows(torch.stack([g.get_state().cpu() for g in self.gens]), info, device)  # W x (A, S)
-        accum = len(self.gens)
         return torch.stack([parts[j % info.world][j // info.world] for j in range(self.total)])
 
     def restore(self, states: torch.Tensor, step: int, seed: int, log: Callable[[str], None]) -> None:
