@@ -87,7 +87,8 @@ def read_prompts(path: Path) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise BenchError(f"cannot read the prompts file '{path}' ({type(err).__name__}); pass a UTF-8 text file with one prompt per line") from None
+        raise BenchError(f"cannot read the prompts file '{path}' ({type(err).__name__}); "
+                         "pass a UTF-8 text file with one prompt per line") from None
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise BenchError(f"the prompts file '{path}' holds no prompt; write one prompt per line")
@@ -175,9 +176,11 @@ def unigram_entropy(tokens: list[list[int]]) -> float:
 def check_reference(ref: LoadedModel, loaded: LoadedModel) -> None:
     """The generative-perplexity scorer must be a causal model sharing the checkpoint's tokenizer."""
     if ref.cfg.process.kind is not ProcessKind.AR:
-        raise BenchError(f"the reference model '{ref.path}' is not autoregressive; train one with `sunfish train --objective ar` on the same data")
+        raise BenchError(f"the reference model '{ref.path}' is not autoregressive; "
+                         "train one with `sunfish train --objective ar` on the same data")
     if ref.tokenizer.sha256() != loaded.tokenizer.sha256():
-        raise BenchError(f"the reference model '{ref.path}' uses another tokenizer than '{loaded.path}'; train it on the same data and tokenizer")
+        raise BenchError(f"the reference model '{ref.path}' uses another tokenizer than '{loaded.path}'; "
+                         "train it on the same data and tokenizer")
 
 
 @torch.no_grad()

@@ -11,6 +11,9 @@ import argparse
 from pathlib import Path
 
 
+THREADS_HELP = "CPU threads for torch (0 = torch's default; 1 is steadier on a busy machine)"
+
+
 def _subcommands(parser: argparse.ArgumentParser, dest: str) -> argparse._SubParsersAction:
     """The parser's sub-command group, created if it has none (argparse offers no public lookup)."""
     for action in parser._actions:
@@ -49,7 +52,7 @@ def _add_tune(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--block-lengths", type=_numbers(int), help="block lengths to try, 0 = one block (diffusion models)")
     p.add_argument("--dry-run", action="store_true", help="print the table and the choice; write nothing")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default; 1 is steadier on a busy machine)")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.set_defaults(tools_command="tune-sampler")
 
 
@@ -58,7 +61,8 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
     p = _subcommands(bench, "bench_verb").add_parser(
         "sample", help="tokens/s, NFE per token and quality of the samplers against the plain one-token-per-step baseline")
     p.add_argument("path", help="masked diffusion run folder or checkpoint")
-    p.add_argument("--ar", help="causal model of the same size (--objective ar, same tokenizer): a row, and the generative-perplexity scorer")
+    p.add_argument("--ar", help="causal model of the same size (--objective ar, same tokenizer): "
+                   "a row, and the generative-perplexity scorer")
     p.add_argument("--block", help="block-diffusion model (--process.block_size > 0, same tokenizer): rows with its exact cache")
     p.add_argument("--lengths", type=_numbers(int), default=[64, 256, 1024], help="generation lengths (default 64,256,1024)")
     p.add_argument("--batch", type=_numbers(int), default=[1, 8], help="batch sizes (default 1,8)")
@@ -67,7 +71,7 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block length of the diffusion rows (default 32)")
     p.add_argument("--threshold", type=float, default=0.9, help="confidence bar of the threshold rows (default 0.9)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default; 1 is steadier on a busy machine)")
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.set_defaults(tools_command="bench-sample")
 
 
@@ -148,11 +152,13 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
     models = {"diffusion": load_for_inference(args.path, rt.device)}
     prompts = read_prompts(args.prompts) if args.prompts else encodable_prompts(models["diffusion"], list(DEFAULT_PROMPTS))
     if model_kind(models["diffusion"]) != "masked":
-        raise BenchError(f"'{args.path}' is not a masked diffusion model (block_size 0); pass block-diffusion models with --block and causal ones with --ar")
+        raise BenchError(f"'{args.path}' is not a masked diffusion model (block_size 0); "
+                         "pass block-diffusion models with --block and causal ones with --ar")
     if args.block:
         models["block"] = load_for_inference(args.block, rt.device)
         if model_kind(models["block"]) != "block":
-            raise BenchError(f"--block '{args.block}' is not a block-diffusion model; train one with --process.block_size=16 --model.time_cond=none")
+            raise BenchError(f"--block '{args.block}' is not a block-diffusion model; "
+                             "train one with --process.block_size=16 --model.time_cond=none")
         if models["block"].tokenizer.sha256() != models["diffusion"].tokenizer.sha256():
             raise BenchError(f"--block '{args.block}' uses another tokenizer than '{args.path}'; train both on the same data")
     if args.ar:

@@ -163,7 +163,8 @@ def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quali
     """Measure the exact sampler and then the grid until the budget is spent; pick the fastest within bound."""
     kind = model_kind(loaded)
     if kind == "ar":
-        raise BenchError(f"'{loaded.path}' is an autoregressive model, which decodes one token per pass; tune-sampler tunes diffusion samplers")
+        raise BenchError(f"'{loaded.path}' is an autoregressive model, which decodes one token per pass; "
+                         "tune-sampler tunes diffusion samplers")
     if not 0 <= bound < 1:
         raise BenchError(f"--bound {bound} is out of range; give a fraction between 0 and 1, e.g. 0.02 for 2%")
     if quality is Quality.GEN_PPL and ref is None:
