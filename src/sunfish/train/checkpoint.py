@@ -373,6 +373,8 @@ def load_training_extras(ckpt: Path, model: Transformer, optimizer: torch.optim.
     """Restore the optimizer (and EMA) in place; return the saved generator states and data position."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
+    if (ckpt / "optimizer.pt").is_file() and not (ckpt / "optimizer.safetensors").is_file():
+        return _load_legacy_extras(ckpt, optimizer)
     template = get_optimizer_state_dict(model, optimizer, options=_options(False))  # initialises empty state
     if is_sharded(ckpt):
         flat = _flatten_optimizer(template)
@@ -389,6 +391,15 @@ def load_training_extras(ckpt: Path, model: Transformer, optimizer: torch.optim.
     rng: dict[str, Any] = dict(_read_full(ckpt, "rng.safetensors"))
     rng.update(read_state(ckpt).extra.get("rng_json", {}))
     return rng
+
+
+def _load_legacy_extras(ckpt: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Checkpoints written before manifests (optimizer.pt, rng.pt: tensors only, loaded with weights_only)."""
+    try:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+        return torch.load(ckpt / "rng.pt", weights_only=True, map_location="cpu")
+    except Exception as err:  # unpickling errors, shape mismatches
+        raise _damaged(ckpt, err) from None
 
 
 def _copy_into(targets: dict[str, torch.Tensor], full: dict[str, torch.Tensor]) -> None:

@@ -128,6 +128,8 @@ class Streams:
         return torch.stack([parts[j % info.world][j // info.world] for j in range(self.total)])
 
     def restore(self, states: torch.Tensor, step: int, seed: int, log: Callable[[str], None]) -> None:
+        if states.dim() == 1 and self.total == 1:  # a checkpoint from before per-micro-batch streams
+            states = states[None]
         if states.dim() == 2 and states.shape[0] == self.total:
             for g, j in zip(self.gens, self.index):
                 g.set_state(states[j].clone().to(g.get_state().device))  # a fresh tensor: set_state reads from storage start
