@@ -76,10 +76,11 @@ class Decoded:
 
 
 def model_kind(loaded: LoadedModel) -> str:
-    """'ar', 'block' (BD3-LM) or 'masked' (MDLM / LLaDA)."""
-    if loaded.cfg.process.kind is ProcessKind.AR:
-        return "ar"
-    return "block" if loaded.cfg.process.block_size > 0 else "masked"
+    """'ar', 'block' (BD3-LM), 'masked' (MDLM / LLaDA), or the process name of any other model."""
+    process = loaded.cfg.process
+    if process.kind is ProcessKind.MASKED:
+        return "block" if process.block_size > 0 else "masked"
+    return process.kind.value
 
 
 def read_prompts(path: Path) -> list[str]:

@@ -139,9 +139,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_bench_sample(args: argparse.Namespace) -> int:
     from sunfish.runtime import setup_runtime
-    from sunfish.sample.bench import (HEADER, DEFAULT_PROMPTS, BenchError, check_reference, encodable_prompts, model_kind,
-                                      read_prompts,
-                                      run_bench, target_report)
+    from sunfish.sample.bench import (HEADER, DEFAULT_PROMPTS, BenchError, check_reference, encodable_prompts,
+                                      model_kind, read_prompts, run_bench, target_report)
     from sunfish.train.checkpoint import load_for_inference
 
     _positive("--lengths", args.lengths)
@@ -152,7 +151,8 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
     models = {"diffusion": load_for_inference(args.path, rt.device)}
     prompts = read_prompts(args.prompts) if args.prompts else encodable_prompts(models["diffusion"], list(DEFAULT_PROMPTS))
     if model_kind(models["diffusion"]) != "masked":
-        raise BenchError(f"'{args.path}' is not a masked diffusion model (block_size 0); "
+        kind = model_kind(models["diffusion"])
+        raise BenchError(f"'{args.path}' is a {kind} model, not a masked diffusion model (block_size 0); "
                          "pass block-diffusion models with --block and causal ones with --ar")
     if args.block:
         models["block"] = load_for_inference(args.block, rt.device)

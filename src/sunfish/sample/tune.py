@@ -165,6 +165,9 @@ def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quali
     if kind == "ar":
         raise BenchError(f"'{loaded.path}' is an autoregressive model, which decodes one token per pass; "
                          "tune-sampler tunes diffusion samplers")
+    if kind not in ("masked", "block"):
+        raise BenchError(f"'{loaded.path}' is a {kind} model; tune-sampler tunes the unmasking samplers of masked "
+                         "and block diffusion models")
     if not 0 <= bound < 1:
         raise BenchError(f"--bound {bound} is out of range; give a fraction between 0 and 1, e.g. 0.02 for 2%")
     if quality is Quality.GEN_PPL and ref is None:
