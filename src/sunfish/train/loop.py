@@ -289,7 +289,7 @@ def _train(cfg: RunConfig, run_dir: Path, data: list[str] | None, resume: bool, 
     mask_id = corpus.tokenizer.mask_id
     objective = Objective(model, lambda m, x, g: training_loss(m, x, cfg.process, mask_id, g).loss)
     trainer = parallelize(model, objective, cfg.train, info, rt, log)
-    optimizer = build_optimizer(model, cfg.optim, fused=rt.device.type == "cuda")
+    optimizer = build_optimizer(model, cfg.optim, fused=rt.device.type == "cuda" and not cfg.train.offload)  # offloaded shards live on the CPU
     ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
     train_batches = corpus.train.batches(seq_len, cfg.train.seed, rank=info.rank, world=info.world)
     streams = Streams.create(cfg.train.seed, cfg.train.grad_accum, info, rt)

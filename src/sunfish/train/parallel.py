@@ -196,7 +196,10 @@ def parallelize(model: Transformer, objective: Objective, cfg: TrainConfig, info
 
         return DistributedDataParallel(objective, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if cfg.parallel is ParallelKind.FSDP:
-        apply_fsdp(objective, info, rt, cfg.offload)
+        offload = cfg.offload and rt.device.type != "cpu"
+        if cfg.offload and not offload:
+            log("note: --train.offload=true has no effect when training on the CPU (the shards are already there)")
+        apply_fsdp(objective, info, rt, offload)
     return objective
 
 
