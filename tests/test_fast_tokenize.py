@@ -19,9 +19,9 @@ from sunfish.tokenizer.extend import extend_tokenizer
 
 CODE_SWITCHED = ["Я изучаю machine learning и deep learning в МГУ.", "We ate борщ and пельмени 🙂 — «вкусно»!",
                  "Модель GPT-2 (124M) обучена на WebText;\tloss=3.28\n\nКонец.", "日本語 и русский, ё Ё й, e\u0301, \u00a0\u200b",
-                 "it's they'll we'd I'M 'S ''s", "  \n\n \t x\r\n\u3000y\u2028z  ", "[EOS] [BOS]x[PAD]", "a\u0560b \u0560 1\u0560"]
+                 "it's they'll we'd I'M 'S ''s", "  \n\n \t x\r\n\u3000y\u2028z  ", "[EOS] [BOS]x[PAD]", "a\u0558b \u0558 1\u0558 \u0560"]
 FRAGMENTS = ["word", "Слово", " ", "  ", "\n", "\n\n", " \n", "\t", ".", "!?", "»", "«", "'s", "'ll", "'S", "42", "٣",
-             "🙂", "中文", "—", "-", "...", "\r\n", "[EOS]", "e\u0301", "\u00a0", "\u0560", "\U00010940", "\u3000", "\x85"]
+             "🙂", "中文", "—", "-", "...", "\r\n", "[EOS]", "e\u0301", "\u00a0", "\u0558", "\U00010940", "\u3000", "\x85"]
 
 
 def head(relative: str, n: int, chars: int) -> list[str]:
@@ -82,9 +82,9 @@ def test_random_unicode_encodes_exactly(backend, encoder, text):
 def test_characters_the_tables_disagree_on_go_to_the_library(backend, encoder):
     pattern = encoder._pattern
     verified = set(fast.verified_characters(backend, pattern))
-    letters = [chr(c) for c in range(0x3000) if pattern.fullmatch(chr(c) * 2)]  # one piece of two: a class run
     assert {"a", "я", "ё", "1", " ", ".", "—", "«", "\u0301"} <= verified and len(verified) > 14_000
-    for ch in [c for c in letters if c not in verified][:20]:  # e.g. U+0560, a letter only since Unicode 11
+    unverified = [chr(c) for c in range(0x3000) if chr(c) not in verified and not 0xD800 <= c <= 0xDFFF]
+    for ch in unverified[:20]:  # e.g. U+0558, a letter to the regex module (Unicode 16), not to Oniguruma
         text = f"ok {ch}x\nnext line 12\n{ch}"
         assert encoder.encode(text) == backend.encode(text, add_special_tokens=False).ids
 

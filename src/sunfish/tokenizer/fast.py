@@ -15,7 +15,7 @@ no truncation or padding, and no added token that would be cut out of the text f
 are allowed when `encode_special_tokens` makes them plain text). The regex is tokenizers' own
 (`ByteLevel`'s GPT-2 pattern), but its classes \\p{L}, \\p{N} and \\s come from different Unicode tables:
 Oniguruma's inside `tokenizers` and the newer ones of the `regex` module, which know letters that
-Oniguruma does not (U+0560, U+10940, ...). So when the encoder is built, every code point in
+Oniguruma does not (U+0558, U+10940, ...). So when the encoder is built, every code point in
 `PROBED_RANGES` is run through the backend's own pre-tokenizer in contexts that tell its class
 (after a letter, a digit, a space and a punctuation mark); those that split the same way in both are
 "verified". Text made only of verified characters takes the fast path; text with any other character
