@@ -156,3 +156,23 @@ def test_lm_eval_adapter_answers_requests(runs):
     assert rolling < 0
     [text] = lm.generate_until([Instance("generate_until", doc={}, arguments=("the", {"until": ["."], "max_gen_toks": 8}), idx=0)])
     assert isinstance(text, str) and "." not in text
+
+
+def test_lm_eval_runs_a_local_yaml_task(runs, tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    import json
+
+    rows = [{"question": "the cat sat on the", "choices": [" mat", " zzq"], "answer": 0},
+            {"question": "she was very", "choices": [" happy", " qqzz"], "answer": 0}]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "task.yaml").write_text(
+        "task: sunfish_local_choice\ndataset_path: json\ndataset_kwargs:\n"
+        f"  data_files:\n    test: {tmp_path / 'data.jsonl'}\n  cache_dir: {tmp_path / 'cache'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "doc_to_target: '{{answer}}'\ndoc_to_choice: '{{choices}}'\nmetric_list:\n  - metric: acc\n"
+        "    aggregation: mean\n    higher_is_better: true\n", encoding="utf-8")
+    out = tmp_path / "results.json"
+    assert main(["lm-eval", str(runs["ar"]), "--tasks", "sunfish_local_choice", "--include-path", str(tmp_path),
+                 "--only-included", "--out", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))["sunfish_local_choice"]
+    assert result["sample_len"] == 2 and 0.0 <= result["acc,none"] <= 1.0

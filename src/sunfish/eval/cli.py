@@ -58,6 +58,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     h.add_argument("path", help="run folder or checkpoint")
     h.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     h.add_argument("--include-path", help="folder of extra task YAML files")
+    h.add_argument("--only-included", action="store_true", help="index only the tasks under --include-path (faster start)")
     h.add_argument("--limit", type=float, help="documents per task (or a fraction)")
     h.add_argument("--mc-samples", type=int, default=32, help="Monte Carlo NELBO draws per loglikelihood request")
     h.add_argument("--device", default="auto")
@@ -107,7 +108,7 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     from sunfish.eval.harness import run_tasks
 
     results = run_tasks(args.path, args.tasks.split(","), include_path=args.include_path, limit=args.limit,
-                        mc_samples=args.mc_samples, device=args.device)
+                        mc_samples=args.mc_samples, device=args.device, builtin=not args.only_included)
     text = json.dumps(results, indent=2, ensure_ascii=False, default=str)
     if args.out:
         from sunfish.eval.report import write_atomic
