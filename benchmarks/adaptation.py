@@ -205,7 +205,7 @@ Setup: a causal Sunfish model ({args.layers} layers, width {args.width}, {args.v
 each {args.steps} steps with the same windows, seed, AdamW (lr {args.lr:g}, cosine) and batch: (a) from
 scratch; (b) adapted from the causal model (bidirectional flip, {args.layout} layout, masked NELBO); (c) (b) +
 representation alignment with the frozen causal model on all layers (weight {args.align_weight:g}, teacher
-states from `sunfish adapt cache-teacher`'s cache, filled during the run); (d) (c) + trajectory-guided masking
+states kept in the on-disk cache that `sunfish adapt cache-teacher` writes, here filled during the run); (d) (c) + trajectory-guided masking
 (commit orders of {'every training window' if not args.traj_limit else f'the first {args.traj_limit} training windows'} decoded by (b)'s final model, {args.traj_per_step} tokens per step,
 entropy order; half the sequences masked along them with ratio ~ U[0.05, 0.95]). The NELBO is the trainer's
 validation loss: plain masked NELBO on {args.val_batches} fixed held-out batches with fixed noise, evaluated at steps {steps}.
