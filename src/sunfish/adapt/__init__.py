@@ -10,6 +10,8 @@ trajectory-guided masking. Modules:
   align.py       the alignment loss and the teacher-state cache (safetensors files keyed by input hashes)
   trajectory.py  commit orders from an entropy-ordered decoder; masking the latest-committed tokens
   objective.py   the training loss of an adapted model (masked NELBO + alignment)
+  windows.py     fixed training windows visited in epochs (so cached states and trajectories recur)
+  export.py      a Sunfish Transformer as an equivalent Hugging Face Llama / Qwen3 model
   run.py         `sunfish adapt`: corpus, run folder, the trainer; export to Hugging Face format
   cli.py         the command-line verbs
 """
