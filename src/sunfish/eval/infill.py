@@ -20,6 +20,7 @@ import torch
 from sunfish.config import CacheMode, EvalConfig, ProcessKind, StepSchedule
 from sunfish.eval.likelihood import masked_nats, monte_carlo
 from sunfish.process.schedules import Schedule
+from sunfish.sample.text import never_sampled
 from sunfish.train.checkpoint import LoadedModel
 
 SPAN_KINDS = ("1", "4", "16", "middle_third")
@@ -77,7 +78,8 @@ def greedy_fill(loaded: LoadedModel, x: torch.Tensor, spans: torch.Tensor, gener
                               schedule=StepSchedule.FIXED, cache=CacheMode.NONE, stop_at_eos=False)
     canvas = x.masked_fill(spans, tok.mask_id)
     schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
-    return unmask(loaded.model, canvas, tok.mask_id, cfg, generator=generator, schedule=schedule).tokens
+    return unmask(loaded.model, canvas, tok.mask_id, cfg, generator=generator, schedule=schedule,
+                  suppress=never_sampled(tok)).tokens
 
 
 @torch.no_grad()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from sunfish.config import RemaskKind, SamplerConfig
 from sunfish.model.kv_cache import KVCache
 from sunfish.sample.batch import Generators, Padding
-from sunfish.sample.unmask import SampleResult, StepInfo, draw_tokens, filter_logits
+from sunfish.sample.unmask import SampleResult, StepInfo, banned_ids, draw_tokens, filter_logits
 
 
 @torch.no_grad()
@@ -24,12 +24,14 @@ def ar_generate(
     callback: Callable[[StepInfo], None] | None = None,
     eos_id: int | None = None,
     padding: Padding | None = None,
+    suppress: Sequence[int] = (),
 ) -> SampleResult:
     """Append `length` tokens to `prompt` (B, P >= 1): prefill once, then one cached pass per token.
 
     Sampling uses the same temperature / top-k / top-p / float64 Gumbel path as the diffusion samplers.
     Stops early when every row has produced EOS (if `eos_id` and cfg.stop_at_eos); the rest is EOS.
-    `padding`: the prompts' left padding, with `generator` one generator per row (batch.py).
+    `padding`: the prompts' left padding, with `generator` one generator per row (batch.py);
+    `suppress`: token ids never drawn besides [MASK].
     """
     B, P = prompt.shape
     if P + length > model.cfg.context:
@@ -45,10 +47,11 @@ def ar_generate(
         h = model.hidden(prompt, None, cache, attn_mask=padding.square(causal), positions=padding.positions(0, P))
         logits = model.head(h[:, -1])
     cache.commit = True
+    banned = banned_ids(mask_id, suppress)
     nfe, done = 1, torch.zeros(B, dtype=torch.bool, device=x.device)
     for i in range(P, P + length):
         logits = logits.float()
-        logits[:, mask_id] = float("-inf")  # [MASK] is a canvas symbol, never an output
+        logits[:, banned] = float("-inf")  # [MASK] is a canvas symbol, never an output
         token = draw_tokens(filter_logits(logits, cfg.top_k, cfg.top_p), cfg.temperature, generator)  # (B,)
         if eos_id is not None:
             token = torch.where(done, torch.full_like(token, eos_id), token)

@@ -34,6 +34,7 @@ from sunfish.sample.ar import ar_generate
 from sunfish.sample.batch import left_pad
 from sunfish.sample.block import block_generate
 from sunfish.sample.prompt import prompt_canvas
+from sunfish.sample.text import never_sampled
 from sunfish.sample.unmask import unmask
 from sunfish.train.checkpoint import LoadedModel
 
@@ -143,16 +144,19 @@ def decode(loaded: LoadedModel, rows: list[list[int]], cfg: SamplerConfig, seed:
     generator = torch.Generator(device=device).manual_seed(seed)
     schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
     kind = model_kind(loaded)
+    suppress = never_sampled(loaded.tokenizer)
     _sync(device)
     began = time.perf_counter()
     if kind == "ar":
-        result = ar_generate(model, prompt, cfg.length, cfg, generator=generator, mask_id=mask_id, padding=padding)
+        result = ar_generate(model, prompt, cfg.length, cfg, generator=generator, mask_id=mask_id, padding=padding,
+                             suppress=suppress)
     elif kind == "block":
         result = block_generate(model, prompt, cfg.length, mask_id, loaded.cfg.process.block_size, cfg,
-                                generator=generator, schedule=schedule, padding=padding)
+                                generator=generator, schedule=schedule, padding=padding, suppress=suppress)
     else:
         canvas = torch.cat([prompt, torch.full((B, cfg.length), mask_id, dtype=prompt.dtype, device=device)], 1)
-        result = unmask(model, canvas, mask_id, cfg, generator=generator, schedule=schedule, padding=padding)
+        result = unmask(model, canvas, mask_id, cfg, generator=generator, schedule=schedule, padding=padding,
+                        suppress=suppress)
     _sync(device)
     seconds = time.perf_counter() - began
     return Decoded(tokens=result.tokens[:, P:].tolist(), seconds=seconds, nfe=result.nfe)

@@ -10,7 +10,7 @@ length is limited only by the model's context, and generation stops early at EOS
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -19,14 +19,15 @@ from sunfish.model.kv_cache import KVCache
 from sunfish.process.block import prefix_mask
 from sunfish.process.schedules import Schedule
 from sunfish.sample.batch import Generators, Padding
-from sunfish.sample.unmask import SampleResult, StepInfo, denoise_blocks
+from sunfish.sample.unmask import SampleResult, StepInfo, banned_ids, denoise_blocks
 
 
 class _CachedBlock:
     """Logits of the active block given the exact cache of everything before it."""
 
-    def __init__(self, model, cache: KVCache, mask_id: int, padding: Padding | None = None):
+    def __init__(self, model, cache: KVCache, mask_id: int, padding: Padding | None = None, suppress: Sequence[int] = ()):
         self.model, self.cache, self.mask_id, self.padding = model, cache, mask_id, padding
+        self.banned = banned_ids(mask_id, suppress)
 
     def _rows(self, lo: int, hi: int) -> dict:
         return {} if self.padding is None else self.padding.attention(lo, hi)
@@ -37,7 +38,7 @@ class _CachedBlock:
     def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         self.cache.span, self.cache.commit = (lo, hi), False
         logits = self.model.head(self.model.hidden(x[:, lo:hi], None, self.cache, **self._rows(lo, hi))).float()  # (B, hi - lo, V)
-        logits[..., self.mask_id] = float("-inf")
+        logits[..., self.banned] = float("-inf")
         return logits
 
     def commit(self, x: torch.Tensor, lo: int, hi: int) -> int:
@@ -64,9 +65,11 @@ def block_generate(
     callback: Callable[[StepInfo], None] | None = None,
     eos_id: int | None = None,
     padding: Padding | None = None,
+    suppress: Sequence[int] = (),
 ) -> SampleResult:
     """Generate `length` tokens after `prompt` (B, P >= 1); returns the canvas (B, P + length).
-    `padding`: the prompts' left padding, with `generator` one generator per row (batch.py)."""
+    `padding`: the prompts' left padding, with `generator` one generator per row (batch.py);
+    `suppress`: token ids never drawn besides [MASK]."""
     B, P = prompt.shape
     if P + length > model.cfg.context:
         raise ValueError(f"the prompt ({P} tokens) plus {length} new tokens exceed the model's context of {model.cfg.context}")
@@ -81,7 +84,7 @@ def block_generate(
                      positions=padding.positions(0, P))
     x = torch.cat([prompt, torch.full((B, length), mask_id, dtype=prompt.dtype, device=prompt.device)], dim=1)
     blocks = [(lo, min(lo + block_size, P + length)) for lo in range(P, P + length, block_size)]
-    predict = _CachedBlock(model, cache, mask_id, padding)
+    predict = _CachedBlock(model, cache, mask_id, padding, suppress)
     result = denoise_blocks(x, blocks, predict, mask_id, cfg, generator=generator, schedule=schedule,
                             callback=callback, eos_id=eos_id, after_block=predict.commit)
     return result

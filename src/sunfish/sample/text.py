@@ -64,6 +64,12 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
     return result, seconds, written
 
 
+def never_sampled(tok) -> tuple[int, ...]:
+    """Special tokens that are never text a sampler should write: PAD, BOS, UNK (EOS stays: it ends text)."""
+    ids = {tok.pad_id, tok.bos_id, getattr(tok, "unk_id", None)}
+    return tuple(sorted(i for i in ids if i is not None and i != tok.eos_id))
+
+
 def _decode(loaded: LoadedModel, x: torch.Tensor, fill_start: int, cfg: SamplerConfig, generator: Generators, *,
             padding: Padding | None = None, recorder=None, eos_id: int | None = None, drift: bool = False):
     """Run the checkpoint's sampler on canvas x (B, L) whose columns from `fill_start` on may change."""
@@ -71,9 +77,10 @@ def _decode(loaded: LoadedModel, x: torch.Tensor, fill_start: int, cfg: SamplerC
     schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
     block = loaded.cfg.process.block_size
     rows = {} if padding is None else {"padding": padding}
+    suppress = never_sampled(tok)
     if loaded.cfg.process.kind is ProcessKind.AR:
         return ar_generate(loaded.model, x[:, :fill_start], x.shape[1] - fill_start, cfg, generator=generator,
-                           mask_id=tok.mask_id, callback=recorder, eos_id=eos_id, **rows)
+                           mask_id=tok.mask_id, callback=recorder, eos_id=eos_id, suppress=suppress, **rows)
     if loaded.cfg.process.kind in (ProcessKind.CONTINUOUS, ProcessKind.FLOW):  # sample/continuous.py, sample/flow.py
         from sunfish.sample.continuous import sample_continuous
 
@@ -81,9 +88,9 @@ def _decode(loaded: LoadedModel, x: torch.Tensor, fill_start: int, cfg: SamplerC
     if block > 0 and fill_start > 0 and (x[:, fill_start:] == tok.mask_id).all():
         # a block-diffusion model continues its prompt block by block with an exact cache
         return block_generate(loaded.model, x[:, :fill_start], x.shape[1] - fill_start, tok.mask_id, block, cfg,
-                              generator=generator, schedule=schedule, callback=recorder, eos_id=eos_id, **rows)
+                              generator=generator, schedule=schedule, callback=recorder, eos_id=eos_id, suppress=suppress, **rows)
     return unmask(loaded.model, x, tok.mask_id, cfg, generator=generator, schedule=schedule, callback=recorder,
-                  eos_id=eos_id, track_drift=drift, **rows)
+                  eos_id=eos_id, track_drift=drift, suppress=suppress, **rows)
 
 
 def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None,

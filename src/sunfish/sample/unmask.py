@@ -23,7 +23,7 @@ batch decodes each row as a batch of one would. A callback receives a `StepInfo`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -102,14 +102,20 @@ def _steps_per_block(total: int, n_blocks: int) -> list[int]:
     return [total // n_blocks + (1 if i < total % n_blocks else 0) for i in range(n_blocks)]
 
 
+def banned_ids(mask_id: int, suppress: Sequence[int]) -> list[int]:
+    """[MASK] (a canvas symbol) and the `suppress` ids: tokens a sampler never outputs."""
+    return sorted({mask_id, *suppress})
+
+
 class _Predictor:
     """Block logits from the model, through the key/value cache when one is configured."""
 
     passes = 1  # network evaluations per call
 
     def __init__(self, model, mask_id: int, schedule: Schedule, mode: CacheMode, track_drift: bool,
-                 padding: Padding | None = None):
+                 padding: Padding | None = None, suppress: Sequence[int] = ()):
         self.model, self.mask_id, self.schedule, self.mode = model, mask_id, schedule, mode
+        self.banned = banned_ids(mask_id, suppress)
         self.track_drift, self.padding = track_drift, padding
         self.cache: KVCache | None = None
         self.last_exact: torch.Tensor | None = None  # exact log-probs of the last cached step, for drift
@@ -149,7 +155,7 @@ class _Predictor:
     def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """Logits (B, hi - lo, V) for the block [lo, hi) of canvas x (B, L); [MASK] is never predicted."""
         logits = self.logits(x, lo, hi, self.time(x))
-        logits[..., self.mask_id] = float("-inf")
+        logits[..., self.banned] = float("-inf")
         return logits
 
 
@@ -172,7 +178,7 @@ class _Guided:
         c = self.cond.logits(x, lo, hi, t)  # (B, n, V)
         u = self.uncond.logits(x.masked_fill(self.prompt, self.cond.mask_id), lo, hi, t)
         logits = u + (1.0 + self.weight) * (c - u)
-        logits[..., self.cond.mask_id] = float("-inf")
+        logits[..., self.cond.banned] = float("-inf")
         return logits
 
 
@@ -189,13 +195,14 @@ def unmask(
     eos_id: int | None = None,
     track_drift: bool = False,
     padding: Padding | None = None,
+    suppress: Sequence[int] = (),
 ) -> SampleResult:
     """Fill the [MASK] positions of `canvas` (B, L); every other position is kept as given.
 
     With `eos_id` and `cfg.stop_at_eos`, once a finished block holds an EOS in every row, the masks after
     each row's first EOS become EOS and decoding stops (variable-length generation). `generator` may be one
     generator per row and `padding` the rows' left padding (batch.py): row b then decodes exactly as it
-    would alone with generator[b]. With `cfg.guidance` > 0 the prompt (every position that is neither a
+    would alone with generator[b]. `suppress`: token ids never drawn besides [MASK] (PAD, BOS, UNK). With `cfg.guidance` > 0 the prompt (every position that is neither a
     mask nor padding) is replaced by [MASK] in the unconditional pass.
     """
     x = canvas.clone()
@@ -205,10 +212,10 @@ def unmask(
     if track_drift and cfg.guidance > 0:
         raise ValueError("the drift report measures the unguided cache; drop --guidance or --drift")
     blocks = _blocks(masked, cfg.block_length)
-    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE, padding)
+    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE, padding, suppress)
     if cfg.guidance > 0:
         prompt = ~masked if padding is None else ~masked & padding.real(x.shape[1])
-        uncond = _Predictor(model, mask_id, schedule, cfg.cache, False, padding)
+        uncond = _Predictor(model, mask_id, schedule, cfg.cache, False, padding, suppress)
         predict = _Guided(predict, uncond, prompt, cfg.guidance)
     return denoise_blocks(x, blocks, predict, mask_id, cfg, generator=generator, schedule=schedule,
                           callback=callback, eos_id=eos_id)

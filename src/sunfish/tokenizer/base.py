@@ -105,6 +105,11 @@ class Tokenizer:
         return self._tok.token_to_id("[EOS]")
 
     @property
+    def unk_id(self) -> int | None:
+        """[UNK] of the character tokenizer; None for byte-level BPE, which has no unknown input."""
+        return self._unk_id
+
+    @property
     def mask_id(self) -> int:
         """Id of ``[MASK]``."""
         return self._tok.token_to_id("[MASK]")
