@@ -180,6 +180,14 @@ def _full_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _tied_aliases(model: Transformer) -> dict[str, str]:
+    """{alias: primary} for parameters registered under two names (tied embeddings)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name.replace("_checkpoint_wrapped_module.", ""))
+    return {alias: group[0] for group in names.values() for alias in group[1:]}
+
+
 def _alias_tied(weights: dict[str, torch.Tensor], model: Transformer) -> None:
     """Fill a tied weight missing from `weights` (older checkpoints store it once) from its twin."""
     names: dict[int, list[str]] = {}
@@ -227,7 +235,8 @@ def save_checkpoint(
         from torch.distributed.checkpoint import HuggingFaceStorageWriter
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        body = {"model": get_model_state_dict(model, options=_options(False)),
+        aliases = _tied_aliases(model)  # safetensors stores a shared tensor once
+        body = {"model": {k: v for k, v in get_model_state_dict(model, options=_options(False)).items() if k not in aliases},
                 "optim": _optimizer_state(model, optimizer, full=False)}
         if ema is not None:
             body["ema"] = ema
@@ -344,9 +353,11 @@ def load_weights(model: Transformer, ckpt: Path, ema: bool = False) -> None:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
     if is_sharded(ckpt):
-        target = get_model_state_dict(model, options=_options(False))
+        aliases = _tied_aliases(model)
+        target = {k: v for k, v in get_model_state_dict(model, options=_options(False)).items() if k not in aliases}
         key = "ema" if ema and has_ema(ckpt) else "model"
         _read_sharded(ckpt, {key: target})
+        target.update({alias: target[primary] for alias, primary in aliases.items()})
         set_model_state_dict(model, target, options=_options(False))
         return
     name = "ema.safetensors" if ema and has_ema(ckpt) else "model.safetensors"
