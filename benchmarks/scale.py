@@ -37,18 +37,10 @@ from sunfish.data.sources import write_documents
 from sunfish.train.estimate import EstimateInput, estimate, preset_model
 from sunfish.train.observe import flops_per_token
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import peak_matmul_gflops  # noqa: E402  (the same peak measurement as the throughput benchmark)
+
 MICRO_BATCH = 8
-
-
-def peak_matmul_flops(n: int = 1024, repeats: int = 7) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times)
 
 
 def run_train(cmd: list[str], env: dict) -> list[dict]:
@@ -95,7 +87,7 @@ def cpu_table(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="sunfish-scale-"))
     corpus = work / "corpus.txt"
     write_documents(corpus, generate_stories("both", 600, 0))
-    peak = (peak_matmul_flops() + peak_matmul_flops()) / 2
+    peak = (peak_matmul_gflops() + peak_matmul_gflops()) / 2 * 1e9
     print(f"peak fp32 matmul: {peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads, {os.cpu_count()} CPUs); "
           f"global batch 2 x {MICRO_BATCH} sequences; median of {args.repeats} runs x {args.steps} steps\n")
     rows = []

@@ -26,6 +26,26 @@ def tiny_model_cfg() -> ModelConfig:
     return ModelConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=2, context=64)
 
 
+# A few short English and Russian documents for tiny training runs.
+TINY_DOCS = [
+    "the cat sat on the mat. the dog ran to the park and the cat ran too.",
+    "a little girl found a red ball in the garden. she was very happy.",
+    "Маша нашла красный мяч в саду. Она была очень рада.",
+    "the sun was warm and the birds sang in the tall green trees.",
+] * 6
+
+
+def cli_error(capsys, argv: list[str]) -> str:
+    """Run `sunfish ARGV`, check it failed with exit 2 and one `sunfish: error:` line, return that line."""
+    from sunfish.cli import main
+
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sunfish: error: ") and "Traceback" not in err and len(err.splitlines()) == 1
+    return err
+
+
 def make_model(cfg: ModelConfig, seed: int = 0):
     from sunfish.model.transformer import build_model
 

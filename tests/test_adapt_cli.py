@@ -12,6 +12,8 @@ pytest.importorskip("peft")
 
 from sunfish.cli import main
 
+from conftest import cli_error
+
 from test_adapt_helpers import CHAT_TEMPLATE, make_hf_model, write_docs
 
 TINY = ["--train.seq_len=32", "--train.batch_size=4", "--train.val_every=6", "--train.val_batches=2",
@@ -119,25 +121,19 @@ def test_adapt_a_sunfish_causal_run(world, capsys):
     assert main(["adapt", str(out), "--data", str(world["docs"]), "--out", str(world["root"] / "x"), *TINY]) == 2
 
 
-def error_of(capsys, argv) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("sunfish: error: ") and "Traceback" not in err and len(err.splitlines()) == 1
-    return err
 
 
 def test_bad_input_gets_one_sentence(world, tmp_path, capsys):
     docs = str(world["docs"])
-    assert "does not exist" in error_of(capsys, ["adapt", str(tmp_path / "nope"), "--data", docs, "--out", str(tmp_path / "r")])
+    assert "does not exist" in cli_error(capsys, ["adapt", str(tmp_path / "nope"), "--data", docs, "--out", str(tmp_path / "r")])
     (tmp_path / "empty").mkdir()
-    assert "neither a Hugging Face" in error_of(capsys, ["adapt", str(tmp_path / "empty"), "--out", str(tmp_path / "r")])
-    assert "needs --out" in error_of(capsys, ["adapt", str(world["base"]), "--data", docs])
-    assert "needs a folder" in error_of(capsys, ["adapt", "export", "--out", str(tmp_path / "e")])
+    assert "neither a Hugging Face" in cli_error(capsys, ["adapt", str(tmp_path / "empty"), "--out", str(tmp_path / "r")])
+    assert "needs --out" in cli_error(capsys, ["adapt", str(world["base"]), "--data", docs])
+    assert "needs a folder" in cli_error(capsys, ["adapt", "export", "--out", str(tmp_path / "e")])
     if not torch.cuda.is_available():
-        err = error_of(capsys, ["adapt", str(world["base"]), "--data", docs, "--out", str(tmp_path / "q"), "--lora", "--qlora", *TINY])
+        err = cli_error(capsys, ["adapt", str(world["base"]), "--data", docs, "--out", str(tmp_path / "q"), "--lora", "--qlora", *TINY])
         assert "CUDA" in err and "bitsandbytes" in err
-    assert "--adapt.align_layers" in error_of(capsys, ["adapt", str(world["base"]), "--data", docs, "--out",
+    assert "--adapt.align_layers" in cli_error(capsys, ["adapt", str(world["base"]), "--data", docs, "--out",
                                                        str(tmp_path / "l"), "--adapt.align_weight=1",
                                                        "--adapt.align_layers=7", *TINY])
-    assert "unknown config key" in error_of(capsys, ["adapt", str(world["base"]), "--out", str(tmp_path / "k"), "--adapt.nope=1"])
+    assert "unknown config key" in cli_error(capsys, ["adapt", str(world["base"]), "--out", str(tmp_path / "k"), "--adapt.nope=1"])

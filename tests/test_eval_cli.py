@@ -6,6 +6,8 @@ import pytest
 
 from sunfish.cli import main
 
+from conftest import cli_error
+
 from test_train import DOCS
 
 TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=64", "--train.batch_size=4",
@@ -57,21 +59,15 @@ def test_eval_json_and_compare(setup, capsys):
     assert (root / "cmp" / "compare.md").is_file()
 
 
-def error_of(capsys, argv) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("sunfish: error: ") and "Traceback" not in err and len(err.splitlines()) == 1
-    return err
 
 
 def test_bad_input_gets_one_sentence(setup, capsys, tmp_path):
     root, runs, held = setup
-    assert "unknown suite" in error_of(capsys, ["eval", str(runs["mdlm"]), "--data", str(held), "--suite", "speed"])
-    assert "--parallel" in error_of(capsys, ["eval", str(runs["mdlm"]), "--suite", "translation"])
-    assert "not a Sunfish run" in error_of(capsys, ["eval", str(tmp_path), "--data", str(held)])
-    assert "eval.rel_se" in error_of(capsys, ["eval", str(runs["mdlm"]), "--data", str(held), "--eval.rel_se=abc"])
-    assert "held-out text" in error_of(capsys, ["eval", str(runs["mdlm"]), "--suite", "likelihood"])
-    assert "no eval.json" in error_of(capsys, ["compare", str(tmp_path)])
-    assert "neither a Sunfish run" in error_of(capsys, ["eval", str(runs["mdlm"]), "--suite", "generation",
+    assert "unknown suite" in cli_error(capsys, ["eval", str(runs["mdlm"]), "--data", str(held), "--suite", "speed"])
+    assert "--parallel" in cli_error(capsys, ["eval", str(runs["mdlm"]), "--suite", "translation"])
+    assert "not a Sunfish run" in cli_error(capsys, ["eval", str(tmp_path), "--data", str(held)])
+    assert "eval.rel_se" in cli_error(capsys, ["eval", str(runs["mdlm"]), "--data", str(held), "--eval.rel_se=abc"])
+    assert "held-out text" in cli_error(capsys, ["eval", str(runs["mdlm"]), "--suite", "likelihood"])
+    assert "no eval.json" in cli_error(capsys, ["compare", str(tmp_path)])
+    assert "neither a Sunfish run" in cli_error(capsys, ["eval", str(runs["mdlm"]), "--suite", "generation",
                                                         "--ref-model", str(tmp_path), *FAST])

@@ -16,12 +16,9 @@ from sunfish.config import apply_tree, load_preset
 from sunfish.train.checkpoint import list_checkpoints, load_for_inference, verify_checkpoint
 from sunfish.train.loop import train
 
-DOCS = [
-    "the cat sat on the mat. the dog ran to the park and the cat ran too.",
-    "a little girl found a red ball in the garden. she was very happy.",
-    "Маша нашла красный мяч в саду. Она была очень рада.",
-    "the sun was warm and the birds sang in the tall green trees.",
-] * 6
+from conftest import TINY_DOCS
+
+DOCS = TINY_DOCS
 STEPS = 20
 TINY = ["--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2", "--model.context=32",
         "--train.batch_size=2", "--train.log_every=1", "--train.val_every=5", "--train.val_batches=3",

@@ -26,12 +26,9 @@ from sunfish.train.checkpoint import (
 from sunfish.train.loop import train
 from sunfish.train.robust import RunInUseError, TrainingAborted
 
-DOCS = [
-    "the cat sat on the mat. the dog ran to the park and the cat ran too.",
-    "a little girl found a red ball in the garden. she was very happy.",
-    "Маша нашла красный мяч в саду. Она была очень рада.",
-    "the sun was warm and the birds sang in the tall green trees.",
-] * 6
+from conftest import TINY_DOCS
+
+DOCS = TINY_DOCS
 TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=32",
         "--train.batch_size=4", "--train.log_every=1", "--train.val_every=4", "--train.val_batches=2",
         "--optim.warmup_steps=2", "--data.val_fraction=0.2"]

@@ -9,12 +9,9 @@ from sunfish.train.checkpoint import list_checkpoints, load_for_inference, read_
 from sunfish.train.loop import train
 from sunfish.train.optim import lr_at
 
-DOCS = [
-    "the cat sat on the mat. the dog ran to the park and the cat ran too.",
-    "a little girl found a red ball in the garden. she was very happy.",
-    "Маша нашла красный мяч в саду. Она была очень рада.",
-    "the sun was warm and the birds sang in the tall green trees.",
-] * 6
+from conftest import TINY_DOCS
+
+DOCS = TINY_DOCS
 
 
 def small_cfg(steps=12, **train):

@@ -11,6 +11,8 @@ from sunfish.sample import tune as tune_module
 from sunfish.sample.tune import Quality, candidates, tune
 from sunfish.train.checkpoint import load_for_inference, resolve_checkpoint
 
+from conftest import cli_error
+
 from test_train import DOCS
 
 TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=48",
@@ -37,12 +39,6 @@ def config_bytes(run) -> bytes:
     return (resolve_checkpoint(run) / "config.json").read_bytes()
 
 
-def error_of(capsys, argv) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("sunfish: error: ") and "Traceback" not in err and len(err.splitlines()) == 1
-    return err
 
 
 def test_dry_run_prints_the_table_and_writes_nothing(runs, capsys):
@@ -157,15 +153,15 @@ def test_grid_skips_settings_that_cannot_finish():
 
 def test_bad_inputs_get_one_sentence(runs, tmp_path, capsys):
     run, prompts = str(runs["diffusion"]), str(runs["prompts"])
-    assert "prompts file" in error_of(capsys, ["tune-sampler", run, "--prompts", str(tmp_path / "none.txt")])
+    assert "prompts file" in cli_error(capsys, ["tune-sampler", run, "--prompts", str(tmp_path / "none.txt")])
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
-    assert "holds no prompt" in error_of(capsys, ["tune-sampler", run, "--prompts", str(empty)])
-    assert "autoregressive" in error_of(capsys, ["tune-sampler", str(runs["ar"]), "--prompts", prompts])
-    assert "--bound" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--bound", "1.5"])
-    assert "--ref" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--quality", "gen_ppl"])
-    assert "not autoregressive" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--ref", run])
-    assert "context" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--length", "200"])
-    assert "--repeats" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--repeats", "0"])
-    assert "--thresholds" in error_of(capsys, ["tune-sampler", run, "--prompts", prompts, "--thresholds", "2"])
-    assert "not a Sunfish run" in error_of(capsys, ["tune-sampler", str(tmp_path), "--prompts", prompts])
+    assert "holds no prompt" in cli_error(capsys, ["tune-sampler", run, "--prompts", str(empty)])
+    assert "autoregressive" in cli_error(capsys, ["tune-sampler", str(runs["ar"]), "--prompts", prompts])
+    assert "--bound" in cli_error(capsys, ["tune-sampler", run, "--prompts", prompts, "--bound", "1.5"])
+    assert "--ref" in cli_error(capsys, ["tune-sampler", run, "--prompts", prompts, "--quality", "gen_ppl"])
+    assert "not autoregressive" in cli_error(capsys, ["tune-sampler", run, "--prompts", prompts, "--ref", run])
+    assert "context" in cli_error(capsys, ["tune-sampler", run, "--prompts", prompts, "--length", "200"])
+    assert "--repeats" in cli_error(capsys, ["tune-sampler", run, "--prompts", prompts, "--repeats", "0"])
+    assert "--thresholds" in cli_error(capsys, ["tune-sampler", run, "--prompts", prompts, "--thresholds", "2"])
+    assert "not a Sunfish run" in cli_error(capsys, ["tune-sampler", str(tmp_path), "--prompts", prompts])
