@@ -61,7 +61,7 @@ def prompts_from_corpus(n: int = 8, chars: int = 40) -> list[str]:
     return [json.loads(line)["text"][:chars].rsplit(" ", 1)[0] for line in lines]
 
 
-def trained(kind: str, workdir: Path, quick: bool, steps: int | None, threads: int) -> Path:
+def trained(kind: str, workdir: Path, quick: bool, steps: int | None, threads: int, context: int | None = None) -> Path:
     """A checkpoint of `kind` in workdir/kind, trained here unless one is already there."""
     out = workdir / kind
     if list_checkpoints(out):
@@ -74,6 +74,8 @@ def trained(kind: str, workdir: Path, quick: bool, steps: int | None, threads: i
         tree.setdefault(section, {}).update(values)
     if steps:
         tree["train"]["steps"] = steps
+    if context:
+        tree["model"]["context"] = context
     tree["train"]["threads"] = threads
     cfg = apply_tree(load_preset("nano"), tree)
     print(f"training the {kind} model ({cfg.train.steps} steps, context {cfg.model.context}) into {out}", flush=True)
@@ -93,6 +95,8 @@ def main() -> None:
     p.add_argument("--ar", help="causal checkpoint of the same size (default: train one)")
     p.add_argument("--workdir", type=Path, default=Path("runs/bench-sampling"), help="where trained models go")
     p.add_argument("--train-steps", type=int, help="training steps of each model trained here")
+    p.add_argument("--context", type=int, help="context of the models trained here (default 1056; quick 320); "
+                   "a shorter one trains faster when the longest length is 256")
     p.add_argument("--block-length", type=int, default=32, help="block length of the diffusion rows (default 32)")
     p.add_argument("--threshold", type=float, default=0.9, help="threshold of the threshold rows (default 0.9)")
     p.add_argument("--device", default="auto")
@@ -102,7 +106,7 @@ def main() -> None:
     lengths = args.lengths or ([16, 32] if args.quick else [64, 256, 1024])
     workdir = args.workdir / ("quick" if args.quick else "full")
     paths = {"diffusion": args.diffusion, "block": args.block, "ar": args.ar}
-    paths = {k: v or trained(k, workdir, args.quick, args.train_steps, args.threads) for k, v in paths.items()}
+    paths = {k: v or trained(k, workdir, args.quick, args.train_steps, args.threads, args.context) for k, v in paths.items()}
     rt = setup_runtime(args.device, threads=args.threads)
     models = {k: load_for_inference(v, rt.device) for k, v in paths.items()}
     for name in ("diffusion", "block", "ar"):
