@@ -35,6 +35,25 @@ TINY_DOCS = [
 ] * 6
 
 
+@pytest.fixture
+def corpus(tmp_path) -> str:
+    """TINY_DOCS written as a .txt corpus (documents separated by blank lines)."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(TINY_DOCS), encoding="utf-8")
+    return str(path)
+
+
+def run_metrics(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl without the machine-dependent figures (throughput, memory, MFU)."""
+    import json
+
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        for key in ("tokens_per_s", "memory_gib", "mfu"):
+            line.pop(key, None)
+    return lines
+
+
 def cli_error(capsys, argv: list[str]) -> str:
     """Run `sunfish ARGV`, check it failed with exit 2 and one `sunfish: error:` line, return that line."""
     from sunfish.cli import main

@@ -16,7 +16,7 @@ from sunfish.config import apply_tree, load_preset
 from sunfish.train.checkpoint import list_checkpoints, load_for_inference, verify_checkpoint
 from sunfish.train.loop import train
 
-from conftest import TINY_DOCS
+from conftest import TINY_DOCS, run_metrics as metrics
 
 DOCS = TINY_DOCS
 STEPS = 20
@@ -42,14 +42,6 @@ def tiny_cfg(**train):
             "train": {"steps": STEPS, "batch_size": 2, "log_every": 1, "val_every": 5, "val_batches": 3, "ema": 0.9, **train},
             "optim": {"warmup_steps": 2}, "data": {"val_fraction": 0.2}}
     return apply_tree(load_preset("nano"), tree)
-
-
-def metrics(run_dir):
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for line in lines:
-        for key in ("tokens_per_s", "memory_gib", "mfu"):
-            line.pop(key, None)
-    return lines
 
 
 def assert_same_metrics(a, b, rel=1e-5):

@@ -26,7 +26,7 @@ from sunfish.train.checkpoint import (
 from sunfish.train.loop import train
 from sunfish.train.robust import RunInUseError, TrainingAborted
 
-from conftest import TINY_DOCS
+from conftest import TINY_DOCS, run_metrics as metrics
 
 DOCS = TINY_DOCS
 TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=32",
@@ -40,21 +40,6 @@ def tiny_cfg(steps=8, **train):
             "train": {"steps": steps, "batch_size": 4, "log_every": 1, "val_every": 4, "val_batches": 2, **train},
             "optim": {"warmup_steps": 2}, "data": {"val_fraction": 0.2}}
     return apply_tree(load_preset("nano"), tree)
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n\n".join(DOCS), encoding="utf-8")
-    return str(path)
-
-
-def metrics(run_dir):
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for line in lines:
-        for key in ("tokens_per_s", "memory_gib", "mfu"):
-            line.pop(key, None)
-    return lines
 
 
 def weights(run_dir):

@@ -9,7 +9,7 @@ from sunfish.train.checkpoint import list_checkpoints, load_for_inference, read_
 from sunfish.train.loop import train
 from sunfish.train.optim import lr_at
 
-from conftest import TINY_DOCS
+from conftest import TINY_DOCS, run_metrics as metrics
 
 DOCS = TINY_DOCS
 
@@ -23,21 +23,6 @@ def small_cfg(steps=12, **train):
         "data": {"val_fraction": 0.2},
     }
     return apply_tree(cfg, tree)
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n\n".join(DOCS), encoding="utf-8")
-    return str(path)
-
-
-def metrics(run_dir):
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for line in lines:
-        for key in ("tokens_per_s", "memory_gib", "mfu"):  # machine-dependent figures
-            line.pop(key, None)
-    return lines
 
 
 def test_resumed_run_matches_uninterrupted(tmp_path, corpus):
