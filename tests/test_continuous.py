@@ -13,7 +13,6 @@ from sunfish.process.continuous import GaussianSchedule, embedding_table, forwar
 from sunfish.process.schedule_net import MonotoneWarp, warp_noise
 from sunfish.sample.continuous import continuous_generate, ddim_sample, round_to_tokens, time_grid
 
-from test_train import DOCS
 
 MODEL = ModelConfig(vocab_size=24, d_model=32, n_layers=1, n_heads=2, context=32, time_cond="sinusoidal")
 PROCESS = ProcessConfig(kind="continuous")
@@ -154,9 +153,7 @@ def test_prompt_positions_are_kept(solver):
         continuous_generate(model, canvas, mask, SamplerConfig(solver="heun"), PROCESS, generator=torch.Generator())
 
 
-def test_cli_train_sample_infill(tmp_path, capsys):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(DOCS), encoding="utf-8")
+def test_cli_train_sample_infill(tmp_path, capsys, corpus):
     out = tmp_path / "run"
     tiny = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=48",
             "--train.batch_size=4", "--train.val_every=3", "--data.val_fraction=0.2", "--no-progress",

@@ -13,7 +13,6 @@ from sunfish.process import training_loss
 from sunfish.process.flow import denoising_ce_per_token, simplex_noise
 from sunfish.sample.flow import flow_generate, integrate
 
-from test_train import DOCS
 
 MODEL = ModelConfig(vocab_size=24, d_model=32, n_layers=1, n_heads=2, context=32, time_cond="sinusoidal")
 
@@ -83,9 +82,7 @@ def test_prompt_positions_are_kept(solver):
         flow_generate(model, canvas, mask, SamplerConfig(solver="ddim"), process, generator=torch.Generator())
 
 
-def test_cli_train_resume_sample(tmp_path, capsys):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(DOCS), encoding="utf-8")
+def test_cli_train_resume_sample(tmp_path, capsys, corpus):
     out = tmp_path / "run"
     tiny = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=48",
             "--train.batch_size=4", "--train.val_every=0", "--data.val_fraction=0.2", "--no-progress",

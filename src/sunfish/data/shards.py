@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sunfish.data.sources import DataError
+from sunfish.data.sources import DataError, file_sha256
 
 MANIFEST = "manifest.json"
 FORMAT = "sunfish-shards/1"
@@ -137,9 +137,5 @@ class PreparedData:
         for entry in self.manifest["streams"]:
             for split in ("train", "val"):
                 for shard in entry[split]["shards"]:
-                    digest = hashlib.sha256()
-                    with (self.folder / shard["file"]).open("rb") as f:
-                        for block in iter(lambda: f.read(1 << 20), b""):
-                            digest.update(block)
-                    if digest.hexdigest() != shard["sha256"]:
+                    if file_sha256(self.folder / shard["file"]) != shard["sha256"]:
                         raise DataError(f"the shard '{shard['file']}' does not match its checksum; prepare the data again")

@@ -16,7 +16,6 @@ leaves a half checkpoint under a real name. Loading never unpickles: safetensors
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file, save_model
 
 from sunfish.config import RunConfig, config_from_dict, save_config
+from sunfish.data.sources import file_sha256
 from sunfish.model.transformer import Transformer, build_model
 from sunfish.tokenizer import Tokenizer
 
@@ -74,21 +74,13 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------- manifest
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 def write_manifest(folder: Path) -> None:
     """manifest.json: the size and SHA-256 of every file in the checkpoint."""
-    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)}
+    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in _files(folder)}
     (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1) + "\n", encoding="utf-8")
 
 
@@ -108,7 +100,7 @@ def verify_checkpoint(ckpt: Path) -> None:
         if f.stat().st_size != entry["bytes"]:
             raise CheckpointError(f"checkpoint '{ckpt}' is damaged: {name} has {f.stat().st_size:,} bytes, "
                                   f"its manifest says {entry['bytes']:,}")
-        if _sha256(f) != entry["sha256"]:
+        if file_sha256(f) != entry["sha256"]:
             raise CheckpointError(f"checkpoint '{ckpt}' is damaged: the SHA-256 of {name} differs from its manifest")
 
 
