@@ -8,7 +8,7 @@ import torch
 from sunfish.cli import main
 from sunfish.config import StepSchedule
 from sunfish.sample import tune as tune_module
-from sunfish.sample.tune import Quality, candidates, tune
+from sunfish.sample.tune import Quality, candidates, chosen_values, tune
 from sunfish.train.checkpoint import load_for_inference, resolve_checkpoint
 
 from conftest import cli_error
@@ -48,6 +48,7 @@ def test_dry_run_prints_the_table_and_writes_nothing(runs, capsys):
     out = capsys.readouterr().out
     assert "| setting | tokens/s | NFE/token | agreement |" in out and "exact: 1 token/step" in out
     assert "threshold 0.5, block 4, cache dual" in out and "3 steps, one block, cache prefix" in out
+    assert "factor 1, block 4, cache prefix" in out and "entropy bound 0.1, one block, cache none" in out
     assert "--dry-run: nothing written" in out
     ckpt = resolve_checkpoint(runs["diffusion"])
     assert config_bytes(runs["diffusion"]) == before and not (ckpt / "config.json.bak").exists()
@@ -165,3 +166,17 @@ def test_bad_inputs_get_one_sentence(runs, tmp_path, capsys):
     assert "--repeats" in cli_error(capsys, ["tune-sampler", run, "--prompts", prompts, "--repeats", "0"])
     assert "--thresholds" in cli_error(capsys, ["tune-sampler", run, "--prompts", prompts, "--thresholds", "2"])
     assert "not a Sunfish run" in cli_error(capsys, ["tune-sampler", str(tmp_path), "--prompts", prompts])
+
+
+def test_factor_and_entropy_bound_rules_are_searched_and_stored(runs):
+    loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
+    result = tune(loaded, ["the cat"], length=12, thresholds=[], steps=[], block_lengths=[0], factors=[2.0],
+                  entropy_bounds=[1.0])
+    rules = {t.cfg.schedule for t in result.trials}
+    assert rules == {StepSchedule.THRESHOLD, StepSchedule.FACTOR, StepSchedule.ENTROPY_BOUND}  # exact + the two
+    factor = next(t for t in result.trials if t.cfg.schedule is StepSchedule.FACTOR)
+    assert factor.label == "factor 2, one block, cache none" and factor.nfe_per_token <= 1.0
+    assert chosen_values(factor.cfg, "masked") == {"length": 12, "schedule": "factor", "factor": 2.0,
+                                                   "block_length": factor.cfg.block_length, "cache": "none"}
+    bound = next(t for t in result.trials if t.cfg.schedule is StepSchedule.ENTROPY_BOUND)
+    assert chosen_values(bound.cfg, "block")["entropy_bound"] == 1.0

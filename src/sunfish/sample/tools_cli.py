@@ -48,6 +48,8 @@ def _add_tune(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=float, default=300.0, help="seconds of search; settings not reached are skipped (default 300)")
     p.add_argument("--repeats", type=int, default=1, help="timed decodes per setting, median taken (default 1)")
     p.add_argument("--thresholds", type=_numbers(float), help="thresholds to try, e.g. 0.95,0.9,0.7")
+    p.add_argument("--factors", type=_numbers(float), help="factor-rule values to try, e.g. 1,2 (0 values: --factors '')")
+    p.add_argument("--entropy-bounds", type=_numbers(float), help="entropy bounds (nats) to try, e.g. 0.1,1")
     p.add_argument("--steps", type=_numbers(int), help="fixed step counts to try, e.g. 32,16")
     p.add_argument("--block-lengths", type=_numbers(int), help="block lengths to try, 0 = one block (diffusion models)")
     p.add_argument("--dry-run", action="store_true", help="print the table and the choice; write nothing")
@@ -109,6 +111,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise BenchError("--block-lengths needs whole numbers >= 0 (0 = one block), e.g. --block-lengths 0,32")
     if args.thresholds is not None and (not args.thresholds or not all(0 < t <= 1 for t in args.thresholds)):
         raise BenchError("--thresholds needs values in (0, 1], e.g. --thresholds 0.95,0.9")
+    if args.factors is not None and not all(f > 0 for f in args.factors):
+        raise BenchError("--factors needs values > 0, e.g. --factors 1,2")
+    if args.entropy_bounds is not None and not all(g >= 0 for g in args.entropy_bounds):
+        raise BenchError("--entropy-bounds needs values >= 0 (nats), e.g. --entropy-bounds 0.1,1")
     if args.repeats < 1 or args.budget <= 0:
         raise BenchError("--repeats needs a count >= 1 and --budget a positive number of seconds")
     prompts = read_prompts(args.prompts)
@@ -118,7 +124,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     length = args.length or loaded.cfg.sampler.length
     result = tune(loaded, prompts, length=length, quality=Quality(args.quality), bound=args.bound, ref=ref,
                   budget_s=args.budget, repeats=args.repeats, thresholds=args.thresholds, steps=args.steps,
-                  block_lengths=args.block_lengths, log=lambda line: print(line, flush=True))
+                  block_lengths=args.block_lengths, factors=args.factors, entropy_bounds=args.entropy_bounds,
+                  log=lambda line: print(line, flush=True))
     print()
     print(format_trials(result))
     bound = (f"agreement >= {1 - args.bound:.3f}" if result.quality is Quality.AGREEMENT

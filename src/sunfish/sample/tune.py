@@ -1,8 +1,9 @@
 """Auto-tuning the sampler: the fastest setting whose quality stays within a bound of the exact sampler.
 
 The reference is the slow exact sampler: one token per step in confidence order (LLaDA's sampler), no
-cache, greedy, at the checkpoint's block length. Candidates vary the step rule (threshold tau, or a fixed
-step count below the length), the semi-autoregressive block length and the key/value cache mode
+cache, greedy, at the checkpoint's block length. Candidates vary the step rule (threshold tau, Fast-dLLM's
+factor rule, the EB-sampler's entropy bound, or a fixed step count below the length), the
+semi-autoregressive block length and the key/value cache mode
 (block-diffusion models have a fixed block size and an exact cache, so only the step rule varies). Each
 candidate decodes the same prompts greedily; its quality is either
 
@@ -65,6 +66,10 @@ class TuneResult:
 def label(cfg: SamplerConfig, kind: str) -> str:
     if cfg.schedule is StepSchedule.THRESHOLD:
         rule = "exact: 1 token/step" if cfg.threshold >= 1.0 else f"threshold {cfg.threshold:g}"
+    elif cfg.schedule is StepSchedule.FACTOR:
+        rule = f"factor {cfg.factor:g}"
+    elif cfg.schedule is StepSchedule.ENTROPY_BOUND:
+        rule = f"entropy bound {cfg.entropy_bound:g}"
     else:
         rule = f"{cfg.steps} steps"
     if kind == "block":
@@ -78,14 +83,18 @@ def _n_blocks(length: int, block_length: int) -> int:
 
 
 def candidates(base: SamplerConfig, kind: str, thresholds: list[float], steps: list[int],
-               block_lengths: list[int], block_size: int = 0) -> list[SamplerConfig]:
+               block_lengths: list[int], block_size: int = 0, factors: list[float] = (),
+               entropy_bounds: list[float] = ()) -> list[SamplerConfig]:
     """The search grid, step rule outermost so a cut budget still covers every block length and cache.
+    Adaptive rules (threshold, factor, entropy bound) come before fixed step counts.
     `block_size`: a block-diffusion model's trained block size (its blocks are fixed)."""
     length = base.length
     rules = [dataclasses.replace(base, schedule=StepSchedule.THRESHOLD, threshold=t) for t in thresholds]
+    rules += [dataclasses.replace(base, schedule=StepSchedule.FACTOR, factor=f) for f in factors]
+    rules += [dataclasses.replace(base, schedule=StepSchedule.ENTROPY_BOUND, entropy_bound=g) for g in entropy_bounds]
     rules += [dataclasses.replace(base, schedule=StepSchedule.FIXED, steps=s) for s in steps if 1 <= s < length]
     if kind == "block":
-        return [r for r in rules if r.schedule is StepSchedule.THRESHOLD or r.steps >= _n_blocks(length, block_size)]
+        return [r for r in rules if r.schedule is not StepSchedule.FIXED or r.steps >= _n_blocks(length, block_size)]
     layouts = []
     for b in dict.fromkeys(min(b, length) if b > 0 else 0 for b in block_lengths):
         modes = [CacheMode.NONE, CacheMode.PREFIX] + ([CacheMode.DUAL] if _n_blocks(length, b) > 1 else [])
@@ -124,11 +133,23 @@ def with_references(exact: SamplerConfig, todo: list[SamplerConfig]) -> list[Sam
     return queue
 
 
-def default_grid(length: int) -> tuple[list[float], list[int], list[int]]:
-    """Thresholds, fixed step counts and block lengths searched when none are given."""
+@dataclass(frozen=True)
+class Grid:
+    """The values searched per knob; `default_grid` fills those a user does not give."""
+    thresholds: list[float]
+    factors: list[float]
+    entropy_bounds: list[float]  # nats
+    steps: list[int]
+    block_lengths: list[int]  # 0 = one block
+
+
+def default_grid(length: int) -> Grid:
+    """The values searched when none are given: Fast-dLLM's threshold (0.9) and factor (1) with a looser
+    and stricter neighbour, EB-sampler bounds around its examples, halving step counts, and block lengths."""
     steps = [length // d for d in (2, 4, 8) if length // d >= 1]
     blocks = [0] + [b for b in (64, 32, 16, 8) if b < length]
-    return [0.95, 0.9, 0.8, 0.7, 0.5], steps, blocks
+    return Grid(thresholds=[0.95, 0.9, 0.8, 0.7, 0.5], factors=[1.0, 2.0], entropy_bounds=[0.1, 1.0], steps=steps,
+                block_lengths=blocks)
 
 
 @dataclass(frozen=True)
@@ -159,8 +180,10 @@ def _gen_ppl(ref: LoadedModel | None, ids: list[list[int]], tokens: list[list[in
 def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quality = Quality.AGREEMENT,
          bound: float = 0.02, ref: LoadedModel | None = None, budget_s: float = 300.0, repeats: int = 1,
          thresholds: list[float] | None = None, steps: list[int] | None = None,
-         block_lengths: list[int] | None = None, log=lambda line: None) -> TuneResult:
-    """Measure the exact sampler and then the grid until the budget is spent; pick the fastest within bound."""
+         block_lengths: list[int] | None = None, factors: list[float] | None = None,
+         entropy_bounds: list[float] | None = None, log=lambda line: None) -> TuneResult:
+    """Measure the exact sampler and then the grid until the budget is spent; pick the fastest within bound.
+    A knob given as None searches its default values; an empty list leaves that rule out."""
     kind = model_kind(loaded)
     if kind == "ar":
         raise BenchError(f"'{loaded.path}' is an autoregressive model, which decodes one token per pass; "
@@ -176,10 +199,15 @@ def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quali
         check_reference(ref, loaded)
     ids = prompt_ids(loaded, prompts, length)
     grid = default_grid(length)
+
+    def pick(given, default):
+        return default if given is None else given
+
     base = dataclasses.replace(loaded.cfg.sampler, length=length, temperature=0.0, top_k=0, top_p=1.0)
     exact = one_per_step(base)
-    todo = candidates(base, kind, thresholds or grid[0], steps or grid[1],
-                      block_lengths if block_lengths is not None else grid[2], loaded.cfg.process.block_size)
+    todo = candidates(base, kind, pick(thresholds, grid.thresholds), pick(steps, grid.steps),
+                      pick(block_lengths, grid.block_lengths), loaded.cfg.process.block_size,
+                      factors=pick(factors, grid.factors), entropy_bounds=pick(entropy_bounds, grid.entropy_bounds))
     _measure(loaded, ids[:1], dataclasses.replace(exact, length=min(length, 8)))  # warm-up: one-time costs
     queue = with_references(exact, todo)
     began = time.perf_counter()
@@ -226,7 +254,9 @@ def format_trials(result: TuneResult) -> str:
 def chosen_values(cfg: SamplerConfig, kind: str) -> dict:
     """The sampler fields that define a setting, as config.json stores them."""
     values: dict = {"length": cfg.length, "schedule": cfg.schedule.value}
-    values |= {"threshold": cfg.threshold} if cfg.schedule is StepSchedule.THRESHOLD else {"steps": cfg.steps}
+    knob = {StepSchedule.THRESHOLD: "threshold", StepSchedule.FACTOR: "factor",
+            StepSchedule.ENTROPY_BOUND: "entropy_bound"}.get(cfg.schedule, "steps")
+    values[knob] = getattr(cfg, knob)
     if kind != "block":
         values |= {"block_length": cfg.block_length, "cache": cfg.cache.value}
     return values
