@@ -16,10 +16,14 @@ perplexity at most 1.02x the baseline's), and the fastest diffusion row within t
 causal model. Decoding is greedy over the whole canvas (no EOS stop), so every row generates the same
 number of tokens. Batches hold distinct prompts, right-aligned with hidden left padding (sample/batch.py).
 
-Models: pass checkpoints, or let the script train the three models itself on the TinyStories text in
-../shared/corpora (same character vocabulary, same backbone: 4 layers x 128, context 1,056 >= 1,024 +
-prompt; `--quick`: 1 layer x 32, context 320, 30 steps, lengths 16 and 32 unless --lengths asks for up to
-256) into --workdir, reusing models already trained there. The same table comes from `sunfish bench sample CKPT --ar A --block B`.
+Models: pass checkpoints, or let the script train the three models itself (same character vocabulary,
+same backbone: 4 layers x 128, context 1,056 >= 1,024 + prompt; `--quick`: 1 layer x 32, context 320,
+30 steps, lengths 16 and 32 unless --lengths asks for up to 256) into --workdir, reusing models already
+trained there. `--corpus tinystories` (default) trains on the ~1 MB of TinyStories in ../shared/corpora,
+prompts are the openings of its last 8 stories; `--corpus builtin` trains on --docs English stories of
+Sunfish's own generator (seed 1), prompts are openings of stories drawn with another seed. The built-in
+stories are templated, so a small model becomes confident on them within minutes: the stand-in, on a
+CPU, for a large model on text it knows, which is the regime the fast samplers are built for. The same table comes from `sunfish bench sample CKPT --ar A --block B`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 import torch
 
 from sunfish.config import apply_tree, load_preset
+from sunfish.data.synth import generate_stories
 from sunfish.model.transformer import count_parameters
 from sunfish.runtime import setup_runtime
 from sunfish.sample.bench import HEADER, check_reference, model_kind, run_bench, target_report
@@ -55,20 +60,44 @@ def _csv(value: str) -> list[int]:
     return [int(v) for v in value.split(",") if v.strip()]
 
 
-def prompts_from_corpus(n: int = 8, chars: int = 40) -> list[str]:
-    """The openings of the corpus's last `n` stories (the validation end of the file), cut at a word."""
+def _opening(text: str, chars: int = 40) -> str:
+    return text[:chars].rsplit(" ", 1)[0]
+
+
+def corpus_prompts(corpus: str, n: int = 8) -> list[str]:
+    """Held-out openings: the TinyStories file's last `n` stories (its validation end), or `n` built-in
+    stories drawn with a seed the training stories do not use."""
+    if corpus == "builtin":
+        return [_opening(text) for text in generate_stories("en", n, seed=2)]
+    if not SHARED.exists():
+        return ["the cat", "a little girl"]
     lines = SHARED.read_text(encoding="utf-8").splitlines()[-n:]
-    return [json.loads(line)["text"][:chars].rsplit(" ", 1)[0] for line in lines]
+    return [_opening(json.loads(line)["text"]) for line in lines]
 
 
-def trained(kind: str, workdir: Path, quick: bool, steps: int | None, threads: int, context: int | None = None) -> Path:
-    """A checkpoint of `kind` in workdir/kind, trained here unless one is already there."""
+def corpus_file(corpus: str, workdir: Path, docs: int) -> Path:
+    """The training text: the shared TinyStories file, or `docs` built-in stories written once into workdir."""
+    if corpus != "builtin":
+        if not SHARED.exists():
+            sys.exit(f"{SHARED} is absent; pass --diffusion/--block/--ar checkpoints or --corpus builtin instead")
+        return SHARED
+    path = workdir / f"builtin-en-{docs}.jsonl"
+    if not path.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(".part")
+        part.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in generate_stories("en", docs, seed=1)),
+                        encoding="utf-8")
+        part.replace(path)
+    return path
+
+
+def trained(kind: str, workdir: Path, data: Path, quick: bool, steps: int | None, threads: int,
+            context: int | None = None, batch: int | None = None) -> Path:
+    """A checkpoint of `kind` in workdir/kind, trained on `data` here unless one is already there."""
     out = workdir / kind
     if list_checkpoints(out):
         print(f"reusing {out}")
         return out
-    if not SHARED.exists():
-        sys.exit(f"{SHARED} is absent; pass --diffusion/--block/--ar checkpoints instead")
     tree = json.loads(json.dumps(QUICK if quick else FULL))
     for section, values in KINDS[kind].items():
         tree.setdefault(section, {}).update(values)
@@ -76,10 +105,12 @@ def trained(kind: str, workdir: Path, quick: bool, steps: int | None, threads: i
         tree["train"]["steps"] = steps
     if context:
         tree["model"]["context"] = context
+    if batch:
+        tree["train"]["batch_size"] = batch
     tree["train"]["threads"] = threads
     cfg = apply_tree(load_preset("nano"), tree)
     print(f"training the {kind} model ({cfg.train.steps} steps, context {cfg.model.context}) into {out}", flush=True)
-    result = train(cfg, run_dir=out, data=[str(SHARED)], progress=False, log=lambda line: None)
+    result = train(cfg, run_dir=out, data=[str(data)], progress=False, log=lambda line: None)
     print(f"  {result.parameters:,} parameters, final loss {result.final_loss:.3f}, {result.seconds:.0f} s", flush=True)
     return out
 
@@ -93,8 +124,12 @@ def main() -> None:
     p.add_argument("--diffusion", help="masked diffusion checkpoint (default: train one)")
     p.add_argument("--block", help="block-diffusion checkpoint (default: train one)")
     p.add_argument("--ar", help="causal checkpoint of the same size (default: train one)")
+    p.add_argument("--corpus", choices=["tinystories", "builtin"], default="tinystories",
+                   help="training text and prompts of the models trained here (default tinystories)")
+    p.add_argument("--docs", type=int, default=40000, help="built-in stories to train on (--corpus builtin; default 40000)")
     p.add_argument("--workdir", type=Path, default=Path("runs/bench-sampling"), help="where trained models go")
     p.add_argument("--train-steps", type=int, help="training steps of each model trained here")
+    p.add_argument("--train-batch", type=int, help="sequences per training step of the models trained here (default 8)")
     p.add_argument("--context", type=int, help="context of the models trained here (default 1056; quick 320); "
                    "a shorter one trains faster when the longest length is 256")
     p.add_argument("--block-length", type=int, default=32, help="block length of the diffusion rows (default 32)")
@@ -105,8 +140,14 @@ def main() -> None:
     args = p.parse_args()
     lengths = args.lengths or ([16, 32] if args.quick else [64, 256, 1024])
     workdir = args.workdir / ("quick" if args.quick else "full")
+    if args.corpus == "builtin":
+        workdir = workdir.with_name(workdir.name + "-builtin")
     paths = {"diffusion": args.diffusion, "block": args.block, "ar": args.ar}
-    paths = {k: v or trained(k, workdir, args.quick, args.train_steps, args.threads, args.context) for k, v in paths.items()}
+    if not all(paths.values()):
+        data = corpus_file(args.corpus, workdir, args.docs)
+        paths = {k: v or trained(k, workdir, data, args.quick, args.train_steps, args.threads, args.context,
+                                 args.train_batch)
+                 for k, v in paths.items()}
     rt = setup_runtime(args.device, threads=args.threads)
     models = {k: load_for_inference(v, rt.device) for k, v in paths.items()}
     for name in ("diffusion", "block", "ar"):
@@ -115,7 +156,7 @@ def main() -> None:
             sys.exit(f"--{name} {paths[name]} is a {model_kind(models[name])} model, not {expected}")
     check_reference(models["ar"], models["diffusion"])
     check_reference(models["ar"], models["block"])
-    prompts = prompts_from_corpus() if SHARED.exists() else ["the cat", "a little girl"]
+    prompts = corpus_prompts(args.corpus)
     sizes = ", ".join(f"{k} {count_parameters(m.model):,}" for k, m in models.items())
     print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"device {rt.device}; parameters: {sizes}")

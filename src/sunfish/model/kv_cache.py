@@ -36,13 +36,21 @@ class KVCache:
 
     def attend_inputs(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values to attend over. Full forward: record and return (k, v). Span forward: splice the
-        span's fresh k, v (B, H, hi - lo, d) into the cached tensors (the cache itself is left unchanged)."""
+        span's fresh k, v (B, H, hi - lo, d) into the cached tensors. At inference (no autograd) a span
+        inside the cached length is written in place: the entries outside it are never touched and the
+        span itself is recomputed by every later forward on it, so this equals splicing into a copy
+        without copying the whole cache each step. A span reaching past the cache (block diffusion's next
+        block) is appended."""
         if self.span is None:
             self.keys.append(k)
             self.values.append(v)
             return k, v
         lo, hi = self.span
         ck, cv = self.keys[layer], self.values[layer]
+        if hi <= ck.shape[2] and not torch.is_grad_enabled():
+            ck[:, :, lo:hi] = k
+            cv[:, :, lo:hi] = v
+            return ck, cv
         k = torch.cat([ck[:, :, :lo], k, ck[:, :, hi:]], dim=2)
         v = torch.cat([cv[:, :, :lo], v, cv[:, :, hi:]], dim=2)
         if self.commit:
