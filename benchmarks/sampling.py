@@ -41,7 +41,8 @@ from sunfish.config import apply_tree, load_preset
 from sunfish.data.synth import generate_stories
 from sunfish.model.transformer import count_parameters
 from sunfish.runtime import setup_runtime
-from sunfish.sample.bench import HEADER, check_reference, model_kind, run_bench, target_report
+from sunfish.sample.bench import (HEADER, check_reference, confidence_profile, format_confidence, model_kind, run_bench,
+                                  target_report)
 from sunfish.train.checkpoint import list_checkpoints, load_for_inference
 from sunfish.train.loop import train
 
@@ -60,19 +61,34 @@ def _csv(value: str) -> list[int]:
     return [int(v) for v in value.split(",") if v.strip()]
 
 
+def _steps(value: str) -> dict[str, int]:
+    """`N` (every model) or `kind=N,...` (e.g. block=900: block diffusion's two-copy attention costs more)."""
+    if "=" not in value:
+        return {kind: int(value) for kind in KINDS}
+    pairs = dict(item.split("=", 1) for item in value.split(",") if item.strip())
+    unknown = set(pairs) - set(KINDS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model kind(s) {sorted(unknown)}; use {', '.join(KINDS)}")
+    return {kind: int(n) for kind, n in pairs.items()}
+
+
 def _opening(text: str, chars: int = 40) -> str:
     return text[:chars].rsplit(" ", 1)[0]
 
 
-def corpus_prompts(corpus: str, n: int = 8) -> list[str]:
-    """Held-out openings: the TinyStories file's last `n` stories (its validation end), or `n` built-in
-    stories drawn with a seed the training stories do not use."""
+def held_out(corpus: str, n: int = 8) -> list[str]:
+    """Held-out stories: the TinyStories file's last `n` (its validation end), or `n` built-in stories drawn
+    with a seed the training stories do not use."""
     if corpus == "builtin":
-        return [_opening(text) for text in generate_stories("en", n, seed=2)]
+        return generate_stories("en", n, seed=2)
     if not SHARED.exists():
-        return ["the cat", "a little girl"]
-    lines = SHARED.read_text(encoding="utf-8").splitlines()[-n:]
-    return [_opening(json.loads(line)["text"]) for line in lines]
+        return ["the cat sat on the mat.", "a little girl had a red ball."]
+    return [json.loads(line)["text"] for line in SHARED.read_text(encoding="utf-8").splitlines()[-n:]]
+
+
+def corpus_prompts(corpus: str, n: int = 8) -> list[str]:
+    """The openings of the held-out stories."""
+    return [_opening(text) for text in held_out(corpus, n)]
 
 
 def corpus_file(corpus: str, workdir: Path, docs: int) -> Path:
@@ -128,7 +144,8 @@ def main() -> None:
                    help="training text and prompts of the models trained here (default tinystories)")
     p.add_argument("--docs", type=int, default=40000, help="built-in stories to train on (--corpus builtin; default 40000)")
     p.add_argument("--workdir", type=Path, default=Path("runs/bench-sampling"), help="where trained models go")
-    p.add_argument("--train-steps", type=int, help="training steps of each model trained here")
+    p.add_argument("--train-steps", type=_steps, default={}, help="training steps of the models trained here: N, "
+                   "or per kind, e.g. diffusion=2400,block=900,ar=2400 (default 600)")
     p.add_argument("--train-batch", type=int, help="sequences per training step of the models trained here (default 8)")
     p.add_argument("--context", type=int, help="context of the models trained here (default 1056; quick 320); "
                    "a shorter one trains faster when the longest length is 256")
@@ -145,7 +162,7 @@ def main() -> None:
     paths = {"diffusion": args.diffusion, "block": args.block, "ar": args.ar}
     if not all(paths.values()):
         data = corpus_file(args.corpus, workdir, args.docs)
-        paths = {k: v or trained(k, workdir, data, args.quick, args.train_steps, args.threads, args.context,
+        paths = {k: v or trained(k, workdir, data, args.quick, args.train_steps.get(k), args.threads, args.context,
                                  args.train_batch)
                  for k, v in paths.items()}
     rt = setup_runtime(args.device, threads=args.threads)
@@ -162,6 +179,10 @@ def main() -> None:
           f"device {rt.device}; parameters: {sizes}")
     print(f"median of {args.repeats} runs; greedy, whole canvas; diffusion block length {args.block_length}, "
           f"threshold {args.threshold}; {len(prompts)} prompts\n")
+    stories = held_out(args.corpus, 32)
+    print(f"The masked model on {len(stories)} held-out stories (how often threshold decoding may commit):\n")
+    print(format_confidence(confidence_profile(models["diffusion"], stories, args.threshold, args.block_length),
+                            args.threshold) + "\n", flush=True)
     print(HEADER, flush=True)
     began = time.perf_counter()
     rows = run_bench(models, prompts, lengths, args.batch, args.repeats, block_length=args.block_length,

@@ -6,7 +6,11 @@ import dataclasses
 import pytest
 
 from sunfish.cli import main
-from sunfish.sample.bench import BenchRow, agreement, target_report, unigram_entropy, within_quality
+import torch
+
+from sunfish.sample.bench import (BenchError, BenchRow, agreement, confidence_profile, target_report, unigram_entropy,
+                                  within_quality)
+from sunfish.train.checkpoint import load_for_inference
 
 from test_train import DOCS
 
@@ -121,3 +125,24 @@ def test_bad_inputs_get_one_sentence(runs, capsys):
     assert "--lengths" in error(["bench", "sample", d, "--lengths", "0", "--prompts", prompts])
     assert "context" in error(["bench", "sample", d, "--lengths", "100", "--prompts", prompts])
     assert "built-in prompts" in error(["bench", "sample", d, "--lengths", "4"])  # a character vocabulary without 'O'
+
+
+def test_confidence_profile_counts_what_threshold_decoding_may_commit(runs, tmp_path, capsys):
+    loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
+    texts = DOCS[:6]
+    sure = {r.regime: r for r in confidence_profile(loaded, texts, threshold=1e-6, block_length=4)}
+    never = {r.regime: r for r in confidence_profile(loaded, texts, threshold=1.0 - 1e-9, block_length=4)}
+    assert list(sure) == ["random 10%", "random 50%", "random 90%", "block start"]
+    assert all(r.confident == 1.0 for r in sure.values()) and all(r.confident == 0.0 for r in never.values())
+    assert sure["block start"].positions == 4 * len(texts)  # the first block of masks after each cut
+    assert all(0.0 <= r.accuracy <= 1.0 for r in sure.values())
+    assert [r.accuracy for r in sure.values()] == [r.accuracy for r in never.values()]  # same seed, same masks
+    with pytest.raises(BenchError, match="masked diffusion"):
+        confidence_profile(load_for_inference(runs["ar"], torch.device("cpu")), texts)
+    held = tmp_path / "held.txt"
+    held.write_text("\n".join(texts), encoding="utf-8")
+    capsys.readouterr()
+    argv = ["bench", "sample", str(runs["diffusion"]), "--lengths", "8", "--batch", "1", "--repeats", "1",
+            "--prompts", str(runs["prompts"]), "--block-length", "4", "--held-out", str(held)]
+    assert main(argv) == 0
+    assert "| block start | 24 |" in capsys.readouterr().out

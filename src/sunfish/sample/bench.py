@@ -208,6 +208,66 @@ def generative_ppl(ref: LoadedModel, rows: list[list[int]], tokens: list[list[in
     return math.exp(nll / max(count, 1))
 
 
+# --- why a rule commits what it does -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfidenceRow:
+    regime: str  # 'random 10%' ... or 'block start'
+    positions: int  # masked positions scored
+    accuracy: float  # argmax equals the held-out token
+    confident: float  # fraction whose top probability is >= the threshold: what threshold decoding may commit
+
+
+@torch.no_grad()
+def confidence_profile(loaded: LoadedModel, texts: list[str], threshold: float = 0.9, block_length: int = 32,
+                       rates: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0) -> list[ConfidenceRow]:
+    """How often a masked diffusion model is sure, and right, on held-out `texts` ([BOS] + tokens, cut to the
+    context): with a random fraction of the tokens masked (training's regime), and at the start of a
+    semi-autoregressive block in generation, where the text up to a random cut is clean and everything
+    after it is [MASK] (scored on the first `block_length` masks). Threshold decoding commits more than one
+    token per step only where `confident` is well above 1 / block_length."""
+    if model_kind(loaded) != "masked":
+        raise BenchError(f"'{loaded.path}' is a {model_kind(loaded)} model; the confidence profile reads masked diffusion models")
+    model, tok = loaded.model, loaded.tokenizer
+    device = next(model.parameters()).device
+    schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
+    generator = torch.Generator().manual_seed(seed)
+    banned = sorted({tok.mask_id, *never_sampled(tok)})  # never committed, so never counted
+    sums: dict[str, list[float]] = {}
+    for text in texts:
+        ids = torch.tensor([[tok.bos_id, *tok.encode(text)][: loaded.cfg.model.context]])  # (1, L)
+        L = ids.shape[1]
+        if L < block_length + 2:
+            continue
+        masks = {f"random {rate:.0%}": torch.rand(ids.shape, generator=generator) < rate for rate in rates}
+        cut = int(torch.randint(1, L - block_length, (1,), generator=generator))
+        after = torch.arange(L)[None] >= cut
+        masks["block start"] = after
+        for regime, mask in masks.items():
+            mask[:, 0] = False  # BOS stays
+            if not mask.any():
+                continue
+            x = ids.masked_fill(mask, tok.mask_id).to(device)
+            t = schedule.time_of_alpha(1.0 - mask.float().mean(1)).to(device) if model.needs_time else None
+            logits = model(x, t).float().cpu()
+            logits[..., banned] = float("-inf")
+            scored = mask & (torch.arange(L)[None] < cut + block_length) if regime == "block start" else mask
+            probs = logits[scored].softmax(-1)  # (n, V)
+            row = sums.setdefault(regime, [0.0, 0.0, 0.0])
+            row[0] += probs.shape[0]
+            row[1] += float((probs.argmax(-1) == ids[scored]).sum())
+            row[2] += float((probs.max(-1).values >= threshold).sum())
+    return [ConfidenceRow(regime=k, positions=int(v[0]), accuracy=v[1] / max(v[0], 1), confident=v[2] / max(v[0], 1))
+            for k, v in sums.items()]
+
+
+def format_confidence(rows: list[ConfidenceRow], threshold: float) -> str:
+    lines = [f"| masked positions | scored | argmax accuracy | top probability >= {threshold:g} |", "|---|---:|---:|---:|"]
+    lines += [f"| {r.regime} | {r.positions} | {r.accuracy:.3f} | {r.confident:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
 # --- the benchmark ---------------------------------------------------------------------------------
 
 

@@ -72,6 +72,8 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=Path, help="UTF-8 text file, one prompt per line (default: eight built-in story openings)")
     p.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block length of the diffusion rows (default 32)")
     p.add_argument("--threshold", type=float, default=0.9, help="confidence bar of the threshold rows (default 0.9)")
+    p.add_argument("--held-out", type=Path, help="UTF-8 text file, one held-out document per line: first print how often "
+                   "the masked model is sure and right on it, with random masks and at a block start")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     p.set_defaults(tools_command="bench-sample")
@@ -146,8 +148,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_bench_sample(args: argparse.Namespace) -> int:
     from sunfish.runtime import setup_runtime
-    from sunfish.sample.bench import (HEADER, DEFAULT_PROMPTS, BenchError, check_reference, encodable_prompts,
-                                      model_kind, read_prompts, run_bench, target_report)
+    from sunfish.sample.bench import (HEADER, DEFAULT_PROMPTS, BenchError, check_reference, confidence_profile,
+                                      encodable_prompts, format_confidence, model_kind, read_prompts, run_bench,
+                                      target_report)
     from sunfish.train.checkpoint import load_for_inference
 
     _positive("--lengths", args.lengths)
@@ -171,6 +174,13 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
     if args.ar:
         models["ar"] = load_for_inference(args.ar, rt.device)
         check_reference(models["ar"], models["diffusion"])
+    if args.held_out:
+        texts = read_prompts(args.held_out)
+        profile = confidence_profile(models["diffusion"], texts, args.threshold, args.block_length)
+        if not profile:
+            raise BenchError(f"every document in '{args.held_out}' is shorter than --block-length + 2 tokens; "
+                             "give longer held-out text")
+        print(f"the masked model on {len(texts)} held-out documents:\n\n{format_confidence(profile, args.threshold)}\n")
     print(f"device {rt.device}; median of {args.repeats} runs; greedy, whole canvas (no EOS stop); "
           f"agreement with the row's reference output; gen. PPL under {'the causal model' if args.ar else '- (no --ar)'}\n")
     print(HEADER, flush=True)
