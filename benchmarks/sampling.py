@@ -86,9 +86,9 @@ def held_out(corpus: str, n: int = 8) -> list[str]:
     return [json.loads(line)["text"] for line in SHARED.read_text(encoding="utf-8").splitlines()[-n:]]
 
 
-def corpus_prompts(corpus: str, n: int = 8) -> list[str]:
-    """The openings of the held-out stories."""
-    return [_opening(text) for text in held_out(corpus, n)]
+def corpus_prompts(corpus: str, n: int = 8, chars: int = 40) -> list[str]:
+    """The openings (at most `chars` characters, cut at a word) of the held-out stories."""
+    return [_opening(text, chars) for text in held_out(corpus, n)]
 
 
 def corpus_file(corpus: str, workdir: Path, docs: int) -> Path:
@@ -173,7 +173,8 @@ def main() -> None:
             sys.exit(f"--{name} {paths[name]} is a {model_kind(models[name])} model, not {expected}")
     check_reference(models["ar"], models["diffusion"])
     check_reference(models["ar"], models["block"])
-    prompts = corpus_prompts(args.corpus)
+    room = min(m.cfg.model.context for m in models.values()) - 1 - max(lengths)  # [BOS] + prompt + generation
+    prompts = corpus_prompts(args.corpus, chars=min(40, room))  # characters: at least one token each
     sizes = ", ".join(f"{k} {count_parameters(m.model):,}" for k, m in models.items())
     print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"device {rt.device}; parameters: {sizes}")
