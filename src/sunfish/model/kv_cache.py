@@ -19,7 +19,6 @@ block's keys and values, so earlier blocks are never recomputed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 
@@ -30,7 +29,6 @@ class KVCache:
     values: list[torch.Tensor] = field(default_factory=list)  # per layer (B, H, L, d)
     span: tuple[int, int] | None = None  # active [lo, hi) for a cached forward; None = full forward that fills
     commit: bool = False  # span forward: store the spliced keys/values back (block diffusion's exact prefix)
-    IN_PLACE: ClassVar[bool] = True  # write inference spans into the cache (see attend_inputs)
 
     @property
     def filled(self) -> bool:
@@ -38,21 +36,13 @@ class KVCache:
 
     def attend_inputs(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values to attend over. Full forward: record and return (k, v). Span forward: splice the
-        span's fresh k, v (B, H, hi - lo, d) into the cached tensors. At inference (no autograd) a span
-        inside the cached length is written in place, which saves copying the whole cache every step and
-        equals splicing into a copy as long as later forwards use the same span until the next refresh
-        (the entries outside it are never touched, those inside are recomputed): the samplers do so. A
-        span reaching past the cache (block diffusion's next block) is appended."""
+        span's fresh k, v (B, H, hi - lo, d) into the cached tensors (the cache itself is left unchanged)."""
         if self.span is None:
             self.keys.append(k)
             self.values.append(v)
             return k, v
         lo, hi = self.span
         ck, cv = self.keys[layer], self.values[layer]
-        if self.IN_PLACE and hi <= ck.shape[2] and not torch.is_grad_enabled():
-            ck[:, :, lo:hi] = k
-            cv[:, :, lo:hi] = v
-            return ck, cv
         k = torch.cat([ck[:, :, :lo], k, ck[:, :, hi:]], dim=2)
         v = torch.cat([cv[:, :, :lo], v, cv[:, :, hi:]], dim=2)
         if self.commit:
