@@ -2,6 +2,7 @@
 
     python benchmarks/sampling.py [--quick] [--lengths 64,256,1024] [--batch 1,8] [--repeats 3]
                                   [--diffusion CKPT] [--block CKPT] [--ar CKPT] [--workdir runs/bench-sampling] [--threads N]
+                                  [--corpus tinystories|builtin] [--train-steps N|kind=N,...] [--train-batch N] [--context N]
 
 For each generation length and batch size, in one run: the plain LLaDA-style sampler (one token per step
 in confidence order, semi-autoregressive blocks of 32, no cache: the baseline), + threshold decoding,
@@ -23,7 +24,8 @@ trained there. `--corpus tinystories` (default) trains on the ~1 MB of TinyStori
 prompts are the openings of its last 8 stories; `--corpus builtin` trains on --docs English stories of
 Sunfish's own generator (seed 1), prompts are openings of stories drawn with another seed. The built-in
 stories are templated, so a small model becomes confident on them within minutes: the stand-in, on a
-CPU, for a large model on text it knows, which is the regime the fast samplers are built for. The same table comes from `sunfish bench sample CKPT --ar A --block B`.
+CPU, for a large model on text it knows, which is the regime the fast samplers are built for. The same
+table comes from `sunfish bench sample CKPT --ar A --block B [--held-out FILE]`.
 """
 
 from __future__ import annotations
@@ -173,7 +175,11 @@ def main() -> None:
             sys.exit(f"--{name} {paths[name]} is a {model_kind(models[name])} model, not {expected}")
     check_reference(models["ar"], models["diffusion"])
     check_reference(models["ar"], models["block"])
-    room = min(m.cfg.model.context for m in models.values()) - 1 - max(lengths)  # [BOS] + prompt + generation
+    context = min(m.cfg.model.context for m in models.values())
+    room = context - 1 - max(lengths)  # [BOS] + prompt + generation
+    if room < 1:
+        sys.exit(f"--lengths up to {max(lengths)} need models with a context of at least {max(lengths) + 2}, and these have "
+                 f"{context}; lower --lengths or train with a larger --context")
     prompts = corpus_prompts(args.corpus, chars=min(40, room))  # characters: at least one token each
     sizes = ", ".join(f"{k} {count_parameters(m.model):,}" for k, m in models.items())
     print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
@@ -181,9 +187,10 @@ def main() -> None:
     print(f"median of {args.repeats} runs; greedy, whole canvas; diffusion block length {args.block_length}, "
           f"threshold {args.threshold}; {len(prompts)} prompts\n")
     stories = held_out(args.corpus, 32)
-    print(f"The masked model on {len(stories)} held-out stories (how often threshold decoding may commit):\n")
-    print(format_confidence(confidence_profile(models["diffusion"], stories, args.threshold, args.block_length),
-                            args.threshold) + "\n", flush=True)
+    profile = confidence_profile(models["diffusion"], stories, args.threshold, args.block_length)
+    if profile:
+        print(f"The masked model on {len(stories)} held-out stories (how often threshold decoding may commit):\n")
+        print(format_confidence(profile, args.threshold) + "\n", flush=True)
     print(HEADER, flush=True)
     began = time.perf_counter()
     rows = run_bench(models, prompts, lengths, args.batch, args.repeats, block_length=args.block_length,

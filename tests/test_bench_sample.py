@@ -2,6 +2,7 @@
 and the target verdicts computed from the rows (never from wall-clock time in a test)."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -12,6 +13,7 @@ from sunfish.sample.bench import (BenchError, BenchRow, agreement, confidence_pr
                                   within_quality)
 from sunfish.train.checkpoint import load_for_inference
 
+from conftest import cli_error
 from test_train import DOCS
 
 TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=48",
@@ -139,10 +141,14 @@ def test_confidence_profile_counts_what_threshold_decoding_may_commit(runs, tmp_
     assert [r.accuracy for r in sure.values()] == [r.accuracy for r in never.values()]  # same seed, same masks
     with pytest.raises(BenchError, match="masked diffusion"):
         confidence_profile(load_for_inference(runs["ar"], torch.device("cpu")), texts)
-    held = tmp_path / "held.txt"
-    held.write_text("\n".join(texts), encoding="utf-8")
+    held = tmp_path / "held.jsonl"  # the corpora's own format: one {"text": ...} per line
+    held.write_text("\n".join(json.dumps({"text": t}) for t in texts), encoding="utf-8")
     capsys.readouterr()
     argv = ["bench", "sample", str(runs["diffusion"]), "--lengths", "8", "--batch", "1", "--repeats", "1",
-            "--prompts", str(runs["prompts"]), "--block-length", "4", "--held-out", str(held)]
-    assert main(argv) == 0
+            "--prompts", str(runs["prompts"]), "--block-length", "4", "--held-out"]
+    assert main(argv + [str(held)]) == 0
     assert "| block start | 24 |" in capsys.readouterr().out
+    assert "held-out file" in cli_error(capsys, argv + [str(tmp_path / "none.txt")])
+    short = tmp_path / "short.txt"
+    short.write_text("ab\n", encoding="utf-8")
+    assert "shorter than --block-length" in cli_error(capsys, argv + [str(short)])

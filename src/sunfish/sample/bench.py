@@ -23,7 +23,6 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -82,19 +81,6 @@ def model_kind(loaded: LoadedModel) -> str:
     if process.kind is ProcessKind.MASKED:
         return "block" if process.block_size > 0 else "masked"
     return process.kind.value
-
-
-def read_prompts(path: Path) -> list[str]:
-    """One prompt per non-blank line of a UTF-8 text file."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise BenchError(f"cannot read the prompts file '{path}' ({type(err).__name__}); "
-                         "pass a UTF-8 text file with one prompt per line") from None
-    prompts = [line.strip() for line in lines if line.strip()]
-    if not prompts:
-        raise BenchError(f"the prompts file '{path}' holds no prompt; write one prompt per line")
-    return prompts
 
 
 def encodable_prompts(loaded: LoadedModel, prompts: list[str]) -> list[str]:

@@ -65,31 +65,34 @@ def to_batch(canvas: Canvas, batch: int, device: torch.device) -> torch.Tensor:
     return torch.tensor([canvas.ids] * batch, dtype=torch.long, device=device)  # (B, L)
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Prompts from a text file (one per non-blank line) or a .jsonl file ({"prompt": ...} per line)."""
+def read_prompts(path: Path, what: str = "prompts file", noun: str = "prompt", field: str = "prompt") -> list[str]:
+    """Lines of a UTF-8 text file (one per non-blank line) or of a .jsonl file ({field: ...} per line).
+    `what` and `noun` name the file and its items in the error sentences (e.g. a held-out file of documents)."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise PromptError(f"the prompts file {path} does not exist; give a .txt (one prompt per line) or .jsonl file") from None
+        raise PromptError(f"the {what} {path} does not exist; give a .txt (one {noun} per line) or .jsonl file") from None
     except UnicodeDecodeError:
-        raise PromptError(f"the prompts file {path} is not UTF-8 text") from None
+        raise PromptError(f"the {what} {path} is not UTF-8 text") from None
+    except OSError as err:
+        raise PromptError(f"cannot read the {what} {path} ({type(err).__name__}); give a .txt or .jsonl file") from None
     lines = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
     if path.suffix != ".jsonl":
-        prompts = [line for _, line in lines]
+        items = [line for _, line in lines]
     else:
-        prompts = []
+        items = []
         for i, line in lines:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:
                 item = None
-            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-                raise PromptError(f'line {i} of {path} is not a JSON object with a "prompt" string')
-            prompts.append(item["prompt"])
-    if not prompts:
-        raise PromptError(f"the prompts file {path} holds no prompt; write one prompt per line")
-    return prompts
+            if not isinstance(item, dict) or not isinstance(item.get(field), str):
+                raise PromptError(f'line {i} of {path} is not a JSON object with a "{field}" string')
+            items.append(item[field])
+    if not items:
+        raise PromptError(f"the {what} {path} holds no {noun}; write one {noun} per line")
+    return items
 
 
 def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:

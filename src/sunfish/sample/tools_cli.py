@@ -38,7 +38,7 @@ def _add_tune(verbs: argparse._SubParsersAction) -> None:
                          description="Measures the exact sampler (one token per step, no cache) and a grid of step rules, "
                                      "block lengths and cache modes on your prompts, greedily.")
     p.add_argument("path", help="run folder or checkpoint (its config.json gets the chosen setting)")
-    p.add_argument("--prompts", type=Path, required=True, help="UTF-8 text file, one prompt per line")
+    p.add_argument("--prompts", type=Path, required=True, help="UTF-8 text file, one prompt per line (or .jsonl with \"prompt\")")
     p.add_argument("--length", type=int, help="tokens to generate (default: the checkpoint's sampler length)")
     p.add_argument("--quality", choices=[q.value for q in Quality], default="agreement",
                    help="agreement with the exact sampler's output, or gen_ppl under --ref (default agreement)")
@@ -48,8 +48,8 @@ def _add_tune(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=float, default=300.0, help="seconds of search; settings not reached are skipped (default 300)")
     p.add_argument("--repeats", type=int, default=1, help="timed decodes per setting, median taken (default 1)")
     p.add_argument("--thresholds", type=_numbers(float), help="thresholds to try, e.g. 0.95,0.9,0.7")
-    p.add_argument("--factors", type=_numbers(float), help="factor-rule values to try, e.g. 1,2 (0 values: --factors '')")
-    p.add_argument("--entropy-bounds", type=_numbers(float), help="entropy bounds (nats) to try, e.g. 0.1,1")
+    p.add_argument("--factors", type=_numbers(float), help="factor-rule values to try, e.g. 1,2 ('' leaves the rule out)")
+    p.add_argument("--entropy-bounds", type=_numbers(float), help="entropy bounds (nats) to try, e.g. 0.1,1 ('' leaves the rule out)")
     p.add_argument("--steps", type=_numbers(int), help="fixed step counts to try, e.g. 32,16")
     p.add_argument("--block-lengths", type=_numbers(int), help="block lengths to try, 0 = one block (diffusion models)")
     p.add_argument("--dry-run", action="store_true", help="print the table and the choice; write nothing")
@@ -69,10 +69,10 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--lengths", type=_numbers(int), default=[64, 256, 1024], help="generation lengths (default 64,256,1024)")
     p.add_argument("--batch", type=_numbers(int), default=[1, 8], help="batch sizes (default 1,8)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row; the table shows the median (default 3)")
-    p.add_argument("--prompts", type=Path, help="UTF-8 text file, one prompt per line (default: eight built-in story openings)")
+    p.add_argument("--prompts", type=Path, help="UTF-8 text file, one prompt per line, or .jsonl with \"prompt\" (default: eight built-in story openings)")
     p.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block length of the diffusion rows (default 32)")
     p.add_argument("--threshold", type=float, default=0.9, help="confidence bar of the threshold rows (default 0.9)")
-    p.add_argument("--held-out", type=Path, help="UTF-8 text file, one held-out document per line: first print how often "
+    p.add_argument("--held-out", type=Path, help="held-out text, one document per line (or .jsonl with \"text\"): first print how often "
                    "the masked model is sure and right on it, with random masks and at a block start")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
@@ -103,7 +103,8 @@ def _positive(name: str, values: list[int] | None) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from sunfish.runtime import setup_runtime
-    from sunfish.sample.bench import BenchError, model_kind, read_prompts
+    from sunfish.sample.bench import BenchError, model_kind
+    from sunfish.sample.prompt import read_prompts
     from sunfish.sample.tune import Quality, chosen_values, format_trials, tune, write_sampler_defaults
     from sunfish.train.checkpoint import load_for_inference
 
@@ -149,8 +150,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_bench_sample(args: argparse.Namespace) -> int:
     from sunfish.runtime import setup_runtime
     from sunfish.sample.bench import (HEADER, DEFAULT_PROMPTS, BenchError, check_reference, confidence_profile,
-                                      encodable_prompts, format_confidence, model_kind, read_prompts, run_bench,
-                                      target_report)
+                                      encodable_prompts, format_confidence, model_kind, run_bench, target_report)
+    from sunfish.sample.prompt import read_prompts
     from sunfish.train.checkpoint import load_for_inference
 
     _positive("--lengths", args.lengths)
@@ -175,7 +176,7 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
         models["ar"] = load_for_inference(args.ar, rt.device)
         check_reference(models["ar"], models["diffusion"])
     if args.held_out:
-        texts = read_prompts(args.held_out)
+        texts = read_prompts(args.held_out, what="held-out file", noun="document", field="text")
         profile = confidence_profile(models["diffusion"], texts, args.threshold, args.block_length)
         if not profile:
             raise BenchError(f"every document in '{args.held_out}' is shorter than --block-length + 2 tokens; "
