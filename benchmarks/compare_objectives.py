@@ -34,7 +34,7 @@ from sunfish.eval.generative import SunfishReference, diversity, generative_perp
 from sunfish.eval.likelihood import evaluate_likelihood, held_out
 from sunfish.eval.report import markdown_table
 from sunfish.runtime import setup_runtime
-from sunfish.train.checkpoint import load_for_inference
+from sunfish.load import load_model
 from sunfish.train.loop import train
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
@@ -98,7 +98,7 @@ def base_config(size: dict, steps: int, seed: int, threads: int = 0) -> RunConfi
 
 def evaluate(run: Path, held: dict[str, list[str]], ref: SunfishReference | None, size: dict, ecfg: EvalConfig) -> dict:
     rt = setup_runtime("auto")
-    loaded = load_for_inference(run, rt.device)
+    loaded = load_model(run, rt.device)
     out: dict = {}
     for lang, docs in held.items():
         data = held_out(docs, loaded.tokenizer, size["context"], size["held_tokens"])
@@ -245,13 +245,13 @@ def main() -> int:
             train(cfg, run_dir=run, data=[str(corpus)], progress=False, log=lambda _: None)
             seconds = time.perf_counter() - began
             if name == "AR":
-                ref = SunfishReference(load_for_inference(run, setup_runtime("auto").device))
+                ref = SunfishReference(load_model(run, setup_runtime("auto").device))
             print(f"  trained in {seconds / 60:.1f} min; evaluating")
             results[name] = {"steps": n_steps, "flops": flops_per_step(cfg, n_params, factor) * n_steps,
                              "train_seconds": seconds, "parameters": n_params, **evaluate(run, held, ref, size, ecfg)}
             results_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         elif name == "AR":
-            ref = SunfishReference(load_for_inference(run, setup_runtime("auto").device))
+            ref = SunfishReference(load_model(run, setup_runtime("auto").device))
     results = {n: results[n] for n in ["AR"] + [n for n in names if n != "AR"] if n in results}
     steps_list = [int(s) for s in size["gen_steps"].split(",")]
     md = table(results, steps_list)

@@ -35,7 +35,7 @@ from sunfish.eval.likelihood import LN2, evaluate_likelihood, held_out
 from sunfish.model.transformer import count_parameters
 from sunfish.process.flow import denoising_ce_per_token
 from sunfish.runtime import setup_runtime
-from sunfish.train.checkpoint import load_for_inference
+from sunfish.load import load_model
 from sunfish.train.loop import train
 
 EN = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "en_tinystories" / "tinystories_train_head.jsonl"
@@ -48,8 +48,8 @@ PROCESSES = {  # name -> config overrides on the shared base
     "simplex flow, CE": {"process": {"kind": "flow", "flow_loss": "ce"}, **TIMED},
     "embedding, x0 + rounding (Diffusion-LM)": {"process": {"kind": "continuous", "param": "x0", "noise_schedule": "sqrt"}, **TIMED},
     "simplex flow, velocity MSE": {"process": {"kind": "flow", "flow_loss": "velocity"}, **TIMED},
-    "simplex flow, CE + learned schedule": {"process": {"kind": "flow", "flow_loss": "ce", "learned_schedule": True,
-                                                        "learn_schedule_after": -1}, **TIMED},  # -1: half the steps
+    "simplex flow, CE + learned schedule": {"process": {"kind": "flow", "flow_loss": "ce", "time_warp": True,
+                                                        "time_warp_after": -1}, **TIMED},  # -1: half the steps
 }
 FULL = dict(d_model=64, n_layers=2, n_heads=2, context=64, batch=16, vocab=512, docs=1000, held_docs=60,
             held_tokens=4096, samples=8, length=63, gen_steps=(16, 64, 256), rounds=8)
@@ -73,8 +73,8 @@ def base_config(size: dict, steps: int, seed: int) -> RunConfig:
 
 def config_for(name: str, base: RunConfig, steps: int) -> RunConfig:
     overrides = json.loads(json.dumps(PROCESSES[name]))
-    if overrides["process"].get("learn_schedule_after") == -1:
-        overrides["process"]["learn_schedule_after"] = steps // 2
+    if overrides["process"].get("time_warp_after") == -1:
+        overrides["process"]["time_warp_after"] = steps // 2
     return apply_tree(base, overrides)
 
 
@@ -91,7 +91,7 @@ def flow_denoising_ce(loaded, data, seed: int) -> float:
 
 
 def evaluate(run: Path, held: list[str], ref, size: dict, ecfg: EvalConfig) -> dict:
-    loaded = load_for_inference(run, setup_runtime("auto").device)
+    loaded = load_model(run, setup_runtime("auto").device)
     data = held_out(held, loaded.tokenizer, size["context"], size["held_tokens"])
     out: dict = {"parameters": count_parameters(loaded.model)}
     if loaded.cfg.process.kind.value == "flow":
@@ -179,13 +179,13 @@ def main() -> int:
             train(config_for(name, base, steps), run_dir=run, data=[str(corpus)], progress=False, log=lambda _: None)
             seconds = time.perf_counter() - began
             if name == "AR":
-                ref = SunfishReference(load_for_inference(run, setup_runtime("auto").device))
+                ref = SunfishReference(load_model(run, setup_runtime("auto").device))
             print(f"  trained in {seconds / 60:.1f} min; evaluating")
             results[name] = {"steps": steps, "train_seconds": seconds, **evaluate(run, held, ref, size, ecfg)}
             results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
             report(results, size, steps, args)
         elif name == "AR":
-            ref = SunfishReference(load_for_inference(run, setup_runtime("auto").device))
+            ref = SunfishReference(load_model(run, setup_runtime("auto").device))
     print()
     print(report(results, size, steps, args))
     return 0

@@ -45,7 +45,8 @@ from sunfish.model.transformer import count_parameters
 from sunfish.runtime import setup_runtime
 from sunfish.sample.bench import (HEADER, check_reference, confidence_profile, format_confidence, model_kind, run_bench,
                                   target_report)
-from sunfish.train.checkpoint import list_checkpoints, load_for_inference
+from sunfish.checkpoint.files import list_checkpoints
+from sunfish.load import load_model
 from sunfish.train.loop import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "en_tinystories" / "tinystories_train_head.jsonl"
@@ -168,7 +169,7 @@ def main() -> None:
                                  args.train_batch)
                  for k, v in paths.items()}
     rt = setup_runtime(args.device, threads=args.threads)
-    models = {k: load_for_inference(v, rt.device) for k, v in paths.items()}
+    models = {k: load_model(v, rt.device) for k, v in paths.items()}
     for name in ("diffusion", "block", "ar"):
         expected = {"diffusion": "masked"}.get(name, name)
         if model_kind(models[name]) != expected:

@@ -53,7 +53,7 @@ def run_train(cmd: list[str], env: dict) -> list[dict]:
 
 def trained_model(out: Path):
     """The ModelConfig a run trained (its vocabulary comes from the tokenizer trained on the corpus)."""
-    from sunfish.train.checkpoint import list_checkpoints, read_config
+    from sunfish.checkpoint.files import list_checkpoints, read_config
 
     return read_config(list_checkpoints(out)[-1]).model
 

@@ -32,7 +32,7 @@ CASES = [
     ("sample-temp", "masked", "sample", ["--prompt", "Once", "--length", "32", "--steps", "16", "--temperature", "0.8",
                                          "--seed", "3", "--top-p", "0.9"]),
     ("sample-fast", "masked", "sample", ["--prompt", "The dog", "--length", "32", "--block-length", "8",
-                                         "--schedule", "threshold", "--threshold", "0.3", "--cache", "dual"]),
+                                         "--rule", "threshold", "--threshold", "0.3", "--cache", "dual"]),
     ("sample-remask", "masked", "sample", ["--prompt", "One day", "--length", "24", "--steps", "24",
                                            "--remask", "conf", "--remask-eta", "0.2", "--temperature", "0.5"]),
     ("sample-unprompted", "masked", "sample", ["--length", "24", "--steps", "12", "--policy", "margin",

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from sunfish.adapt.align import TeacherCache, alignment_loss, choose_layers, parse_layers, sequence_key
-from sunfish.adapt.model import DiffusionLM, HFBackbone, SunfishBackbone, apply_lora, build_student
+from sunfish.adapt.model import DiffusionLM, HFBackbone, SunfishBackbone, apply_lora, build_student, load_teacher
 from sunfish.adapt.objective import adapted_loss, attach
 from sunfish.adapt.run import adapt_config
 from sunfish.adapt.tokenizer import MASK_TOKEN, HFTokenizer
@@ -19,6 +19,7 @@ from sunfish.adapt.trajectory import TrajectoryStore, commit_order, latest_commi
 from sunfish.adapt.windows import EpochWindows
 from sunfish.config import AdaptConfig, AttentionKind, Layout, ModelConfig, ProcessConfig, RunConfig, apply_tree
 from sunfish.model.transformer import build_model
+from sunfish.registry import training_loss
 
 from test_adapt_helpers import CHAT_TEMPLATE, hf_config, make_hf_model
 
@@ -110,7 +111,7 @@ def test_lora_trains_only_adapter_weights():
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     x0 = torch.randint(0, 60, (4, 16))
     for step in range(3):
-        loss = model.training_loss(x0, ProcessConfig(), 63, torch.Generator().manual_seed(step)).loss
+        loss = training_loss(model, x0, ProcessConfig(), 63, torch.Generator().manual_seed(step)).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -168,7 +169,7 @@ def test_teacher_cache_is_hit_on_the_second_epoch(llama_dir, tmp_path):
         "align_weight": 1.0, "teacher_cache": str(tmp_path / "cache"), "align_layers": "1,2", "align_layer_sample": 1,
         "align_token_fraction": 0.5}}))
     model = build_student(cfg, tmp_path, pretrained=True).train()
-    objective = attach(model, cfg, log=lambda s: None)
+    objective = attach(model, cfg, lambda: load_teacher(cfg), log=lambda s: None)
     windows = torch.randint(0, 290, (6, 12), generator=torch.Generator().manual_seed(0))
     batches = EpochWindows(windows, seed=0)
     gen = torch.Generator().manual_seed(0)
@@ -205,7 +206,7 @@ def test_commit_order_and_trajectory_masking_in_the_loss(llama_dir, tmp_path):
     cfg = dataclasses.replace(cfg, adapt=dataclasses.replace(cfg.adapt, trajectories=str(tmp_path / "t.safetensors"),
                                                              traj_mix=1.0, traj_min_ratio=1 / 3, traj_max_ratio=1 / 3))
     model.train()
-    objective = attach(model, cfg, log=lambda s: None)
+    objective = attach(model, cfg, lambda: load_teacher(cfg), log=lambda s: None)
     seen = {}
     real = model.hidden_and_layers
     model.hidden_and_layers = lambda z, layers: seen.setdefault("z", z) is not None and real(z, layers)

@@ -55,13 +55,13 @@ def test_adapt_lora_run_resumes_samples_and_exports(world, lora_run, capsys):
     assert main(["adapt", "export", str(lora_run), "--out", str(export)]) == 0
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sunfish.train.checkpoint import load_for_inference
+    from sunfish.load import load_model
 
     hf = AutoModelForCausalLM.from_pretrained(str(export)).eval()
     tok = AutoTokenizer.from_pretrained(str(export))
     assert tok.mask_token_id is not None and tok.chat_template == CHAT_TEMPLATE
     assert hf.config.sunfish_adapt["layout"] == "shifted" and not any("lora" in n for n, _ in hf.named_parameters())
-    ours = load_for_inference(lora_run, torch.device("cpu")).model
+    ours = load_model(lora_run, torch.device("cpu")).model
     x = torch.tensor([tok.encode("Once upon a time there was a cat")])
     with torch.no_grad():
         theirs = hf(x, attention_mask=torch.ones(1, 1, x.shape[1], x.shape[1], dtype=torch.bool)).logits
@@ -74,13 +74,13 @@ def test_short_adaptation_lowers_the_masked_loss(world):
     from sunfish.adapt.model import build_student
     from sunfish.adapt.run import adapt_corpus, base_tokenizer
     from sunfish.process.masked import masked_diffusion_loss
-    from sunfish.train.checkpoint import load_for_inference
+    from sunfish.load import load_model
 
     out = world["root"] / "full_run"
     argv = ["adapt", str(world["base"]), "--data", str(world["docs"]), "--out", str(out), "--steps", "30",
             "--layout", "same", *TINY]
     assert main(argv) == 0
-    loaded = load_for_inference(out, torch.device("cpu"))
+    loaded = load_model(out, torch.device("cpu"))
     cfg = loaded.cfg
     before = build_student(cfg, out, pretrained=True).eval()
     held_out = adapt_corpus(cfg, [str(world["docs"])], base_tokenizer(cfg)).val.windows(32)[:8]
@@ -109,10 +109,10 @@ def test_adapt_a_sunfish_causal_run(world, capsys):
     assert main(["adapt", "export", str(out), "--out", str(export)]) == 0
     from transformers import AutoModelForCausalLM
 
-    from sunfish.train.checkpoint import load_for_inference
+    from sunfish.load import load_model
 
     hf = AutoModelForCausalLM.from_pretrained(str(export)).eval()
-    loaded = load_for_inference(out, torch.device("cpu"))
+    loaded = load_model(out, torch.device("cpu"))
     x = torch.randint(4, loaded.tokenizer.vocab_size, (1, 12))
     with torch.no_grad():
         theirs = hf(x, attention_mask=torch.ones(1, 1, 12, 12, dtype=torch.bool)).logits

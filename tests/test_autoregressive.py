@@ -7,7 +7,7 @@ import math
 import torch
 
 from sunfish.config import AttentionKind, ProcessConfig, ProcessKind, SamplerConfig
-from sunfish.process import training_loss
+from sunfish.registry import build_network, training_loss
 from sunfish.sample.ar import ar_generate
 
 from conftest import make_model

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from sunfish.config import AttentionKind, CacheMode, Policy, SamplerConfig, ScheduleKind, StepSchedule, TimeCond
-from sunfish.process.schedules import Schedule
+from sunfish.config import AttentionKind, CacheMode, Policy, SamplerConfig, MaskScheduleKind, CommitRule, TimeCond
+from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.ar import ar_generate
 from sunfish.sample.batch import Padding, left_pad, row_generators, uniform
 from sunfish.sample.block import block_generate
@@ -16,7 +16,7 @@ from sunfish.sample.unmask import unmask
 from conftest import make_model
 
 MASK, PAD, EOS = 3, 0, 2
-SCHEDULE = Schedule(ScheduleKind.LINEAR)
+SCHEDULE = MaskSchedule(MaskScheduleKind.LINEAR)
 GEN = 12
 SEEDS = [11, 12, 13, 14]
 
@@ -41,15 +41,15 @@ def with_masks(prompt):
 
 
 CASES = [dict(policy=p) for p in Policy] + [
-    dict(schedule=StepSchedule.ANCESTRAL, temperature=1.0),
-    dict(schedule=StepSchedule.THRESHOLD, threshold=0.05, temperature=0.7),
-    dict(schedule=StepSchedule.FACTOR, factor=0.5),
-    dict(schedule=StepSchedule.ENTROPY_BOUND, entropy_bound=0.5),
+    dict(rule=CommitRule.ANCESTRAL, temperature=1.0),
+    dict(rule=CommitRule.THRESHOLD, threshold=0.05, temperature=0.7),
+    dict(rule=CommitRule.FACTOR, factor=0.5),
+    dict(rule=CommitRule.ENTROPY_BOUND, entropy_bound=0.5),
     dict(block_length=4, steps=6, temperature=1.0, top_k=5, top_p=0.9),
     dict(cache=CacheMode.PREFIX, block_length=4, temperature=1.0),
-    dict(cache=CacheMode.DUAL, block_length=4, schedule=StepSchedule.THRESHOLD, threshold=0.05),
+    dict(cache=CacheMode.DUAL, block_length=4, rule=CommitRule.THRESHOLD, threshold=0.05),
     dict(remask="cap", remask_eta=0.5, remask_start=0.2, temperature=1.0),
-    dict(remask="conf", remask_eta=0.5, remask_start=0.0, schedule=StepSchedule.THRESHOLD, threshold=0.05),
+    dict(remask="conf", remask_eta=0.5, remask_start=0.0, rule=CommitRule.THRESHOLD, threshold=0.05),
     dict(guidance=1.5, temperature=1.0, block_length=4),
 ]
 
@@ -96,7 +96,7 @@ def test_time_conditioned_model_batched_equals_alone(tiny_model_cfg):
     assert batched == alone
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(temperature=1.0, schedule=StepSchedule.THRESHOLD, threshold=0.05),
+@pytest.mark.parametrize("kw", [dict(), dict(temperature=1.0, rule=CommitRule.THRESHOLD, threshold=0.05),
                                 dict(temperature=1.0, remask="rescale", remask_eta=0.5, remask_start=0.0)], ids=str)
 def test_block_diffusion_batched_equals_alone(tiny_model_cfg, kw):
     model = make_model(dataclasses.replace(tiny_model_cfg, init_std=0.3))

@@ -11,7 +11,7 @@ import torch
 
 from sunfish.sample.bench import (BenchError, BenchRow, agreement, confidence_profile, target_report, unigram_entropy,
                                   within_quality)
-from sunfish.train.checkpoint import load_for_inference
+from sunfish.load import load_model
 
 from conftest import cli_error
 from test_train import DOCS
@@ -69,9 +69,9 @@ def test_a_batch_of_different_prompts_decodes_as_each_alone(runs, kind):
 
     from sunfish.config import SamplerConfig
     from sunfish.sample.bench import decode, one_per_step, prompt_ids
-    from sunfish.train.checkpoint import load_for_inference
+    from sunfish.load import load_model
 
-    loaded = load_for_inference(runs[kind], torch.device("cpu"))
+    loaded = load_model(runs[kind], torch.device("cpu"))
     rows = prompt_ids(loaded, ["the cat", "a little girl found"], 8)  # 8 and 19 tokens: left padding
     cfg = dataclasses.replace(one_per_step(SamplerConfig(length=8, block_length=4)), threshold=0.5)
     together = decode(loaded, rows, cfg)
@@ -130,7 +130,7 @@ def test_bad_inputs_get_one_sentence(runs, capsys):
 
 
 def test_confidence_profile_counts_what_threshold_decoding_may_commit(runs, tmp_path, capsys):
-    loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
+    loaded = load_model(runs["diffusion"], torch.device("cpu"))
     texts = DOCS[:6]
     sure = {r.regime: r for r in confidence_profile(loaded, texts, threshold=1e-6, block_length=4)}
     never = {r.regime: r for r in confidence_profile(loaded, texts, threshold=1.0 - 1e-9, block_length=4)}
@@ -140,7 +140,7 @@ def test_confidence_profile_counts_what_threshold_decoding_may_commit(runs, tmp_
     assert all(0.0 <= r.accuracy <= 1.0 for r in sure.values())
     assert [r.accuracy for r in sure.values()] == [r.accuracy for r in never.values()]  # same seed, same masks
     with pytest.raises(BenchError, match="masked diffusion"):
-        confidence_profile(load_for_inference(runs["ar"], torch.device("cpu")), texts)
+        confidence_profile(load_model(runs["ar"], torch.device("cpu")), texts)
     held = tmp_path / "held.jsonl"  # the corpora's own format: one {"text": ...} per line
     held.write_text("\n".join(json.dumps({"text": t}) for t in texts), encoding="utf-8")
     capsys.readouterr()

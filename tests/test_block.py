@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from sunfish.config import ProcessConfig, SamplerConfig, ScheduleKind
+from sunfish.config import ProcessConfig, SamplerConfig, MaskScheduleKind
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.block import block_causal_mask, block_ids, prefix_mask, training_mask
-from sunfish.process import training_loss as masked_diffusion_loss
-from sunfish.process.schedules import Schedule
+from sunfish.registry import training_loss as masked_diffusion_loss
+from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.block import _CachedBlock, block_generate
 
 from conftest import make_model
@@ -73,7 +73,7 @@ def test_block_generate_fills_and_stops(tiny_model_cfg):
     prompt = torch.randint(4, 32, (2, 5), generator=torch.Generator().manual_seed(3))
     cfg = SamplerConfig(steps=12, temperature=0.8)
     res = block_generate(model, prompt, 24, MASK, 8, cfg, generator=torch.Generator().manual_seed(0),
-                         schedule=Schedule(ScheduleKind.LINEAR))
+                         schedule=MaskSchedule(MaskScheduleKind.LINEAR))
     assert res.tokens.shape == (2, 29) and not (res.tokens == MASK).any()
     assert torch.equal(res.tokens[:, :5], prompt)
     assert res.steps == 12 and res.nfe == 12 + 2  # two commit passes (none after the last block)

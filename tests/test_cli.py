@@ -115,7 +115,7 @@ def test_block_diffusion_trains_and_samples(tmp_path, capsys):
                  "--no-stop-at-eos"]) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["text"].startswith("the cat") and body["steps"] == 10 and body["nfe"] == 12  # + 2 cache commits
-    assert "block-diffusion" in error_of(capsys, ["infill", str(out), "--text", "the [MASK:3] sat"])
+    assert "block diffusion" in error_of(capsys, ["infill", str(out), "--text", "the [MASK:3] sat"])
 
 
 def test_data_pipeline_verbs_are_wired(tmp_path, capsys):

@@ -8,9 +8,9 @@ import torch
 from sunfish.cli import main
 from sunfish.config import ModelConfig, NoiseSchedule, ProcessConfig, Rounding, SamplerConfig, Solver
 from sunfish.model.transformer import build_model
-from sunfish.process import training_loss
+from sunfish.registry import build_network, training_loss
 from sunfish.process.continuous import GaussianSchedule, embedding_table, forward_sample, nelbo_per_token
-from sunfish.process.schedule_net import MonotoneWarp, warp_noise
+from sunfish.process.time_warp import MonotoneWarp, warp_noise
 from sunfish.sample.continuous import continuous_generate, ddim_sample, round_to_tokens, time_grid
 
 
@@ -20,7 +20,7 @@ PROCESS = ProcessConfig(kind="continuous")
 
 def model_for(process: ProcessConfig = PROCESS, seed: int = 0):
     torch.manual_seed(seed)
-    return build_model(MODEL, "cpu", process)
+    return build_network(MODEL, process, "cpu")
 
 
 @pytest.mark.parametrize("kind", list(NoiseSchedule))
@@ -123,15 +123,15 @@ def test_short_run_lowers_the_loss(param):
     assert after < 0.8 * before
 
 
-def test_learned_schedule_trains_after_warmup_and_nelbo_falls():
-    process = ProcessConfig(kind="continuous", learned_schedule=True, learn_schedule_after=10)
+def test_time_warp_trains_after_warmup_and_nelbo_falls():
+    process = ProcessConfig(kind="continuous", time_warp=True, time_warp_after=10)
     untrained = model_for(process)
     x = torch.randint(0, MODEL.vocab_size, (8, 16), generator=torch.Generator().manual_seed(3))
     nelbo_before = nelbo_per_token(untrained, x, process, torch.Generator().manual_seed(0)).mean()
-    warp_start = [p.clone() for p in untrained.process_io.schedule.parameters()]
+    warp_start = [p.clone() for p in untrained.process_io.warp.parameters()]
     _, _, model, x = fit(process, steps=20)
-    warp = model.process_io.schedule
-    assert int(warp.seen) == 20 and warp.active(process.learn_schedule_after)
+    warp = model.process_io.warp
+    assert int(warp.seen) == 20 and warp.active(process.time_warp_after)
     assert any(not torch.equal(a, b) for a, b in zip(warp_start, warp.parameters()))
     f = warp.cdf(torch.linspace(0, 1, 201)).detach()
     assert torch.all(f[1:] > f[:-1])
@@ -157,7 +157,7 @@ def test_cli_train_sample_infill(tmp_path, capsys, corpus):
     out = tmp_path / "run"
     tiny = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=48",
             "--train.batch_size=4", "--train.val_every=3", "--data.val_fraction=0.2", "--no-progress",
-            "--process.learned_schedule=true", "--process.learn_schedule_after=2"]
+            "--process.time_warp=true", "--process.time_warp_after=2"]
     assert main(["train", "--process", "continuous", "--data", str(corpus), "--out", str(out), "--steps", "4", *tiny]) == 0
     config = json.loads(next((out / "checkpoints").glob("step-*/config.json")).read_text())
     assert config["process"]["kind"] == "continuous" and config["model"]["time_cond"] == "sinusoidal"

@@ -18,7 +18,8 @@ from sunfish.data.prepare import prepare
 from sunfish.data.shards import PreparedData
 from sunfish.data.sources import DataError, write_documents
 from sunfish.data.synth import generate_stories
-from sunfish.train.checkpoint import list_checkpoints, load_for_inference
+from sunfish.checkpoint.files import list_checkpoints
+from sunfish.load import load_model
 from sunfish.train.loop import train
 
 SEQ = 32
@@ -103,8 +104,8 @@ def test_training_on_prepared_shards_resumes_exactly(prepared, tmp_path):
     lines = lambda run: [{k: v for k, v in json.loads(l).items() if k not in ("tokens_per_s", "memory_gib")}
                          for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines(part) == lines(full)
-    a = load_for_inference(full, torch.device("cpu"))
-    b = load_for_inference(part, torch.device("cpu")).model.state_dict()
+    a = load_model(full, torch.device("cpu"))
+    b = load_model(part, torch.device("cpu")).model.state_dict()
     assert all(torch.equal(v, b[k]) for k, v in a.model.state_dict().items())
     assert a.tokenizer.to_json() == PreparedData.open(prepared).tokenizer().to_json()
     assert [p.name for p in list_checkpoints(full)] == ["step-000004", "step-000008"]

@@ -1,6 +1,7 @@
 """Held-out likelihood: the NELBO of a uniform model is log |V|, the Monte Carlo error shrinks, the causal
 estimate is the exact chain-rule NLL, and windows score every token once."""
 
+import dataclasses
 import math
 
 import pytest
@@ -8,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from sunfish.config import AttentionKind, EvalConfig, ModelConfig, ProcessConfig
-from sunfish.eval.likelihood import (ESTIMATORS, CAUSAL, HeldOut, UnsupportedProcess, estimator_for, evaluate_likelihood,
-                                     held_out, monte_carlo, register_estimator)
+from sunfish import registry
+from sunfish.config import ProcessKind
+from sunfish.eval.likelihood import (HeldOut, UnsupportedProcess, estimator_for, evaluate_likelihood, held_out,
+                                     monte_carlo)
 from sunfish.tokenizer import train_tokenizer
 
 from conftest import make_model
@@ -28,7 +31,7 @@ def random_data(n=32, length=64, seed=0) -> HeldOut:
     return HeldOut(windows=[x], tokens=n * (length - 1), bytes=n * (length - 1), documents=n)
 
 
-@pytest.mark.parametrize("process", [ProcessConfig(schedule="linear"), ProcessConfig(schedule="cosine"),
+@pytest.mark.parametrize("process", [ProcessConfig(mask_schedule="linear"), ProcessConfig(mask_schedule="cosine"),
                                      ProcessConfig(discrete_steps=20), ProcessConfig(block_size=16)],
                          ids=["linear", "cosine", "discrete", "block16"])
 def test_uniform_model_nelbo_is_log_vocab(process):
@@ -94,15 +97,13 @@ def test_windows_score_every_token_but_the_first_once():
     assert held_out(DOCS, tok, seq_len=10, max_tokens=30).documents == 1
 
 
-def test_unknown_process_kind_gets_one_sentence_and_can_be_registered():
+def test_a_process_without_an_estimator_gets_one_sentence_and_the_registry_decides(monkeypatch):
     process = ProcessConfig(kind="flow")
-    with pytest.raises(UnsupportedProcess, match="does not know the process kind 'flow'"):
+    with pytest.raises(UnsupportedProcess, match="no estimator for simplex flow models"):
         estimator_for(process)
-    register_estimator("flow", lambda cfg: CAUSAL)
-    try:
-        assert estimator_for(process) is CAUSAL
-    finally:
-        del ESTIMATORS["flow"]
+    causal = registry.AR.likelihood
+    monkeypatch.setitem(registry._BY_KIND, ProcessKind.FLOW, dataclasses.replace(registry.FLOW, likelihood=causal))
+    assert estimator_for(process) is causal
 
 
 def test_empty_held_out_text_is_an_error():

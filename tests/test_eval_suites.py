@@ -13,7 +13,7 @@ from sunfish.eval.generative import (HuggingFaceReference, ReferenceError, Sunfi
 from sunfish.eval.infill import InfillUnsupported, infill_suite, span_mask
 from sunfish.eval.likelihood import held_out
 from sunfish.eval.translation import TranslationError, read_pairs, score, translation_suite
-from sunfish.train.checkpoint import load_for_inference
+from sunfish.load import load_model
 
 from test_train import DOCS
 
@@ -55,7 +55,7 @@ def test_step_counts():
 
 def test_hugging_face_reference_scores_exactly(runs, tmp_path):
     transformers = pytest.importorskip("transformers")
-    tok = load_for_inference(runs["ar"], CPU).tokenizer
+    tok = load_model(runs["ar"], CPU).tokenizer
     config = transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=64, n_embd=16, n_layer=1, n_head=2,
                                      bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def test_hugging_face_reference_scores_exactly(runs, tmp_path):
 
 
 def test_generation_suite_with_a_sunfish_reference(runs):
-    loaded = load_for_inference(runs["mdlm"], CPU)
+    loaded = load_model(runs["mdlm"], CPU)
     ref = load_reference(runs["ar"], CPU)
     assert isinstance(ref, SunfishReference)
     cfg = EvalConfig(samples=2, sample_length=12, sample_steps="3,12", batch_size=2)
@@ -98,14 +98,14 @@ def test_span_masks():
 
 
 def test_infill_suite(runs):
-    loaded = load_for_inference(runs["mdlm"], CPU)
+    loaded = load_model(runs["mdlm"], CPU)
     windows = held_out(DOCS[:8], loaded.tokenizer, 40).windows[0]
     results = infill_suite(loaded, windows, EvalConfig(infill_windows=3, max_rounds=4), log=lambda _: None)
     assert [r.span for r in results] == ["1", "4", "16", "middle_third"]
     for r in results:
         assert 0.0 <= r.token_accuracy <= 1.0 and 0.0 <= r.exact_match <= 1.0 and r.fill_nats_per_token > 0
     with pytest.raises(InfillUnsupported, match="masked diffusion"):
-        infill_suite(load_for_inference(runs["ar"], CPU), windows, EvalConfig())
+        infill_suite(load_model(runs["ar"], CPU), windows, EvalConfig())
 
 
 def test_bleu_and_chrf_of_identical_text_are_100():
@@ -126,7 +126,7 @@ def test_parallel_file_and_translation_suite(runs, tmp_path):
     (tmp_path / "bad.tsv").write_text("a\tb\n1\t2\n", encoding="utf-8")
     with pytest.raises(TranslationError, match="'en' and 'ru' columns"):
         read_pairs(tmp_path / "bad.tsv", "en-ru")
-    result = translation_suite(load_for_inference(runs["mdlm"], CPU), tsv, EvalConfig(translation_pairs=2), log=lambda _: None)
+    result = translation_suite(load_model(runs["mdlm"], CPU), tsv, EvalConfig(translation_pairs=2), log=lambda _: None)
     assert result.pairs + result.pairs_skipped == 2 and 0.0 <= result.bleu <= 100.0 and 0.0 <= result.chrf <= 100.0
 
 

@@ -5,16 +5,16 @@ import dataclasses
 import pytest
 import torch
 
-from sunfish.config import CacheMode, SamplerConfig, ScheduleKind, StepSchedule, TimeCond
+from sunfish.config import CacheMode, SamplerConfig, MaskScheduleKind, CommitRule, TimeCond
 from sunfish.model.kv_cache import KVCache
-from sunfish.process.schedules import Schedule
+from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.policies import adaptive_count
 from sunfish.sample.unmask import unmask
 
 from conftest import make_model
 from test_sampler import MASK, canvas
 
-SCHEDULE = Schedule(ScheduleKind.LINEAR)
+SCHEDULE = MaskSchedule(MaskScheduleKind.LINEAR)
 
 
 def run(model, x, seed=0, **kw):
@@ -61,16 +61,16 @@ def test_drift_report_is_zero_right_after_refresh_and_recorded_for_cached_steps(
 def test_threshold_one_equals_confidence_one_token_per_step(tiny_model_cfg):
     model = make_model(tiny_model_cfg)
     x = canvas(gen=16)
-    a = run(model, x, schedule=StepSchedule.THRESHOLD, threshold=1.0)
+    a = run(model, x, rule=CommitRule.THRESHOLD, threshold=1.0)
     b = run(model, x, steps=16)
     assert torch.equal(a.tokens, b.tokens) and a.steps == 16
 
 
-@pytest.mark.parametrize("schedule", [StepSchedule.THRESHOLD, StepSchedule.FACTOR, StepSchedule.ENTROPY_BOUND])
+@pytest.mark.parametrize("schedule", [CommitRule.THRESHOLD, CommitRule.FACTOR, CommitRule.ENTROPY_BOUND])
 def test_adaptive_rules_finish_and_keep_prompt(tiny_model_cfg, schedule):
     model = make_model(tiny_model_cfg)
     x = canvas(gen=20)
-    res = run(model, x, schedule=schedule, threshold=0.01, factor=50.0, entropy_bound=100.0, block_length=10)
+    res = run(model, x, rule=schedule, threshold=0.01, factor=50.0, entropy_bound=100.0, block_length=10)
     assert not (res.tokens == MASK).any() and torch.equal(res.tokens[:, :6], x[:, :6])
     assert res.steps == 2  # permissive settings commit a whole block per step
 
@@ -80,12 +80,12 @@ def test_adaptive_counts_follow_their_rules():
     drawn = torch.zeros(1, 4, dtype=torch.long)
     every = torch.ones(1, 4, dtype=torch.bool)
     k = lambda **kw: int(adaptive_count(probs, drawn, every, SamplerConfig(**kw))[1])
-    assert k(schedule="threshold", threshold=0.8) == 2  # 0.95 and 0.85
-    assert k(schedule="threshold", threshold=0.99) == 1  # at least one
+    assert k(rule="threshold", threshold=0.8) == 2  # 0.95 and 0.85
+    assert k(rule="threshold", threshold=0.99) == 1  # at least one
     # factor: sorted c = .95 .85 .6 .5; (n + 1)(1 - c_n) = .1 .45 1.6 2.5
-    assert k(schedule="factor", factor=1.0) == 2 and k(schedule="factor", factor=2.0) == 3
+    assert k(rule="factor", factor=1.0) == 2 and k(rule="factor", factor=2.0) == 3
     # entropy bound: entropies ascending ~.199 .423 .673 .693; sum - max of each prefix = 0 .199 .622 1.295
-    assert k(schedule="entropy_bound", entropy_bound=0.3) == 2 and k(schedule="entropy_bound", entropy_bound=0.0) == 1
+    assert k(rule="entropy_bound", entropy_bound=0.3) == 2 and k(rule="entropy_bound", entropy_bound=0.0) == 1
 
 
 class EosAfter(torch.nn.Module):

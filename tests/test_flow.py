@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sunfish.cli import main
 from sunfish.config import FlowNoise, ModelConfig, ProcessConfig, SamplerConfig, Solver
 from sunfish.model.transformer import build_model
-from sunfish.process import training_loss
+from sunfish.registry import build_network, training_loss
 from sunfish.process.flow import denoising_ce_per_token, simplex_noise
 from sunfish.sample.flow import flow_generate, integrate
 
@@ -19,7 +19,7 @@ MODEL = ModelConfig(vocab_size=24, d_model=32, n_layers=1, n_heads=2, context=32
 
 def model_for(process: ProcessConfig, seed: int = 0):
     torch.manual_seed(seed)
-    return build_model(MODEL, "cpu", process)
+    return build_network(MODEL, process, "cpu")
 
 
 @pytest.mark.parametrize("kind", list(FlowNoise))
@@ -69,7 +69,7 @@ def test_short_run_lowers_the_loss(loss):
 
 @pytest.mark.parametrize("solver", [Solver.EULER, Solver.HEUN])
 def test_prompt_positions_are_kept(solver):
-    process = ProcessConfig(kind="flow", learned_schedule=True)
+    process = ProcessConfig(kind="flow", time_warp=True)
     model = model_for(process)
     mask = MODEL.vocab_size - 1
     canvas = torch.tensor([[1, 2, 3, mask, mask, 4, mask, 5]])
@@ -86,13 +86,13 @@ def test_cli_train_resume_sample(tmp_path, capsys, corpus):
     out = tmp_path / "run"
     tiny = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=48",
             "--train.batch_size=4", "--train.val_every=0", "--data.val_fraction=0.2", "--no-progress",
-            "--process.learned_schedule=true", "--process.learn_schedule_after=2", "--save-every", "2"]
+            "--process.time_warp=true", "--process.time_warp_after=2", "--save-every", "2"]
     assert main(["train", "--process", "flow", "--data", str(corpus), "--out", str(out), "--steps", "2", *tiny]) == 0
     assert main(["train", "--process", "flow", "--data", str(corpus), "--out", str(out), "--steps", "4", "--resume", *tiny]) == 0
-    from sunfish.train.checkpoint import load_for_inference
+    from sunfish.load import load_model
 
-    loaded = load_for_inference(out, torch.device("cpu"))
-    assert loaded.cfg.process.kind.value == "flow" and int(loaded.model.process_io.schedule.seen) == 4
+    loaded = load_model(out, torch.device("cpu"))
+    assert loaded.cfg.process.kind.value == "flow" and int(loaded.model.process_io.warp.seen) == 4
     capsys.readouterr()
     assert main(["sample", str(out), "--prompt", "the cat", "--length", "10", "--steps", "3", "--solver", "heun", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from sunfish.config import AttentionKind, CacheMode, ModelConfig, ProcessConfig, SamplerConfig, ScheduleKind
-from sunfish.process import training_loss
-from sunfish.process.masked import condition, corrupt, draw_prompts
-from sunfish.process.schedules import Schedule
+from sunfish.config import AttentionKind, CacheMode, MaskScheduleKind, ModelConfig, ProcessConfig, RunConfig, SamplerConfig
+from sunfish.validate import validate
+from sunfish.registry import build_network, training_loss
+from sunfish.process.masked import condition, corrupt, draw_prompts, drop_prompts
+from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.ar import ar_generate
 from sunfish.sample.block import block_generate
 from sunfish.sample.unmask import _Guided, _Predictor, unmask
@@ -16,7 +17,7 @@ from sunfish.sample.unmask import _Guided, _Predictor, unmask
 from conftest import make_model, replace
 from test_sampler import MASK, canvas
 
-SCHEDULE = Schedule(ScheduleKind.LINEAR)
+SCHEDULE = MaskSchedule(MaskScheduleKind.LINEAR)
 
 
 def run(model, x, seed=0, **kw):
@@ -89,8 +90,9 @@ def test_guidance_refused_where_not_implemented(tiny_model_cfg):
 
 
 def test_prompt_dropout_frequencies():
-    cfg = ProcessConfig(prompt_prob=0.5, cond_dropout=0.3)
-    prompt, dropped = draw_prompts(20000, 16, cfg, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    prompt = draw_prompts(20000, 16, 0.5, g)
+    dropped = drop_prompts(prompt, 0.3, g)
     has = prompt.any(1)
     assert abs(has.float().mean() - 0.5) < 0.02
     assert abs(dropped[has].float().mean() - 0.3) < 0.02 and not dropped[~has].any()
@@ -107,7 +109,7 @@ def test_dropped_prompts_are_exactly_masked_and_never_scored():
     state = g.get_state()
     out, scored, prompt = condition(x0, zt, masked, cfg, MASK, g)
     g.set_state(state)
-    _, dropped = draw_prompts(400, 12, cfg, g)
+    dropped = drop_prompts(draw_prompts(400, 12, cfg.prompt_prob, g), cfg.cond_dropout, g)
     kept = prompt & ~dropped[:, None]
     assert (out[prompt & dropped[:, None]] == MASK).all() and torch.equal(out[kept], x0[kept])
     assert torch.equal(out[~prompt], zt[~prompt])  # the response is corrupted as usual
@@ -121,9 +123,9 @@ def test_conditional_training_loss(tiny_model_cfg):
     out = training_loss(model, x0, ProcessConfig(prompt_prob=1.0, cond_dropout=0.1), MASK, torch.Generator().manual_seed(0))
     assert torch.isfinite(out.loss) and out.masked_tokens > 0
     with pytest.raises(ValueError, match="prompt_prob"):
-        training_loss(model, x0, ProcessConfig(cond_dropout=0.1), MASK, torch.Generator())
+        validate(RunConfig(process=ProcessConfig(cond_dropout=0.1)))
     with pytest.raises(ValueError, match="block"):
-        training_loss(model, x0, ProcessConfig(prompt_prob=0.5, block_size=8), MASK, torch.Generator())
+        validate(RunConfig(process=ProcessConfig(prompt_prob=0.5, block_size=8), model=ModelConfig(time_cond="none")))
 
 
 def test_cli_trains_with_prompt_dropout_and_samples_guided_batches(tmp_path, capsys):

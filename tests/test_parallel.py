@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from sunfish.config import apply_tree, load_preset
-from sunfish.train.checkpoint import list_checkpoints, load_for_inference, verify_checkpoint
+from sunfish.checkpoint.files import list_checkpoints, verify_checkpoint
+from sunfish.load import load_model
 from sunfish.train.loop import train
 
 from conftest import TINY_DOCS, run_metrics as metrics
@@ -89,11 +90,11 @@ def test_ddp_and_fsdp_match_one_process_with_the_same_global_batch(runs):
     assert len([l for l in reference if "val_loss" in l]) == 4
     assert_same_metrics(metrics(tmp / "ddp"), reference)
     assert_same_metrics(metrics(tmp / "fsdp"), reference)
-    a = load_for_inference(tmp / "single", torch.device("cpu")).model.state_dict()
+    a = load_model(tmp / "single", torch.device("cpu")).model.state_dict()
     for other in ("ddp", "fsdp"):
         for ema in (True, False):
-            a = load_for_inference(tmp / "single", torch.device("cpu"), ema=ema).model.state_dict()
-            b = load_for_inference(tmp / other, torch.device("cpu"), ema=ema).model.state_dict()
+            a = load_model(tmp / "single", torch.device("cpu"), ema=ema).model.state_dict()
+            b = load_model(tmp / other, torch.device("cpu"), ema=ema).model.state_dict()
             assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), (other, ema)
 
 
@@ -107,8 +108,8 @@ def test_fsdp_checkpoints_are_sharded_verified_and_exportable(runs):
     from sunfish.cli import main
 
     assert main(["export", str(tmp / "fsdp"), "--out", str(tmp / "exported")]) == 0
-    exported = load_for_inference(tmp / "exported", torch.device("cpu")).model.state_dict()
-    sharded = load_for_inference(tmp / "fsdp", torch.device("cpu")).model.state_dict()
+    exported = load_model(tmp / "exported", torch.device("cpu")).model.state_dict()
+    sharded = load_model(tmp / "fsdp", torch.device("cpu")).model.state_dict()
     assert all(torch.equal(exported[k], sharded[k]) for k in sharded)
 
 

@@ -3,20 +3,20 @@ import math
 import pytest
 import torch
 
-from sunfish.config import LossKind, ProcessConfig, ScheduleKind
+from sunfish.config import LossKind, ProcessConfig, MaskScheduleKind
 from sunfish.process.masked import corrupt, masked_diffusion_loss, sample_times
-from sunfish.process.schedules import Schedule
+from sunfish.process.schedules import MaskSchedule
 
 from conftest import make_model
 
 
-@pytest.mark.parametrize("kind", list(ScheduleKind))
+@pytest.mark.parametrize("kind", list(MaskScheduleKind))
 def test_schedule_monotone_with_end_points(kind):
-    s = Schedule(kind, eps=1e-3)
+    s = MaskSchedule(kind, eps=1e-3)
     t = torch.linspace(0, 1, 1001, dtype=torch.float64)
     a = s.alpha(t)
     assert float(a[0]) == pytest.approx(1.0)
-    assert float(a[-1]) == pytest.approx(1e-3 if kind is ScheduleKind.LOGLINEAR else 0.0, abs=1e-9)
+    assert float(a[-1]) == pytest.approx(1e-3 if kind is MaskScheduleKind.LOGLINEAR else 0.0, abs=1e-9)
     assert torch.all(a[1:] <= a[:-1])
     assert torch.all(s.alpha_prime(t[1:-1]) < 0)
     # derivative matches a finite difference, and the inverse inverts
@@ -28,12 +28,12 @@ def test_schedule_monotone_with_end_points(kind):
 
 def test_linear_weight_is_one_over_t():
     t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
-    assert torch.allclose(Schedule(ScheduleKind.LINEAR).weight(t), 1 / t)
+    assert torch.allclose(MaskSchedule(MaskScheduleKind.LINEAR).weight(t), 1 / t)
 
 
-@pytest.mark.parametrize("kind", [ScheduleKind.LINEAR, ScheduleKind.COSINE, ScheduleKind.COSINE_SQ])
+@pytest.mark.parametrize("kind", [MaskScheduleKind.LINEAR, MaskScheduleKind.COSINE, MaskScheduleKind.COSINE_SQ])
 def test_corruption_rate_matches_schedule(kind):
-    s = Schedule(kind)
+    s = MaskSchedule(kind)
     g = torch.Generator().manual_seed(0)
     x0 = torch.randint(4, 30, (64, 4096), generator=g)
     t = torch.linspace(0.05, 0.95, 64)

@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from sunfish.config import CacheMode, RemaskKind, SamplerConfig, ScheduleKind, StepSchedule
-from sunfish.process.schedules import Schedule
+from sunfish.config import CacheMode, RemaskKind, SamplerConfig, MaskScheduleKind, CommitRule
+from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.remask import remask_sigma
 from sunfish.sample.unmask import unmask
 
 from conftest import make_model
 from test_sampler import MASK, canvas
 
-SCHEDULE = Schedule(ScheduleKind.LINEAR)
+SCHEDULE = MaskSchedule(MaskScheduleKind.LINEAR)
 
 
 def run(model, x, seed=0, **kw):
@@ -22,17 +22,17 @@ def run(model, x, seed=0, **kw):
 
 
 @pytest.mark.parametrize("kind", ["cap", "rescale", "conf"])
-@pytest.mark.parametrize("extra", [dict(), dict(block_length=8), dict(schedule=StepSchedule.THRESHOLD, threshold=0.5),
-                                   dict(schedule=StepSchedule.ANCESTRAL), dict(cache=CacheMode.DUAL, block_length=8)], ids=str)
+@pytest.mark.parametrize("extra", [dict(), dict(block_length=8), dict(rule=CommitRule.THRESHOLD, threshold=0.5),
+                                   dict(rule=CommitRule.ANCESTRAL), dict(cache=CacheMode.DUAL, block_length=8)], ids=str)
 def test_remasking_keeps_prompt_and_never_returns_a_mask(tiny_model_cfg, kind, extra):
     model = make_model(tiny_model_cfg)
     x = canvas(gen=16)
     res, infos = run(model, x, remask=kind, **extra)
     assert not (res.tokens == MASK).any() and torch.equal(res.tokens[:, :6], x[:, :6])
     assert not any(info.remasked[:, :6].any() for info in infos)
-    if extra.get("schedule") in (None, StepSchedule.ANCESTRAL):
+    if extra.get("rule") in (None, CommitRule.ANCESTRAL):
         assert res.steps == 8  # the fixed budget still finishes every block
-    if extra.get("schedule") is None:
+    if extra.get("rule") is None:
         assert sum(int(info.remasked.sum()) for info in infos) > 0
 
 

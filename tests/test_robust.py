@@ -16,13 +16,8 @@ from sunfish.cli import main
 from sunfish.config import apply_tree, load_preset
 from sunfish.process.masked import LossOutput
 from sunfish.train import loop
-from sunfish.train.checkpoint import (
-    CheckpointError,
-    list_checkpoints,
-    load_for_inference,
-    read_state,
-    verify_checkpoint,
-)
+from sunfish.checkpoint.files import CheckpointError, list_checkpoints, read_state, verify_checkpoint
+from sunfish.load import load_model
 from sunfish.train.loop import train
 from sunfish.train.robust import RunInUseError, TrainingAborted
 
@@ -43,7 +38,7 @@ def tiny_cfg(steps=8, **train):
 
 
 def weights(run_dir):
-    return load_for_inference(run_dir, torch.device("cpu")).model.state_dict()
+    return load_model(run_dir, torch.device("cpu")).model.state_dict()
 
 
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, corpus):
@@ -126,7 +121,7 @@ def test_truncated_checkpoint_is_refused_and_resume_falls_back(tmp_path, corpus,
     damaged = run / "checkpoints" / "step-000008" / "model.safetensors"
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="is damaged: model.safetensors has"):
-        load_for_inference(run, torch.device("cpu"))
+        load_model(run, torch.device("cpu"))
     assert main(["sample", str(run), "--length", "8", "--steps", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sunfish: error: checkpoint") and "damaged" in err[0]
@@ -183,11 +178,11 @@ def test_ema_weights_are_saved_and_used_for_sampling(tmp_path, corpus):
     train(tiny_cfg(steps=6, ema=0.9), run_dir=run, data=[corpus], progress=False, log=QUIET)
     ckpt = list_checkpoints(run)[-1]
     assert (ckpt / "ema.safetensors").is_file()
-    averaged = load_for_inference(run, torch.device("cpu")).model.state_dict()
-    raw = load_for_inference(run, torch.device("cpu"), ema=False).model.state_dict()
+    averaged = load_model(run, torch.device("cpu")).model.state_dict()
+    raw = load_model(run, torch.device("cpu"), ema=False).model.state_dict()
     assert any(not torch.equal(averaged[k], raw[k]) for k in raw)
     assert main(["export", str(run), "--raw", "--out", str(tmp_path / "raw")]) == 0
-    exported = load_for_inference(tmp_path / "raw", torch.device("cpu")).model.state_dict()
+    exported = load_model(tmp_path / "raw", torch.device("cpu")).model.state_dict()
     assert all(torch.equal(exported[k], raw[k]) for k in raw)
 
 

@@ -3,15 +3,15 @@ import dataclasses
 import pytest
 import torch
 
-from sunfish.config import Policy, SamplerConfig, ScheduleKind, StepSchedule, TimeCond
-from sunfish.process.schedules import Schedule
+from sunfish.config import Policy, SamplerConfig, MaskScheduleKind, CommitRule, TimeCond
+from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.policies import transfer_counts
 from sunfish.sample.unmask import filter_logits, unmask
 
 from conftest import make_model
 
 MASK = 3
-SCHEDULE = Schedule(ScheduleKind.LINEAR)
+SCHEDULE = MaskSchedule(MaskScheduleKind.LINEAR)
 
 
 def canvas(prompt_len=6, gen=24, batch=2, seed=0):
@@ -26,7 +26,7 @@ def run(model, x, seed=0, callback=None, **kw):
 
 
 ALL = [dict(policy=p) for p in Policy] + [
-    dict(schedule=StepSchedule.ANCESTRAL),
+    dict(rule=CommitRule.ANCESTRAL),
     dict(block_length=8, steps=9),
     dict(temperature=1.0, top_k=5),
     dict(temperature=0.7, top_p=0.9, policy=Policy.MARGIN),
@@ -150,9 +150,9 @@ def _every_sampler():
         return go
 
     return {
-        "fixed": plain(), "ancestral": plain(schedule=StepSchedule.ANCESTRAL),
-        "threshold": plain(schedule=StepSchedule.THRESHOLD), "factor": plain(schedule=StepSchedule.FACTOR),
-        "entropy_bound": plain(schedule=StepSchedule.ENTROPY_BOUND),
+        "fixed": plain(), "ancestral": plain(rule=CommitRule.ANCESTRAL),
+        "threshold": plain(rule=CommitRule.THRESHOLD), "factor": plain(rule=CommitRule.FACTOR),
+        "entropy_bound": plain(rule=CommitRule.ENTROPY_BOUND),
         "prefix_cache": plain(cache=CacheMode.PREFIX, block_length=8), "dual_cache": plain(cache=CacheMode.DUAL, block_length=8),
         "remask": plain(remask="conf", remask_eta=0.5, temperature=1.0), "guidance": plain(guidance=1.0),
         "block_diffusion": single("block"), "autoregressive": single("ar"),

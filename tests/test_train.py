@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sunfish.config import apply_tree, load_preset
-from sunfish.train.checkpoint import list_checkpoints, load_for_inference, read_config
+from sunfish.checkpoint.files import list_checkpoints, read_config
+from sunfish.load import load_model
 from sunfish.train.loop import train
 from sunfish.train.optim import lr_at
 
@@ -35,8 +36,8 @@ def test_resumed_run_matches_uninterrupted(tmp_path, corpus):
         f.write(json.dumps({"step": 8, "loss": 99.0, "lr": 0.0, "tokens_per_s": 1.0}) + "\n")
     train(small_cfg(save_every=6), run_dir=part, data=[corpus], resume=True, progress=False, log=lambda s: None)
     assert metrics(part) == metrics(full)
-    a = load_for_inference(full, torch.device("cpu")).model.state_dict()
-    b = load_for_inference(part, torch.device("cpu")).model.state_dict()
+    a = load_model(full, torch.device("cpu")).model.state_dict()
+    b = load_model(part, torch.device("cpu")).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -5,11 +5,13 @@ import json
 import pytest
 import torch
 
+from sunfish import fileio
 from sunfish.cli import main
-from sunfish.config import StepSchedule
+from sunfish.config import CommitRule
 from sunfish.sample import tune as tune_module
 from sunfish.sample.tune import Quality, candidates, chosen_values, tune
-from sunfish.train.checkpoint import load_for_inference, resolve_checkpoint
+from sunfish.checkpoint.files import resolve_checkpoint
+from sunfish.load import load_model
 
 from conftest import cli_error
 
@@ -70,8 +72,8 @@ def test_writes_the_chosen_setting_atomically_and_sample_uses_it(runs, capsys):
     chosen = out.split("\n| * | ")[1].split(" |")[0]  # the starred row of the table
     assert chosen.split(",")[0] in (f"threshold {sampler['threshold']:g}", f"{sampler['steps']} steps",
                                     "exact: 1 token/step")
-    loaded = load_for_inference(run, torch.device("cpu"))  # the written config loads
-    assert loaded.cfg.sampler.schedule.value == sampler["schedule"] and loaded.cfg.sampler.cache.value == sampler["cache"]
+    loaded = load_model(run, torch.device("cpu"))  # the written config loads
+    assert loaded.cfg.sampler.rule.value == sampler["rule"] and loaded.cfg.sampler.cache.value == sampler["cache"]
     capsys.readouterr()
     assert main(["sample", str(run), "--prompt", "the cat", "--json", "--no-stop-at-eos"]) == 0
     body = json.loads(capsys.readouterr().out)
@@ -85,17 +87,17 @@ def test_a_failed_write_leaves_the_config_untouched(runs, monkeypatch):
     def refuse(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(tune_module.os, "replace", refuse)
+    monkeypatch.setattr(fileio.os, "replace", refuse)
     with pytest.raises(OSError):
         tune_module.write_sampler_defaults(run, {"steps": 3})
     ckpt = resolve_checkpoint(run)
-    assert config_bytes(run) == before and not [p for p in ckpt.iterdir() if ".tmp-" in p.name]
+    assert config_bytes(run) == before and not [p for p in ckpt.iterdir() if ".tmp" in p.name]
 
 
 def test_choice_is_the_fastest_within_the_bound(runs):
     """A model with random weights disagrees with the exact sampler under coarse settings; bound 0 keeps
     only exact agreement, and the chosen setting is the fastest of those."""
-    loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
+    loaded = load_model(runs["diffusion"], torch.device("cpu"))
     torch.manual_seed(0)
     with torch.no_grad():
         for p in loaded.model.parameters():
@@ -109,8 +111,8 @@ def test_choice_is_the_fastest_within_the_bound(runs):
 
 
 def test_generative_perplexity_bound(runs):
-    loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
-    ref = load_for_inference(runs["ar"], torch.device("cpu"))
+    loaded = load_model(runs["diffusion"], torch.device("cpu"))
+    ref = load_model(runs["ar"], torch.device("cpu"))
     result = tune(loaded, ["the cat"], length=8, quality=Quality.GEN_PPL, bound=0.05, ref=ref,
                   thresholds=[0.5], steps=[2], block_lengths=[0])
     exact = result.trials[0]
@@ -120,7 +122,7 @@ def test_generative_perplexity_bound(runs):
 
 
 def test_spent_budget_keeps_the_exact_sampler(runs):
-    loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
+    loaded = load_model(runs["diffusion"], torch.device("cpu"))
     result = tune(loaded, ["the cat"], length=8, budget_s=1e-9, thresholds=[0.9], steps=[4], block_lengths=[0])
     assert len(result.trials) == 1 and result.skipped >= 4 and result.chosen is result.trials[0]
     assert result.chosen.cfg.threshold == 1.0 and result.chosen.nfe_per_token == 1.0  # one token per step
@@ -130,13 +132,13 @@ def test_agreement_is_measured_against_the_exact_sampler_of_the_same_layout(runs
     from sunfish.config import SamplerConfig
     from sunfish.sample.tune import is_exact, with_references
 
-    exact = SamplerConfig(length=16, schedule=StepSchedule.THRESHOLD, threshold=1.0)
-    todo = candidates(SamplerConfig(length=16), "masked", [0.9], [8], [0, 4])
+    exact = SamplerConfig(length=16, rule=CommitRule.THRESHOLD, threshold=1.0)
+    todo = candidates(SamplerConfig(length=16), False, [0.9], [8], [0, 4])
     queue = with_references(exact, todo)
     assert queue[0] == exact and [c.block_length for c in queue if is_exact(c)] == [0, 4]
     first_block4 = next(i for i, c in enumerate(queue) if c.block_length == 4)
     assert is_exact(queue[first_block4])  # each layout's reference is measured before its candidates
-    loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
+    loaded = load_model(runs["diffusion"], torch.device("cpu"))
     result = tune(loaded, ["the cat"], length=8, thresholds=[0.9], steps=[4], block_lengths=[0, 4])
     exacts = [t for t in result.trials if is_exact(t.cfg)]
     assert len(exacts) == 2 and all(t.agreement == 1.0 for t in exacts)
@@ -145,11 +147,11 @@ def test_agreement_is_measured_against_the_exact_sampler_of_the_same_layout(runs
 def test_grid_skips_settings_that_cannot_finish():
     from sunfish.config import SamplerConfig
 
-    grid = candidates(SamplerConfig(length=16), "masked", [0.9], [2, 8], [0, 4])
-    assert all(c.schedule is StepSchedule.THRESHOLD or c.steps >= (1 if c.block_length == 0 else 4) for c in grid)
+    grid = candidates(SamplerConfig(length=16), False, [0.9], [2, 8], [0, 4])
+    assert all(c.rule is CommitRule.THRESHOLD or c.steps >= (1 if c.block_length == 0 else 4) for c in grid)
     assert not [c for c in grid if c.block_length == 0 and c.cache.value == "dual"]  # one block: dual = prefix
-    block = candidates(SamplerConfig(length=16), "block", [0.9], [2, 4], [0], block_size=4)
-    assert [c.steps for c in block if c.schedule is StepSchedule.FIXED] == [4]
+    block = candidates(SamplerConfig(length=16), True, [0.9], [2, 4], [0], block_size=4)
+    assert [c.steps for c in block if c.rule is CommitRule.FIXED] == [4]
 
 
 def test_bad_inputs_get_one_sentence(runs, tmp_path, capsys):
@@ -169,14 +171,14 @@ def test_bad_inputs_get_one_sentence(runs, tmp_path, capsys):
 
 
 def test_factor_and_entropy_bound_rules_are_searched_and_stored(runs):
-    loaded = load_for_inference(runs["diffusion"], torch.device("cpu"))
+    loaded = load_model(runs["diffusion"], torch.device("cpu"))
     result = tune(loaded, ["the cat"], length=12, thresholds=[], steps=[], block_lengths=[0], factors=[2.0],
                   entropy_bounds=[1.0])
-    rules = {t.cfg.schedule for t in result.trials}
-    assert rules == {StepSchedule.THRESHOLD, StepSchedule.FACTOR, StepSchedule.ENTROPY_BOUND}  # exact + the two
-    factor = next(t for t in result.trials if t.cfg.schedule is StepSchedule.FACTOR)
+    rules = {t.cfg.rule for t in result.trials}
+    assert rules == {CommitRule.THRESHOLD, CommitRule.FACTOR, CommitRule.ENTROPY_BOUND}  # exact + the two
+    factor = next(t for t in result.trials if t.cfg.rule is CommitRule.FACTOR)
     assert factor.label == "factor 2, one block, cache none" and factor.nfe_per_token <= 1.0
-    assert chosen_values(factor.cfg, "masked") == {"length": 12, "schedule": "factor", "factor": 2.0,
+    assert chosen_values(factor.cfg, False) == {"length": 12, "rule": "factor", "factor": 2.0,
                                                    "block_length": factor.cfg.block_length, "cache": "none"}
-    bound = next(t for t in result.trials if t.cfg.schedule is StepSchedule.ENTROPY_BOUND)
-    assert chosen_values(bound.cfg, "block")["entropy_bound"] == 1.0
+    bound = next(t for t in result.trials if t.cfg.rule is CommitRule.ENTROPY_BOUND)
+    assert chosen_values(bound.cfg, True)["entropy_bound"] == 1.0

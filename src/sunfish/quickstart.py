@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sunfish.config import RunConfig, SamplerConfig, apply_tree, load_preset
+from sunfish.api import load, train
+from sunfish.checkpoint.files import list_checkpoints, read_state
+from sunfish.config import RunConfig, apply_tree, load_preset
 from sunfish.data.sources import write_documents
 from sunfish.data.synth import generate_stories
-from sunfish.runtime import setup_runtime
-from sunfish.sample.text import generate, infill
-from sunfish.train.checkpoint import list_checkpoints, load_for_inference, read_state
-from sunfish.train.loop import train
 
 PRESET = "quickstart"
 PROMPTS = [("English, prompted", "Once upon a time"), ("Russian, prompted", "Жила-была"),
@@ -24,7 +22,7 @@ def _train_or_reuse(cfg: RunConfig, run_dir: Path, corpus: Path, log) -> Path:
     if found and read_state(found[-1]).step >= cfg.train.steps:
         log(f"'{run_dir}' is already trained ({found[-1].name}); sampling from it")
         return found[-1]
-    result = train(cfg, run_dir=run_dir, data=[str(corpus)], resume=True, log=log)
+    result = train(cfg, out=run_dir, data=[str(corpus)], resume=True, log=log)
     val = f"; val loss {result.final_val_loss:.3f}" if result.final_val_loss is not None else ""
     log(f"trained {result.parameters:,} parameters in {result.seconds:.0f} s{val}")
     return result.checkpoint
@@ -39,13 +37,12 @@ def run_quickstart(out: Path, steps: int | None = None, log=print) -> None:
     n = write_documents(corpus, generate_stories(cfg.data.synth_lang, cfg.data.synth_docs, cfg.train.seed))
     log(f"built-in corpus: {n} English and Russian stories in {corpus}")
     checkpoint = _train_or_reuse(cfg, out / "run", corpus, log)
-    loaded = load_for_inference(checkpoint, setup_runtime(cfg.train.device).device)
-    sampler = loaded.cfg.sampler
+    model = load(checkpoint, device=cfg.train.device)
     for i, (title, prompt) in enumerate(PROMPTS):
         trace = out / "trace.gif" if i == 0 else None
-        g = generate(loaded, prompt, sampler, seed=i, trace=trace)
+        g = model.generate(prompt, seed=i, trace=trace)
         log(f"\n--- {title} (seed {i}, {g.steps} steps, {g.tokens_per_s:.0f} tokens/s) ---\n{g.text}")
-    filled = infill(loaded, INFILL, SamplerConfig(steps=6), seed=0)  # one token per step
+    filled = model.infill(INFILL, steps=6, temperature=0.0, seed=0)  # greedy, one token per step
     log(f"\n--- infill ---\n{INFILL}\n-> {filled.text}")
     log(f"\ndenoising trace: {out / 'trace.gif'}; checkpoint: {checkpoint}")
     log(f"try: sunfish sample {out / 'run'} --prompt \"Once upon a time\" --temperature 0.8")

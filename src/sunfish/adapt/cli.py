@@ -5,8 +5,8 @@
     sunfish adapt trajectories RUN_DIR --data ... --out FILE.safetensors [--per-step K]
     sunfish adapt export RUN_DIR --out HF_DIR
 
-`register(verbs)` adds the `adapt` parser; `dispatch(args)` runs it (config overrides arrive in
-`args.overrides`). Library work is imported inside each command so `sunfish --help` stays fast.
+`register(verbs)` adds the `adapt` parser (every config field a flag, sunfish/flags.py); `dispatch(args)` runs it.
+Library work is imported inside each command so `sunfish --help` stays fast.
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sunfish.config import SECTIONS
+from sunfish.flags import add_section, given, given_keys
+
 ACTIONS = ("cache-teacher", "trajectories", "export")
+ADAPT_SECTIONS = ("model", "process", "optim", "train", "data", "sampler", "adapt")
+SHORT = {"adapt": ("lora", "lora_rank", "qlora", "layout"), "train": ("steps", "save_every", "seed")}
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -27,35 +32,29 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("second", nargs="?", metavar="PATH", help="with an action: its base model or run folder")
     p.add_argument("--data", nargs="+", help=".txt/.jsonl files or folders (default: the built-in story corpus)")
     p.add_argument("--out", type=Path, help="run folder (adapt), cache folder, trajectory file or export folder")
-    p.add_argument("--lora", action="store_true", help="train LoRA adapters only (peft)")
-    p.add_argument("--lora-rank", type=int, help="LoRA rank (default 16)")
-    p.add_argument("--qlora", action="store_true", help="4-bit base weights under the LoRA adapters (CUDA + bitsandbytes)")
-    p.add_argument("--layout", choices=["same", "shifted"], help="prediction layout: same (LLaDA) or shifted (Dream, default)")
-    p.add_argument("--steps", type=int, help="planned total optimiser steps")
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--per-step", type=int, default=1, help="trajectories: positions committed per decoding step")
     p.add_argument("--limit", type=int, default=0, help="cache-teacher / trajectories: first N training windows only (0 = all)")
     p.add_argument("--batch-size", type=int, default=8, help="cache-teacher / trajectories: sequences per forward pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name in ADAPT_SECTIONS:
+        add_section(p, SECTIONS[name], short=SHORT.get(name, ()))
+    p.set_defaults(config_sections={name: None for name in ADAPT_SECTIONS})
 
 
 def _config(base: str, args: argparse.Namespace):
     from sunfish.adapt.run import adapt_config
-    from sunfish.config import RunConfig, apply_tree, parse_overrides
-    from sunfish.train.checkpoint import list_checkpoints, read_config
+    from sunfish.checkpoint.files import list_checkpoints, read_config
+    from sunfish.config import RunConfig, apply_tree
+    from sunfish.validate import validate
 
     found = list_checkpoints(args.out) if args.resume and args.out else []
     cfg = read_config(found[-1]) if found else RunConfig(preset="adapt")
-    flags = {"lora": True if args.lora else None, "lora_rank": args.lora_rank, "qlora": True if args.qlora else None,
-             "layout": args.layout}
-    train = {"steps": args.steps, "save_every": args.save_every, "seed": args.seed}
-    tree = {"adapt": {k: v for k, v in flags.items() if v is not None},
-            "train": {k: v for k, v in train.items() if v is not None}}
-    cfg = apply_tree(cfg, parse_overrides(getattr(args, "overrides", [])))
+    tree = given(args)
     cfg = apply_tree(cfg, tree)
-    return adapt_config(base, cfg) if not found else cfg
+    cfg = adapt_config(base, cfg) if not found else cfg
+    validate(cfg, given_keys(tree))
+    return cfg
 
 
 def _need(args: argparse.Namespace, what: str) -> None:

@@ -24,6 +24,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from sunfish.checkpoint.files import is_checkpoint, list_checkpoints, resolve_checkpoint, run_dir_of
+from sunfish.checkpoint.weights import load_network, load_weights
 from sunfish.config import AdaptConfig, AttentionKind, BaseKind, Layout, ModelConfig, RunConfig
 from sunfish.model.transformer import Transformer, build_model
 
@@ -85,12 +87,19 @@ class SunfishBackbone(nn.Module):
 class DiffusionLM(nn.Module):
     """tokens (B, L) -> logits (B, L, V) with bidirectional attention and the configured layout."""
 
+    # what the loader tells samplers this network cannot do (sunfish/load.py)
+    UNAVAILABLE = {"cache": "an adapted causal LM decodes without a key/value cache; use --cache none"}
+    MIXED_BATCHES = False  # no per-row attention masks or positions: prompts of one length per batch
+
     def __init__(self, backbone: HFBackbone | SunfishBackbone, cfg: ModelConfig, layout: Layout):
         super().__init__()
         self.backbone = backbone
         self.cfg = cfg  # context and sizes, for samplers and prompt checks
         self.layout = layout
-        self.objective = None  # set by `sunfish.adapt.objective.attach` for training; never saved
+        # set by `sunfish.adapt.objective.attach` for training; never saved. While training, the registry's
+        # training_loss calls objective.loss (NELBO + alignment); in eval mode the plain masked NELBO, so
+        # validation stays comparable with scratch runs.
+        self.objective = None
 
     @property
     def needs_time(self) -> bool:
@@ -123,22 +132,10 @@ class DiffusionLM(nn.Module):
     def forward(self, tokens: torch.Tensor, t: torch.Tensor | None = None, kv_cache=None, **attention) -> torch.Tensor:
         return self.head(self.hidden(tokens, t, kv_cache, **attention))
 
-    def training_loss(self, x0: torch.Tensor, cfg, mask_id: int, generator: torch.Generator):
-        """The trainer's loss (process.training_loss dispatches here): the adaptation objective while
-        training, the plain masked NELBO in eval mode (validation stays comparable with scratch runs)."""
-        from sunfish.adapt.objective import adapted_loss
-        from sunfish.process.masked import masked_diffusion_loss
-
-        if self.training and self.objective is not None:
-            return adapted_loss(self, x0, cfg, mask_id, generator)
-        return masked_diffusion_loss(self, x0, cfg, mask_id, generator)
-
 
 # ----------------------------------------------------------------------------------------------- loading
 def base_kind(path: str | Path) -> BaseKind:
     """HF when the folder holds a transformers config.json, SUNFISH when it is a Sunfish run or checkpoint."""
-    from sunfish.train.checkpoint import is_checkpoint, list_checkpoints
-
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"the base model folder '{path}' does not exist; pass a local Hugging Face model "
@@ -258,6 +255,15 @@ def merge_lora(module: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------------ entry points
+def sunfish_base(path: str | Path) -> tuple[Transformer, int]:
+    """A Sunfish causal run's network (eval mode) and its tokenizer's mask id."""
+    from sunfish.tokenizer import Tokenizer
+
+    ckpt = resolve_checkpoint(path)
+    model, _ = load_network(ckpt)
+    return model, Tokenizer.load(ckpt / "tokenizer.json").mask_id
+
+
 def build_student(cfg: RunConfig, run_dir: Path | None, *, pretrained: bool) -> DiffusionLM:
     """The adapted model for `cfg`: from the base's weights (`pretrained`) or as an empty shell to load a
     checkpoint into (HF: the saved RUN_DIR/hf_base config)."""
@@ -265,11 +271,9 @@ def build_student(cfg: RunConfig, run_dir: Path | None, *, pretrained: bool) -> 
     if a.kind is BaseKind.SUNFISH:
         model = build_model(cfg.model)
         if pretrained:
-            from sunfish.train.checkpoint import load_for_inference
-
-            base = load_for_inference(a.base, torch.device("cpu"))
-            model.load_state_dict(base.model.state_dict())
-            init_mask_row(model.embed, base.tokenizer.mask_id)
+            base, mask_id = sunfish_base(a.base)
+            model.load_state_dict(base.state_dict())
+            init_mask_row(model.embed, mask_id)
         backbone: nn.Module = SunfishBackbone(model)
         target = model
     else:
@@ -292,9 +296,7 @@ def load_teacher(cfg: RunConfig) -> HFBackbone | SunfishBackbone:
     """The original causal model, frozen (the representation-alignment teacher)."""
     a = cfg.adapt
     if a.kind is BaseKind.SUNFISH:
-        from sunfish.train.checkpoint import load_for_inference
-
-        teacher: nn.Module = SunfishBackbone(load_for_inference(a.base, torch.device("cpu")).model)
+        teacher: nn.Module = SunfishBackbone(sunfish_base(a.base)[0])
     else:
         teacher = HFBackbone(load_hf_causal(a.base, dataclasses.replace(a, qlora=False)))
     teacher.eval()
@@ -303,12 +305,11 @@ def load_teacher(cfg: RunConfig) -> HFBackbone | SunfishBackbone:
 
 
 def load_adapted(ckpt: Path, cfg: RunConfig, device: torch.device):
-    """A LoadedModel (eval mode) from a checkpoint of an adapted run, for sampling and evaluation."""
+    """(network in eval mode, tokenizer) from a checkpoint of an adapted run, for sampling and evaluation."""
     from sunfish.adapt.tokenizer import HFTokenizer
     from sunfish.tokenizer import Tokenizer
-    from sunfish.train.checkpoint import LoadedModel, load_weights
 
-    run_dir = ckpt.parent.parent
+    run_dir = run_dir_of(ckpt)
     if cfg.adapt.kind is BaseKind.HF:
         if not (run_dir / HF_BASE / "config.json").is_file():
             raise ValueError(f"'{run_dir}' lacks {HF_BASE}/config.json, which an adapted run keeps next to its "
@@ -318,5 +319,4 @@ def load_adapted(ckpt: Path, cfg: RunConfig, device: torch.device):
         tokenizer = Tokenizer.load(ckpt / "tokenizer.json")
     model = build_student(cfg, run_dir, pretrained=False)
     load_weights(model, ckpt)
-    model.to(device).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, cfg=cfg, path=ckpt)
+    return model.to(device).eval(), tokenizer

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 
 from sunfish.adapt.align import TeacherCache, alignment_loss, choose_layers, parse_layers, token_subset
 from sunfish.adapt.trajectory import TrajectoryStore, latest_committed
-from sunfish.config import AdaptConfig, LossKind, ProcessConfig, RunConfig
-from sunfish.process.masked import LossOutput, corrupt, sample_times
-from sunfish.process.schedules import Schedule
+from sunfish.config import AdaptConfig, ProcessConfig, RunConfig
+from sunfish.process.masked import LossOutput, corrupt, nelbo, sample_times
+from sunfish.process.schedules import MaskSchedule
 
 
 @dataclass
-class Objective:
+class AdaptObjective:
     """What the adaptation loss needs beyond the model; a plain object, so nothing here is saved."""
 
     cfg: AdaptConfig
@@ -51,6 +51,10 @@ class Objective:
         order = self.cache.layers if self.cache is not None else layers
         return {k: stacked[:, order.index(k)] for k in layers}
 
+    def loss(self, model, x0: torch.Tensor, cfg: ProcessConfig, mask_id: int, generator: torch.Generator) -> LossOutput:
+        """The training loss of `model` (a DiffusionLM) on x0 (B, L): see `adapted_loss`."""
+        return adapted_loss(model, x0, cfg, mask_id, generator)
+
     @torch.no_grad()
     def compute(self, x0: torch.Tensor, layers: list[int]) -> torch.Tensor:
         if self.teacher is None:
@@ -63,15 +67,15 @@ def teacher_name(cfg: AdaptConfig) -> str:
     return str(Path(cfg.base).resolve())
 
 
-def attach(model, cfg: RunConfig, log: Callable[[str], None] = print) -> Objective:
-    """Give `model` (a DiffusionLM) its training objective from `cfg.adapt`."""
-    from sunfish.adapt.model import load_teacher
-
+def attach(model, cfg: RunConfig, load_teacher: Callable[[], torch.nn.Module],
+           log: Callable[[str], None] = print) -> AdaptObjective:
+    """Give `model` (a DiffusionLM) its training objective from `cfg.adapt`; `load_teacher()` returns the frozen
+    causal model (called only when the alignment loss first needs it)."""
     a = cfg.adapt
     if a.traj_min_ratio > a.traj_max_ratio:
         raise ValueError(f"--adapt.traj_min_ratio ({a.traj_min_ratio}) exceeds --adapt.traj_max_ratio ({a.traj_max_ratio})")
     layers = parse_layers(a.align_layers, model.backbone.n_layers)
-    objective = Objective(cfg=a, layers=layers, load_teacher=lambda: load_teacher(cfg))
+    objective = AdaptObjective(cfg=a, layers=layers, load_teacher=load_teacher)
     if a.align_weight > 0 and a.teacher_cache:
         width = model.backbone.embedding().weight.shape[1]
         objective.cache = TeacherCache(a.teacher_cache, teacher_name(a), layers, width)
@@ -83,8 +87,8 @@ def attach(model, cfg: RunConfig, log: Callable[[str], None] = print) -> Objecti
     return objective
 
 
-def trajectory_masks(x0: torch.Tensor, t: torch.Tensor, masked: torch.Tensor, obj: Objective,
-                     schedule: Schedule, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def trajectory_masks(x0: torch.Tensor, t: torch.Tensor, masked: torch.Tensor, obj: AdaptObjective,
+                     schedule: MaskSchedule, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace (t, masked) of the rows drawn for trajectory masking; returns the new (t (B,), masked (B, L))."""
     a = obj.cfg
     order, found = obj.trajectories.lookup(x0)
@@ -103,9 +107,9 @@ def trajectory_masks(x0: torch.Tensor, t: torch.Tensor, masked: torch.Tensor, ob
 
 def adapted_loss(model, x0: torch.Tensor, cfg: ProcessConfig, mask_id: int, generator: torch.Generator) -> LossOutput:
     """Masked NELBO (random or trajectory masks) plus the weighted alignment loss, for x0 (B, L)."""
-    obj: Objective = model.objective
+    obj: AdaptObjective = model.objective
     a = obj.cfg
-    schedule = Schedule(cfg.schedule, cfg.eps)
+    schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
     B, L = x0.shape
     t = sample_times(B, cfg, generator).to(x0.device)  # (B,)
     _, masked = corrupt(x0, t, schedule, mask_id, generator)
@@ -117,14 +121,9 @@ def adapted_loss(model, x0: torch.Tensor, cfg: ProcessConfig, mask_id: int, gene
     h, student = model.hidden_and_layers(zt, layers)  # (B, L, D), {k: (B, L, D)}
     logits = model.head(h[masked]).float()  # (N, V)
     nll = F.cross_entropy(logits, x0[masked], reduction="none")  # (N,)
-    n = int(masked.sum())
-    if cfg.loss is LossKind.NELBO:
-        w = schedule.weight(t)[:, None].expand(B, L)[masked]  # (N,)
-        loss = (w * nll).sum() / (B * L)
-    else:
-        loss = nll.sum() / max(n, 1)
+    loss = nelbo(nll, schedule.weight(t)[:, None].expand(B, L)[masked], B * L, cfg.loss)
     if align:
         teacher = obj.teacher_states(x0, layers)
         positions = token_subset((B, L), a.align_token_fraction, generator)
         loss = loss + a.align_weight * alignment_loss(student, teacher, positions, scale)
-    return LossOutput(loss=loss, masked_tokens=n, nll_sum=nll.sum().detach())
+    return LossOutput(loss=loss, masked_tokens=int(masked.sum()), nll_sum=nll.sum().detach())

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from sunfish.adapt.align import parse_layers
-from sunfish.config import BaseKind, ProcessKind, RunConfig, apply_tree
+from sunfish.config import BaseKind, RunConfig, apply_tree
 from sunfish.adapt.model import (HF_BASE, DiffusionLM, base_kind, build_student, flipped_sunfish_config, hf_context,
                                  load_hf_causal, merge_lora, model_config_of)
 
@@ -29,8 +29,8 @@ DEFAULT_SEQ_LEN = 256  # tokens per training window when neither --train.seq_len
 def base_tokenizer(cfg: RunConfig):
     """The base model's tokenizer with its mask token (an HFTokenizer or Sunfish's own)."""
     if cfg.adapt.kind is BaseKind.SUNFISH:
+        from sunfish.checkpoint.files import resolve_checkpoint
         from sunfish.tokenizer import Tokenizer
-        from sunfish.train.checkpoint import resolve_checkpoint
 
         return Tokenizer.load(resolve_checkpoint(cfg.adapt.base) / "tokenizer.json")
     from sunfish.adapt.tokenizer import HFTokenizer
@@ -43,10 +43,11 @@ def adapt_config(base: str | Path, cfg: RunConfig) -> RunConfig:
     kind = base_kind(base)
     base = str(Path(base).resolve())
     if kind is BaseKind.SUNFISH:
-        from sunfish.train.checkpoint import read_config, resolve_checkpoint
+        from sunfish.checkpoint.files import read_config, resolve_checkpoint
+        from sunfish.registry import spec_of
 
         base_cfg = read_config(resolve_checkpoint(base))
-        if base_cfg.process.kind is not ProcessKind.AR:
+        if not spec_of(base_cfg.process).causal:
             raise ValueError(f"'{base}' is a diffusion run already; adapt a causal one (`sunfish train --objective ar`)")
         model = flipped_sunfish_config(base_cfg.model)
     else:
@@ -87,6 +88,7 @@ def write_hf_base(run_dir: Path, model: DiffusionLM, tokenizer) -> None:
 
 def student_factory(run_dir: Path, tokenizer, log: Callable[[str], None]):
     """The trainer's model factory: the flipped base (with LoRA and the training objective) on `device`."""
+    from sunfish.adapt.model import load_teacher
     from sunfish.adapt.objective import attach
 
     def build(cfg: RunConfig, device: torch.device) -> DiffusionLM:
@@ -98,7 +100,7 @@ def student_factory(run_dir: Path, tokenizer, log: Callable[[str], None]):
             f"{', LoRA r=%d' % cfg.adapt.lora_rank if cfg.adapt.lora else ''}): {trainable:,} trainable parameters")
         if not cfg.adapt.qlora:  # 4-bit weights are placed on the GPU when loaded and cannot be moved
             model.to(device)
-        attach(model, cfg, log)
+        attach(model, cfg, lambda: load_teacher(cfg), log)
         return model
 
     return build
@@ -164,11 +166,11 @@ def record_trajectories(model_path: str | Path, data: list[str] | None, out: Pat
                         log: Callable[[str], None] = print) -> int:
     """Decode the training windows of an adapted run with the entropy-ordered rule; save the commit orders."""
     from sunfish.adapt.trajectory import commit_order, save_trajectories
+    from sunfish.load import load_model
     from sunfish.runtime import setup_runtime
-    from sunfish.train.checkpoint import load_for_inference
 
     rt = setup_runtime("auto")
-    loaded = load_for_inference(model_path, rt.device)
+    loaded = load_model(model_path, rt.device)
     cfg = loaded.cfg
     if seq_len:
         cfg = apply_tree(cfg, {"train": {"seq_len": seq_len}})
@@ -187,9 +189,9 @@ def record_trajectories(model_path: str | Path, data: list[str] | None, out: Pat
 # ---------------------------------------------------------------------------------------------- export
 def export_hf(run_path: str | Path, out: Path) -> Path:
     """Write an adapted run as a Hugging Face folder (merged weights, config, tokenizer) for from_pretrained."""
-    from sunfish.train.checkpoint import load_for_inference
+    from sunfish.load import load_model
 
-    loaded = load_for_inference(run_path, torch.device("cpu"))
+    loaded = load_model(run_path, "cpu")
     cfg = loaded.cfg
     if not cfg.adapt.base:
         raise ValueError(f"'{run_path}' is not an adapted run; `sunfish adapt export` takes the --out folder of `sunfish adapt`")

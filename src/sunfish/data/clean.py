@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sunfish.config import Section
+from sunfish.config import Section, knob
 from sunfish.data import pii
 from sunfish.data.dedup import DedupConfig, ExactIndex, NearDuplicateIndex, minhash_signature
 from sunfish.data.langid import LanguageIdentifier
@@ -32,13 +32,13 @@ from sunfish.data.words import Words
 
 @dataclass(frozen=True, kw_only=True)
 class CleanConfig(Section):
-    langs: tuple[str, ...] = ("en", "ru")  # ISO 639-1 codes of the languages to keep
-    lang_threshold: float = 0.5  # lingua confidence below which a document's language is undetermined, [0, 1]
-    scrub_pii: bool = True  # replace e-mails, phones, IPs and card numbers by placeholders
+    SECTION = "clean"
+
+    langs: tuple[str, ...] = knob(("en", "ru"), "ISO 639-1 codes of the languages to keep")
+    lang_threshold: float = knob(0.5, "lingua confidence below which a document's language is undetermined, [0, 1]", lo=0.0, hi=1.0)
+    scrub_pii: bool = knob(True, "replace e-mails, phones, IPs and card numbers by placeholders")
     quality: QualityConfig = field(default_factory=QualityConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
-
-    RANGES = {"lang_threshold": (0.0, 1.0)}
 
 
 @dataclass

@@ -11,15 +11,9 @@ import argparse
 import itertools
 from pathlib import Path
 
+from sunfish.data.pack import PackConfig
 from sunfish.data.sources import DataError
-
-
-def _subcommands(parser: argparse.ArgumentParser, dest: str) -> argparse._SubParsersAction:
-    """The parser's sub-command group, created if it has none (argparse offers no public lookup)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest=dest, required=True)
+from sunfish.flags import add_section, given, subcommands
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -34,7 +28,6 @@ def _add_prepare(group: argparse._SubParsersAction) -> None:
     tok = p.add_mutually_exclusive_group()
     tok.add_argument("--tokenizer", type=Path, help="an existing tokenizer.json (or its folder)")
     tok.add_argument("--train-tokenizer", type=int, metavar="VOCAB", help="train a byte-level BPE of VOCAB tokens (default 32768)")
-    p.add_argument("--seq-len", type=int, default=2048, help="tokens per packed sequence (default 2048)")
     p.add_argument("--mix", nargs="+", metavar="SOURCE=WEIGHT", help="sampling weights by source name or language")
     p.add_argument("--langs", type=_csv, default=("en", "ru"), help="languages to keep (default en,ru)")
     p.add_argument("--lang-threshold", type=float, default=0.5, help="language confidence below which a document is dropped")
@@ -43,13 +36,12 @@ def _add_prepare(group: argparse._SubParsersAction) -> None:
     p.add_argument("--min-words", type=int, default=20, help="shortest document kept, in words (default 20)")
     p.add_argument("--no-quality", action="store_true", help="skip the quality rules")
     p.add_argument("--no-pii", action="store_true", help="keep e-mails, phones, IPs and card numbers")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="documents held out for validation (default 0.01)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the train/validation split")
     p.add_argument("--text-field", default="text", help="JSON field / Parquet column / dataset column with the text")
-    p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard file")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per CPU)")
     p.add_argument("--keep-rejects", action="store_true", help="write removed documents to OUT/rejects/REASON.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_section(p, PackConfig, short=("seq_len", "val_fraction", "seed", "shard_tokens"))
+    p.set_defaults(config_sections={"pack": None})
 
 
 def _add_tokenizer(verbs: argparse._SubParsersAction) -> None:
@@ -78,7 +70,7 @@ def _add_tokenizer(verbs: argparse._SubParsersAction) -> None:
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add `data prepare` (to the existing `data` group, or a new one) and `tokenizer train|extend|stats`."""
     data = verbs.choices.get("data") or verbs.add_parser("data", help="corpus tools")
-    _add_prepare(_subcommands(data, "data_verb"))
+    _add_prepare(subcommands(data, "data_verb"))
     _add_tokenizer(verbs)
 
 
@@ -101,7 +93,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from sunfish.data.dedup import DedupConfig
     from sunfish.data.langid import check_languages
     from sunfish.data.mix import parse_mix
-    from sunfish.data.pack import PackConfig
+    from sunfish.config import apply_section
     from sunfish.data.prepare import prepare
     from sunfish.data.quality import QualityConfig
 
@@ -114,7 +106,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         quality=QualityConfig(enabled=not args.no_quality, min_words=args.min_words),
         dedup=DedupConfig(exact="exact" in args.dedup, minhash="minhash" in args.dedup, threshold=args.minhash_threshold),
     )
-    pack = PackConfig(seq_len=args.seq_len, val_fraction=args.val_fraction, seed=args.seed, shard_tokens=args.shard_tokens)
+    pack = apply_section(PackConfig(), "pack", given(args, ("pack",)).get("pack", {}))
     result = prepare(args.inputs, args.out, clean=clean, pack=pack, tokenizer=args.tokenizer,
                      train_vocab=args.train_tokenizer or 32768, mix=parse_mix(args.mix), text_field=args.text_field,
                      workers=args.workers, keep_rejects=args.keep_rejects, progress=not args.no_progress)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sunfish.config import Section
+from sunfish.config import Section, knob
 from sunfish.data.words import Words
 
 _SCHEME = "affine32"  # datasketch >= 2.0: bijective 32-bit permutations, uint32 signatures
@@ -28,14 +28,14 @@ _BLOCK_ROWS = 1024  # shingles per block: a (rows, num_perm) uint32 temporary of
 
 @dataclass(frozen=True, kw_only=True)
 class DedupConfig(Section):
-    exact: bool = True  # drop documents whose normalised text was seen before
-    minhash: bool = True  # drop near-duplicates found by MinHash LSH
-    threshold: float = 0.8  # Jaccard similarity of shingle sets at which documents count as near-duplicates, (0, 1)
-    num_perm: int = 128  # MinHash permutations (signature length); more is more precise and slower
-    shingle_words: int = 5  # words per shingle
-    seed: int = 1  # seed of the MinHash permutations
+    SECTION = "dedup"
 
-    RANGES = {"threshold": (0.05, 0.99), "num_perm": (16, 1024), "shingle_words": (1, 32)}
+    exact: bool = knob(True, "drop documents whose normalised text was seen before")
+    minhash: bool = knob(True, "drop near-duplicates found by MinHash LSH")
+    threshold: float = knob(0.8, "Jaccard similarity of shingle sets at which documents count as near-duplicates, (0, 1)", lo=0.05, hi=0.99)
+    num_perm: int = knob(128, "MinHash permutations (signature length); more is more precise and slower", lo=16, hi=1024)
+    shingle_words: int = knob(5, "words per shingle", lo=1, hi=32)
+    seed: int = knob(1, "seed of the MinHash permutations")
 
 
 @functools.lru_cache(maxsize=4)

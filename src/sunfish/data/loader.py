@@ -83,13 +83,6 @@ class TokenStream:
         return RandomWindows(self, seq_len, seed, rank=rank, world=world)
 
 
-def data_parallel_rank() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed when it is initialised, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class RandomWindows:
     """Batches of random windows of an in-memory stream; the position is the generator's state.
 

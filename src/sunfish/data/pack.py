@@ -24,18 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from sunfish.config import Section
+from sunfish.config import Section, knob
 from sunfish.tokenizer.fast import LINE_CUT, PieceEncoder
 
 
 @dataclass(frozen=True, kw_only=True)
 class PackConfig(Section):
-    seq_len: int = 2048  # tokens per packed sequence
-    val_fraction: float = 0.01  # documents held out for validation, [0, 0.5]
-    seed: int = 0  # seeds the document split (and the sampler's order when training)
-    shard_tokens: int = 1 << 24  # tokens per shard file, rounded down to whole sequences (32 MB of uint16)
+    SECTION = "pack"
 
-    RANGES = {"seq_len": (2, float("inf")), "val_fraction": (0.0, 0.5), "shard_tokens": (2, float("inf"))}
+    seq_len: int = knob(2048, "tokens per packed sequence", lo=2)
+    val_fraction: float = knob(0.01, "documents held out for validation, [0, 0.5]", lo=0.0, hi=0.5)
+    seed: int = knob(0, "seeds the document split (and the sampler's order when training)")
+    shard_tokens: int = knob(1 << 24, "tokens per shard file, rounded down to whole sequences (32 MB of uint16)", lo=2)
 
 
 def is_validation(key: bytes, val_fraction: float, seed: int) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sunfish.config import Section
+from sunfish.config import Section, knob
 from sunfish.data.report import Reason
 from sunfish.data.words import Words
 
@@ -58,28 +58,27 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 
 @dataclass(frozen=True, kw_only=True)
 class QualityConfig(Section):
-    enabled: bool = True  # apply the rules below (boilerplate lines are removed either way unless disabled)
-    remove_boilerplate: bool = True  # drop short cookie/privacy/JavaScript/copyright lines
-    boilerplate_max_words: int = 30  # only lines of at most this many words count as boilerplate
-    min_words: int = 20  # normalised words per document, at least
-    max_words: int = 1_000_000  # at most (Gopher: 100,000, which drops whole books)
-    min_mean_word_length: float = 3.0  # characters (Gopher)
-    max_mean_word_length: float = 10.0  # characters (Gopher)
-    max_symbol_ratio: float = 0.15  # ('#' + '...' + '…') per word (Gopher: 0.1)
-    max_bullet_lines: float = 0.9  # fraction of lines opening with a bullet (Gopher)
-    max_ellipsis_lines: float = 0.5  # fraction of lines ending in an ellipsis (Gopher: 0.3)
-    min_alpha_words: float = 0.8  # fraction of words with a letter (Gopher)
-    min_stop_words: int = 2  # stop-word occurrences, for languages with a list (Gopher: 2)
-    min_punctuation_lines: float = 0.12  # fraction of lines ending in terminal punctuation (FineWeb)
-    max_duplicate_lines: float = 0.3  # fraction of lines that repeat an earlier line (Gopher)
-    max_duplicate_line_chars: float = 0.2  # fraction of characters in such lines (Gopher)
-    max_duplicate_paragraphs: float = 0.6  # the same for blank-line separated paragraphs (Gopher: 0.3)
-    max_duplicate_paragraph_chars: float = 0.2
-    max_top_ngram: tuple[float, float, float] = (0.20, 0.18, 0.16)  # chars in the top 2-, 3-, 4-gram (Gopher)
-    max_duplicate_ngrams: tuple[float, ...] = (0.15, 0.14, 0.13, 0.12, 0.11, 0.10)  # chars in repeated 5..10-grams
+    SECTION = "quality"
 
-    RANGES = {"boilerplate_max_words": (1, float("inf")), "min_words": (0, float("inf")),
-              "max_words": (1, float("inf")), "min_stop_words": (0, float("inf"))}
+    enabled: bool = knob(True, "apply the rules below (boilerplate lines are removed either way unless disabled)")
+    remove_boilerplate: bool = knob(True, "drop short cookie/privacy/JavaScript/copyright lines")
+    boilerplate_max_words: int = knob(30, "only lines of at most this many words count as boilerplate", lo=1)
+    min_words: int = knob(20, "normalised words per document, at least", lo=0)
+    max_words: int = knob(1_000_000, "at most (Gopher: 100,000, which drops whole books)", lo=1)
+    min_mean_word_length: float = knob(3.0, "characters (Gopher)")
+    max_mean_word_length: float = knob(10.0, "characters (Gopher)")
+    max_symbol_ratio: float = knob(0.15, "('#' + '...' + '…') per word (Gopher: 0.1)")
+    max_bullet_lines: float = knob(0.9, "fraction of lines opening with a bullet (Gopher)")
+    max_ellipsis_lines: float = knob(0.5, "fraction of lines ending in an ellipsis (Gopher: 0.3)")
+    min_alpha_words: float = knob(0.8, "fraction of words with a letter (Gopher)")
+    min_stop_words: int = knob(2, "stop-word occurrences, for languages with a list (Gopher: 2)", lo=0)
+    min_punctuation_lines: float = knob(0.12, "fraction of lines ending in terminal punctuation (FineWeb)")
+    max_duplicate_lines: float = knob(0.3, "fraction of lines that repeat an earlier line (Gopher)")
+    max_duplicate_line_chars: float = knob(0.2, "fraction of characters in such lines (Gopher)")
+    max_duplicate_paragraphs: float = knob(0.6, "the same for blank-line separated paragraphs (Gopher: 0.3)")
+    max_duplicate_paragraph_chars: float = knob(0.2, "fraction of characters in such paragraphs (Gopher: 0.2)")
+    max_top_ngram: tuple[float, float, float] = knob((0.20, 0.18, 0.16), "chars in the top 2-, 3-, 4-gram (Gopher)")
+    max_duplicate_ngrams: tuple[float, ...] = knob((0.15, 0.14, 0.13, 0.12, 0.11, 0.10), "chars in repeated 5..10-grams")
 
 
 def strip_boilerplate(text: str, cfg: QualityConfig) -> tuple[str, int]:

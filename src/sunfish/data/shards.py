@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sunfish.data.sources import DataError, file_sha256
+from sunfish.data.sources import DataError
+from sunfish.fileio import file_sha256
 
 MANIFEST = "manifest.json"
 FORMAT = "sunfish-shards/1"

@@ -13,7 +13,6 @@ record without the text field, an unreachable Hub) raise `DataError` with one se
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import re
@@ -22,6 +21,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from sunfish.fileio import file_sha256
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 SUFFIXES = TEXT_SUFFIXES + tuple(s + ".gz" for s in TEXT_SUFFIXES)
@@ -162,14 +163,6 @@ def read_documents(paths: list[str | Path]) -> list[str]:
     if not docs:
         raise DataError(f"no text found in {', '.join(map(str, paths))}; the corpus is empty")
     return docs
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

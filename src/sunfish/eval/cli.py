@@ -8,31 +8,15 @@ the dataclass.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import json
-import re
 from pathlib import Path
 
 from sunfish.config import EvalConfig, apply_section
-
-
-def _field_comments() -> dict[str, str]:
-    """The one-line comment of each EvalConfig field, read from its source, for --help."""
-    source = inspect.getsource(EvalConfig)
-    return {m.group(1): m.group(2) for m in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]+#\s*(.+)$", source, re.M)}
-
-
-def _eval_flags(p: argparse.ArgumentParser) -> None:
-    comments = _field_comments()
-    for name in (f.name for f in dataclasses.fields(EvalConfig)):
-        p.add_argument(f"--eval.{name}", dest=f"eval__{name}", metavar="VALUE",
-                       help=f"{comments.get(name, '')} (default {getattr(EvalConfig(), name)!r})")
+from sunfish.flags import add_section, given
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
-    values = {k[len("eval__"):]: v for k, v in vars(args).items() if k.startswith("eval__") and v is not None}
-    return apply_section(EvalConfig(), "eval", values)
+    return apply_section(EvalConfig(), "eval", given(args).get("eval", {}))
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -48,7 +32,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     e.add_argument("--out", type=Path, help="folder for eval.json, report.md and plots (default RUN/eval)")
     e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
     e.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    _eval_flags(e)
+    add_section(e, EvalConfig)
+    e.set_defaults(config_sections={"eval": None})
 
     c = verbs.add_parser("compare", help="several evaluated runs side by side")
     c.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders evaluated with `sunfish eval`")
@@ -76,8 +61,9 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sunfish.eval.report import parse_suites, run_dir_of, run_eval, summary_rows, text_table, write_report
-    from sunfish.train.checkpoint import resolve_checkpoint
+    from sunfish.checkpoint.files import run_dir_of
+    from sunfish.eval.report import parse_suites, run_eval, summary_rows, text_table, write_report
+    from sunfish.checkpoint.files import resolve_checkpoint
 
     cfg = eval_config(args)
     suites = parse_suites(args.suite, has_parallel=bool(args.parallel))
@@ -111,9 +97,8 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
                         mc_samples=args.mc_samples, device=args.device, builtin=not args.only_included)
     text = json.dumps(results, indent=2, ensure_ascii=False, default=str)
     if args.out:
-        from sunfish.eval.report import write_atomic
+        from sunfish.fileio import write_text_atomic
 
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out, text + "\n")
+        write_text_atomic(args.out, text + "\n")
     print(text)
     return 0

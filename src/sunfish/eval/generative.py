@@ -20,8 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sunfish.config import EvalConfig, ProcessKind
-from sunfish.train.checkpoint import LoadedModel
+from typing import TYPE_CHECKING
+
+from sunfish.config import EvalConfig
+
+if TYPE_CHECKING:
+    from sunfish.load import LoadedModel
 
 
 class ReferenceError(ValueError):
@@ -59,8 +63,8 @@ class SunfishReference:
     """A Sunfish causal checkpoint: exact NLL of [BOS] text, text truncated to the context."""
 
     def __init__(self, loaded: LoadedModel):
-        if loaded.cfg.process.kind is not ProcessKind.AR:
-            raise ReferenceError(f"the reference '{loaded.path}' is a {loaded.cfg.process.kind.value} model; it must be "
+        if not loaded.spec.causal:
+            raise ReferenceError(f"the reference '{loaded.path}' is a {loaded.spec.label} model; it must be "
                                  "causal: train one with `sunfish train --objective ar` or pass a Hugging Face causal LM folder")
         self.loaded = loaded
         self.name = f"sunfish:{loaded.path}"
@@ -122,16 +126,17 @@ class HuggingFaceReference:
 
 def load_reference(path: str | Path, device: torch.device) -> SunfishReference | HuggingFaceReference:
     """A Sunfish AR run/checkpoint folder, or a Hugging Face causal LM folder."""
-    from sunfish.train.checkpoint import CheckpointError, load_for_inference
+    from sunfish.checkpoint.files import CheckpointError
+    from sunfish.load import SourceKind, load_model, source_kind
 
     path = Path(path)
     if not path.exists():
         raise ReferenceError(f"the reference model '{path}' does not exist; pass a Sunfish AR run folder or a Hugging Face model folder")
     try:
-        return SunfishReference(load_for_inference(path, device))
-    except CheckpointError:
-        if (path / "config.json").is_file():
+        if source_kind(path) is SourceKind.HF:
             return HuggingFaceReference(path, device)
+        return SunfishReference(load_model(path, device))
+    except CheckpointError:
         raise ReferenceError(f"'{path}' is neither a Sunfish run/checkpoint nor a Hugging Face model folder (no config.json); "
                              "pass one of those as --ref-model") from None
 
@@ -197,7 +202,7 @@ def generation_suite(loaded: LoadedModel, ref, cfg: EvalConfig, log=print) -> li
     length = cfg.sample_length or loaded.cfg.sampler.length
     length = min(length, loaded.cfg.model.context - 1)
     results = []
-    for steps in step_counts(cfg.sample_steps, length, loaded.cfg.process.kind is ProcessKind.AR):
+    for steps in step_counts(cfg.sample_steps, length, loaded.spec.causal):
         try:
             texts, seconds, nfe = sample_texts(loaded, cfg.samples, length, steps, cfg.temperature, cfg.seed, cfg.batch_size)
         except ValueError as err:  # e.g. fewer steps than a block-diffusion model has blocks

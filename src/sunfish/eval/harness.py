@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from sunfish.config import ProcessKind
 
 try:
     from lm_eval.api.model import LM as _Base
@@ -44,10 +43,10 @@ class SunfishLM(_Base):
             raise HarnessUnavailable("the lm-eval adapter needs the lm_eval package; pip install 'sunfish[eval]'")
         super().__init__()
         from sunfish.runtime import setup_runtime
-        from sunfish.train.checkpoint import load_for_inference
+        from sunfish.load import load_model
 
         self.rt = setup_runtime(str(device))
-        self.loaded = load_for_inference(path, self.rt.device)
+        self.loaded = load_model(path, self.rt.device)
         self.mc_samples = int(mc_samples)
         self.seed = int(seed)
         self.max_gen_toks = int(max_gen_toks)
@@ -57,7 +56,7 @@ class SunfishLM(_Base):
 
     @property
     def _causal(self) -> bool:
-        return self.loaded.cfg.process.kind is ProcessKind.AR
+        return self.loaded.spec.causal
 
     def _pair_ids(self, context: str, continuation: str) -> tuple[list[int], int]:
         """[BOS] context continuation, cut from the left to the context window; returns (ids, continuation start)."""
@@ -93,7 +92,7 @@ class SunfishLM(_Base):
         model, mask_id = self.loaded.model, self.loaded.tokenizer.mask_id
         if self._causal:
             pred = model(x[:, :-1]).argmax(-1)[:, start - 1:]
-        elif self.loaded.cfg.process.block_size > 0:
+        elif not self.loaded.spec.infill:
             return False  # block diffusion: no single-pass greedy check
         else:
             canvas = x.clone()

@@ -17,11 +17,16 @@ from dataclasses import dataclass
 
 import torch
 
-from sunfish.config import CacheMode, EvalConfig, ProcessKind, StepSchedule
-from sunfish.eval.likelihood import masked_nats, monte_carlo
-from sunfish.process.schedules import Schedule
+from typing import TYPE_CHECKING
+
+from sunfish.config import CacheMode, CommitRule, EvalConfig
+from sunfish.eval.likelihood import monte_carlo
+from sunfish.process.masked import masked_nats
+from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.text import never_sampled
-from sunfish.train.checkpoint import LoadedModel
+
+if TYPE_CHECKING:
+    from sunfish.load import LoadedModel
 
 SPAN_KINDS = ("1", "4", "16", "middle_third")
 
@@ -46,10 +51,9 @@ class InfillResult:
 
 
 def check_infill(loaded: LoadedModel) -> None:
-    if loaded.cfg.process.kind is not ProcessKind.MASKED:
-        raise InfillUnsupported(f"infilling needs a masked diffusion model; this model's process is '{loaded.cfg.process.kind.value}'")
-    if loaded.cfg.process.block_size > 0:
-        raise InfillUnsupported("infilling needs a masked diffusion model; this block-diffusion model generates left to right")
+    spec = loaded.spec
+    if not (spec.infill and spec.likelihood is not None and spec.likelihood.nats is masked_nats):
+        raise InfillUnsupported(f"the infill suite scores masked diffusion models; this is a {spec.label} model")
 
 
 def span_mask(length: int, windows: int, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -75,9 +79,9 @@ def greedy_fill(loaded: LoadedModel, x: torch.Tensor, spans: torch.Tensor, gener
     tok = loaded.tokenizer
     n = int(spans.sum(1).max())
     cfg = dataclasses.replace(loaded.cfg.sampler, length=n, steps=n, temperature=0.0, block_length=0,
-                              schedule=StepSchedule.FIXED, cache=CacheMode.NONE, stop_at_eos=False)
+                              rule=CommitRule.FIXED, cache=CacheMode.NONE, stop_at_eos=False)
     canvas = x.masked_fill(spans, tok.mask_id)
-    schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
+    schedule = MaskSchedule(loaded.cfg.process.mask_schedule, loaded.cfg.process.eps)
     return unmask(loaded.model, canvas, tok.mask_id, cfg, generator=generator, schedule=schedule,
                   suppress=never_sampled(tok)).tokens
 

@@ -6,7 +6,7 @@ the windows together score every token of the stream but the first BOS exactly o
     bpb = total nats / (ln 2 x UTF-8 bytes of the documents)
 compares models with different tokenizers.
 
-Each process kind has an estimator of per-sequence nats (`ESTIMATORS`, keyed by `ProcessKind` value):
+Each process has an estimator of per-sequence nats (its registry entry's `likelihood`):
 - masked (MDLM, Sahoo et al. 2024, eq. 10): -log p(x) <= E_t[ w(t) sum over masked i of -log p(x_i | z_t) ],
   w(t) = -alpha'(t) / (1 - alpha(t)), t ~ U[eps, 1]; with T discrete steps the weight is
   T (alpha(s) - alpha(t)) / (1 - alpha(t)), s = t - 1/T (MDLM eq. 8);
@@ -25,13 +25,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from sunfish.config import EvalConfig, ProcessConfig
-from sunfish.process.block import block_ids, training_mask
-from sunfish.process.continuous import continuous_nats
-from sunfish.process.masked import corrupt
-from sunfish.process.schedules import Schedule
+from sunfish.registry import SPECS, Estimator, spec_of
 from sunfish.tokenizer import Tokenizer
 
 LN2 = math.log(2.0)
@@ -72,110 +68,16 @@ def held_out(docs: list[str], tokenizer: Tokenizer, seq_len: int, max_tokens: in
     return HeldOut(windows=windows, tokens=len(stream) - 1, bytes=n_bytes, documents=used)
 
 
-# ---- per-sequence nats of each process --------------------------------------------------------------
-
-NatsFn = Callable[..., torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Estimator:
-    name: str  # shown in reports
-    nats: NatsFn  # (model, x (B, L), process cfg, mask id, u (B,) in [0, 1), generator, scored=None) -> nats (B,)
-    exact: bool  # one pass gives the exact value (no Monte Carlo)
-
-
-def times_and_weights(u: torch.Tensor, cfg: ProcessConfig, schedule: Schedule) -> tuple[torch.Tensor, torch.Tensor]:
-    """Diffusion times and NELBO weights (both shaped like u) from uniforms u in [0, 1)."""
-    if cfg.discrete_steps > 0:
-        T = cfg.discrete_steps
-        t = torch.ceil(u.clamp_min(1e-6) * T) / T
-        a_t, a_s = schedule.alpha(t), schedule.alpha(t - 1.0 / T)
-        return t, T * (a_s - a_t) / (1.0 - a_t).clamp_min(1e-12)
-    t = cfg.eps + (1.0 - cfg.eps) * u
-    return t, schedule.weight(t)
-
-
-def _per_row(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    """Sum of `values` (N,) into the rows of the True entries of `where` (B, L). -> (B,)"""
-    rows = where.nonzero()[:, 0]
-    return torch.zeros(where.shape[0], device=values.device, dtype=values.dtype).index_add_(0, rows, values)
-
-
-def scored_positions(x: torch.Tensor, scored: torch.Tensor | None) -> torch.Tensor:
-    """Positions whose tokens are scored (B, L): `scored`, or all but the first of each row."""
-    if scored is not None:
-        return scored
-    everything = torch.ones_like(x, dtype=torch.bool)
-    everything[:, 0] = False
-    return everything
-
-
-def masked_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, generator: torch.Generator,
-                scored: torch.Tensor | None = None) -> torch.Tensor:
-    """One-sample NELBO (nats) of x[scored] given the rest (default: x[:, 1:] given x[:, 0]) under
-    absorbing-state diffusion; only scored positions are corrupted. x: (B, L) -> (B,)"""
-    schedule = Schedule(cfg.schedule, cfg.eps)
-    t, w = times_and_weights(u, cfg, schedule)  # (B,), (B,)
-    zt, masked = corrupt(x, t, schedule, mask_id, generator)  # (B, L)
-    masked &= scored_positions(x, scored)
-    zt = torch.where(masked, zt, x)
-    h = model.hidden(zt, t if model.needs_time else None)  # (B, L, D)
-    nll = F.cross_entropy(model.head(h[masked]).float(), x[masked], reduction="none")  # (N,)
-    return w.float() * _per_row(nll, masked)
-
-
-def block_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, generator: torch.Generator,
-               scored: torch.Tensor | None = None) -> torch.Tensor:
-    """One-sample BD3-LM NELBO (nats) of x[scored] (default x[:, 1:]); block b of row j gets
-    u_j + b / n_blocks (mod 1). x: (B, L) -> (B,)"""
-    schedule = Schedule(cfg.schedule, cfg.eps)
-    B, L = x.shape
-    ids = block_ids(L, cfg.block_size, x.device)  # (L,)
-    n_blocks = int(ids[-1]) + 1
-    ub = (u[:, None] + torch.arange(n_blocks, device=x.device) / n_blocks) % 1.0  # (B, n_blocks)
-    t_block, w_block = times_and_weights(ub, cfg, schedule)
-    zt, masked = corrupt(x, t_block[:, ids], schedule, mask_id, generator)  # (B, L)
-    masked &= scored_positions(x, scored)
-    zt = torch.where(masked, zt, x)
-    positions = torch.arange(L, device=x.device).repeat(2)
-    h = model.hidden(torch.cat([zt, x], dim=1), attn_mask=training_mask(L, cfg.block_size, x.device), positions=positions)[:, :L]
-    nll = F.cross_entropy(model.head(h[masked]).float(), x[masked], reduction="none")  # (N,)
-    return _per_row(w_block[:, ids][masked].float() * nll, masked)
-
-
-def causal_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, generator: torch.Generator,
-                scored: torch.Tensor | None = None) -> torch.Tensor:
-    """Exact sum of -log p(x_i | x_<i) over scored positions (default x[:, 1:]). x: (B, L) -> (B,)"""
-    logits = model(x[:, :-1]).float()  # (B, L - 1, V)
-    nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none").view(x.shape[0], -1)
-    return (nll * scored_positions(x, scored)[:, 1:]).sum(1)
-
-
-MASKED = Estimator("NELBO (masked diffusion)", masked_nats, exact=False)
-BLOCK = Estimator("NELBO (block diffusion)", block_nats, exact=False)
-CAUSAL = Estimator("exact NLL (causal)", causal_nats, exact=True)
-
-# Process kind (ProcessKind value) -> the estimator for a process config. New processes register here.
-ESTIMATORS: dict[str, Callable[[ProcessConfig], Estimator]] = {
-    "masked": lambda cfg: BLOCK if cfg.block_size > 0 else MASKED,
-    "ar": lambda cfg: CAUSAL,
-    "continuous": lambda cfg: Estimator("NELBO (embedding diffusion, continuous time)", continuous_nats, exact=False),
-}
-
-
-def register_estimator(kind: str, choose: Callable[[ProcessConfig], Estimator]) -> None:
-    """Plug in the likelihood of another process kind (e.g. a continuous or flow process)."""
-    ESTIMATORS[kind] = choose
-
+# ---- the estimator of each process -----------------------------------------------------------------
 
 def estimator_for(cfg: ProcessConfig) -> Estimator:
-    kind = getattr(cfg.kind, "value", cfg.kind)
-    if kind not in ESTIMATORS:
-        raise UnsupportedProcess(
-            f"likelihood evaluation does not know the process kind '{kind}' yet (known: {', '.join(ESTIMATORS)}); "
-            "skip the likelihood suite for this model"
-        )
-    return ESTIMATORS[kind](cfg)
+    """The process's likelihood estimator (the registry's), or UnsupportedProcess (one sentence)."""
+    spec = spec_of(cfg)
+    if spec.likelihood is None:
+        known = ", ".join(name for name, s in SPECS.items() if s.likelihood is not None)
+        raise UnsupportedProcess(f"likelihood evaluation has no estimator for {spec.label} models (known: {known}); "
+                                 "skip the likelihood suite for this model")
+    return spec.likelihood
 
 
 # ---- the Monte Carlo driver --------------------------------------------------------------------------

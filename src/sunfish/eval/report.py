@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from sunfish.checkpoint.files import run_dir_of
 from sunfish.config import EvalConfig
+from sunfish.fileio import write_text_atomic
 
 SUITES = ("likelihood", "generation", "infill", "translation")
 
@@ -33,17 +35,6 @@ def parse_suites(spec: str, has_parallel: bool) -> list[str]:
     if "translation" in asked and not has_parallel:
         raise EvalError("the translation suite needs a parallel file: pass --parallel FILE.tsv (columns en and ru)")
     return asked
-
-
-def run_dir_of(ckpt: Path) -> Path:
-    """The run folder holding a checkpoint (RUN/checkpoints/step-N -> RUN)."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -67,13 +58,14 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
     from sunfish.eval.infill import InfillUnsupported, infill_suite
     from sunfish.eval.likelihood import UnsupportedProcess, evaluate_likelihood, held_out
     from sunfish.eval.translation import TranslationUnsupported, read_pairs, translation_suite
+    from sunfish.checkpoint.files import read_state
+    from sunfish.load import load_model
     from sunfish.runtime import setup_runtime
-    from sunfish.train.checkpoint import load_for_inference, read_state
 
     if "translation" in suites:
         read_pairs(parallel, cfg.translation_direction)  # a bad file or direction fails before any work
     rt = setup_runtime(device)
-    loaded = load_for_inference(path, rt.device)
+    loaded = load_model(path, rt.device)
     docs = read_documents(data) if data else []
     if not docs and any(s in suites for s in ("likelihood", "infill")):
         raise EvalError("the likelihood and infill suites need held-out text: pass --data FILE...")
@@ -231,7 +223,7 @@ def plot_generation(runs: dict[str, list[dict]], folder: Path) -> list[str]:
 def write_report(body: dict, out: Path) -> Path:
     """out/eval.json, out/report.md and its plots."""
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "eval.json", json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "eval.json", json.dumps(body, indent=2, ensure_ascii=False) + "\n")
     lines = [f"# Evaluation of `{body['checkpoint']}`", "",
              markdown_table(["metric", "value"], [[k, v] for k, v in summary_rows(body)]), ""]
     if plot_loss_curves({"run": read_metrics(Path(body["run_dir"]))}, out / "loss.png"):
@@ -246,7 +238,7 @@ def write_report(body: dict, out: Path) -> Path:
     lines += ["## Settings", "", f"Held-out data: {', '.join(body['data']) or '(none)'}; windows of {body['seq_len']} tokens; "
               f"seed {cfg['seed']}; Monte Carlo until s.e. < {cfg['rel_se']:.0%} of the estimate "
               f"({cfg['min_rounds']}..{cfg['max_rounds']} rounds).", ""]
-    write_atomic(out / "report.md", "\n".join(lines))
+    write_text_atomic(out / "report.md", "\n".join(lines))
     return out / "report.md"
 
 
@@ -283,5 +275,5 @@ def compare(runs: list[Path], out: Path | None = None) -> str:
             lines += ["![loss](loss.png)", ""]
         gens = {n: b["suites"]["generation"] for n, b in zip(names, bodies) if isinstance(b["suites"].get("generation"), list)}
         lines += [f"![{name}]({name})" for name in plot_generation(gens, out)]
-        write_atomic(out / "compare.md", "\n".join(lines) + "\n")
+        write_text_atomic(out / "compare.md", "\n".join(lines) + "\n")
     return table

@@ -16,8 +16,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from sunfish.config import EvalConfig
-from sunfish.train.checkpoint import LoadedModel
+
+if TYPE_CHECKING:
+    from sunfish.load import LoadedModel
 
 MAX_SHOTS = 2  # examples in front of each prompt (fewer when they do not fit the context)
 NAMES = {"en": "English", "ru": "Russian"}

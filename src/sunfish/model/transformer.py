@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sunfish.config import AttentionKind, MLPKind, ModelConfig, ProcessConfig, TimeCond
+from sunfish.config import AttentionKind, MLPKind, ModelConfig, TimeCond
 from sunfish.model.conditioning import AdaLNModulation, TimeEmbedding, modulate
 from sunfish.model.kv_cache import KVCache
 
@@ -221,17 +221,8 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", process: ProcessConfig | None = None) -> Transformer:
-    """Instantiate on `device`; pass "meta" to size a model without allocating its weights.
-
-    With a continuous or flow `process`, the layers that process adds (input/output projections, the
-    learned schedule) are attached as `model.process_io`, so the optimiser and checkpoints include them;
-    masked and autoregressive models are built exactly as without it.
-    """
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> Transformer:
+    """Instantiate on `device`; pass "meta" to size a model without allocating its weights. (A process that
+    adds layers of its own gets them from `sunfish.registry.build_network`.)"""
     with torch.device(device):
-        model = Transformer(cfg)
-        if process is not None:
-            from sunfish.process.layers import attach_process_layers
-
-            attach_process_layers(model, process)
-        return model
+        return Transformer(cfg)

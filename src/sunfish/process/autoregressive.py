@@ -9,14 +9,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sunfish.config import AttentionKind
-from sunfish.process.masked import LossOutput
+from sunfish.config import ProcessConfig
+from sunfish.process.masked import LossOutput, scored_positions
 
 
 def next_token_loss(model: torch.nn.Module, x0: torch.Tensor) -> LossOutput:
     """Mean next-token cross-entropy on x0 (B, L): L - 1 predictions per row."""
-    if model.cfg.attention is not AttentionKind.CAUSAL:
-        raise ValueError("the autoregressive objective needs causal attention; set --model.attention=causal or use --objective ar")
     logits = model(x0[:, :-1]).float()  # (B, L - 1, V)
     nll = F.cross_entropy(logits.flatten(0, 1), x0[:, 1:].flatten(), reduction="none")
     return LossOutput(loss=nll.mean(), masked_tokens=nll.numel(), nll_sum=nll.sum().detach())
+
+
+def causal_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, generator: torch.Generator,
+                scored: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact sum of -log p(x_i | x_<i) over scored positions (default x[:, 1:]). x: (B, L) -> (B,)
+    (The arguments after x match the Monte Carlo estimators' and are not used.)"""
+    logits = model(x[:, :-1]).float()  # (B, L - 1, V)
+    nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none").view(x.shape[0], -1)
+    return (nll * scored_positions(x, scored)[:, 1:]).sum(1)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sunfish.config import LossKind, ProcessConfig
-from sunfish.process.masked import LossOutput, corrupt, sample_times
-from sunfish.process.schedules import Schedule
+from sunfish.config import ProcessConfig
+from sunfish.process.masked import (LossOutput, corrupt, nelbo, per_row, sample_times, scored_positions,
+                                    times_and_weights)
+from sunfish.process.schedules import MaskSchedule
 
 
 def block_ids(length: int, block_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -50,9 +51,7 @@ def block_diffusion_loss(
     model: torch.nn.Module, x0: torch.Tensor, cfg: ProcessConfig, mask_id: int, generator: torch.Generator
 ) -> LossOutput:
     """NELBO (or masked CE) of BD3-LM on x0 (B, L) with block size cfg.block_size."""
-    if model.needs_time:
-        raise ValueError("the block process runs without time conditioning; set --model.time_cond=none")
-    schedule = Schedule(cfg.schedule, cfg.eps)
+    schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
     B, L = x0.shape
     n_blocks = -(-L // cfg.block_size)
     t_block = sample_times(B * n_blocks, cfg, generator).to(x0.device).view(B, n_blocks)  # (B, n_blocks)
@@ -63,9 +62,24 @@ def block_diffusion_loss(
     h = model.hidden(tokens, attn_mask=training_mask(L, cfg.block_size, x0.device), positions=positions)[:, :L]
     logits = model.head(h[masked]).float()  # (N, V)
     nll = F.cross_entropy(logits, x0[masked], reduction="none")  # (N,)
-    n = int(masked.sum())
-    if cfg.loss is LossKind.NELBO:
-        loss = (schedule.weight(t)[masked] * nll).sum() / (B * L)
-    else:
-        loss = nll.sum() / max(n, 1)
-    return LossOutput(loss=loss, masked_tokens=n, nll_sum=nll.sum().detach())
+    loss = nelbo(nll, schedule.weight(t)[masked], B * L, cfg.loss)
+    return LossOutput(loss=loss, masked_tokens=int(masked.sum()), nll_sum=nll.sum().detach())
+
+
+def block_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, generator: torch.Generator,
+               scored: torch.Tensor | None = None) -> torch.Tensor:
+    """One-sample BD3-LM NELBO (nats) of x[scored] (default x[:, 1:]): the masked-diffusion bound of each block
+    given the clean blocks before it; block b of row j gets u_j + b / n_blocks (mod 1). x: (B, L) -> (B,)"""
+    schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
+    B, L = x.shape
+    ids = block_ids(L, cfg.block_size, x.device)  # (L,)
+    n_blocks = int(ids[-1]) + 1
+    ub = (u[:, None] + torch.arange(n_blocks, device=x.device) / n_blocks) % 1.0  # (B, n_blocks)
+    t_block, w_block = times_and_weights(ub, cfg, schedule)
+    zt, masked = corrupt(x, t_block[:, ids], schedule, mask_id, generator)  # (B, L)
+    masked &= scored_positions(x, scored)
+    zt = torch.where(masked, zt, x)
+    positions = torch.arange(L, device=x.device).repeat(2)
+    h = model.hidden(torch.cat([zt, x], dim=1), attn_mask=training_mask(L, cfg.block_size, x.device), positions=positions)[:, :L]
+    nll = F.cross_entropy(model.head(h[masked]).float(), x[masked], reduction="none")  # (N,)
+    return per_row(w_block[:, ids][masked].float() * nll, masked)

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from sunfish.config import EmbedMode, NoiseSchedule, Parameterisation, ProcessConfig
-from sunfish.process.masked import LossOutput, sample_times
-from sunfish.process.schedule_net import fit_term, warp_noise
+from sunfish.process.masked import LossOutput, draw_prompts, sample_times
+from sunfish.process.time_warp import fit_term, warp_noise
 
 ALPHA_MIN = 1e-5  # abar is clamped below so that the log-SNR stays finite at t = 1
 COSINE_S = 0.008  # cosine schedule offset (Nichol & Dhariwal 2021)
@@ -127,14 +127,6 @@ def denoise(model, x_t, t, cfg: ProcessConfig, schedule: GaussianSchedule, self_
     return to_x0(predict(model, x_t, t, self_cond), x_t, t, schedule, cfg.param, embedding_table(model, cfg))
 
 
-def clean_prefix(batch: int, length: int, prob: float, generator: torch.Generator) -> torch.Tensor:
-    """(B, L) bool: for a share `prob` of rows, a random-length prefix (1..L-1 tokens) kept clean as a prompt."""
-    device = generator.device
-    pick = torch.rand(batch, generator=generator, device=device) < prob
-    cut = torch.randint(1, max(length, 2), (batch,), generator=generator, device=device)
-    return (torch.arange(length, device=device)[None, :] < cut[:, None]) & pick[:, None]
-
-
 def rounding_nll(model, x0: torch.Tensor, tokens: torch.Tensor, cfg: ProcessConfig, schedule: GaussianSchedule,
                  generator: torch.Generator) -> torch.Tensor:
     """-log p(w | x_t0) per token (B, L): the rounding decoder on a draw at the smallest time t0."""
@@ -152,10 +144,10 @@ def continuous_loss(model: torch.nn.Module, tokens: torch.Tensor, cfg: ProcessCo
     schedule = GaussianSchedule(cfg.noise_schedule)
     B, L = tokens.shape
     x0 = embedding_table(model, cfg)[tokens]  # (B, L, D)
-    warp = model.process_io.schedule
-    t = warp_noise(warp, sample_times(B, cfg, generator).to(x0.device), cfg.learn_schedule_after)  # (B,)
+    warp = model.process_io.warp
+    t = warp_noise(warp, sample_times(B, cfg, generator).to(x0.device), cfg.time_warp_after)  # (B,)
     x_t, eps = forward_sample(x0, t, schedule, generator)
-    clean = clean_prefix(B, L, cfg.prompt_prob, generator).to(x0.device)  # (B, L)
+    clean = draw_prompts(B, L, cfg.prompt_prob, generator).to(x0.device)  # (B, L)
     x_t = torch.where(clean[..., None], x0, x_t)
     self_cond = None
     if cfg.self_cond and bool(torch.rand(1, generator=generator, device=generator.device) < 0.5):
@@ -176,7 +168,7 @@ def continuous_loss(model: torch.nn.Module, tokens: torch.Tensor, cfg: ProcessCo
         x0_err = (x0_err * noisy).sum(1) / noisy.sum(1).clamp_min(1.0)  # (B,)
     if cfg.param is not Parameterisation.SOFTMAX:
         mse_loss = mse_loss + rounding.mean()
-    loss = mse_loss + prior.mean() + fit_term(warp, t, x0_err, cfg.learn_schedule_after, model.training)
+    loss = mse_loss + prior.mean() + fit_term(warp, t, x0_err, cfg.time_warp_after, model.training)
     return LossOutput(loss=loss, masked_tokens=int(noisy.sum()), nll_sum=rounding.sum().detach())
 
 

@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from sunfish.config import FlowLoss, FlowNoise, ProcessConfig
-from sunfish.process.continuous import clean_prefix
-from sunfish.process.masked import LossOutput, sample_times
-from sunfish.process.schedule_net import fit_term, warp_noise
+from sunfish.process.masked import LossOutput, draw_prompts, sample_times
+from sunfish.process.time_warp import fit_term, warp_noise
 
 PROB_FLOOR = 1e-6  # floor of the implied p(x1) of a velocity model before taking its log
 
@@ -39,7 +38,7 @@ def simplex_noise(shape: tuple[int, ...], kind: FlowNoise, generator: torch.Gene
 
 def flow_times(batch: int, cfg: ProcessConfig, warp, generator: torch.Generator) -> torch.Tensor:
     """Flow times t (B,) in [0, 1 - eps]: noise levels 1 - t drawn like the diffusion processes' t."""
-    return 1.0 - warp_noise(warp, sample_times(batch, cfg, generator), cfg.learn_schedule_after)
+    return 1.0 - warp_noise(warp, sample_times(batch, cfg, generator), cfg.time_warp_after)
 
 
 def head_outputs(model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -71,12 +70,12 @@ def flow_loss(model: torch.nn.Module, tokens: torch.Tensor, cfg: ProcessConfig, 
     """Flow-matching loss on tokens (B, L) (see the module docstring), per noisy token."""
     B, L = tokens.shape
     V = model.cfg.vocab_size
-    warp = model.process_io.schedule
+    warp = model.process_io.warp
     x1 = F.one_hot(tokens, V).float()  # (B, L, V)
     x0 = simplex_noise((B, L, V), cfg.flow_noise, generator).to(x1.device)
     t = flow_times(B, cfg, warp, generator).to(x1.device)  # (B,)
     x_t = (1 - t.view(-1, 1, 1)) * x0 + t.view(-1, 1, 1) * x1
-    clean = clean_prefix(B, L, cfg.prompt_prob, generator).to(x1.device)  # (B, L)
+    clean = draw_prompts(B, L, cfg.prompt_prob, generator).to(x1.device)  # (B, L)
     x_t = torch.where(clean[..., None], x1, x_t)
     out = head_outputs(model, x_t, t).float()  # (B, L, V)
     if cfg.flow_loss is FlowLoss.CE:
@@ -88,7 +87,7 @@ def flow_loss(model: torch.nn.Module, tokens: torch.Tensor, cfg: ProcessConfig, 
         p = endpoint_probs(out, x_t, t, cfg.flow_loss)
         err = ((p - x1).square().sum(-1) * noisy).sum(1) / noisy.sum(1).clamp_min(1.0)  # (B,)
     loss = (per_token * noisy).sum() / noisy.sum().clamp_min(1.0)
-    loss = loss + fit_term(warp, 1.0 - t, err, cfg.learn_schedule_after, model.training)
+    loss = loss + fit_term(warp, 1.0 - t, err, cfg.time_warp_after, model.training)
     return LossOutput(loss=loss, masked_tokens=int(noisy.sum()), nll_sum=(per_token * noisy).sum().detach())
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from sunfish.config import LossKind, ProcessConfig
-from sunfish.process.schedules import Schedule
+from sunfish.process.schedules import MaskSchedule
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def sample_times(batch: int, cfg: ProcessConfig, generator: torch.Generator) -> 
 
 
 def corrupt(
-    x0: torch.Tensor, t: torch.Tensor, schedule: Schedule, mask_id: int, generator: torch.Generator
+    x0: torch.Tensor, t: torch.Tensor, schedule: MaskSchedule, mask_id: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask each token of x0 (B, L) with probability 1 - alpha(t), t per sequence (B,) or per token (B, L).
     Returns (z_t, masked), both (B, L)."""
@@ -57,28 +57,38 @@ def corrupt(
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
 
 
-def draw_prompts(batch: int, length: int, cfg: ProcessConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which positions are prompt (B, L) and which rows drop theirs (B,).
-
-    With probability `prompt_prob` a row gets a prompt of length uniform in 1..L-1 (the rest is the response
-    to denoise); with probability `cond_dropout` such a prompt is dropped, i.e. shown as [MASK].
-    """
+def draw_prompts(batch: int, length: int, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Which positions are prompt (B, L): with probability `prob` a row gets a clean prefix of length uniform
+    in 1..L-1 (the rest is the response to denoise). Shared by every process that trains conditionally."""
     device = generator.device
-    has = torch.rand(batch, generator=generator, device=device) < cfg.prompt_prob  # (B,)
+    has = torch.rand(batch, generator=generator, device=device) < prob  # (B,)
     n = torch.randint(1, max(length, 2), (batch,), generator=generator, device=device)  # (B,)
-    prompt = (torch.arange(length, device=device)[None, :] < n[:, None]) & has[:, None]  # (B, L)
-    dropped = has & (torch.rand(batch, generator=generator, device=device) < cfg.cond_dropout)
-    return prompt, dropped
+    return (torch.arange(length, device=device)[None, :] < n[:, None]) & has[:, None]  # (B, L)
+
+
+def drop_prompts(prompt: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+    """Which rows (B,) of those with a prompt (B, L) show it as [MASK] (probability `prob`): the unconditional
+    examples classifier-free guidance needs."""
+    return prompt.any(1) & (torch.rand(prompt.shape[0], generator=generator, device=generator.device) < prob)
 
 
 def condition(x0: torch.Tensor, zt: torch.Tensor, masked: torch.Tensor, cfg: ProcessConfig, mask_id: int,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Apply `draw_prompts` to a corrupted batch: prompt positions hold x0, or [MASK] in dropped rows, and are
-    not scored. Returns (z_t, scored (B, L), prompt (B, L))."""
-    prompt, dropped = draw_prompts(x0.shape[0], x0.shape[1], cfg, generator)
+    """Draw prompts for a corrupted batch: prompt positions hold x0, or [MASK] in the rows whose prompt is dropped
+    (probability `cond_dropout`), and are not scored. Returns (z_t, scored (B, L), prompt (B, L))."""
+    prompt = draw_prompts(x0.shape[0], x0.shape[1], cfg.prompt_prob, generator)
+    dropped = drop_prompts(prompt, cfg.cond_dropout, generator)
     prompt, dropped = prompt.to(x0.device), dropped.to(x0.device)
     shown = torch.where(dropped[:, None], torch.full_like(x0, mask_id), x0)
     return torch.where(prompt, shown, zt), masked & ~prompt, prompt
+
+
+def nelbo(nll: torch.Tensor, weight: torch.Tensor, n_tokens: int, kind: LossKind) -> torch.Tensor:
+    """The masked-diffusion objective from the -log p of the N masked positions (N,) and their weights w(t) (N,):
+    NELBO normalised per token, sum(w nll) / n_tokens, or the plain mean cross-entropy over masked positions."""
+    if kind is LossKind.NELBO:
+        return (weight * nll).sum() / n_tokens
+    return nll.sum() / max(nll.numel(), 1)
 
 
 def masked_diffusion_loss(
@@ -92,9 +102,7 @@ def masked_diffusion_loss(
 
     The output head runs only on masked positions, which saves most of the head's cost at low t.
     """
-    if cfg.cond_dropout > 0 and cfg.prompt_prob == 0:
-        raise ValueError("process.cond_dropout drops prompts, so it needs process.prompt_prob > 0")
-    schedule = Schedule(cfg.schedule, cfg.eps)
+    schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
     B, L = x0.shape
     t = sample_times(B, cfg, generator).to(x0.device)  # (B,)
     zt, masked = corrupt(x0, t, schedule, mask_id, generator)
@@ -105,10 +113,52 @@ def masked_diffusion_loss(
     h = model.hidden(zt, t if model.needs_time else None)  # (B, L, D)
     logits = model.head(h[masked]).float()  # (N, V)
     nll = F.cross_entropy(logits, x0[masked], reduction="none")  # (N,)
-    n = int(masked.sum())
-    if cfg.loss is LossKind.NELBO:
-        w = schedule.weight(t)[:, None].expand(B, L)[masked]  # (N,)
-        loss = (w * nll).sum() / n_tokens
-    else:
-        loss = nll.sum() / max(n, 1)
-    return LossOutput(loss=loss, masked_tokens=n, nll_sum=nll.sum().detach())
+    w = schedule.weight(t)[:, None].expand(B, L)[masked]  # (N,)
+    return LossOutput(loss=nelbo(nll, w, n_tokens, cfg.loss), masked_tokens=int(masked.sum()), nll_sum=nll.sum().detach())
+
+
+# ---- likelihood: one-sample estimates of -log p(x) per sequence --------------------------------------
+
+
+def times_and_weights(u: torch.Tensor, cfg: ProcessConfig, schedule: MaskSchedule) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion times and NELBO weights (both shaped like u) from uniforms u in [0, 1). With T discrete steps
+    the weight is T (alpha(s) - alpha(t)) / (1 - alpha(t)), s = t - 1/T (MDLM eq. 8)."""
+    if cfg.discrete_steps > 0:
+        T = cfg.discrete_steps
+        t = torch.ceil(u.clamp_min(1e-6) * T) / T
+        a_t, a_s = schedule.alpha(t), schedule.alpha(t - 1.0 / T)
+        return t, T * (a_s - a_t) / (1.0 - a_t).clamp_min(1e-12)
+    t = cfg.eps + (1.0 - cfg.eps) * u
+    return t, schedule.weight(t)
+
+
+def per_row(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Sum of `values` (N,) into the rows of the True entries of `where` (B, L). -> (B,)"""
+    rows = where.nonzero()[:, 0]
+    return torch.zeros(where.shape[0], device=values.device, dtype=values.dtype).index_add_(0, rows, values)
+
+
+def scored_positions(x: torch.Tensor, scored: torch.Tensor | None) -> torch.Tensor:
+    """Positions whose tokens are scored (B, L): `scored`, or all but the first of each row."""
+    if scored is not None:
+        return scored
+    everything = torch.ones_like(x, dtype=torch.bool)
+    everything[:, 0] = False
+    return everything
+
+
+def masked_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, generator: torch.Generator,
+                scored: torch.Tensor | None = None) -> torch.Tensor:
+    """One-sample NELBO (nats) of x[scored] given the rest (default: x[:, 1:] given x[:, 0]) under
+    absorbing-state diffusion, t from u (B,); only scored positions are corrupted. x: (B, L) -> (B,)
+
+    -log p(x) <= E_t[ w(t) sum over masked i of -log p(x_i | z_t) ], w(t) = -alpha'(t) / (1 - alpha(t))
+    (MDLM, Sahoo et al. 2024, eq. 10)."""
+    schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
+    t, w = times_and_weights(u, cfg, schedule)  # (B,), (B,)
+    zt, masked = corrupt(x, t, schedule, mask_id, generator)  # (B, L)
+    masked &= scored_positions(x, scored)
+    zt = torch.where(masked, zt, x)
+    h = model.hidden(zt, t if model.needs_time else None)  # (B, L, D)
+    nll = F.cross_entropy(model.head(h[masked]).float(), x[masked], reduction="none")  # (N,)
+    return w.float() * per_row(nll, masked)

@@ -27,15 +27,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sunfish.config import CacheMode, ProcessKind, SamplerConfig, StepSchedule
-from sunfish.process.schedules import Schedule
-from sunfish.sample.ar import ar_generate
+from typing import TYPE_CHECKING
+
+from sunfish.config import CacheMode, CommitRule, SamplerConfig
+from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.batch import left_pad
-from sunfish.sample.block import block_generate
 from sunfish.sample.prompt import prompt_canvas
-from sunfish.sample.text import never_sampled
-from sunfish.sample.unmask import unmask
-from sunfish.train.checkpoint import LoadedModel
+from sunfish.sample.text import decode_canvas, never_sampled
+
+if TYPE_CHECKING:
+    from sunfish.load import LoadedModel
 
 DEFAULT_PROMPTS = (
     "Once upon a time, there was a little",
@@ -47,6 +48,7 @@ DEFAULT_PROMPTS = (
     "Жила-была маленькая девочка, которая очень любила",
     "Однажды утром кот вышел в сад и увидел",
 )
+DEFAULT_LENGTHS = (64, 256, 1024)  # generation lengths measured unless --lengths says otherwise
 QUALITY_TOLERANCE = 0.02  # "quality within 2%" (Fast-dLLM's figure): the bound the targets use
 TARGETS = {256: 8.0, 1024: 20.0}  # generation length -> speed-up over the baseline the issue asks for
 
@@ -75,12 +77,9 @@ class Decoded:
         return self.nfe / max(len(self.tokens[0]), 1)
 
 
-def model_kind(loaded: LoadedModel) -> str:
-    """'ar', 'block' (BD3-LM), 'masked' (MDLM / LLaDA), or the process name of any other model."""
-    process = loaded.cfg.process
-    if process.kind is ProcessKind.MASKED:
-        return "block" if process.block_size > 0 else "masked"
-    return process.kind.value
+def is_unmasking(loaded: LoadedModel) -> bool:
+    """A model that predicts masks anywhere in one pass and commits several per step (masked diffusion)."""
+    return loaded.spec.infill and loaded.spec.parallel
 
 
 def encodable_prompts(loaded: LoadedModel, prompts: list[str]) -> list[str]:
@@ -95,6 +94,19 @@ def encodable_prompts(loaded: LoadedModel, prompts: list[str]) -> list[str]:
     if not kept:
         raise BenchError(f"none of the built-in prompts can be encoded by the tokenizer of '{loaded.path}'; pass --prompts FILE")
     return kept
+
+
+def fitting_lengths(models: dict[str, LoadedModel], prompts: list[str], lengths: list[int]) -> tuple[list[int], list[str]]:
+    """The generation lengths that fit every model's context after the longest prompt, and a note for each
+    length skipped; no length fitting is a BenchError."""
+    room = min(m.cfg.model.context - max(1 + len(m.tokenizer.encode(p)) for p in prompts) for m in models.values())
+    fits = [n for n in lengths if n <= room]
+    notes = [f"length {n} skipped: the longest prompt plus {n} tokens exceed the context "
+             f"({room} tokens are left after it)" for n in lengths if n > room]
+    if not fits:
+        raise BenchError(f"no generation length fits the context: at most {room} tokens are left after the longest prompt; "
+                         f"give --lengths up to {max(room, 0)} or shorter prompts")
+    return fits, notes
 
 
 def prompt_ids(loaded: LoadedModel, prompts: list[str], length: int) -> list[list[int]]:
@@ -123,26 +135,15 @@ def decode(loaded: LoadedModel, rows: list[list[int]], cfg: SamplerConfig, seed:
     are right-aligned with their left padding hidden from attention (sample/batch.py), as in
     `generate_batch`. The whole canvas is filled (no EOS stopping)."""
     cfg = dataclasses.replace(cfg, temperature=0.0, stop_at_eos=False)
-    model, mask_id = loaded.model, loaded.tokenizer.mask_id
-    device = next(model.parameters()).device
+    mask_id = loaded.tokenizer.mask_id
+    device = loaded.device
     prompt, padding = left_pad(rows, loaded.tokenizer.pad_id, device)  # (B, P)
     B, P = prompt.shape
+    canvas = torch.cat([prompt, torch.full((B, cfg.length), mask_id, dtype=prompt.dtype, device=device)], 1)
     generator = torch.Generator(device=device).manual_seed(seed)
-    schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
-    kind = model_kind(loaded)
-    suppress = never_sampled(loaded.tokenizer)
     _sync(device)
     began = time.perf_counter()
-    if kind == "ar":
-        result = ar_generate(model, prompt, cfg.length, cfg, generator=generator, mask_id=mask_id, padding=padding,
-                             suppress=suppress)
-    elif kind == "block":
-        result = block_generate(model, prompt, cfg.length, mask_id, loaded.cfg.process.block_size, cfg,
-                                generator=generator, schedule=schedule, padding=padding, suppress=suppress)
-    else:
-        canvas = torch.cat([prompt, torch.full((B, cfg.length), mask_id, dtype=prompt.dtype, device=device)], 1)
-        result = unmask(model, canvas, mask_id, cfg, generator=generator, schedule=schedule, padding=padding,
-                        suppress=suppress)
+    result = decode_canvas(loaded, canvas, P, cfg, generator, padding=padding)
     _sync(device)
     seconds = time.perf_counter() - began
     return Decoded(tokens=result.tokens[:, P:].tolist(), seconds=seconds, nfe=result.nfe)
@@ -166,7 +167,7 @@ def unigram_entropy(tokens: list[list[int]]) -> float:
 
 def check_reference(ref: LoadedModel, loaded: LoadedModel) -> None:
     """The generative-perplexity scorer must be a causal model sharing the checkpoint's tokenizer."""
-    if ref.cfg.process.kind is not ProcessKind.AR:
+    if not ref.spec.causal:
         raise BenchError(f"the reference model '{ref.path}' is not autoregressive; "
                          "train one with `sunfish train --objective ar` on the same data")
     if ref.tokenizer.sha256() != loaded.tokenizer.sha256():
@@ -213,11 +214,11 @@ def confidence_profile(loaded: LoadedModel, texts: list[str], threshold: float =
     semi-autoregressive block in generation, where the text up to a random cut is clean and everything
     after it is [MASK] (scored on the first `block_length` masks). Threshold decoding commits more than one
     token per step only where `confident` is well above 1 / block_length."""
-    if model_kind(loaded) != "masked":
-        raise BenchError(f"'{loaded.path}' is a {model_kind(loaded)} model; the confidence profile reads masked diffusion models")
+    if not is_unmasking(loaded):
+        raise BenchError(f"'{loaded.path}' is a {loaded.spec.label} model; the confidence profile reads masked diffusion models")
     model, tok = loaded.model, loaded.tokenizer
     device = next(model.parameters()).device
-    schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
+    schedule = MaskSchedule(loaded.cfg.process.mask_schedule, loaded.cfg.process.eps)
     generator = torch.Generator().manual_seed(seed)
     banned = sorted({tok.mask_id, *never_sampled(tok)})  # never committed, so never counted
     sums: dict[str, list[float]] = {}
@@ -302,7 +303,7 @@ def one_per_step(cfg: SamplerConfig) -> SamplerConfig:
     """Exactly one token per step in confidence order, whatever the block layout: the threshold rule with
     a bar of 1.0 commits only its guaranteed best position, which is the confidence sampler (LLaDA's
     fixed schedule with steps = length matches it only when the length is a multiple of the block length)."""
-    return dataclasses.replace(cfg, schedule=StepSchedule.THRESHOLD, threshold=1.0, cache=CacheMode.NONE)
+    return dataclasses.replace(cfg, rule=CommitRule.THRESHOLD, threshold=1.0, cache=CacheMode.NONE)
 
 
 def _setting_for(method: Method, length: int) -> SamplerConfig:
@@ -362,10 +363,6 @@ HEADER = ("| length | batch | method | tokens/s | NFE/token | speed-up | agreeme
 def format_row(row: BenchRow) -> str:
     return (f"| {row.length} | {row.batch} | {row.method} | {row.tokens_per_s:,.1f} | {row.nfe_per_token:.3f} | "
             f"{row.speedup:.2f}x | {_fmt(row.agreement, '.3f')} | {_fmt(row.gen_ppl, '.2f')} | {row.entropy:.2f} |")
-
-
-def format_table(rows: list[BenchRow]) -> str:
-    return "\n".join([HEADER, *(format_row(r) for r in rows)])
 
 
 def within_quality(row: BenchRow, baseline: BenchRow, tolerance: float = QUALITY_TOLERANCE) -> bool:

@@ -17,7 +17,7 @@ import torch
 from sunfish.config import SamplerConfig
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.block import prefix_mask
-from sunfish.process.schedules import Schedule
+from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.batch import Generators, Padding
 from sunfish.sample.unmask import SampleResult, StepInfo, banned_ids, denoise_blocks
 
@@ -61,7 +61,7 @@ def block_generate(
     cfg: SamplerConfig,
     *,
     generator: Generators,
-    schedule: Schedule,
+    schedule: MaskSchedule,
     callback: Callable[[StepInfo], None] | None = None,
     eos_id: int | None = None,
     padding: Padding | None = None,

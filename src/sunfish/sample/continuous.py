@@ -117,8 +117,8 @@ def continuous_generate(model: torch.nn.Module, canvas: torch.Tensor, mask_id: i
         return round_to_tokens(x0_hat, table, cfg.rounding, model.head)
 
     clamp = (lambda x: table[rounding(x)]) if cfg.clamp else None
-    warp = model.process_io.schedule
-    times = time_grid(cfg.steps, warp, process.learn_schedule_after)
+    warp = model.process_io.warp
+    times = time_grid(cfg.steps, warp, process.time_warp_after)
 
     def on_step(k: int, x0_hat: torch.Tensor) -> None:
         tokens = torch.where(known, canvas, rounding(x0_hat))
@@ -129,16 +129,3 @@ def continuous_generate(model: torch.nn.Module, canvas: torch.Tensor, mask_id: i
     ddim_sample(denoiser, x0_known, known, times, schedule, eta, generator, self_cond=process.self_cond,
                 clamp=clamp, on_step=on_step)
     return SampleResult(tokens=state["tokens"], steps=cfg.steps, nfe=cfg.steps)
-
-
-def sample_continuous(model: torch.nn.Module, canvas: torch.Tensor, mask_id: int, cfg: SamplerConfig,
-                      process: ProcessConfig, generator, *, callback=None, padding=None) -> SampleResult:
-    """The sampler of a continuous or flow checkpoint (the `sample` / `infill` entry point)."""
-    from sunfish.config import ProcessKind
-    from sunfish.sample.flow import flow_generate
-
-    if padding is not None:
-        raise ValueError(f"batched prompts of different lengths are not supported by {process.kind.value} models; "
-                         "generate one prompt at a time")
-    run = continuous_generate if process.kind is ProcessKind.CONTINUOUS else flow_generate
-    return run(model, canvas, mask_id, cfg, process, generator=generator, callback=callback)

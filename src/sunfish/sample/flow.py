@@ -57,8 +57,8 @@ def flow_generate(model: torch.nn.Module, canvas: torch.Tensor, mask_id: int, cf
         x = simplex_noise(x_known.shape, process.flow_noise, generator).to(x_known.device)
     else:  # one generator per row (sample.batch.Generators)
         x = torch.stack([simplex_noise(x_known.shape[1:], process.flow_noise, g) for g in generator]).to(x_known.device)
-    warp = model.process_io.schedule
-    times = 1.0 - time_grid(cfg.steps, warp, process.learn_schedule_after)  # 0 -> 1
+    warp = model.process_io.warp
+    times = 1.0 - time_grid(cfg.steps, warp, process.time_warp_after)  # 0 -> 1
     state = {"tokens": canvas}
 
     def on_step(k: int, x_now: torch.Tensor) -> None:

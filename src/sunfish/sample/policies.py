@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from sunfish.config import Policy, SamplerConfig, StepSchedule
+from sunfish.config import Policy, SamplerConfig, CommitRule
 from sunfish.sample.batch import Generators, uniform
 
-ADAPTIVE = (StepSchedule.THRESHOLD, StepSchedule.FACTOR, StepSchedule.ENTROPY_BOUND)
+ADAPTIVE = (CommitRule.THRESHOLD, CommitRule.FACTOR, CommitRule.ENTROPY_BOUND)
 
 
 def policy_scores(probs: torch.Tensor, drawn: torch.Tensor, policy: Policy, generator: Generators,
@@ -61,7 +61,7 @@ def top_ranked(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) 
 
 def adaptive_count(probs: torch.Tensor, drawn: torch.Tensor, candidates: torch.Tensor, cfg: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, k) for an adaptive rule: commit the k[b] best-scoring candidates of row b (k >= 1 where any)."""
-    if cfg.schedule is StepSchedule.ENTROPY_BOUND:
+    if cfg.rule is CommitRule.ENTROPY_BOUND:
         scores = -entropy(probs)  # (B, n)
         _, ordered = _ranks(scores, candidates)
         h = (-ordered).clamp_max(1e30)  # entropies in increasing order; inf for non-candidates
@@ -70,7 +70,7 @@ def adaptive_count(probs: torch.Tensor, drawn: torch.Tensor, candidates: torch.T
     else:
         scores = probs.gather(-1, drawn[..., None]).squeeze(-1)  # confidence of the drawn token
         _, ordered = _ranks(scores, candidates)
-        if cfg.schedule is StepSchedule.THRESHOLD:
+        if cfg.rule is CommitRule.THRESHOLD:
             fits = ordered > cfg.threshold
         else:
             n = torch.arange(1, ordered.shape[-1] + 1, device=ordered.device)

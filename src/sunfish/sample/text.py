@@ -6,22 +6,23 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from sunfish.config import ProcessKind, SamplerConfig
-from sunfish.process.schedules import Schedule
-from sunfish.sample.prompt import Canvas, cut_at_eos, infill_canvas, prompt_canvas, to_batch
-from sunfish.sample.ar import ar_generate
+from sunfish.config import SamplerConfig
+from sunfish.registry import DecodeJob, decode
 from sunfish.sample.batch import Generators, Padding, left_pad, row_generators
-from sunfish.sample.block import block_generate
-from sunfish.sample.unmask import unmask
-from sunfish.train.checkpoint import LoadedModel
+from sunfish.sample.prompt import Canvas, PromptError, cut_at_eos, infill_canvas, prompt_canvas, to_batch
+
+if TYPE_CHECKING:
+    from sunfish.load import LoadedModel
 
 
 @dataclass(frozen=True)
 class Generation:
+    """What a generation or an infill produced; str() of it is the text."""
+
     text: str  # generated text (prompted) or the completed text (infill)
     fills: list[str]  # infill only: the text of each filled span
     steps: int
@@ -30,6 +31,11 @@ class Generation:
     tokens_per_s: float  # generated tokens per second of sampling
     trace: str | None  # path of the written trace, if any
     drift: list = field(default_factory=list)  # per cached step (sample.unmask.Drift), when asked for
+    ids: list[int] = field(default_factory=list)  # generated token ids (prompted: after the prompt, cut at EOS;
+    #                                               infill: the ids written into the spans)
+
+    def __str__(self) -> str:
+        return self.text
 
     def as_json(self) -> dict:
         body = {"text": self.text, "steps": self.steps, "nfe": self.nfe,
@@ -52,14 +58,14 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
         recorder = TraceRecorder(tok.token_text, start=1)  # everything after BOS; the prompt shows muted
         recorder.start(x, x == tok.mask_id)
     began = time.perf_counter()
-    result = _decode(loaded, x, canvas.fill_start, cfg, generator, recorder=recorder,
+    result = decode_canvas(loaded, x, canvas.fill_start, cfg, generator, recorder=recorder,
                      eos_id=tok.eos_id if eos else None, drift=drift)
     seconds = time.perf_counter() - began
     written = None
     if recorder is not None:
         from sunfish.sample.trace import write_trace
 
-        title = f"{cfg.schedule.value} / {cfg.policy.value}, {result.steps} steps, T={cfg.temperature:g}"
+        title = f"{cfg.rule.value} / {cfg.policy.value}, {result.steps} steps, T={cfg.temperature:g}"
         written = str(write_trace(recorder.frames, trace, title=title))
     return result, seconds, written
 
@@ -70,27 +76,14 @@ def never_sampled(tok) -> tuple[int, ...]:
     return tuple(sorted(i for i in ids if i is not None and i != tok.eos_id))
 
 
-def _decode(loaded: LoadedModel, x: torch.Tensor, fill_start: int, cfg: SamplerConfig, generator: Generators, *,
+def decode_canvas(loaded: LoadedModel, x: torch.Tensor, fill_start: int, cfg: SamplerConfig, generator: Generators, *,
             padding: Padding | None = None, recorder=None, eos_id: int | None = None, drift: bool = False):
-    """Run the checkpoint's sampler on canvas x (B, L) whose columns from `fill_start` on may change."""
-    tok = loaded.tokenizer
-    schedule = Schedule(loaded.cfg.process.schedule, loaded.cfg.process.eps)
-    block = loaded.cfg.process.block_size
-    rows = {} if padding is None else {"padding": padding}
-    suppress = never_sampled(tok)
-    if loaded.cfg.process.kind is ProcessKind.AR:
-        return ar_generate(loaded.model, x[:, :fill_start], x.shape[1] - fill_start, cfg, generator=generator,
-                           mask_id=tok.mask_id, callback=recorder, eos_id=eos_id, suppress=suppress, **rows)
-    if loaded.cfg.process.kind in (ProcessKind.CONTINUOUS, ProcessKind.FLOW):  # sample/continuous.py, sample/flow.py
-        from sunfish.sample.continuous import sample_continuous
-
-        return sample_continuous(loaded.model, x, tok.mask_id, cfg, loaded.cfg.process, generator, callback=recorder, **rows)
-    if block > 0 and fill_start > 0 and (x[:, fill_start:] == tok.mask_id).all():
-        # a block-diffusion model continues its prompt block by block with an exact cache
-        return block_generate(loaded.model, x[:, :fill_start], x.shape[1] - fill_start, tok.mask_id, block, cfg,
-                              generator=generator, schedule=schedule, callback=recorder, eos_id=eos_id, suppress=suppress, **rows)
-    return unmask(loaded.model, x, tok.mask_id, cfg, generator=generator, schedule=schedule, callback=recorder,
-                  eos_id=eos_id, track_drift=drift, suppress=suppress, **rows)
+    """Run the checkpoint's sampler (the registry's, for its process) on canvas x (B, L) whose columns from
+    `fill_start` on may change."""
+    job = DecodeJob(mask_id=loaded.tokenizer.mask_id, process=loaded.cfg.process, generator=generator,
+                    padding=padding, callback=recorder, eos_id=eos_id, suppress=never_sampled(loaded.tokenizer),
+                    drift=drift)
+    return decode(loaded.model, x, fill_start, cfg, job, mixed_batches=loaded.mixed_batches)
 
 
 def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None,
@@ -101,7 +94,8 @@ def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0
     result, seconds, written = _run(loaded, canvas, cfg, seed, trace, eos=True, drift=drift)
     ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id)
     return Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
-                      seconds=seconds, tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, drift=result.drift)
+                      seconds=seconds, tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, drift=result.drift,
+                      ids=ids)
 
 
 def generate_batch(loaded: LoadedModel, prompts: Sequence[str], cfg: SamplerConfig, seed: int = 0,
@@ -126,24 +120,22 @@ def generate_batch(loaded: LoadedModel, prompts: Sequence[str], cfg: SamplerConf
         fill_start = x.shape[1] - cfg.length
         generators = row_generators([seed + first + j for j in range(len(chunk))], device)
         began = time.perf_counter()
-        result = _decode(loaded, x, fill_start, cfg, generators, padding=padding, eos_id=tok.eos_id)
+        result = decode_canvas(loaded, x, fill_start, cfg, generators, padding=padding, eos_id=tok.eos_id)
         seconds = time.perf_counter() - began
         for j, prompt in enumerate(prompts[first : first + batch_size]):
             ids = cut_at_eos(result.tokens[j, fill_start:].tolist(), tok.eos_id)
             out.append(Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
                                   seconds=seconds, tokens_per_s=len(chunk) * cfg.length / max(seconds, 1e-9),
-                                  trace=None))
+                                  trace=None, ids=ids))
     return out
 
 
 def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None) -> Generation:
     """Fill each `[MASK:n]` span of `text`; the known text around the spans is kept."""
     tok = loaded.tokenizer
-    if loaded.cfg.process.kind is ProcessKind.AR:
-        raise ValueError("this is an autoregressive model; infilling needs a masked diffusion model")
-    if loaded.cfg.process.block_size > 0:
-        raise ValueError("this is a block-diffusion model, which generates left to right; infilling needs a masked "
-                         "diffusion model (trained with --process.block_size=0)")
+    if not loaded.spec.infill:
+        raise PromptError(f"this is a {loaded.spec.label} model, which generates left to right after a prompt; "
+                          "infilling needs a masked diffusion model")
     canvas = infill_canvas(tok, text, loaded.cfg.model.context)
     result, seconds, written = _run(loaded, canvas, cfg, seed, trace)
     out = result.tokens[0].tolist()
@@ -156,4 +148,5 @@ def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, tr
             spans.append([i])
     fills = [tok.decode([out[i] for i in span]) for span in spans]
     return Generation(text=tok.decode(out[1:]), fills=fills, steps=result.steps, nfe=result.nfe,
-                      seconds=seconds, tokens_per_s=len(holes) / max(seconds, 1e-9), trace=written)
+                      seconds=seconds, tokens_per_s=len(holes) / max(seconds, 1e-9), trace=written,
+                      ids=[out[i] for i in holes])

@@ -10,16 +10,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sunfish.config import SamplerConfig
+from sunfish.flags import add_section, given, subcommands
 
+# the sampler fields each tool takes (the others it sets itself for every setting it measures)
+TUNE_FIELDS = ("length", "policy", "remask", "remask_eta", "remask_start", "remask_end", "guidance")
+BENCH_FIELDS = ("block_length", "threshold")
+BENCH_BLOCK, BENCH_THRESHOLD = 32, 0.9  # the benchmark's block length and threshold unless given
 THREADS_HELP = "CPU threads for torch (0 = torch's default; 1 is steadier on a busy machine)"
-
-
-def _subcommands(parser: argparse.ArgumentParser, dest: str) -> argparse._SubParsersAction:
-    """The parser's sub-command group, created if it has none (argparse offers no public lookup)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return parser.add_subparsers(dest=dest, required=True)
 
 
 def _numbers(kind):
@@ -39,7 +37,6 @@ def _add_tune(verbs: argparse._SubParsersAction) -> None:
                                      "block lengths and cache modes on your prompts, greedily.")
     p.add_argument("path", help="run folder or checkpoint (its config.json gets the chosen setting)")
     p.add_argument("--prompts", type=Path, required=True, help="UTF-8 text file, one prompt per line (or .jsonl with \"prompt\")")
-    p.add_argument("--length", type=int, help="tokens to generate (default: the checkpoint's sampler length)")
     p.add_argument("--quality", choices=[q.value for q in Quality], default="agreement",
                    help="agreement with the exact sampler's output, or gen_ppl under --ref (default agreement)")
     p.add_argument("--bound", type=float, default=0.02, help="allowed quality loss as a fraction: agreement >= 1 - "
@@ -55,28 +52,31 @@ def _add_tune(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the table and the choice; write nothing")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
-    p.set_defaults(tools_command="tune-sampler")
+    add_section(p, SamplerConfig, fields=TUNE_FIELDS, short=("length",),
+                note="the base of every setting tried; defaults come from the checkpoint")
+    p.set_defaults(tools_command="tune-sampler", config_sections={"sampler": TUNE_FIELDS})
 
 
 def _add_bench(verbs: argparse._SubParsersAction) -> None:
     bench = verbs.choices.get("bench") or verbs.add_parser("bench", help="benchmarks")
-    p = _subcommands(bench, "bench_verb").add_parser(
+    p = subcommands(bench, "bench_verb").add_parser(
         "sample", help="tokens/s, NFE per token and quality of the samplers against the plain one-token-per-step baseline")
     p.add_argument("path", help="masked diffusion run folder or checkpoint")
     p.add_argument("--ar", help="causal model of the same size (--objective ar, same tokenizer): "
                    "a row, and the generative-perplexity scorer")
     p.add_argument("--block", help="block-diffusion model (--process.block_size > 0, same tokenizer): rows with its exact cache")
-    p.add_argument("--lengths", type=_numbers(int), default=[64, 256, 1024], help="generation lengths (default 64,256,1024)")
+    p.add_argument("--lengths", type=_numbers(int), help="generation lengths (default 64,256,1024, those that fit the "
+                   "models' context; longer ones are skipped with a note)")
     p.add_argument("--batch", type=_numbers(int), default=[1, 8], help="batch sizes (default 1,8)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row; the table shows the median (default 3)")
     p.add_argument("--prompts", type=Path, help="UTF-8 text file, one prompt per line, or .jsonl with \"prompt\" (default: eight built-in story openings)")
-    p.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block length of the diffusion rows (default 32)")
-    p.add_argument("--threshold", type=float, default=0.9, help="confidence bar of the threshold rows (default 0.9)")
     p.add_argument("--held-out", type=Path, help="held-out text, one document per line (or .jsonl with \"text\"): first print how often "
                    "the masked model is sure and right on it, with random masks and at a block start")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
-    p.set_defaults(tools_command="bench-sample")
+    add_section(p, SamplerConfig, fields=BENCH_FIELDS, short=BENCH_FIELDS,
+                note=f"the diffusion rows' block length (bench default {BENCH_BLOCK}) and threshold (default {BENCH_THRESHOLD})")
+    p.set_defaults(tools_command="bench-sample", config_sections={"sampler": BENCH_FIELDS})
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -101,14 +101,9 @@ def _positive(name: str, values: list[int] | None) -> None:
         raise BenchError(f"{name} needs positive whole numbers, e.g. {name} 64,256")
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    from sunfish.runtime import setup_runtime
-    from sunfish.sample.bench import BenchError, model_kind
-    from sunfish.sample.prompt import read_prompts
-    from sunfish.sample.tune import Quality, chosen_values, format_trials, tune, write_sampler_defaults
-    from sunfish.train.checkpoint import load_for_inference
+def _check_grid(args: argparse.Namespace) -> None:
+    from sunfish.sample.bench import BenchError
 
-    _positive("--length", None if args.length is None else [args.length])
     _positive("--steps", args.steps)
     if args.block_lengths is not None and (not args.block_lengths or min(args.block_lengths) < 0):
         raise BenchError("--block-lengths needs whole numbers >= 0 (0 = one block), e.g. --block-lengths 0,32")
@@ -120,13 +115,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise BenchError("--entropy-bounds needs values >= 0 (nats), e.g. --entropy-bounds 0.1,1")
     if args.repeats < 1 or args.budget <= 0:
         raise BenchError("--repeats needs a count >= 1 and --budget a positive number of seconds")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from sunfish.api import load
+    from sunfish.sample.prompt import read_prompts
+    from sunfish.sample.tune import Quality, chosen_values, format_trials, tune, write_sampler_defaults
+
+    _check_grid(args)
     prompts = read_prompts(args.prompts)
-    rt = setup_runtime(args.device, threads=max(args.threads, 0))
-    loaded = load_for_inference(args.path, rt.device)
-    ref = load_for_inference(args.ref, rt.device) if args.ref else None
-    length = args.length or loaded.cfg.sampler.length
-    result = tune(loaded, prompts, length=length, quality=Quality(args.quality), bound=args.bound, ref=ref,
-                  budget_s=args.budget, repeats=args.repeats, thresholds=args.thresholds, steps=args.steps,
+    model = load(args.path, device=args.device, threads=max(args.threads, 0))
+    base = model.sampler(**given(args).get("sampler", {}))
+    ref = load(args.ref, device=args.device) if args.ref else None
+    result = tune(model, prompts, length=base.length, sampler=base, quality=Quality(args.quality), bound=args.bound,
+                  ref=ref, budget_s=args.budget, repeats=args.repeats, thresholds=args.thresholds, steps=args.steps,
                   block_lengths=args.block_lengths, factors=args.factors, entropy_bounds=args.entropy_bounds,
                   log=lambda line: print(line, flush=True))
     print()
@@ -136,56 +138,67 @@ def cmd_tune(args: argparse.Namespace) -> int:
     exact = result.trials[0]
     if result.skipped:
         print(f"\nthe --budget of {args.budget:g} s ran out: {result.skipped} settings were not measured")
-    print(f"\nquality bound: {bound}; greedy decoding of {len(prompts)} prompt(s), {length} tokens each")
+    print(f"\nquality bound: {bound}; greedy decoding of {len(prompts)} prompt(s), {base.length} tokens each")
     print(f"chosen: {result.chosen.label}: {result.chosen.tokens_per_s / exact.tokens_per_s:.2f}x the exact sampler's tokens/s")
-    values = chosen_values(result.chosen.cfg, model_kind(loaded))
+    values = chosen_values(result.chosen.cfg, model.spec.fixed_blocks)
     if args.dry_run:
         print(f"--dry-run: nothing written (would set sampler {values})")
         return 0
-    target, old = write_sampler_defaults(loaded.path, values)
+    target, old = write_sampler_defaults(model.path, values)
     print(f"wrote sampler defaults {values} to {target} (old values {old}; previous file kept as {target.name}.bak)")
     return 0
 
 
+def _bench_models(args: argparse.Namespace, device: str, threads: int) -> dict:
+    """The benchmark's models by role, checked: 'diffusion' (masked), and optionally 'block' and 'ar'."""
+    from sunfish.api import load
+    from sunfish.sample.bench import BenchError, check_reference, is_unmasking
+
+    models = {"diffusion": load(args.path, device=device, threads=threads)}
+    if not is_unmasking(models["diffusion"]):
+        raise BenchError(f"'{args.path}' is a {models['diffusion'].spec.label} model, not a masked diffusion model "
+                         "(block_size 0); pass block-diffusion models with --block and causal ones with --ar")
+    if args.block:
+        models["block"] = load(args.block, device=device)
+        if not models["block"].spec.fixed_blocks or models["block"].spec.causal:
+            raise BenchError(f"--block '{args.block}' is not a block-diffusion model; "
+                             "train one with --process block")
+        if models["block"].tokenizer.sha256() != models["diffusion"].tokenizer.sha256():
+            raise BenchError(f"--block '{args.block}' uses another tokenizer than '{args.path}'; train both on the same data")
+    if args.ar:
+        models["ar"] = load(args.ar, device=device)
+        check_reference(models["ar"], models["diffusion"])
+    return models
+
+
 def cmd_bench_sample(args: argparse.Namespace) -> int:
-    from sunfish.runtime import setup_runtime
-    from sunfish.sample.bench import (HEADER, DEFAULT_PROMPTS, BenchError, check_reference, confidence_profile,
-                                      encodable_prompts, format_confidence, model_kind, run_bench, target_report)
+    from sunfish.sample.bench import (DEFAULT_LENGTHS, DEFAULT_PROMPTS, HEADER, BenchError, confidence_profile,
+                                      encodable_prompts, fitting_lengths, format_confidence, run_bench, target_report)
     from sunfish.sample.prompt import read_prompts
-    from sunfish.train.checkpoint import load_for_inference
 
     _positive("--lengths", args.lengths)
     _positive("--batch", args.batch)
     if args.repeats < 1:
         raise BenchError(f"--repeats {args.repeats} is not a positive count; use e.g. --repeats 3")
-    rt = setup_runtime(args.device, threads=max(args.threads, 0))
-    models = {"diffusion": load_for_inference(args.path, rt.device)}
+    settings = given(args).get("sampler", {})
+    block_length = int(settings.get("block_length", BENCH_BLOCK))
+    threshold = float(settings.get("threshold", BENCH_THRESHOLD))
+    models = _bench_models(args, args.device, max(args.threads, 0))
     prompts = read_prompts(args.prompts) if args.prompts else encodable_prompts(models["diffusion"], list(DEFAULT_PROMPTS))
-    if model_kind(models["diffusion"]) != "masked":
-        kind = model_kind(models["diffusion"])
-        raise BenchError(f"'{args.path}' is a {kind} model, not a masked diffusion model (block_size 0); "
-                         "pass block-diffusion models with --block and causal ones with --ar")
-    if args.block:
-        models["block"] = load_for_inference(args.block, rt.device)
-        if model_kind(models["block"]) != "block":
-            raise BenchError(f"--block '{args.block}' is not a block-diffusion model; "
-                             "train one with --process.block_size=16 --model.time_cond=none")
-        if models["block"].tokenizer.sha256() != models["diffusion"].tokenizer.sha256():
-            raise BenchError(f"--block '{args.block}' uses another tokenizer than '{args.path}'; train both on the same data")
-    if args.ar:
-        models["ar"] = load_for_inference(args.ar, rt.device)
-        check_reference(models["ar"], models["diffusion"])
+    lengths, skipped = fitting_lengths(models, prompts, args.lengths or list(DEFAULT_LENGTHS))
+    for note in skipped:
+        print(f"note: {note}")
     if args.held_out:
         texts = read_prompts(args.held_out, what="held-out file", noun="document", field="text")
-        profile = confidence_profile(models["diffusion"], texts, args.threshold, args.block_length)
+        profile = confidence_profile(models["diffusion"], texts, threshold, block_length)
         if not profile:
             raise BenchError(f"every document in '{args.held_out}' is shorter than --block-length + 2 tokens; "
                              "give longer held-out text")
-        print(f"the masked model on {len(texts)} held-out documents:\n\n{format_confidence(profile, args.threshold)}\n")
-    print(f"device {rt.device}; median of {args.repeats} runs; greedy, whole canvas (no EOS stop); "
+        print(f"the masked model on {len(texts)} held-out documents:\n\n{format_confidence(profile, threshold)}\n")
+    print(f"device {models['diffusion'].device}; median of {args.repeats} runs; greedy, whole canvas (no EOS stop); "
           f"agreement with the row's reference output; gen. PPL under {'the causal model' if args.ar else '- (no --ar)'}\n")
     print(HEADER, flush=True)
-    rows = run_bench(models, prompts, args.lengths, args.batch, args.repeats, block_length=args.block_length,
-                     threshold=args.threshold, log=lambda line: print(line, flush=True))
+    rows = run_bench(models, prompts, lengths, args.batch, args.repeats, block_length=block_length,
+                     threshold=threshold, log=lambda line: print(line, flush=True))
     print("\n" + "\n".join(target_report(rows)))
     return 0

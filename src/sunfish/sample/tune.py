@@ -22,20 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import json
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 
-from sunfish.config import CacheMode, SamplerConfig, StepSchedule, config_from_dict
-from sunfish.sample.bench import (BenchError, agreement, check_reference, decode, generative_nll, model_kind,
-                                  one_per_step, prompt_ids)
-from sunfish.train.checkpoint import MANIFEST, LoadedModel, resolve_checkpoint
+from typing import TYPE_CHECKING
+
+from sunfish.checkpoint.files import MANIFEST, manifest_with, resolve_checkpoint
+from sunfish.config import CacheMode, CommitRule, SamplerConfig, config_from_dict, upgrade_tree
+from sunfish.fileio import write_text_atomic
+from sunfish.sample.bench import BenchError, agreement, check_reference, decode, generative_nll, one_per_step, prompt_ids
+
+if TYPE_CHECKING:
+    from sunfish.load import LoadedModel
 
 
 class Quality(str, enum.Enum):
@@ -63,16 +66,16 @@ class TuneResult:
     skipped: int  # candidates not measured because the time budget ran out
 
 
-def label(cfg: SamplerConfig, kind: str) -> str:
-    if cfg.schedule is StepSchedule.THRESHOLD:
+def label(cfg: SamplerConfig, fixed_blocks: bool) -> str:
+    if cfg.rule is CommitRule.THRESHOLD:
         rule = "exact: 1 token/step" if cfg.threshold >= 1.0 else f"threshold {cfg.threshold:g}"
-    elif cfg.schedule is StepSchedule.FACTOR:
+    elif cfg.rule is CommitRule.FACTOR:
         rule = f"factor {cfg.factor:g}"
-    elif cfg.schedule is StepSchedule.ENTROPY_BOUND:
+    elif cfg.rule is CommitRule.ENTROPY_BOUND:
         rule = f"entropy bound {cfg.entropy_bound:g}"
     else:
         rule = f"{cfg.steps} steps"
-    if kind == "block":
+    if fixed_blocks:
         return f"{rule}, exact block cache"
     block = "one block" if cfg.block_length in (0, cfg.length) else f"block {cfg.block_length}"
     return f"{rule}, {block}, cache {cfg.cache.value}"
@@ -82,19 +85,19 @@ def _n_blocks(length: int, block_length: int) -> int:
     return 1 if block_length in (0, length) else -(-length // block_length)
 
 
-def candidates(base: SamplerConfig, kind: str, thresholds: list[float], steps: list[int],
+def candidates(base: SamplerConfig, fixed_blocks: bool, thresholds: list[float], steps: list[int],
                block_lengths: list[int], block_size: int = 0, factors: list[float] = (),
                entropy_bounds: list[float] = ()) -> list[SamplerConfig]:
     """The search grid, step rule outermost so a cut budget still covers every block length and cache.
     Adaptive rules (threshold, factor, entropy bound) come before fixed step counts.
-    `block_size`: a block-diffusion model's trained block size (its blocks are fixed)."""
+    `fixed_blocks` and `block_size`: a block-diffusion model decodes in its trained blocks of `block_size`."""
     length = base.length
-    rules = [dataclasses.replace(base, schedule=StepSchedule.THRESHOLD, threshold=t) for t in thresholds]
-    rules += [dataclasses.replace(base, schedule=StepSchedule.FACTOR, factor=f) for f in factors]
-    rules += [dataclasses.replace(base, schedule=StepSchedule.ENTROPY_BOUND, entropy_bound=g) for g in entropy_bounds]
-    rules += [dataclasses.replace(base, schedule=StepSchedule.FIXED, steps=s) for s in steps if 1 <= s < length]
-    if kind == "block":
-        return [r for r in rules if r.schedule is not StepSchedule.FIXED or r.steps >= _n_blocks(length, block_size)]
+    rules = [dataclasses.replace(base, rule=CommitRule.THRESHOLD, threshold=t) for t in thresholds]
+    rules += [dataclasses.replace(base, rule=CommitRule.FACTOR, factor=f) for f in factors]
+    rules += [dataclasses.replace(base, rule=CommitRule.ENTROPY_BOUND, entropy_bound=g) for g in entropy_bounds]
+    rules += [dataclasses.replace(base, rule=CommitRule.FIXED, steps=s) for s in steps if 1 <= s < length]
+    if fixed_blocks:
+        return [r for r in rules if r.rule is not CommitRule.FIXED or r.steps >= _n_blocks(length, block_size)]
     layouts = []
     for b in dict.fromkeys(min(b, length) if b > 0 else 0 for b in block_lengths):
         modes = [CacheMode.NONE, CacheMode.PREFIX] + ([CacheMode.DUAL] if _n_blocks(length, b) > 1 else [])
@@ -102,7 +105,7 @@ def candidates(base: SamplerConfig, kind: str, thresholds: list[float], steps: l
     out = []
     for rule in rules:
         for b, mode in layouts:
-            if rule.schedule is StepSchedule.FIXED and rule.steps < _n_blocks(length, b):
+            if rule.rule is CommitRule.FIXED and rule.steps < _n_blocks(length, b):
                 continue  # fewer steps than blocks cannot finish every block
             out.append(dataclasses.replace(rule, block_length=b, cache=mode))
     return out
@@ -110,7 +113,7 @@ def candidates(base: SamplerConfig, kind: str, thresholds: list[float], steps: l
 
 def is_exact(cfg: SamplerConfig) -> bool:
     """One token per step without a cache (see bench.one_per_step)."""
-    return cfg.schedule is StepSchedule.THRESHOLD and cfg.threshold >= 1.0 and cfg.cache is CacheMode.NONE
+    return cfg.rule is CommitRule.THRESHOLD and cfg.threshold >= 1.0 and cfg.cache is CacheMode.NONE
 
 
 def _layout(cfg: SamplerConfig) -> int:
@@ -177,19 +180,21 @@ def _gen_ppl(ref: LoadedModel | None, ids: list[list[int]], tokens: list[list[in
     return math.exp(nll / max(count, 1))
 
 
-def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quality = Quality.AGREEMENT,
+def tune(loaded: LoadedModel, prompts: list[str], *, length: int, sampler: SamplerConfig | None = None,
+         quality: Quality = Quality.AGREEMENT,
          bound: float = 0.02, ref: LoadedModel | None = None, budget_s: float = 300.0, repeats: int = 1,
          thresholds: list[float] | None = None, steps: list[int] | None = None,
          block_lengths: list[int] | None = None, factors: list[float] | None = None,
          entropy_bounds: list[float] | None = None, log=lambda line: None) -> TuneResult:
     """Measure the exact sampler and then the grid until the budget is spent; pick the fastest within bound.
-    A knob given as None searches its default values; an empty list leaves that rule out."""
-    kind = model_kind(loaded)
-    if kind == "ar":
+    `sampler`: the base of every setting (default the checkpoint's). A knob given as None searches its default
+    values; an empty list leaves that rule out."""
+    spec = loaded.spec
+    if spec.causal:
         raise BenchError(f"'{loaded.path}' is an autoregressive model, which decodes one token per pass; "
                          "tune-sampler tunes diffusion samplers")
-    if kind not in ("masked", "block"):
-        raise BenchError(f"'{loaded.path}' is a {kind} model; tune-sampler tunes the unmasking samplers of masked "
+    if not spec.parallel:
+        raise BenchError(f"'{loaded.path}' is a {spec.label} model; tune-sampler tunes the unmasking samplers of masked "
                          "and block diffusion models")
     if not 0 <= bound < 1:
         raise BenchError(f"--bound {bound} is out of range; give a fraction between 0 and 1, e.g. 0.02 for 2%")
@@ -203,9 +208,9 @@ def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quali
     def pick(given, default):
         return default if given is None else given
 
-    base = dataclasses.replace(loaded.cfg.sampler, length=length, temperature=0.0, top_k=0, top_p=1.0)
+    base = dataclasses.replace(sampler or loaded.cfg.sampler, length=length, temperature=0.0, top_k=0, top_p=1.0)
     exact = one_per_step(base)
-    todo = candidates(base, kind, pick(thresholds, grid.thresholds), pick(steps, grid.steps),
+    todo = candidates(base, spec.fixed_blocks, pick(thresholds, grid.thresholds), pick(steps, grid.steps),
                       pick(block_lengths, grid.block_lengths), loaded.cfg.process.block_size,
                       factors=pick(factors, grid.factors), entropy_bounds=pick(entropy_bounds, grid.entropy_bounds))
     _measure(loaded, ids[:1], dataclasses.replace(exact, length=min(length, 8)))  # warm-up: one-time costs
@@ -223,21 +228,21 @@ def tune(loaded: LoadedModel, prompts: list[str], *, length: int, quality: Quali
         if is_exact(cfg):
             references[_layout(cfg)] = out.tokens
         main_ppl = trials[0].gen_ppl if trials else None
-        trials.append(_trial(cfg, kind, out, references[_layout(cfg)], ref, ids, quality, bound, main_ppl))
+        trials.append(_trial(cfg, spec.fixed_blocks, out, references[_layout(cfg)], ref, ids, quality, bound, main_ppl))
         t = trials[-1]
         log(f"[{i + 1}/{len(queue)}] {t.label}: {t.tokens_per_s:,.1f} tokens/s, agreement {t.agreement:.3f}")
     chosen = max((t for t in trials if t.within), key=lambda t: t.tokens_per_s)
     return TuneResult(trials=trials, chosen=chosen, quality=quality, bound=bound, skipped=skipped)
 
 
-def _trial(cfg, kind, out: _Measured, reference, ref, ids, quality, bound, ref_ppl) -> Trial:
+def _trial(cfg, fixed_blocks: bool, out: _Measured, reference, ref, ids, quality, bound, ref_ppl) -> Trial:
     agree = agreement(out.tokens, reference)
     ppl = _gen_ppl(ref, ids, out.tokens)
     if quality is Quality.GEN_PPL:
         within = ref_ppl is None or ppl <= (1 + bound) * ref_ppl
     else:
         within = agree >= 1 - bound
-    return Trial(cfg=cfg, label=label(cfg, kind), tokens_per_s=out.tokens_per_s, nfe_per_token=out.nfe_per_token,
+    return Trial(cfg=cfg, label=label(cfg, fixed_blocks), tokens_per_s=out.tokens_per_s, nfe_per_token=out.nfe_per_token,
                  agreement=agree, gen_ppl=ppl, within=within)
 
 
@@ -251,13 +256,13 @@ def format_trials(result: TuneResult) -> str:
     return "\n".join(lines)
 
 
-def chosen_values(cfg: SamplerConfig, kind: str) -> dict:
+def chosen_values(cfg: SamplerConfig, fixed_blocks: bool) -> dict:
     """The sampler fields that define a setting, as config.json stores them."""
-    values: dict = {"length": cfg.length, "schedule": cfg.schedule.value}
-    knob = {StepSchedule.THRESHOLD: "threshold", StepSchedule.FACTOR: "factor",
-            StepSchedule.ENTROPY_BOUND: "entropy_bound"}.get(cfg.schedule, "steps")
+    values: dict = {"length": cfg.length, "rule": cfg.rule.value}
+    knob = {CommitRule.THRESHOLD: "threshold", CommitRule.FACTOR: "factor",
+            CommitRule.ENTROPY_BOUND: "entropy_bound"}.get(cfg.rule, "steps")
     values[knob] = getattr(cfg, knob)
-    if kind != "block":
+    if not fixed_blocks:
         values |= {"block_length": cfg.block_length, "cache": cfg.cache.value}
     return values
 
@@ -268,38 +273,16 @@ def write_sampler_defaults(path: str | Path, values: dict) -> tuple[Path, dict]:
     ckpt = resolve_checkpoint(path)
     target = ckpt / "config.json"
     text = target.read_text(encoding="utf-8")
-    tree = json.loads(text)
+    tree = upgrade_tree(json.loads(text))  # keys renamed since the run was saved get their current names
     old_sampler = tree.get("sampler", {})
     old = {k: old_sampler.get(k, getattr(SamplerConfig(), k)) for k in values}
     old = {k: v.value if isinstance(v, enum.Enum) else v for k, v in old.items()}
     tree["sampler"] = {**old_sampler, **values}
     config_from_dict(tree)  # refuse to write a config that would not load
     new_text = json.dumps(tree, indent=2) + "\n"
-    manifest = _manifest_with(ckpt, "config.json", new_text.encode("utf-8"))
-    _atomic_write(ckpt / "config.json.bak", text)
-    _atomic_write(target, new_text)
+    manifest = manifest_with(ckpt, "config.json", new_text.encode("utf-8"))
+    write_text_atomic(ckpt / "config.json.bak", text)
+    write_text_atomic(target, new_text)
     if manifest is not None:  # the loader checks every file against it, so it follows at once
-        _atomic_write(ckpt / MANIFEST, manifest)
+        write_text_atomic(ckpt / MANIFEST, manifest)
     return target, old
-
-
-def _manifest_with(ckpt: Path, name: str, body: bytes) -> str | None:
-    """The checkpoint's manifest.json text with the size and SHA-256 of `name` set to those of `body`."""
-    path = ckpt / MANIFEST
-    if not path.is_file():
-        return None
-    tree = json.loads(path.read_text(encoding="utf-8"))
-    tree["files"][name] = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-    return json.dumps(tree, indent=1) + "\n"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -27,9 +27,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from sunfish.config import CacheMode, SamplerConfig, StepSchedule
+from sunfish.config import CacheMode, SamplerConfig, CommitRule
 from sunfish.model.kv_cache import KVCache
-from sunfish.process.schedules import Schedule
+from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.batch import Generators, Padding, uniform
 from sunfish.sample.policies import ADAPTIVE, adaptive_count, policy_scores, top_ranked
 from sunfish.sample.remask import remask
@@ -112,7 +112,7 @@ class _Predictor:
 
     passes = 1  # network evaluations per call
 
-    def __init__(self, model, mask_id: int, schedule: Schedule, mode: CacheMode, track_drift: bool,
+    def __init__(self, model, mask_id: int, schedule: MaskSchedule, mode: CacheMode, track_drift: bool,
                  padding: Padding | None = None, suppress: Sequence[int] = ()):
         self.model, self.mask_id, self.schedule, self.mode = model, mask_id, schedule, mode
         self.banned = banned_ids(mask_id, suppress)
@@ -190,7 +190,7 @@ def unmask(
     cfg: SamplerConfig,
     *,
     generator: Generators,
-    schedule: Schedule,
+    schedule: MaskSchedule,
     callback: Callable[[StepInfo], None] | None = None,
     eos_id: int | None = None,
     track_drift: bool = False,
@@ -229,7 +229,7 @@ def denoise_blocks(
     cfg: SamplerConfig,
     *,
     generator: Generators,
-    schedule: Schedule,
+    schedule: MaskSchedule,
     callback: Callable[[StepInfo], None] | None = None,
     eos_id: int | None = None,
     after_block: Callable[[torch.Tensor, int, int], int] | None = None,
@@ -240,7 +240,7 @@ def denoise_blocks(
     generated = x == mask_id  # (B, L)
     psi = torch.zeros(x.shape, device=x.device)  # confidence of each token when it was committed (ReMDM conf)
     total_masks = int(generated.sum(1).max())
-    if cfg.schedule in ADAPTIVE:  # the step count follows the predictions; `steps` does not apply
+    if cfg.rule in ADAPTIVE:  # the step count follows the predictions; `steps` does not apply
         budget = [1] * len(blocks)
     else:
         budget = _steps_per_block(min(cfg.steps, total_masks), len(blocks))
@@ -249,7 +249,7 @@ def denoise_blocks(
         predict.refresh()
         n_steps = max(1, min(n_steps, int((x[:, lo:hi] == mask_id).sum(1).max())))
         k = 0
-        while (x[:, lo:hi] == mask_id).any() and (cfg.schedule in ADAPTIVE or k < n_steps):
+        while (x[:, lo:hi] == mask_id).any() and (cfg.rule in ADAPTIVE or k < n_steps):
             logits = predict(x, lo, hi)
             block = x[:, lo:hi]
             chosen, drawn, conf, remasked = _choose(logits, block == mask_id, generated[:, lo:hi], psi[:, lo:hi],
@@ -294,14 +294,14 @@ def _choose(logits, candidates, generated, psi, cfg: SamplerConfig, k: int, n_st
 
 def _rule(probs, drawn, candidates, cfg: SamplerConfig, k: int, n_steps: int, generator, schedule, rows):
     """(scores (B, n), count (B,)): the step commits the count[b] best-scoring candidates of row b."""
-    if cfg.schedule is StepSchedule.ANCESTRAL:
+    if cfg.rule is CommitRule.ANCESTRAL:
         t_now = torch.tensor(1.0 - k / n_steps, dtype=torch.float64)
         t_next = torch.tensor(1.0 - (k + 1) / n_steps, dtype=torch.float64)
         a_now, a_next = schedule.alpha(t_now), schedule.alpha(t_next)
         p = 1.0 if k == n_steps - 1 else float((a_next - a_now) / (1.0 - a_now).clamp_min(1e-12))
         u = uniform(tuple(candidates.shape), generator, rows=rows).to(candidates.device)
         return -u, (candidates & (u < p)).sum(-1)  # the masks with u < p are exactly the count lowest u
-    if cfg.schedule in ADAPTIVE:
+    if cfg.rule in ADAPTIVE:
         return adaptive_count(probs, drawn, candidates, cfg)
     # LLaDA's fixed counts: ceil(masks left / steps left) per step, which is transfer_counts' split
     count = -(-candidates.sum(-1) // (n_steps - k))

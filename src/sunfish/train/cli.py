@@ -40,7 +40,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sunfish.train.checkpoint import export_checkpoint, read_state
+    from sunfish.checkpoint.export import export_checkpoint
+    from sunfish.checkpoint.files import read_state
 
     out = export_checkpoint(args.path, args.out, best=args.best, ema=args.ema)
     source = read_state(out).extra.get("exported_from")

@@ -171,7 +171,7 @@ def measure_step_peak(cfg: ModelConfig, batch: int, seq_len: int, act_ckpt: int 
     from torch.distributed._tools.mem_tracker import MemTracker
 
     from sunfish.config import ProcessConfig
-    from sunfish.process import training_loss
+    from sunfish.registry import training_loss
     from sunfish.train.optim import build_optimizer
     from sunfish.train.parallel import apply_activation_checkpointing
     from sunfish.config import OptimConfig

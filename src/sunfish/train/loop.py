@@ -23,16 +23,19 @@ from sunfish.data.loader import TokenStream, split_documents
 from sunfish.data.shards import PreparedData, PreparedSplit, is_prepared
 from sunfish.data.sources import DataError, read_documents
 from sunfish.model.transformer import Transformer, build_model, count_parameters
-from sunfish.process import training_loss
-from sunfish.process.layers import attach_process_layers
+from sunfish.registry import attach_layers, training_loss
 from sunfish.runtime import Runtime, setup_runtime
 from sunfish.tokenizer import Tokenizer, train_tokenizer
-from sunfish.train import checkpoint as ckpt_io
+from sunfish.checkpoint.files import (CheckpointError, TrainingState, list_checkpoints, newest_good_checkpoint,
+                                      read_state)
+from sunfish.checkpoint.weights import load_weights
+from sunfish.train.checkpoint import load_training_extras, prune_checkpoints, save_checkpoint
+from sunfish.validate import validate
 from sunfish.train.observe import MetricsLog, flops_per_token, peak_flops, peak_memory_gib
 from sunfish.train.optim import WeightEMA, build_optimizer, lr_at, set_lr
 from sunfish.train.parallel import (
     DistInfo,
-    Objective,
+    ModelAndLoss,
     all_mean,
     all_sum,
     any_rank,
@@ -192,7 +195,7 @@ def train_step(model: Transformer, optimizer: torch.optim.Optimizer, batches: li
                mask_id: int, noise_gen: torch.Generator, rt: Runtime) -> float:
     """One single-process optimiser step over `batches` with one noise generator; returns the mean loss.
     (The unit of work of benchmarks/train_throughput.py; the loop itself uses `forward_backward`.)"""
-    objective = Objective(model, lambda m, x, g: training_loss(m, x, cfg.process, mask_id, g).loss)
+    objective = ModelAndLoss(model, lambda m, x, g: training_loss(m, x, cfg.process, mask_id, g).loss)
     streams = Streams([noise_gen] * len(batches), list(range(len(batches))), len(batches))
     loss, _ = forward_backward(objective, model, batches, streams, cfg.optim.grad_clip, DistInfo(), rt)
     optimizer.step()
@@ -202,7 +205,7 @@ def train_step(model: Transformer, optimizer: torch.optim.Optimizer, batches: li
 
 def _resume_point(run_dir: Path, resume: bool, log: Callable[[str], None]) -> Path | None:
     """The checkpoint to continue from; a fresh run never writes over a folder that holds checkpoints."""
-    found = ckpt_io.list_checkpoints(run_dir)
+    found = list_checkpoints(run_dir)
     if not resume:
         if found:
             raise ValueError(
@@ -213,9 +216,9 @@ def _resume_point(run_dir: Path, resume: bool, log: Callable[[str], None]) -> Pa
     if not found:
         log(f"no checkpoint in '{run_dir}' yet: starting a new run there")
         return None
-    good = ckpt_io.newest_good_checkpoint(run_dir, log)
+    good = newest_good_checkpoint(run_dir, log)
     if good is None:
-        raise ckpt_io.CheckpointError(f"every checkpoint in '{run_dir}' is damaged; start a new run with another --out")
+        raise CheckpointError(f"every checkpoint in '{run_dir}' is damaged; start a new run with another --out")
     return good
 
 
@@ -252,6 +255,7 @@ def train(
     `corpus` replaces the one read from `data` (`sunfish adapt` brings the base model's tokenizer).
     """
     start_time = time.perf_counter()
+    validate(cfg)
     rt = setup_runtime(cfg.train.device, cfg.train.dtype, cfg.train.threads)
     info = init_distributed(cfg.train.parallel, rt.device)
     say = log if info.is_main else (lambda s: None)
@@ -284,10 +288,10 @@ def _train(cfg: RunConfig, run_dir: Path, data: list[str] | None, resume: bool, 
 
     torch.manual_seed(cfg.train.seed)
     model = model_factory(cfg.model, rt.device)
-    attach_process_layers(model, cfg.process)  # continuous / flow layers (process/layers.py); none for masked, AR
+    attach_layers(model, cfg.process)  # continuous / flow layers (process/layers.py); none for masked, AR
     n_params = count_parameters(model)
     mask_id = corpus.tokenizer.mask_id
-    objective = Objective(model, lambda m, x, g: training_loss(m, x, cfg.process, mask_id, g).loss)
+    objective = ModelAndLoss(model, lambda m, x, g: training_loss(m, x, cfg.process, mask_id, g).loss)
     trainer = parallelize(model, objective, cfg.train, info, rt, log)
     optimizer = build_optimizer(model, cfg.optim, fused=rt.device.type == "cuda" and not cfg.train.offload)  # offloaded shards live on the CPU
     ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
@@ -295,11 +299,11 @@ def _train(cfg: RunConfig, run_dir: Path, data: list[str] | None, resume: bool, 
     streams = Streams.create(cfg.train.seed, cfg.train.grad_accum, info, rt)
     start = 0
     if resume_from is not None:
-        state = ckpt_io.read_state(resume_from)
+        state = read_state(resume_from)
         if state.data_fingerprint != corpus.train.fingerprint():
             raise DataError(f"the training data differs from the data of the run in '{run_dir}'; resume with the same --data")
-        ckpt_io.load_weights(model, resume_from)
-        rng = ckpt_io.load_training_extras(resume_from, model, optimizer, ema.shadow if ema else None)
+        load_weights(model, resume_from)
+        rng = load_training_extras(resume_from, model, optimizer, ema.shadow if ema else None)
         train_batches.restore(rng["data"])
         streams.restore(rng["noise"], state.step, cfg.train.seed, log)
         start = state.step
@@ -321,12 +325,12 @@ def _train(cfg: RunConfig, run_dir: Path, data: list[str] | None, resume: bool, 
     def save(step: int, val_loss: float | None) -> Path:
         rng = {"data": train_batches.state(), "noise": streams.states(info, rt.device)}
         extra = {"val_loss": val_loss, "world": info.world, "parallel": cfg.train.parallel.value, "ema": ema is not None}
-        state = ckpt_io.TrainingState(step=step, data_fingerprint=corpus.train.fingerprint(), extra=extra)
-        path = ckpt_io.save_checkpoint(run_dir, step, model, optimizer, rng, state, cfg, corpus.tokenizer,
+        state = TrainingState(step=step, data_fingerprint=corpus.train.fingerprint(), extra=extra)
+        path = save_checkpoint(run_dir, step, model, optimizer, rng, state, cfg, corpus.tokenizer,
                                        ema=ema.shadow if ema else None, sharded=cfg.train.parallel is ParallelKind.FSDP,
                                        info=info)
         if info.is_main:
-            for old in ckpt_io.prune_checkpoints(run_dir, cfg.train.keep_last):
+            for old in prune_checkpoints(run_dir, cfg.train.keep_last):
                 log(f"removed {old.name} (keeping the last {cfg.train.keep_last} and the best by validation loss)")
         return path
 

@@ -62,7 +62,8 @@ class WeightEMA:
     """Exponential moving average of the weights, ema <- decay * ema + (1 - decay) * w after each step.
 
     The shadow tensors have the parameters' own type and layout (FSDP shards stay shards), keyed by the
-    plain model's parameter names. `swapped(model)` puts the averages into the model for validation.
+    plain model's parameter names. `swap()` exchanges the averages and the live weights (validation runs on the
+    averages between two swaps).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):

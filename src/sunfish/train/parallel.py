@@ -114,7 +114,7 @@ def gather_rows(local: torch.Tensor, info: DistInfo, device: torch.device) -> li
     return [p.cpu() for p in parts]
 
 
-class Objective(nn.Module):
+class ModelAndLoss(nn.Module):
     """The model and its training loss as one module, so DDP's and FSDP's hooks wrap the whole computation
     (the loss calls `model.hidden` and `model.head`, not `forward`). Returns the scalar loss."""
 
@@ -161,8 +161,8 @@ def apply_compile(model: Transformer, log: Callable[[str], None] = print) -> boo
     return True
 
 
-def apply_fsdp(objective: Objective, info: DistInfo, rt: Runtime, offload: bool) -> None:
-    """FSDP2: shard each block, then the root (embeddings, final norm, head) through the Objective.
+def apply_fsdp(objective: ModelAndLoss, info: DistInfo, rt: Runtime, offload: bool) -> None:
+    """FSDP2: shard each block, then the root (embeddings, final norm, head) through the ModelAndLoss.
 
     On CUDA with bf16 the parameters are gathered in bf16 and gradients reduced in fp32 (the sharded
     fp32 master weights and AdamW state stay fp32). `offload` keeps the shards on the CPU (CPUOffloadPolicy).
@@ -181,7 +181,7 @@ def apply_fsdp(objective: Objective, info: DistInfo, rt: Runtime, offload: bool)
     fully_shard(objective, **options)
 
 
-def parallelize(model: Transformer, objective: Objective, cfg: TrainConfig, info: DistInfo, rt: Runtime,
+def parallelize(model: Transformer, objective: ModelAndLoss, cfg: TrainConfig, info: DistInfo, rt: Runtime,
                 log: Callable[[str], None]) -> nn.Module:
     """Apply activation checkpointing, compile and DDP/FSDP; returns the module to call for the loss."""
     if cfg.offload and cfg.parallel is not ParallelKind.FSDP:

@@ -12,7 +12,7 @@ visited in proportion to dF/dn: where the error changes fastest. This is the tim
 (Dieleman et al. 2022, sec. 6.1), with a monotone network in place of their piecewise-linear fit. The
 sampler spaces its steps uniformly in u, so each step removes about the same amount of error.
 
-Until `learn_schedule_after` training batches have been seen the warp is the identity (the fixed base
+Until `time_warp_after` training batches have been seen the warp is the identity (the fixed base
 schedule) and is not trained; the counter lives in the module's state, so checkpoints resume it.
 """
 

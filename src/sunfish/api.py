@@ -1,0 +1,114 @@
+"""The Python API: what a user scripts against; `sunfish <verb>` and (later) the server are thin layers over it.
+
+    import sunfish
+    model = sunfish.load("runs/micro")                       # a run, checkpoint or exported folder
+    out = model.generate("Once upon a time", max_new_tokens=64, temperature=0.8, seed=1)
+    print(out.text, out.steps, out.nfe, out.seconds)          # str(out) is the text; out.ids the new tokens
+    filled = model.infill("Once upon a [MASK:4] there was a cat.")
+    scores = model.score(["The cat sat on the mat."])         # nats per token, perplexity, bits per byte
+    result = sunfish.train("nano", out="runs/nano", steps=200)
+
+Sampler settings are the fields of `SamplerConfig` (steps, rule, temperature, cache, ...), given as keyword
+arguments; the checkpoint's own defaults (tune-sampler's choice) apply to the rest. A setting the model's
+process does not use is refused in one sentence (sunfish/validate.py), as on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from sunfish.config import ConfigError, EvalConfig, RunConfig, SamplerConfig, apply_section, apply_tree, load_preset
+from sunfish.load import LoadedModel, load_model
+from sunfish.sample.text import Generation, generate, generate_batch, infill
+from sunfish.validate import check_sampler, validate
+
+
+@dataclass
+class Model(LoadedModel):
+    """A loaded model with everything that runs on it (see the module docstring)."""
+
+    def sampler(self, **settings: Any) -> SamplerConfig:
+        """The checkpoint's sampler defaults with `settings` (SamplerConfig fields; strings are converted),
+        refused in one sentence where this model's process or network cannot use them."""
+        cfg = apply_section(self.cfg.sampler, "sampler", settings)
+        check_sampler(self.spec, cfg, settings, self.unavailable)
+        return cfg
+
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int | None = None, *, seed: int = 0,
+                 batch_size: int = 8, trace: str | Path | None = None, drift: bool = False,
+                 **settings: Any) -> Generation | list[Generation]:
+        """Continue `prompt` (a string: one Generation; a list: one per prompt, prompt i seeded with seed + i
+        and decoded `batch_size` at a time, each exactly as it would be alone) with `max_new_tokens` tokens
+        (default: the checkpoint's sampler length). `trace` writes the denoising as a .gif or .mp4; `drift`
+        reports how far an approximate cache's predictions were from exact ones."""
+        if max_new_tokens is not None:
+            settings["length"] = max_new_tokens
+        cfg = self.sampler(**settings)
+        if drift and (cfg.cache.value == "none" or not self.spec.supports("cache")):
+            raise ConfigError("drift measures the approximate key/value cache of masked diffusion models; "
+                              "sample with --cache prefix or --cache dual")
+        if isinstance(prompt, str):
+            return generate(self, prompt, cfg, seed=seed, trace=_path(trace), drift=drift)
+        if trace is not None or drift:
+            raise ConfigError("trace and drift follow one prompt; generate a single prompt to use them")
+        return generate_batch(self, list(prompt), cfg, seed=seed, batch_size=batch_size)
+
+    def infill(self, text: str, *, seed: int = 0, trace: str | Path | None = None, **settings: Any) -> Generation:
+        """Fill each `[MASK:n]` span (`[MASK]` = one token) of `text`, keeping the text around the spans."""
+        for name in ("length", "stop_at_eos"):
+            if name in settings:
+                raise ConfigError(f"infill fills the spans of the text; sampler.{name} does not apply to it")
+        return infill(self, text, self.sampler(**settings), seed=seed, trace=_path(trace))
+
+    def score(self, texts: str | Sequence[str], *, seed: int = 0, rel_se: float = 0.01, min_rounds: int = 4,
+              max_rounds: int = 64, batch_size: int = 16):
+        """Likelihood of each text under the model: a LikelihoodResult per text (one for a string) with
+        nats_per_token, perplexity, bits_per_byte and the Monte Carlo standard error (exact for causal
+        models; an upper bound on -log p for the diffusion processes)."""
+        from sunfish.eval.likelihood import evaluate_likelihood, held_out
+
+        cfg = EvalConfig(seed=seed, rel_se=rel_se, min_rounds=min_rounds, max_rounds=max_rounds, batch_size=batch_size)
+        seq_len = min(self.cfg.train.seq_len or self.cfg.model.context, self.cfg.model.context)
+        results = [evaluate_likelihood(self.model, self.cfg.process, self.tokenizer.mask_id,
+                                       held_out([t], self.tokenizer, seq_len), cfg)
+                   for t in ([texts] if isinstance(texts, str) else texts)]
+        return results[0] if isinstance(texts, str) else results
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def load(path: str | Path, *, device: str = "auto", ema: bool | None = None, threads: int = 0) -> Model:
+    """Open a run folder, a checkpoint, an exported folder or an adapted run for inference on `device`
+    (auto: CUDA when available). `ema` None: the averaged weights when the run kept them."""
+    from sunfish.runtime import setup_runtime
+
+    loaded = load_model(path, setup_runtime(device, threads=threads).device, ema=ema)
+    return Model(**{f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded) if f.init})
+
+
+def train(config: RunConfig | str = "nano", *, out: str | Path, data: Sequence[str] | None = None,
+          resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+          overrides: dict[str, dict[str, Any]] | None = None, given: Sequence[str] = (), **train_settings: Any):
+    """Train (or, with `resume`, continue) a model into the run folder `out`; returns a TrainResult.
+
+    `config`: a RunConfig or a preset name; `overrides`: {section: {field: value}} applied on top;
+    `train_settings`: TrainConfig fields (steps=, batch_size=, seed=, ...). `data`: .txt/.jsonl files or
+    folders, or a `sunfish data prepare` folder (default: the built-in story corpus). Settings the chosen
+    process does not use are refused (sunfish/validate.py): those in `overrides` and `train_settings`, and
+    the dotted keys in `given` (what the command line set in `config` already)."""
+    from sunfish.flags import given_keys
+    from sunfish.train.loop import train as run_training
+
+    cfg = load_preset(config) if isinstance(config, str) else config
+    tree = {section: dict(values) for section, values in (overrides or {}).items()}
+    if train_settings:
+        tree.setdefault("train", {}).update(train_settings)
+    cfg = apply_tree(cfg, tree)
+    validate(cfg, [*given, *given_keys(tree)])
+    return run_training(cfg, run_dir=Path(out), data=list(data) if data else None, resume=resume, progress=progress,
+                        log=log)

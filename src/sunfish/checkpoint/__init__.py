@@ -1,0 +1,9 @@
+"""Checkpoints on disk: RUN_DIR/checkpoints/step-NNNNNN/ holding everything needed to resume or sample.
+
+  files.py    the layout: finding, verifying (manifest.json) and reading config.json / state.json
+  weights.py  model weights into a network of any parallel layout (full or FSDP-sharded files)
+  export.py   `sunfish export`: one consolidated safetensors folder
+
+Writing checkpoints (and the optimizer and RNG state a resume needs) is training's business
+(train/checkpoint.py); opening one for inference is the loader's (sunfish/load.py).
+"""

@@ -1,0 +1,218 @@
+"""The config sections: one frozen dataclass per concern, and RunConfig, which holds the sections a run
+saves in its checkpoints. Each field is declared with `knob(default, help, lo=, hi=)`; the flags of every
+verb are generated from these declarations (sunfish/flags.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sunfish.config.base import Section, knob
+from sunfish.config.enums import (AttentionKind, BaseKind, CacheMode, CommitRule, EmbedMode, FlowLoss, FlowNoise,
+                                  Layout, LogKind, LossKind, MaskScheduleKind, MLPKind, NoiseSchedule, ParallelKind,
+                                  Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, Solver, TimeCond,
+                                  TokenizerChoice)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(Section):
+    SECTION = "model"
+
+    vocab_size: int = knob(0, "tokens; 0 = take it from the tokenizer", lo=0)
+    d_model: int = knob(128, "residual width", lo=2)
+    n_layers: int = knob(2, "transformer blocks", lo=1)
+    n_heads: int = knob(4, "attention heads; d_model must divide evenly", lo=1)
+    d_ff: int = knob(0, "MLP hidden width; 0 = 4 d_model (relu2) or the LLaMA 8/3 d_model rounded to 64 (swiglu)", lo=0)
+    mlp: MLPKind = knob(MLPKind.SWIGLU, "MLP kind")
+    context: int = knob(128, "maximum sequence length in tokens", lo=1)
+    rope_base: float = knob(10000.0, "RoPE base frequency")
+    qk_norm: bool = knob(False, "RMS-normalise queries and keys per head")
+    norm_weights: bool = knob(True, "learnable RMSNorm gains (False: plain F.rms_norm, as micro-dllm)")
+    embed_norm: bool = knob(False, "RMS-normalise the embeddings before the first block")
+    tie_embeddings: bool = knob(False, "share the input embedding with the output head")
+    time_cond: TimeCond = knob(TimeCond.NONE, "how the noise level reaches the network")
+    time_steps: int = knob(100, "T for the learned time embedding (T + 1 entries)", lo=1)
+    attention: AttentionKind = knob(AttentionKind.BIDIRECTIONAL, "bidirectional (diffusion) or causal (AR)")
+    init_std: float = knob(0.02, "std of the normal initialisation of weights", lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProcessConfig(Section):
+    SECTION = "process"
+
+    kind: ProcessKind = knob(ProcessKind.MASKED, "training objective / generative process")
+    mask_schedule: MaskScheduleKind = knob(MaskScheduleKind.LINEAR, "masked: alpha(t), the probability a token is still clean at time t")
+    discrete_steps: int = knob(0, "T > 0 samples t on the grid {1..T}/T; 0 = continuous t", lo=0)
+    loss: LossKind = knob(LossKind.NELBO, "training objective")
+    antithetic: bool = knob(True, "low-discrepancy sampling of t across the batch")
+    eps: float = knob(1e-3, "smallest t drawn (and the log-linear mask schedule's eps), in (0, 0.5)", lo=1e-08, hi=0.5)
+    block_size: int = knob(0, "block diffusion (BD3-LM) block size in tokens; 0 = one block (MDLM)", lo=0)
+    noise_schedule: NoiseSchedule = knob(NoiseSchedule.COSINE, "continuous: alpha_bar(t) of the Gaussian process")
+    param: Parameterisation = knob(Parameterisation.X0, "continuous: what the network predicts (x0 | eps | v)")
+    embed: EmbedMode = knob(EmbedMode.NORMALIZED, "continuous: how token embeddings (the data x0) are kept")
+    self_cond: bool = knob(False, "continuous: feed the previous x0 estimate back in (Chen et al. 2022), 50% in training")
+    flow_noise: FlowNoise = knob(FlowNoise.DIRICHLET, "flow: the noise point on the simplex")
+    flow_loss: FlowLoss = knob(FlowLoss.CE, "flow: cross-entropy on p(x1) or velocity squared error")
+    time_warp: bool = knob(False, "continuous/flow: warp noise levels by a learned monotone network (CDCD time warping)")
+    time_warp_after: int = knob(0, "continuous/flow: training batches on the plain noise levels before the warp trains and is used", lo=0)
+    prompt_prob: float = knob(0.0, "fraction of sequences whose random-length prefix is kept clean as a prompt, [0, 1]", lo=0.0, hi=1.0)
+    cond_dropout: float = knob(0.0, "fraction of those prompts replaced by [MASK] (classifier-free guidance), [0, 1]", lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig(Section):
+    SECTION = "optim"
+
+    lr: float = knob(1e-3, "peak learning rate", lo=0.0)
+    beta1: float = knob(0.9, "AdamW beta1")
+    beta2: float = knob(0.95, "AdamW beta2")
+    eps: float = knob(1e-8, "AdamW epsilon")
+    weight_decay: float = knob(0.1, "decoupled weight decay on matrices only (not embeddings' norms or gains)")
+    warmup_steps: int = knob(100, "linear warm-up length in optimiser steps", lo=0)
+    min_lr_ratio: float = knob(0.1, "cosine decay floor as a fraction of the peak", lo=0.0, hi=1.0)
+    grad_clip: float = knob(1.0, "global gradient-norm clip; 0 disables", lo=0.0)
+    lr_embed: float = knob(1.0, "learning-rate multiplier for the token (and time) embeddings and output head", lo=0.0)
+    lr_attn: float = knob(1.0, "learning-rate multiplier for attention weights", lo=0.0)
+    lr_mlp: float = knob(1.0, "learning-rate multiplier for MLP weights", lo=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Section):
+    SECTION = "train"
+
+    steps: int = knob(1000, "planned total optimiser steps (the LR schedule follows it)", lo=1)
+    batch_size: int = knob(16, "sequences per micro-batch", lo=1)
+    grad_accum: int = knob(1, "micro-batches per optimiser step", lo=1)
+    seq_len: int = knob(0, "tokens per sequence; 0 = the model's context", lo=0)
+    log_every: int = knob(10, "steps between metric lines", lo=1)
+    val_every: int = knob(100, "steps between validation passes; 0 disables", lo=0)
+    val_batches: int = knob(4, "batches per validation pass (the same batches every time)", lo=1)
+    save_every: int = knob(0, "steps between checkpoints; 0 = only at the end", lo=0)
+    seed: int = knob(0, "seeds weights, data order and noise")
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N")
+    dtype: str = knob("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")
+    compile: bool = knob(False, "torch.compile the model")
+    threads: int = knob(0, "CPU threads for torch; 0 = leave torch's default", lo=0)
+    parallel: ParallelKind = knob(ParallelKind.NONE, "none | ddp | fsdp (ddp and fsdp run under torchrun)")
+    act_ckpt: int = knob(0, "activation checkpointing of every k-th block (1 = all blocks); 0 = off", lo=0)
+    offload: bool = knob(False, "fsdp: keep parameters, gradients and optimizer state in CPU memory")
+    keep_last: int = knob(0, "keep the newest K checkpoints (plus the best by validation loss); 0 = keep all", lo=0)
+    max_bad_steps: int = knob(10, "abort after this many steps in a row with a non-finite loss or gradient", lo=1)
+    log: LogKind = knob(LogKind.JSONL, "metrics sink besides metrics.jsonl: jsonl | tensorboard | wandb")
+    ema: float = knob(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0 = off", lo=0.0, hi=0.999999)
+    peak_tflops: float = knob(0.0, "per-device peak TFLOP/s for MFU; 0 = look up the GPU (no MFU on CPU)", lo=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig(Section):
+    SECTION = "data"
+
+    tokenizer: TokenizerChoice = knob(TokenizerChoice.CHAR, "tokenizer trained on the corpus when none is given")
+    bpe_vocab: int = knob(2048, "BPE vocabulary size (tokens, >= 260)", lo=260)
+    synth_lang: str = knob("both", "built-in corpus language when no --data: en | ru | both")
+    synth_docs: int = knob(4000, "built-in corpus size in stories", lo=2)
+    val_fraction: float = knob(0.02, "documents held out for validation, in (0, 0.5)", lo=1e-06, hi=0.5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerConfig(Section):
+    SECTION = "sampler"
+
+    length: int = knob(64, "tokens to generate", lo=1)
+    steps: int = knob(32, "denoising steps, 1..length", lo=1)
+    policy: Policy = knob(Policy.CONFIDENCE, "which masked positions the fixed rule reveals first")
+    rule: CommitRule = knob(CommitRule.FIXED, "how many positions a step commits: fixed count, ancestral, threshold, factor, entropy_bound")
+    block_length: int = knob(0, "semi-autoregressive block size in tokens; 0 = one block", lo=0)
+    temperature: float = knob(0.0, "0 = greedy; > 0 samples with float64 Gumbel noise", lo=0.0)
+    top_k: int = knob(0, "keep the k most likely tokens; 0 = all", lo=0)
+    top_p: float = knob(1.0, "nucleus mass in (0, 1]", lo=1e-06, hi=1.0)
+    threshold: float = knob(0.9, "confidence bar of the threshold rule, in (0, 1]", lo=1e-06, hi=1.0)
+    factor: float = knob(1.0, "factor of the factor rule (> 0; larger commits more per step)", lo=1e-06)
+    entropy_bound: float = knob(0.5, "gamma of the entropy-bound rule, in nats (>= 0)", lo=0.0)
+    cache: CacheMode = knob(CacheMode.NONE, "approximate key/value cache, refreshed when a block completes")
+    stop_at_eos: bool = knob(True, "prompted generation: after a block holding EOS, fill the rest with EOS and stop")
+    remask: RemaskKind = knob(RemaskKind.NONE, "ReMDM remasking of committed tokens")
+    remask_eta: float = knob(0.1, "ReMDM eta: cap on sigma (cap, conf) or its multiplier (rescale), in [0, 1]", lo=0.0, hi=1.0)
+    remask_start: float = knob(0.5, "remask once this fraction of a block is decoded, in [0, 1]", lo=0.0, hi=1.0)
+    remask_end: float = knob(1.0, "... and until this fraction, in [0, 1]", lo=0.0, hi=1.0)
+    guidance: float = knob(0.0, "classifier-free guidance w: uncond + (1 + w)(cond - uncond); 0 = off", lo=0.0)
+    solver: Solver = knob(Solver.AUTO, "continuous/flow models: ddim | ddpm (continuous), euler | heun (flow)")
+    eta: float = knob(0.0, "DDIM noise scale: 0 deterministic, 1 = DDPM's posterior variance, in [0, 1]", lo=0.0, hi=1.0)
+    rounding: Rounding = knob(Rounding.HEAD, "continuous: how an x0 estimate becomes tokens")
+    clamp: bool = knob(False, "continuous: snap each x0 estimate to its rounded token's embedding (clamping trick)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(Section):
+    """`sunfish eval` settings (not stored in checkpoints); flags --eval.field=value."""
+
+    SECTION = "eval"
+
+    seed: int = knob(0, "seeds the Monte Carlo noise, the samples and the infill spans")
+    max_tokens: int = knob(16384, "held-out tokens the likelihood suite scores (whole documents; 0 = all)", lo=0)
+    seq_len: int = knob(0, "tokens per scored window; 0 = the run's training sequence length", lo=0)
+    batch_size: int = knob(16, "windows per forward pass", lo=1)
+    rel_se: float = knob(0.01, "Monte Carlo stops once the standard error is below this fraction of the estimate", lo=1e-06, hi=1.0)
+    min_rounds: int = knob(4, "fewest Monte Carlo passes over the held-out text", lo=2)
+    max_rounds: int = knob(64, "most Monte Carlo passes (the reached error is reported either way)", lo=2)
+    samples: int = knob(16, "unprompted samples per step count (generation suite)", lo=1)
+    sample_length: int = knob(0, "tokens per sample; 0 = the checkpoint's sampler length", lo=0)
+    sample_steps: str = knob("16,64,256", "comma-separated denoising step counts (each capped at the sample length)")
+    temperature: float = knob(1.0, "sampling temperature of the generation suite (1 = the model's distribution)", lo=0.0)
+    infill_windows: int = knob(32, "held-out windows per span kind (infill suite)", lo=1)
+    translation_pairs: int = knob(32, "sentence pairs prompted and scored (translation suite)", lo=1)
+    translation_direction: str = knob("en-ru", "en-ru | ru-en")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptConfig(Section):
+    """AR -> diffusion adaptation (`sunfish adapt`); saved in the checkpoint of an adapted run."""
+
+    SECTION = "adapt"
+
+    base: str = knob("", "the causal model adapted: a local HF folder or a Sunfish AR run; \"\" = not an adapted run")
+    kind: BaseKind = knob(BaseKind.HF, "what `base` is (set by `sunfish adapt` from the folder's contents)")
+    layout: Layout = knob(Layout.SHIFTED, "which position's logits predict a masked token")
+    lora: bool = knob(False, "train LoRA adapters (peft) instead of all weights")
+    lora_rank: int = knob(16, "LoRA rank r (>= 1)", lo=1)
+    lora_alpha: float = knob(32.0, "LoRA scale numerator (the update is scaled by alpha / r)", lo=0.0)
+    lora_targets: str = knob("all-linear", "comma-separated module names LoRA wraps, or all-linear (peft's choice)")
+    qlora: bool = knob(False, "4-bit base weights (bitsandbytes; CUDA only), with lora")
+    align_weight: float = knob(0.0, "weight of the representation-alignment loss; 0 = off", lo=0.0)
+    align_layers: str = knob("", "comma-separated 1-based layers aligned with the causal teacher; \"\" = all")
+    align_layer_sample: int = knob(0, "layers drawn per step from align_layers; 0 = all of them", lo=0)
+    align_token_fraction: float = knob(1.0, "fraction of positions scored by the alignment loss per step, in (0, 1]", lo=1e-06, hi=1.0)
+    teacher_cache: str = knob("", "folder of teacher hidden states (`sunfish adapt cache-teacher`); \"\" = none")
+    trajectories: str = knob("", "file from `sunfish adapt trajectories`; \"\" = random masking only")
+    traj_mix: float = knob(1.0, "probability that a sequence with a trajectory is masked along it, in [0, 1]", lo=0.0, hi=1.0)
+    traj_min_ratio: float = knob(0.1, "smallest mask ratio drawn for trajectory masking, in (0, 1]", lo=1e-06, hi=1.0)
+    traj_max_ratio: float = knob(0.9, "largest mask ratio drawn for trajectory masking, in (0, 1]", lo=1e-06, hi=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    preset: str = ""  # the preset this run started from
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
+
+
+# section name -> its class: the sections a RunConfig holds, and EvalConfig (`sunfish eval`, never saved)
+SECTIONS: dict[str, type[Section]] = {cls.SECTION: cls for cls in (ModelConfig, ProcessConfig, OptimConfig, TrainConfig,
+                                                                    DataConfig, SamplerConfig, AdaptConfig, EvalConfig)}
+
+
+def _enum_value(obj: Any) -> Any:
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    raise TypeError(f"cannot serialise {obj!r}")

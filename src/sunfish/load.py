@@ -1,0 +1,102 @@
+"""The loader: one function opens anything Sunfish can run and returns the network, tokenizer, config and what
+the model can do.
+
+Sources (`source_kind`):
+- a run folder (`sunfish train --out`, `sunfish adapt --out`): its newest checkpoint;
+- a checkpoint folder (RUN/checkpoints/step-N) or an exported one (`sunfish export --out`);
+- an adapted run (a checkpoint whose config names `adapt.base`): the causal LM rebuilt with bidirectional
+  attention (adapt/model.py);
+- a Hugging Face model folder (config.json without Sunfish's checkpoint files): recognised and refused with a
+  sentence for now.
+
+Training saves and resumes (train/checkpoint.py); it never goes through here.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sunfish.checkpoint.files import CheckpointError, is_checkpoint, list_checkpoints, read_config, resolve_checkpoint
+from sunfish.checkpoint.weights import load_network
+from sunfish.config import RunConfig
+from sunfish.registry import ProcessSpec, spec_of
+from sunfish.tokenizer import Tokenizer
+
+
+class SourceKind(str, enum.Enum):
+    SUNFISH = "sunfish"  # a run, checkpoint or exported folder written by Sunfish
+    ADAPTED = "adapted"  # a Sunfish checkpoint of a causal LM adapted into a diffusion LM
+    HF = "hf"  # a Hugging Face model folder
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference (eval mode) and what it can do."""
+
+    model: torch.nn.Module
+    tokenizer: Tokenizer  # Sunfish's own, or an HF tokenizer behind the same interface (adapted runs)
+    cfg: RunConfig
+    path: Path  # the checkpoint folder it came from
+    spec: ProcessSpec = field(init=False)  # the process entry (sunfish/registry.py)
+    unavailable: dict[str, str] = field(default_factory=dict)  # sampler fields this network cannot do -> why
+    mixed_batches: bool = True  # the network takes left-padded batches of mixed-length prompts
+
+    def __post_init__(self) -> None:
+        self.spec = spec_of(self.cfg.process)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and not (path / "state.json").is_file()
+
+
+def source_kind(path: str | Path) -> SourceKind:
+    """What `path` holds; a path that holds nothing runnable raises CheckpointError (one sentence)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"'{path}' does not exist; pass a run folder (`sunfish train --out`), a checkpoint "
+                              "folder or an exported folder")
+    if is_checkpoint(path) or list_checkpoints(path):
+        ckpt = path if is_checkpoint(path) else list_checkpoints(path)[-1]
+        return SourceKind.ADAPTED if read_config(ckpt).adapt.base else SourceKind.SUNFISH
+    if _is_hf_folder(path):
+        return SourceKind.HF
+    resolve_checkpoint(path)  # raises the sentence that says what a run folder looks like
+    raise AssertionError("unreachable")
+
+
+def _open_sunfish(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | None) -> LoadedModel:
+    model, _ = load_network(ckpt, device, ema)
+    return LoadedModel(model=model, tokenizer=Tokenizer.load(ckpt / "tokenizer.json"), cfg=cfg, path=ckpt)
+
+
+def _open_adapted(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | None) -> LoadedModel:
+    from sunfish.adapt.model import load_adapted
+
+    model, tokenizer = load_adapted(ckpt, cfg, device)
+    return LoadedModel(model=model, tokenizer=tokenizer, cfg=cfg, path=ckpt,
+                       unavailable=dict(getattr(model, "UNAVAILABLE", {})),
+                       mixed_batches=getattr(model, "MIXED_BATCHES", True))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool | None = None) -> LoadedModel:
+    """Open what `path` holds for inference (eval mode) on `device`.
+
+    `ema` None: the averaged weights when the run kept an EMA, else the raw weights.
+    """
+    device = torch.device(device)
+    kind = source_kind(path)
+    if kind is SourceKind.HF:
+        raise CheckpointError(f"'{path}' is a Hugging Face model folder, which Sunfish cannot run as it is; turn a "
+                              f"causal LM into a diffusion LM with `sunfish adapt {path} --data ...`")
+    ckpt = resolve_checkpoint(path)
+    cfg = read_config(ckpt)
+    opener = _open_adapted if kind is SourceKind.ADAPTED else _open_sunfish
+    return opener(ckpt, cfg, device, ema)

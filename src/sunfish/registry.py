@@ -1,0 +1,241 @@
+"""The process registry: each generative process declares, in one entry, what it is and what it can do.
+
+An entry (`ProcessSpec`) names the process's training loss, its sampler, its likelihood estimator, the layers
+it adds to the backbone, the config fields it reads and what its sampler supports (infilling, guidance,
+caches, remasking, batches of mixed-length prompts, temperature / top-k / top-p). Code elsewhere asks
+`spec_of(cfg.process)` and reads the entry; it never tests the process kind itself. Adding a process is one
+entry here. (torchtitan's TrainSpec registry and vLLM's model registry are the models.)
+
+Five processes: masked diffusion (MDLM / LLaDA), block diffusion (BD3-LM: masked with process.block_size > 0),
+the autoregressive baseline, Gaussian diffusion over embeddings and flow matching on the simplex.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from sunfish.config import AttentionKind, ModelConfig, ProcessConfig, ProcessKind, SamplerConfig, TimeCond
+from sunfish.model.transformer import Transformer, build_model
+from sunfish.process.autoregressive import causal_nats, next_token_loss
+from sunfish.process.block import block_diffusion_loss, block_nats
+from sunfish.process.continuous import continuous_loss, continuous_nats
+from sunfish.process.flow import flow_loss
+from sunfish.process.layers import continuous_layers, flow_layers
+from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_nats
+from sunfish.process.schedules import MaskSchedule
+from sunfish.sample.ar import ar_generate
+from sunfish.sample.batch import Generators, Padding
+from sunfish.sample.block import block_generate
+from sunfish.sample.continuous import continuous_generate
+from sunfish.sample.flow import flow_generate
+from sunfish.sample.unmask import SampleResult, unmask
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A likelihood estimator: per-sequence nats of the scored positions of x (B, L)."""
+
+    name: str  # shown in reports
+    nats: Callable[..., torch.Tensor]  # (model, x, process cfg, mask id, u (B,) in [0, 1), generator, scored=None) -> (B,)
+    exact: bool  # one pass gives the exact value (no Monte Carlo)
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """What a sampler needs besides the network, the canvas and the sampler settings."""
+
+    mask_id: int
+    process: ProcessConfig
+    generator: Generators  # one generator, or one per row (sample/batch.py)
+    padding: Padding | None = None  # left padding of mixed-length prompts
+    callback: Callable | None = None  # receives a StepInfo after each step
+    eos_id: int | None = None  # stop at EOS (prompted generation)
+    suppress: Sequence[int] = ()  # token ids never drawn besides [MASK] (PAD, BOS, UNK)
+    drift: bool = False  # report cached-vs-exact drift (approximate caches only)
+
+
+@dataclass(frozen=True)
+class Need:
+    """A setting a process cannot run without; `why` is the one-sentence refusal."""
+
+    key: str  # dotted config key, e.g. "model.attention"
+    ok: Callable[[Any], bool]
+    why: str
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    name: str  # registry key, the value of `train --process`
+    label: str  # how messages name the process
+    loss: Callable[..., LossOutput]  # (model, x0 (B, L), process cfg, mask id, generator)
+    decode: Callable[..., SampleResult]  # (model, canvas (B, L), fill_start, sampler cfg, DecodeJob)
+    likelihood: Estimator | None  # None: no likelihood estimator is known
+    layers: Callable | None = None  # (model, process cfg): attaches model.process_io
+    process_fields: frozenset[str] = frozenset()  # ProcessConfig fields the process reads (besides kind)
+    sampler_fields: frozenset[str] = frozenset()  # SamplerConfig fields its sampler reads
+    needs: tuple[Need, ...] = ()  # settings it cannot run without
+    infill: bool = False  # fills masks anywhere in a canvas (else only after a prompt)
+    causal: bool = False  # left to right, one token per pass, exact likelihood
+    fixed_blocks: bool = False  # decodes in its trained blocks with an exact cache (block_length does not apply)
+    parallel: bool = False  # commits several tokens per step by a rule tune-sampler can tune
+    mixed_batches: bool = True  # decodes prompts of different lengths in one batch
+    wants_time: bool = False  # `train --process NAME` turns on time conditioning when the config has none
+    train_flags: dict = field(default_factory=dict)  # the config tree `sunfish train --process NAME` applies
+
+    def supports(self, sampler_field: str) -> bool:
+        return sampler_field in self.sampler_fields
+
+
+# ---- samplers behind one signature ------------------------------------------------------------------
+
+def _schedule(p: ProcessConfig) -> MaskSchedule:
+    return MaskSchedule(p.mask_schedule, p.eps)
+
+
+def _decode_masked(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
+    return unmask(model, x, job.mask_id, cfg, generator=job.generator, schedule=_schedule(job.process),
+                  callback=job.callback, eos_id=job.eos_id, track_drift=job.drift, suppress=job.suppress,
+                  padding=job.padding)
+
+
+def _prompt_and_length(x: torch.Tensor, fill_start: int, mask_id: int, what: str) -> tuple[torch.Tensor, int]:
+    if fill_start < 1 or not bool((x[:, fill_start:] == mask_id).all()):
+        raise ValueError(f"{what} generates after a prompt only; it cannot fill masks inside a text")
+    return x[:, :fill_start], x.shape[1] - fill_start
+
+
+def _decode_block(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
+    prompt, length = _prompt_and_length(x, fill_start, job.mask_id, "a block-diffusion model")
+    return block_generate(model, prompt, length, job.mask_id, job.process.block_size, cfg, generator=job.generator,
+                          schedule=_schedule(job.process), callback=job.callback, eos_id=job.eos_id,
+                          suppress=job.suppress, padding=job.padding)
+
+
+def _decode_ar(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
+    prompt, length = _prompt_and_length(x, fill_start, job.mask_id, "an autoregressive model")
+    return ar_generate(model, prompt, length, cfg, generator=job.generator, mask_id=job.mask_id, callback=job.callback,
+                       eos_id=job.eos_id, suppress=job.suppress, padding=job.padding)
+
+
+def _decode_continuous(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
+    return continuous_generate(model, x, job.mask_id, cfg, job.process, generator=job.generator, callback=job.callback)
+
+
+def _decode_flow(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
+    return flow_generate(model, x, job.mask_id, cfg, job.process, generator=job.generator, callback=job.callback)
+
+
+# ---- the entries ------------------------------------------------------------------------------------
+
+_MASKED_TRAIN = frozenset({"mask_schedule", "discrete_steps", "loss", "antithetic", "eps", "block_size"})
+_TIME_DRAWS = frozenset({"discrete_steps", "antithetic", "eps", "prompt_prob"})
+_DRAWING = frozenset({"temperature", "top_k", "top_p"})
+_UNMASKING = frozenset({"length", "steps", "policy", "rule", "threshold", "factor", "entropy_bound", "stop_at_eos",
+                        "remask", "remask_eta", "remask_start", "remask_end"}) | _DRAWING
+_BIDIRECTIONAL = Need("model.attention", lambda v: v is AttentionKind.BIDIRECTIONAL,
+                      "the {label} process needs bidirectional attention; set --model.attention=bidirectional")
+_ONE_BLOCK = Need("process.block_size", lambda v: v == 0,
+                  "the {label} process has no block variant; set --process.block_size=0")
+
+MASKED = ProcessSpec(
+    name="masked", label="masked diffusion", loss=masked_diffusion_loss, decode=_decode_masked,
+    likelihood=Estimator("NELBO (masked diffusion)", masked_nats, exact=False),
+    process_fields=_MASKED_TRAIN | {"prompt_prob", "cond_dropout"},
+    sampler_fields=_UNMASKING | {"block_length", "cache", "guidance"},
+    infill=True, parallel=True, train_flags={"process": {"kind": "masked", "block_size": 0}},
+)
+BLOCK = ProcessSpec(
+    name="block", label="block diffusion", loss=block_diffusion_loss, decode=_decode_block,
+    likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False),
+    process_fields=_MASKED_TRAIN, sampler_fields=_UNMASKING,
+    needs=(Need("model.time_cond", lambda v: v is TimeCond.NONE,
+                "the block process runs without time conditioning; set --model.time_cond=none"),
+           Need("process.prompt_prob", lambda v: v == 0,
+                "process.prompt_prob (conditional training) is not implemented for the block process; set it to 0")),
+    fixed_blocks=True, parallel=True,
+    train_flags={"process": {"kind": "masked", "block_size": 16}, "model": {"time_cond": "none"}},
+)
+AR = ProcessSpec(
+    name="ar", label="autoregressive", loss=lambda model, x0, cfg, mask_id, generator: next_token_loss(model, x0),
+    decode=_decode_ar, likelihood=Estimator("exact NLL (causal)", causal_nats, exact=True),
+    sampler_fields=frozenset({"length", "stop_at_eos"}) | _DRAWING,
+    needs=(Need("model.attention", lambda v: v is AttentionKind.CAUSAL,
+                "the autoregressive objective needs causal attention; set --model.attention=causal or use --objective ar"),
+           Need("process.prompt_prob", lambda v: v == 0,
+                "process.prompt_prob (conditional training) is not implemented for the autoregressive objective; "
+                "set it to 0")),
+    causal=True,
+    train_flags={"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}},
+)
+CONTINUOUS = ProcessSpec(
+    name="continuous", label="continuous (embedding diffusion)", loss=lambda model, x0, cfg, mask_id, generator:
+    continuous_loss(model, x0, cfg, generator), decode=_decode_continuous,
+    likelihood=Estimator("NELBO (embedding diffusion, continuous time)", continuous_nats, exact=False),
+    layers=continuous_layers,
+    process_fields=_TIME_DRAWS | {"noise_schedule", "param", "embed", "self_cond", "time_warp", "time_warp_after"},
+    sampler_fields=frozenset({"length", "steps", "solver", "eta", "rounding", "clamp"}),
+    needs=(_BIDIRECTIONAL, _ONE_BLOCK), infill=True, mixed_batches=False, wants_time=True,
+    train_flags={"process": {"kind": "continuous"}},
+)
+FLOW = ProcessSpec(
+    name="flow", label="simplex flow", loss=lambda model, x0, cfg, mask_id, generator: flow_loss(model, x0, cfg, generator),
+    decode=_decode_flow, likelihood=None, layers=flow_layers,
+    process_fields=_TIME_DRAWS | {"flow_noise", "flow_loss", "time_warp", "time_warp_after"},
+    sampler_fields=frozenset({"length", "steps", "solver"}),
+    needs=(_BIDIRECTIONAL, _ONE_BLOCK,
+           Need("process.self_cond", lambda v: not v, "process.self_cond applies to the continuous process only; "
+                "drop it for flow models")),
+    infill=True, mixed_batches=False, wants_time=True, train_flags={"process": {"kind": "flow"}},
+)
+SPECS: dict[str, ProcessSpec] = {s.name: s for s in (MASKED, BLOCK, AR, CONTINUOUS, FLOW)}
+_BY_KIND = {ProcessKind.MASKED: MASKED, ProcessKind.AR: AR, ProcessKind.CONTINUOUS: CONTINUOUS, ProcessKind.FLOW: FLOW}
+
+
+def spec_of(process: ProcessConfig) -> ProcessSpec:
+    """The entry of the process a config names (masked with block_size > 0 is block diffusion)."""
+    spec = _BY_KIND[process.kind]
+    return BLOCK if spec is MASKED and process.block_size > 0 else spec
+
+
+def processes_using(section: str, key: str) -> list[ProcessSpec]:
+    """The processes that read `section.key` (section: "process" or "sampler")."""
+    return [s for s in SPECS.values() if key in (s.process_fields if section == "process" else s.sampler_fields)]
+
+
+# ---- what every caller needs ------------------------------------------------------------------------
+
+def attach_layers(model: torch.nn.Module, process: ProcessConfig) -> None:
+    """Give a backbone the layers its process adds (input/output projections, the learned warp), if any."""
+    layers = spec_of(process).layers
+    if layers is not None:
+        layers(model, process)
+
+
+def build_network(model_cfg: ModelConfig, process: ProcessConfig, device: torch.device | str = "cpu") -> Transformer:
+    """The backbone with the layers its process adds."""
+    model = build_model(model_cfg, device)
+    attach_layers(model, process)
+    return model
+
+
+def training_loss(model: torch.nn.Module, x0: torch.Tensor, process: ProcessConfig, mask_id: int,
+                  generator: torch.Generator) -> LossOutput:
+    """Loss of x0 (B, L) under the configured process. A model with an objective of its own while training
+    (an adapted causal LM, adapt/objective.py: NELBO + alignment) computes it instead."""
+    objective = getattr(model, "objective", None)
+    if objective is not None and model.training:
+        return objective.loss(model, x0, process, mask_id, generator)
+    return spec_of(process).loss(model, x0, process, mask_id, generator)
+
+
+def decode(model: torch.nn.Module, canvas: torch.Tensor, fill_start: int, cfg: SamplerConfig, job: DecodeJob,
+           *, mixed_batches: bool = True) -> SampleResult:
+    """Run the sampler of the process on canvas (B, L), whose columns from `fill_start` on may change."""
+    spec = spec_of(job.process)
+    if job.padding is not None and not (spec.mixed_batches and mixed_batches):
+        raise ValueError(f"batched prompts of different lengths are not supported by {spec.label} models; "
+                         "generate one prompt at a time or give prompts of one length")
+    return spec.decode(model, canvas, fill_start, cfg, job)

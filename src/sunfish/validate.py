@@ -1,0 +1,89 @@
+"""One check before any work: what the chosen process or model cannot run, and flags that would do nothing.
+
+`validate(cfg, given)` refuses, in one sentence each,
+- settings a process cannot run without (the registry's `needs`: causal attention for the autoregressive
+  objective, no time conditioning for block diffusion, ...), whatever set them;
+- a flag the user gave (`given`, dotted keys such as "sampler.guidance") that the process does not read,
+  naming the processes that do;
+- a sampler flag that does nothing under the other settings (a threshold without the threshold rule, top-k
+  at temperature 0, remasking knobs without remasking, ...).
+Values that come from a preset or a saved checkpoint are not flags and are not refused for being unused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from sunfish.config import CommitRule, ConfigError, RemaskKind, RunConfig, SamplerConfig, Solver
+from sunfish.registry import ProcessSpec, processes_using, spec_of
+
+# sampler field -> (the field it depends on, the values of that field under which it acts, what to say)
+ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
+    "steps": ("rule", (CommitRule.FIXED, CommitRule.ANCESTRAL), "the fixed and ancestral rules (the adaptive rules "
+              "choose their own step count)"),
+    "policy": ("rule", (CommitRule.FIXED,), "the fixed rule"),
+    "threshold": ("rule", (CommitRule.THRESHOLD,), "--sampler.rule=threshold"),
+    "factor": ("rule", (CommitRule.FACTOR,), "--sampler.rule=factor"),
+    "entropy_bound": ("rule", (CommitRule.ENTROPY_BOUND,), "--sampler.rule=entropy_bound"),
+    "remask_eta": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
+    "remask_start": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
+    "remask_end": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
+    "top_k": ("temperature", lambda v: v > 0, "sampling at a temperature above 0 (greedy decoding takes the argmax)"),
+    "top_p": ("temperature", lambda v: v > 0, "sampling at a temperature above 0 (greedy decoding takes the argmax)"),
+    "eta": ("solver", (Solver.AUTO, Solver.DDIM), "the ddim solver (ddpm is eta = 1)"),
+}
+
+
+def _labels(specs: list[ProcessSpec]) -> str:
+    return ", ".join(f"{s.label}" for s in specs) or "no process"
+
+
+def _value(cfg: RunConfig, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def check_needs(spec: ProcessSpec, cfg: RunConfig) -> None:
+    """Settings the process cannot run without, whatever set them."""
+    for need in spec.needs:
+        if not need.ok(_value(cfg, need.key)):
+            raise ConfigError(need.why.format(label=spec.label))
+    if cfg.process.cond_dropout > 0 and cfg.process.prompt_prob == 0 and "cond_dropout" in spec.process_fields:
+        raise ConfigError("process.cond_dropout drops prompts, so it needs process.prompt_prob > 0")
+
+
+def check_sampler(spec: ProcessSpec, sampler: SamplerConfig, given: Iterable[str],
+                  unavailable: dict[str, str] | None = None) -> None:
+    """Refuse sampler flags (field names in `given`) that do nothing for this process or under the other
+    settings; `unavailable` maps fields the loaded network cannot do to the reason."""
+    for name in sorted(set(given)):
+        if name not in spec.sampler_fields:
+            raise ConfigError(f"sampler.{name} does nothing for {spec.label} models; it applies to "
+                              f"{_labels(processes_using('sampler', name))} models")
+        if unavailable and name in unavailable:
+            raise ConfigError(f"sampler.{name} is not available for this model: {unavailable[name]}")
+        if name in ACTS_WHEN:
+            other, acts, when = ACTS_WHEN[name]
+            value = getattr(sampler, other)
+            ok = acts(value) if callable(acts) else value in acts
+            if other in spec.sampler_fields and not ok:
+                shown = getattr(value, "value", value)
+                raise ConfigError(f"sampler.{name} does nothing with sampler.{other} = {shown}; it applies to {when}")
+
+
+def validate(cfg: RunConfig, given: Iterable[str] = ()) -> ProcessSpec:
+    """Check a run's config before any work; returns the process entry. `given`: dotted keys the user set."""
+    spec = spec_of(cfg.process)
+    check_needs(spec, cfg)
+    sampler_given = []
+    for key in sorted(set(given)):
+        section, _, name = key.partition(".")
+        if section == "process" and name != "kind" and name not in spec.process_fields:
+            raise ConfigError(f"process.{name} does nothing for {spec.label} models; it applies to "
+                              f"{_labels(processes_using('process', name))} models")
+        if section == "process" and name == "time_warp_after" and not cfg.process.time_warp:
+            raise ConfigError("process.time_warp_after does nothing without process.time_warp=true")
+        if section == "sampler":
+            sampler_given.append(name)
+    check_sampler(spec, cfg.sampler, sampler_given)
+    return spec
