@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sunfish.adapt.run import adapt, adapt_config, adapt_corpus, base_tokenizer, record_trajectories
 from sunfish.config import RunConfig, apply_tree
-from sunfish.train.loop import train
+from sunfish.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpora" / "en_tinystories" / "tinystories_train_head.jsonl"

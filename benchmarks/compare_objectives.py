@@ -3,7 +3,7 @@
     python benchmarks/compare_objectives.py [--quick] [--steps 800] [--out runs/objectives] [--doc docs/results.md]
 
 On English (TinyStories) and Russian (TinyStories-ru) text from ../shared/corpora, every objective trains
-the same backbone (sunfish.train.loop.train) on the same mixed corpus, tokenizer and optimiser, for the
+the same backbone (sunfish.training.loop.train) on the same mixed corpus, tokenizer and optimiser, for the
 same training FLOPs:
     FLOPs per sequence = T (6 N + 12 n_layers d_model T_attn),
 with N the parameters, T the tokens through the network and T_attn the attention length: T = T_attn = L
@@ -34,8 +34,8 @@ from sunfish.eval.generative import SunfishReference, diversity, generative_perp
 from sunfish.eval.likelihood import evaluate_likelihood, held_out
 from sunfish.eval.report import markdown_table
 from sunfish.runtime import setup_runtime
-from sunfish.load import load_model
-from sunfish.train.loop import train
+from sunfish.loading import load_model
+from sunfish.training.loop import train
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 EN = CORPORA / "en_tinystories" / "tinystories_train_head.jsonl"
@@ -105,8 +105,7 @@ def evaluate(run: Path, held: dict[str, list[str]], ref: SunfishReference | None
         lik = evaluate_likelihood(loaded.model, loaded.cfg.process, loaded.tokenizer.mask_id, data, ecfg)
         print(f"    {lang}: {lik.line()}")
         out[f"likelihood_{lang}"] = lik.as_json()
-    is_ar = loaded.cfg.process.kind.value == "ar"
-    steps_list = [size["length"]] if is_ar else [int(s) for s in size["gen_steps"].split(",")]
+    steps_list = [size["length"]] if loaded.spec.causal else [int(s) for s in size["gen_steps"].split(",")]
     out["generation"] = []
     for steps in steps_list:
         try:

@@ -43,11 +43,12 @@ from sunfish.config import apply_tree, load_preset
 from sunfish.data.synth import generate_stories
 from sunfish.model.transformer import count_parameters
 from sunfish.runtime import setup_runtime
-from sunfish.sample.bench import (HEADER, check_reference, confidence_profile, format_confidence, model_kind, run_bench,
+from sunfish.sample.bench import (HEADER, check_reference, confidence_profile, format_confidence, run_bench,
                                   target_report)
 from sunfish.checkpoint.files import list_checkpoints
-from sunfish.load import load_model
-from sunfish.train.loop import train
+from sunfish.loading import load_model
+from sunfish.registry import SPECS
+from sunfish.training.loop import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "en_tinystories" / "tinystories_train_head.jsonl"
 FULL = {"model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "context": 1056},
@@ -170,10 +171,9 @@ def main() -> None:
                  for k, v in paths.items()}
     rt = setup_runtime(args.device, threads=args.threads)
     models = {k: load_model(v, rt.device) for k, v in paths.items()}
-    for name in ("diffusion", "block", "ar"):
-        expected = {"diffusion": "masked"}.get(name, name)
-        if model_kind(models[name]) != expected:
-            sys.exit(f"--{name} {paths[name]} is a {model_kind(models[name])} model, not {expected}")
+    for name, expected in (("diffusion", "masked"), ("block", "block"), ("ar", "ar")):
+        if models[name].spec.name != expected:
+            sys.exit(f"--{name} {paths[name]} is a {models[name].spec.label} model, not {SPECS[expected].label}")
     check_reference(models["ar"], models["diffusion"])
     check_reference(models["ar"], models["block"])
     context = min(m.cfg.model.context for m in models.values())

@@ -12,7 +12,7 @@ peak fp32 matmul rate (all cores). Runs are interleaved; the ratio is against th
 same preset measured in the same invocation.
 
 GPU (--gpu): each preset at bf16 with and without torch.compile and activation checkpointing (one
-process, batch from the preset, its context), MFU against the GPU's data-sheet peak (train/observe.py),
+process, batch from the preset, its context), MFU against the GPU's data-sheet peak (training/observe.py),
 and the peak allocated memory against `sunfish estimate`'s prediction for the same run.
 """
 
@@ -34,8 +34,8 @@ import torch
 from sunfish.config import ParallelKind, load_preset
 from sunfish.data.synth import generate_stories
 from sunfish.data.sources import write_documents
-from sunfish.train.estimate import EstimateInput, estimate, preset_model
-from sunfish.train.observe import flops_per_token
+from sunfish.training.estimate import EstimateInput, estimate, preset_model
+from sunfish.training.observe import flops_per_token
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import peak_matmul_gflops  # noqa: E402  (the same peak measurement as the throughput benchmark)
@@ -141,7 +141,7 @@ def gpu_table(args: argparse.Namespace) -> None:
 
 def memory_table(args: argparse.Namespace) -> None:
     """The estimator against the measured peak of one fp32 CPU training step (PyTorch's MemTracker)."""
-    from sunfish.train.estimate import measure_step_peak
+    from sunfish.training.estimate import measure_step_peak
 
     rows = []
     for preset in args.presets.split(","):

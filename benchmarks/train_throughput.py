@@ -29,9 +29,9 @@ from sunfish.data.synth import generate_stories  # noqa: E402
 from sunfish.model.transformer import build_model, count_parameters  # noqa: E402
 from sunfish.runtime import setup_runtime  # noqa: E402
 from sunfish.tokenizer import train_tokenizer  # noqa: E402
-from sunfish.train.loop import train_step  # noqa: E402
-from sunfish.train.optim import build_optimizer  # noqa: E402
-from sunfish.train.parallel import apply_compile  # noqa: E402
+from sunfish.training.loop import train_step  # noqa: E402
+from sunfish.training.optim import build_optimizer  # noqa: E402
+from sunfish.training.parallel import apply_compile  # noqa: E402
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "en_tinystories" / "tinystories_train_head.jsonl"
 VOCAB = {"nano": None, "micro": 2048, "tiny": 4096}  # None: character vocabulary

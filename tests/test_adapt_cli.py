@@ -55,7 +55,7 @@ def test_adapt_lora_run_resumes_samples_and_exports(world, lora_run, capsys):
     assert main(["adapt", "export", str(lora_run), "--out", str(export)]) == 0
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sunfish.load import load_model
+    from sunfish.loading import load_model
 
     hf = AutoModelForCausalLM.from_pretrained(str(export)).eval()
     tok = AutoTokenizer.from_pretrained(str(export))
@@ -74,7 +74,7 @@ def test_short_adaptation_lowers_the_masked_loss(world):
     from sunfish.adapt.model import build_student
     from sunfish.adapt.run import adapt_corpus, base_tokenizer
     from sunfish.process.masked import masked_diffusion_loss
-    from sunfish.load import load_model
+    from sunfish.loading import load_model
 
     out = world["root"] / "full_run"
     argv = ["adapt", str(world["base"]), "--data", str(world["docs"]), "--out", str(out), "--steps", "30",
@@ -109,7 +109,7 @@ def test_adapt_a_sunfish_causal_run(world, capsys):
     assert main(["adapt", "export", str(out), "--out", str(export)]) == 0
     from transformers import AutoModelForCausalLM
 
-    from sunfish.load import load_model
+    from sunfish.loading import load_model
 
     hf = AutoModelForCausalLM.from_pretrained(str(export)).eval()
     loaded = load_model(out, torch.device("cpu"))

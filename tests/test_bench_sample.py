@@ -11,7 +11,7 @@ import torch
 
 from sunfish.sample.bench import (BenchError, BenchRow, agreement, confidence_profile, target_report, unigram_entropy,
                                   within_quality)
-from sunfish.load import load_model
+from sunfish.loading import load_model
 
 from conftest import cli_error
 from test_train import DOCS
@@ -69,7 +69,7 @@ def test_a_batch_of_different_prompts_decodes_as_each_alone(runs, kind):
 
     from sunfish.config import SamplerConfig
     from sunfish.sample.bench import decode, one_per_step, prompt_ids
-    from sunfish.load import load_model
+    from sunfish.loading import load_model
 
     loaded = load_model(runs[kind], torch.device("cpu"))
     rows = prompt_ids(loaded, ["the cat", "a little girl found"], 8)  # 8 and 19 tokens: left padding
@@ -152,3 +152,14 @@ def test_confidence_profile_counts_what_threshold_decoding_may_commit(runs, tmp_
     short = tmp_path / "short.txt"
     short.write_text("ab\n", encoding="utf-8")
     assert "shorter than --block-length" in cli_error(capsys, argv + [str(short)])
+
+
+def test_default_lengths_fit_the_model_and_longer_ones_are_skipped_with_a_note(runs, capsys):
+    """Context 48: none of 64, 256, 1024 fits after the prompt, so the largest power of two that does is used."""
+    capsys.readouterr()
+    assert main(["bench", "sample", str(runs["diffusion"]), "--batch", "1", "--repeats", "1",
+                 "--prompts", str(runs["prompts"])]) == 0
+    out = capsys.readouterr().out
+    assert "note: length 64 skipped" in out and "note: length 1024 skipped" in out
+    assert "generating 32 tokens instead" in out
+    assert {row[0] for row in table_rows(out)} == {"32"}

@@ -19,8 +19,8 @@ from sunfish.data.shards import PreparedData
 from sunfish.data.sources import DataError, write_documents
 from sunfish.data.synth import generate_stories
 from sunfish.checkpoint.files import list_checkpoints
-from sunfish.load import load_model
-from sunfish.train.loop import train
+from sunfish.loading import load_model
+from sunfish.training.loop import train
 
 SEQ = 32
 

@@ -6,7 +6,7 @@ import pytest
 
 from sunfish.cli import main
 from sunfish.config import ParallelKind
-from sunfish.train.estimate import EstimateInput, estimate, measure_step_peak, preset_model
+from sunfish.training.estimate import EstimateInput, estimate, measure_step_peak, preset_model
 
 
 @pytest.mark.parametrize("preset,batch,seq,act_ckpt", [("nano", 8, 128, 0), ("nano", 8, 128, 1), ("nano", 4, 64, 0)])

@@ -13,7 +13,7 @@ from sunfish.eval.generative import (HuggingFaceReference, ReferenceError, Sunfi
 from sunfish.eval.infill import InfillUnsupported, infill_suite, span_mask
 from sunfish.eval.likelihood import held_out
 from sunfish.eval.translation import TranslationError, read_pairs, score, translation_suite
-from sunfish.load import load_model
+from sunfish.loading import load_model
 
 from test_train import DOCS
 

@@ -89,7 +89,7 @@ def test_cli_train_resume_sample(tmp_path, capsys, corpus):
             "--process.time_warp=true", "--process.time_warp_after=2", "--save-every", "2"]
     assert main(["train", "--process", "flow", "--data", str(corpus), "--out", str(out), "--steps", "2", *tiny]) == 0
     assert main(["train", "--process", "flow", "--data", str(corpus), "--out", str(out), "--steps", "4", "--resume", *tiny]) == 0
-    from sunfish.load import load_model
+    from sunfish.loading import load_model
 
     loaded = load_model(out, torch.device("cpu"))
     assert loaded.cfg.process.kind.value == "flow" and int(loaded.model.process_io.warp.seen) == 4

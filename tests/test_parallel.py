@@ -14,8 +14,8 @@ import torch
 
 from sunfish.config import apply_tree, load_preset
 from sunfish.checkpoint.files import list_checkpoints, verify_checkpoint
-from sunfish.load import load_model
-from sunfish.train.loop import train
+from sunfish.loading import load_model
+from sunfish.training.loop import train
 
 from conftest import TINY_DOCS, run_metrics as metrics
 

@@ -15,11 +15,11 @@ import torch
 from sunfish.cli import main
 from sunfish.config import apply_tree, load_preset
 from sunfish.process.masked import LossOutput
-from sunfish.train import loop
+from sunfish.training import loop
 from sunfish.checkpoint.files import CheckpointError, list_checkpoints, read_state, verify_checkpoint
-from sunfish.load import load_model
-from sunfish.train.loop import train
-from sunfish.train.robust import RunInUseError, TrainingAborted
+from sunfish.loading import load_model
+from sunfish.training.loop import train
+from sunfish.training.robust import RunInUseError, TrainingAborted
 
 from conftest import TINY_DOCS, run_metrics as metrics
 
@@ -188,7 +188,7 @@ def test_ema_weights_are_saved_and_used_for_sampling(tmp_path, corpus):
 
 def test_layerwise_learning_rates(tmp_path):
     from sunfish.model.transformer import build_model
-    from sunfish.train.optim import build_optimizer, set_lr
+    from sunfish.training.optim import build_optimizer, set_lr
 
     cfg = apply_tree(load_preset("nano"), {"model": {"vocab_size": 40}, "optim": {"lr_embed": 0.5, "lr_attn": 2.0}})
     model = build_model(cfg.model)

@@ -6,9 +6,9 @@ import torch
 
 from sunfish.config import apply_tree, load_preset
 from sunfish.checkpoint.files import list_checkpoints, read_config
-from sunfish.load import load_model
-from sunfish.train.loop import train
-from sunfish.train.optim import lr_at
+from sunfish.loading import load_model
+from sunfish.training.loop import train
+from sunfish.training.optim import lr_at
 
 from conftest import TINY_DOCS, run_metrics as metrics
 
@@ -82,7 +82,7 @@ def test_lr_schedule_warmup_then_cosine_to_floor():
 
 def test_weight_decay_only_on_matrices():
     from sunfish.model.transformer import build_model
-    from sunfish.train.optim import build_optimizer
+    from sunfish.training.optim import build_optimizer
 
     cfg = apply_tree(load_preset("nano"), {"model": {"vocab_size": 40}})
     opt = build_optimizer(build_model(cfg.model), cfg.optim)

@@ -11,7 +11,7 @@ from sunfish.config import CommitRule
 from sunfish.sample import tune as tune_module
 from sunfish.sample.tune import Quality, candidates, chosen_values, tune
 from sunfish.checkpoint.files import resolve_checkpoint
-from sunfish.load import load_model
+from sunfish.loading import load_model
 
 from conftest import cli_error
 

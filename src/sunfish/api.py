@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from sunfish.config import ConfigError, EvalConfig, RunConfig, SamplerConfig, apply_section, apply_tree, load_preset
-from sunfish.load import LoadedModel, load_model
+from sunfish.loading import LoadedModel, load_model
 from sunfish.sample.text import Generation, generate, generate_batch, infill
 from sunfish.validate import check_sampler, validate
 
@@ -102,7 +102,7 @@ def train(config: RunConfig | str = "nano", *, out: str | Path, data: Sequence[s
     process does not use are refused (sunfish/validate.py): those in `overrides` and `train_settings`, and
     the dotted keys in `given` (what the command line set in `config` already)."""
     from sunfish.flags import given_keys
-    from sunfish.train.loop import train as run_training
+    from sunfish.training.loop import train as run_training
 
     cfg = load_preset(config) if isinstance(config, str) else config
     tree = {section: dict(values) for section, values in (overrides or {}).items()}

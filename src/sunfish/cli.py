@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from sunfish.config import SECTIONS, SamplerConfig, apply_tree, load_preset
-from sunfish.flags import Parser, UsageError, add_section, check_leftovers, given, given_keys
+from sunfish.flags import Parser, UsageError, absorb_renamed, add_section, check_leftovers, given, given_keys
 
 # Modules that add verbs of their own: each has `register(verbs)` (adds sub-parsers) and
 # `dispatch(args) -> int | None` (runs the verb if it is one of its own, else returns None).
@@ -20,7 +20,7 @@ VERB_MODULES = (
     "sunfish.sample.tools_cli",  # tune-sampler, bench sample
     "sunfish.adapt.cli",  # adapt, adapt cache-teacher|trajectories|export
     "sunfish.eval.cli",  # eval, compare, lm-eval
-    "sunfish.train.cli",  # export, estimate
+    "sunfish.training.cli",  # export, estimate
 )
 TRAIN_SECTIONS = ("model", "process", "optim", "train", "data", "sampler")
 TRAIN_SHORT = ("steps", "save_every", "seed")  # --steps is --train.steps, ...
@@ -191,7 +191,7 @@ def _offered(args: argparse.Namespace) -> dict:
 
 
 def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
-    check_leftovers(args.verb, extra, _offered(args))
+    check_leftovers(args.verb, absorb_renamed(args, extra), _offered(args))
     for module in _verb_modules():
         handled = module.dispatch(args)
         if handled is not None:

@@ -15,7 +15,7 @@ import dataclasses
 import typing
 from typing import Iterable
 
-from sunfish.config import SECTIONS, ConfigError, check_key, choices, field_help
+from sunfish.config import RENAMED, SECTIONS, ConfigError, check_key, choices, field_help
 
 
 class UsageError(ValueError):
@@ -82,6 +82,21 @@ def given(args: argparse.Namespace, sections: Iterable[str] = tuple(SECTIONS)) -
 def given_keys(tree: dict[str, dict]) -> list[str]:
     """Dotted keys ("sampler.steps") of a {section: {field: value}} tree."""
     return [f"{section}.{name}" for section, values in tree.items() for name in values]
+
+
+def absorb_renamed(args: argparse.Namespace, extra: list[str]) -> list[str]:
+    """Take `--section.old=value` flags of renamed keys (config/tree.py RENAMED) as their new names, so commands
+    written before a rename keep working; returns the arguments left over."""
+    rest = []
+    for arg in extra:
+        key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        section, _, name = key.partition(".")
+        new = RENAMED.get((section, name))
+        if new is not None and hasattr(args, f"{section}.{new}"):
+            setattr(args, f"{section}.{new}", value if eq else "true")
+        else:
+            rest.append(arg)
+    return rest
 
 
 def check_leftovers(verb: str, extra: list[str], offered: dict[str, Iterable[str] | None]) -> None:

@@ -87,7 +87,7 @@ class SunfishBackbone(nn.Module):
 class DiffusionLM(nn.Module):
     """tokens (B, L) -> logits (B, L, V) with bidirectional attention and the configured layout."""
 
-    # what the loader tells samplers this network cannot do (sunfish/load.py)
+    # what the loader tells samplers this network cannot do (sunfish/loading.py)
     UNAVAILABLE = {"cache": "an adapted causal LM decodes without a key/value cache; use --cache none"}
     MIXED_BATCHES = False  # no per-row attention masks or positions: prompts of one length per batch
 

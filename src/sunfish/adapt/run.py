@@ -2,7 +2,7 @@
 
 * `adapt_config` fills the run config from the base model (sizes, context, `adapt.base` and `adapt.kind`).
 * `adapt` builds the corpus with the base's tokenizer (fixed windows, see windows.py) and calls
-  `sunfish.train.loop.train` with a model factory that returns the flipped model with its objective, so
+  `sunfish.training.loop.train` with a model factory that returns the flipped model with its objective, so
   checkpoints, resume, validation and metrics are the trainer's own.
 * `cache_teacher`, `record_trajectories` and `export_hf` are the other verbs.
 """
@@ -67,7 +67,7 @@ def adapt_corpus(cfg: RunConfig, data: list[str] | None, tokenizer):
     """Train/validation splits tokenized by the base's tokenizer, as fixed windows."""
     from sunfish.adapt.windows import FixedWindowStream
     from sunfish.data.shards import is_prepared
-    from sunfish.train.loop import Corpus, build_corpus, load_corpus_documents
+    from sunfish.training.loop import Corpus, build_corpus, load_corpus_documents
 
     if data and len(data) == 1 and is_prepared(data[0]):
         raise ValueError(f"'{data[0]}' is a prepared shard folder with its own tokenizer; adaptation keeps the base "
@@ -109,7 +109,7 @@ def student_factory(run_dir: Path, tokenizer, log: Callable[[str], None]):
 def adapt(cfg: RunConfig, *, run_dir: Path, data: list[str] | None = None, resume: bool = False,
           progress: bool = True, log: Callable[[str], None] = print):
     """Fine-tune cfg.adapt.base with the masked objective; returns the trainer's TrainResult."""
-    from sunfish.train.loop import train
+    from sunfish.training.loop import train
 
     if not cfg.adapt.base:
         raise ValueError("no base model: pass the folder of a causal LM, `sunfish adapt BASE_DIR --data ...`")
@@ -166,7 +166,7 @@ def record_trajectories(model_path: str | Path, data: list[str] | None, out: Pat
                         log: Callable[[str], None] = print) -> int:
     """Decode the training windows of an adapted run with the entropy-ordered rule; save the commit orders."""
     from sunfish.adapt.trajectory import commit_order, save_trajectories
-    from sunfish.load import load_model
+    from sunfish.loading import load_model
     from sunfish.runtime import setup_runtime
 
     rt = setup_runtime("auto")
@@ -189,7 +189,7 @@ def record_trajectories(model_path: str | Path, data: list[str] | None, out: Pat
 # ---------------------------------------------------------------------------------------------- export
 def export_hf(run_path: str | Path, out: Path) -> Path:
     """Write an adapted run as a Hugging Face folder (merged weights, config, tokenizer) for from_pretrained."""
-    from sunfish.load import load_model
+    from sunfish.loading import load_model
 
     loaded = load_model(run_path, "cpu")
     cfg = loaded.cfg

@@ -5,5 +5,5 @@
   export.py   `sunfish export`: one consolidated safetensors folder
 
 Writing checkpoints (and the optimizer and RNG state a resume needs) is training's business
-(train/checkpoint.py); opening one for inference is the loader's (sunfish/load.py).
+(training/checkpoint.py); opening one for inference is the loader's (sunfish/loading.py).
 """

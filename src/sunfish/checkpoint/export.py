@@ -17,7 +17,7 @@ from sunfish.fileio import replace_folder
 
 def export_checkpoint(path: str | Path, out: Path, *, best: bool = False, ema: bool | None = None) -> Path:
     """Consolidate a checkpoint (full or sharded) into OUT/model.safetensors + config.json + tokenizer.json."""
-    from sunfish.load import load_model
+    from sunfish.loading import load_model
 
     path = Path(path)
     if best:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from sunfish.config import EvalConfig
 
 if TYPE_CHECKING:
-    from sunfish.load import LoadedModel
+    from sunfish.loading import LoadedModel
 
 
 class ReferenceError(ValueError):
@@ -127,7 +127,7 @@ class HuggingFaceReference:
 def load_reference(path: str | Path, device: torch.device) -> SunfishReference | HuggingFaceReference:
     """A Sunfish AR run/checkpoint folder, or a Hugging Face causal LM folder."""
     from sunfish.checkpoint.files import CheckpointError
-    from sunfish.load import SourceKind, load_model, source_kind
+    from sunfish.loading import SourceKind, load_model, source_kind
 
     path = Path(path)
     if not path.exists():

@@ -43,7 +43,7 @@ class SunfishLM(_Base):
             raise HarnessUnavailable("the lm-eval adapter needs the lm_eval package; pip install 'sunfish[eval]'")
         super().__init__()
         from sunfish.runtime import setup_runtime
-        from sunfish.load import load_model
+        from sunfish.loading import load_model
 
         self.rt = setup_runtime(str(device))
         self.loaded = load_model(path, self.rt.device)

@@ -26,7 +26,7 @@ from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.text import never_sampled
 
 if TYPE_CHECKING:
-    from sunfish.load import LoadedModel
+    from sunfish.loading import LoadedModel
 
 SPAN_KINDS = ("1", "4", "16", "middle_third")
 

@@ -59,7 +59,7 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
     from sunfish.eval.likelihood import UnsupportedProcess, evaluate_likelihood, held_out
     from sunfish.eval.translation import TranslationUnsupported, read_pairs, translation_suite
     from sunfish.checkpoint.files import read_state
-    from sunfish.load import load_model
+    from sunfish.loading import load_model
     from sunfish.runtime import setup_runtime
 
     if "translation" in suites:

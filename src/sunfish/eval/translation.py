@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from sunfish.config import EvalConfig
 
 if TYPE_CHECKING:
-    from sunfish.load import LoadedModel
+    from sunfish.loading import LoadedModel
 
 MAX_SHOTS = 2  # examples in front of each prompt (fewer when they do not fit the context)
 NAMES = {"en": "English", "ru": "Russian"}

@@ -36,7 +36,7 @@ from sunfish.sample.prompt import prompt_canvas
 from sunfish.sample.text import decode_canvas, never_sampled
 
 if TYPE_CHECKING:
-    from sunfish.load import LoadedModel
+    from sunfish.loading import LoadedModel
 
 DEFAULT_PROMPTS = (
     "Once upon a time, there was a little",
@@ -96,13 +96,19 @@ def encodable_prompts(loaded: LoadedModel, prompts: list[str]) -> list[str]:
     return kept
 
 
-def fitting_lengths(models: dict[str, LoadedModel], prompts: list[str], lengths: list[int]) -> tuple[list[int], list[str]]:
+def fitting_lengths(models: dict[str, LoadedModel], prompts: list[str],
+                    lengths: list[int] | None = None) -> tuple[list[int], list[str]]:
     """The generation lengths that fit every model's context after the longest prompt, and a note for each
-    length skipped; no length fitting is a BenchError."""
+    length skipped. Without `lengths`: those of DEFAULT_LENGTHS that fit, or, when none does, the largest power
+    of two that fits. Given lengths of which none fits are a BenchError."""
     room = min(m.cfg.model.context - max(1 + len(m.tokenizer.encode(p)) for p in prompts) for m in models.values())
-    fits = [n for n in lengths if n <= room]
+    asked = list(lengths or DEFAULT_LENGTHS)
+    fits = [n for n in asked if n <= room]
     notes = [f"length {n} skipped: the longest prompt plus {n} tokens exceed the context "
-             f"({room} tokens are left after it)" for n in lengths if n > room]
+             f"({room} tokens are left after it)" for n in asked if n > room]
+    if not fits and lengths is None and room >= 1:
+        fits = [1 << (room.bit_length() - 1)]
+        notes.append(f"generating {fits[0]} tokens instead, the largest power of two that fits")
     if not fits:
         raise BenchError(f"no generation length fits the context: at most {room} tokens are left after the longest prompt; "
                          f"give --lengths up to {max(room, 0)} or shorter prompts")

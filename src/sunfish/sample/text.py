@@ -16,7 +16,7 @@ from sunfish.sample.batch import Generators, Padding, left_pad, row_generators
 from sunfish.sample.prompt import Canvas, PromptError, cut_at_eos, infill_canvas, prompt_canvas, to_batch
 
 if TYPE_CHECKING:
-    from sunfish.load import LoadedModel
+    from sunfish.loading import LoadedModel
 
 
 @dataclass(frozen=True)

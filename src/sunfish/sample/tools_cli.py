@@ -172,7 +172,7 @@ def _bench_models(args: argparse.Namespace, device: str, threads: int) -> dict:
 
 
 def cmd_bench_sample(args: argparse.Namespace) -> int:
-    from sunfish.sample.bench import (DEFAULT_LENGTHS, DEFAULT_PROMPTS, HEADER, BenchError, confidence_profile,
+    from sunfish.sample.bench import (DEFAULT_PROMPTS, HEADER, BenchError, confidence_profile,
                                       encodable_prompts, fitting_lengths, format_confidence, run_bench, target_report)
     from sunfish.sample.prompt import read_prompts
 
@@ -185,7 +185,7 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
     threshold = float(settings.get("threshold", BENCH_THRESHOLD))
     models = _bench_models(args, args.device, max(args.threads, 0))
     prompts = read_prompts(args.prompts) if args.prompts else encodable_prompts(models["diffusion"], list(DEFAULT_PROMPTS))
-    lengths, skipped = fitting_lengths(models, prompts, args.lengths or list(DEFAULT_LENGTHS))
+    lengths, skipped = fitting_lengths(models, prompts, args.lengths)
     for note in skipped:
         print(f"note: {note}")
     if args.held_out:

@@ -38,7 +38,7 @@ from sunfish.fileio import write_text_atomic
 from sunfish.sample.bench import BenchError, agreement, check_reference, decode, generative_nll, one_per_step, prompt_ids
 
 if TYPE_CHECKING:
-    from sunfish.load import LoadedModel
+    from sunfish.loading import LoadedModel
 
 
 class Quality(str, enum.Enum):

@@ -9,7 +9,7 @@ Sources (`source_kind`):
 - a Hugging Face model folder (config.json without Sunfish's checkpoint files): recognised and refused with a
   sentence for now.
 
-Training saves and resumes (train/checkpoint.py); it never goes through here.
+Training saves and resumes (training/checkpoint.py); it never goes through here.
 """
 
 from __future__ import annotations

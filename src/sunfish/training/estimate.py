@@ -27,7 +27,7 @@ import torch
 from sunfish.config import MLPKind, ModelConfig, ParallelKind, TokenizerChoice, load_preset
 from sunfish.model.size import CHAR_VOCAB
 from sunfish.model.transformer import build_model, count_parameters, ff_width
-from sunfish.train.observe import flops_per_token
+from sunfish.training.observe import flops_per_token
 
 GIB = 2**30
 MASKED_FRACTION = 0.5  # mean share of masked positions under the linear schedule with antithetic t
@@ -172,8 +172,8 @@ def measure_step_peak(cfg: ModelConfig, batch: int, seq_len: int, act_ckpt: int 
 
     from sunfish.config import ProcessConfig
     from sunfish.registry import training_loss
-    from sunfish.train.optim import build_optimizer
-    from sunfish.train.parallel import apply_activation_checkpointing
+    from sunfish.training.optim import build_optimizer
+    from sunfish.training.parallel import apply_activation_checkpointing
     from sunfish.config import OptimConfig
 
     torch.manual_seed(seed)

@@ -77,7 +77,7 @@ def save_checkpoint(
     info=None,
 ) -> Path:
     """Write the checkpoint for `step` atomically and return its folder (every rank calls this)."""
-    from sunfish.train.parallel import DistInfo, barrier
+    from sunfish.training.parallel import DistInfo, barrier
 
     info = info or DistInfo()
     final = checkpoint_dir(run_dir, step)

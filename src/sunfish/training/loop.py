@@ -29,11 +29,11 @@ from sunfish.tokenizer import Tokenizer, train_tokenizer
 from sunfish.checkpoint.files import (CheckpointError, TrainingState, list_checkpoints, newest_good_checkpoint,
                                       read_state)
 from sunfish.checkpoint.weights import load_weights
-from sunfish.train.checkpoint import load_training_extras, prune_checkpoints, save_checkpoint
+from sunfish.training.checkpoint import load_training_extras, prune_checkpoints, save_checkpoint
 from sunfish.validate import validate
-from sunfish.train.observe import MetricsLog, flops_per_token, peak_flops, peak_memory_gib
-from sunfish.train.optim import WeightEMA, build_optimizer, lr_at, set_lr
-from sunfish.train.parallel import (
+from sunfish.training.observe import MetricsLog, flops_per_token, peak_flops, peak_memory_gib
+from sunfish.training.optim import WeightEMA, build_optimizer, lr_at, set_lr
+from sunfish.training.parallel import (
     DistInfo,
     ModelAndLoss,
     all_mean,
@@ -47,7 +47,7 @@ from sunfish.train.parallel import (
     parallelize,
     reshard,
 )
-from sunfish.train.robust import BadStepGuard, RunInUseError, RunLock, StopRequest
+from sunfish.training.robust import BadStepGuard, RunInUseError, RunLock, StopRequest
 
 
 @dataclass

@@ -51,7 +51,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     from sunfish.config import load_preset
-    from sunfish.train.estimate import EstimateInput, estimate, preset_model, report
+    from sunfish.training.estimate import EstimateInput, estimate, preset_model, report
 
     for name, value, low in (("--gpus", args.gpus, 1), ("--gpu-mem", args.gpu_mem, 1e-9), ("--gpu-flops", args.gpu_flops, 1e-9),
                              ("--tokens", args.tokens, 1), ("--batch", args.batch, 0), ("--seq", args.seq, 0), ("--act-ckpt", args.act_ckpt, 0)):
