@@ -14,23 +14,16 @@ Training saves and resumes (training/checkpoint.py); it never goes through here.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from sunfish.checkpoint.files import CheckpointError, is_checkpoint, list_checkpoints, read_config, resolve_checkpoint
+from sunfish.checkpoint.files import CheckpointError, SourceKind, read_config, resolve_checkpoint, source_kind
 from sunfish.checkpoint.weights import load_network
 from sunfish.config import RunConfig
 from sunfish.registry import ProcessSpec, spec_of
 from sunfish.tokenizer import Tokenizer
-
-
-class SourceKind(str, enum.Enum):
-    SUNFISH = "sunfish"  # a run, checkpoint or exported folder written by Sunfish
-    ADAPTED = "adapted"  # a Sunfish checkpoint of a causal LM adapted into a diffusion LM
-    HF = "hf"  # a Hugging Face model folder
 
 
 @dataclass
@@ -51,25 +44,6 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-
-def _is_hf_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() and not (path / "state.json").is_file()
-
-
-def source_kind(path: str | Path) -> SourceKind:
-    """What `path` holds; a path that holds nothing runnable raises CheckpointError (one sentence)."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"'{path}' does not exist; pass a run folder (`sunfish train --out`), a checkpoint "
-                              "folder or an exported folder")
-    if is_checkpoint(path) or list_checkpoints(path):
-        ckpt = path if is_checkpoint(path) else list_checkpoints(path)[-1]
-        return SourceKind.ADAPTED if read_config(ckpt).adapt.base else SourceKind.SUNFISH
-    if _is_hf_folder(path):
-        return SourceKind.HF
-    resolve_checkpoint(path)  # raises the sentence that says what a run folder looks like
-    raise AssertionError("unreachable")
 
 
 def _open_sunfish(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | None) -> LoadedModel:

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from sunfish.checkpoint.files import is_checkpoint, list_checkpoints, resolve_checkpoint, run_dir_of
+from sunfish.checkpoint.files import CheckpointError, SourceKind, resolve_checkpoint, run_dir_of, source_kind
 from sunfish.checkpoint.weights import load_network, load_weights
 from sunfish.config import AdaptConfig, AttentionKind, BaseKind, Layout, ModelConfig, RunConfig
 from sunfish.model.transformer import Transformer, build_model
@@ -140,12 +140,11 @@ def base_kind(path: str | Path) -> BaseKind:
     if not path.is_dir():
         raise FileNotFoundError(f"the base model folder '{path}' does not exist; pass a local Hugging Face model "
                                 "folder or a `sunfish train --objective ar` run")
-    if is_checkpoint(path) or list_checkpoints(path):
-        return BaseKind.SUNFISH
-    if (path / "config.json").is_file():
-        return BaseKind.HF
-    raise ValueError(f"'{path}' is neither a Hugging Face model folder (no config.json) nor a Sunfish run; "
-                     "pass the folder of a causal LM")
+    try:
+        return BaseKind.HF if source_kind(path) is SourceKind.HF else BaseKind.SUNFISH
+    except CheckpointError:
+        raise ValueError(f"'{path}' is neither a Hugging Face model folder (no config.json) nor a Sunfish run; "
+                         "pass the folder of a causal LM") from None
 
 
 def load_hf_causal(folder: str | Path, cfg: AdaptConfig, *, weights: bool = True) -> nn.Module:

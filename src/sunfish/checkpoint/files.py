@@ -12,6 +12,7 @@ Loading never unpickles: safetensors and JSON only.
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,31 @@ def manifest_with(ckpt: Path, name: str, body: bytes) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- finding
+
+class SourceKind(str, enum.Enum):
+    SUNFISH = "sunfish"  # a run, checkpoint or exported folder written by Sunfish
+    ADAPTED = "adapted"  # a Sunfish checkpoint of a causal LM adapted into a diffusion LM
+    HF = "hf"  # a Hugging Face model folder
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and not (path / "state.json").is_file()
+
+
+def source_kind(path: str | Path) -> SourceKind:
+    """What `path` holds; a path that holds nothing runnable raises CheckpointError (one sentence)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"'{path}' does not exist; pass a run folder (`sunfish train --out`), a checkpoint "
+                              "folder or an exported folder")
+    if is_checkpoint(path) or list_checkpoints(path):
+        ckpt = path if is_checkpoint(path) else list_checkpoints(path)[-1]
+        return SourceKind.ADAPTED if read_config(ckpt).adapt.base else SourceKind.SUNFISH
+    if _is_hf_folder(path):
+        return SourceKind.HF
+    resolve_checkpoint(path)  # raises the sentence that says what a run folder looks like
+    raise AssertionError("unreachable")
+
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder itself, or the newest checkpoint of a run folder (verified either way)."""

@@ -126,8 +126,8 @@ class HuggingFaceReference:
 
 def load_reference(path: str | Path, device: torch.device) -> SunfishReference | HuggingFaceReference:
     """A Sunfish AR run/checkpoint folder, or a Hugging Face causal LM folder."""
-    from sunfish.checkpoint.files import CheckpointError
-    from sunfish.loading import SourceKind, load_model, source_kind
+    from sunfish.checkpoint.files import CheckpointError, SourceKind, source_kind
+    from sunfish.loading import load_model
 
     path = Path(path)
     if not path.exists():

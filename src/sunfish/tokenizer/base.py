@@ -20,11 +20,12 @@ import enum
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import tokenizers
+
+from sunfish.fileio import write_text_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")
 UNK_TOKEN = "[UNK]"
@@ -173,18 +174,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write tokenizer.json atomically to ``path`` (a ``.json`` file, or a directory to put it in)."""
-        target = _tokenizer_file(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(_tokenizer_file(path), self.to_json())
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write tokenizer.json and tokenizer_config.json into ``folder`` and return the folder.
@@ -206,9 +196,7 @@ class Tokenizer:
             "add_bos_token": False,
             "add_eos_token": False,
         }
-        tmp = folder / f".{HF_CONFIG_FILENAME}.tmp"
-        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / HF_CONFIG_FILENAME)
+        write_text_atomic(folder / HF_CONFIG_FILENAME, json.dumps(config, indent=2) + "\n")
         return folder
 
     @classmethod
