@@ -50,6 +50,8 @@ def test_adapt_lora_run_resumes_samples_and_exports(world, lora_run, capsys):
     body = json.loads(capsys.readouterr().out)
     assert body["text"].startswith("Once upon a time") and body["nfe"] == 6
     assert main(["infill", str(lora_run), "--text", "Once upon [MASK:4] time", "--steps", "4"]) == 0
+    err = cli_error(capsys, ["sample", str(lora_run), "--cache", "dual", "--block-length", "4"])
+    assert "sampler.cache is not available for this model" in err  # the loader says what the network cannot do
 
     export = world["root"] / "export"
     assert main(["adapt", "export", str(lora_run), "--out", str(export)]) == 0
