@@ -49,9 +49,6 @@ class EpochWindows:
         self.position = 0
         self._perm: tuple[int, np.ndarray] | None = None
 
-    def epoch_of(self, index: int) -> int:
-        return index // len(self.windows)
-
     def _row(self, index: int) -> torch.Tensor:
         epoch, j = divmod(index, len(self.windows))
         if self._perm is None or self._perm[0] != epoch:

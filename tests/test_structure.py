@@ -1,5 +1,6 @@
-"""No import cycles anywhere in src/sunfish: every import statement counts, also those inside functions
-(a lazy import still ties two modules together), except those under `if TYPE_CHECKING:`."""
+"""The shape of the source tree: no import cycle anywhere in src/sunfish (every import statement counts, also
+those inside functions, since a lazy import still ties two modules together; those under `if TYPE_CHECKING:`
+do not), no function over 60 lines and no file over ~500."""
 
 from __future__ import annotations
 
@@ -80,3 +81,24 @@ def test_no_import_cycle_in_src():
     assert "sunfish.cli" in graph and graph["sunfish.cli"], "the walker found no imports; it is broken"
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+MAX_FUNCTION_LINES = 60
+MAX_FILE_LINES = 520  # "under ~500"; synth_lexicon.py is word lists
+
+
+def test_no_function_in_src_is_longer_than_60_lines():
+    long = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "functions over 60 lines: " + "; ".join(long)
+
+
+def test_no_file_in_src_is_much_longer_than_500_lines():
+    long = [f"{p.relative_to(SRC)} ({n})" for p in SRC.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES]
+    assert not long, "files over ~500 lines: " + "; ".join(long)
