@@ -67,7 +67,8 @@ def _add_sampling(verbs: argparse._SubParsersAction) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.add_argument("--device", default="auto", help="auto | cpu | cuda")
         fields = [f.name for f in SamplerConfig.__dataclass_fields__.values() if f.name not in skip]
-        add_section(p, SamplerConfig, fields=fields, short=fields, note="defaults come from the checkpoint")
+        add_section(p, SamplerConfig, fields=fields, short=fields, note="defaults come from the checkpoint",
+                    defaults=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

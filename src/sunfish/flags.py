@@ -42,9 +42,10 @@ def _metavar(kind: type) -> str:
 
 
 def add_section(parser: argparse.ArgumentParser, cls: type, *, fields: Iterable[str] | None = None,
-                short: Iterable[str] = (), note: str = "") -> None:
+                short: Iterable[str] = (), note: str = "", defaults: bool = True) -> None:
     """Flags for the fields of config section `cls` (all, or those in `fields`); `short` fields also get
-    --field-name. `note` is added to the group's description (e.g. where the defaults come from)."""
+    --field-name. `note` is added to the group's description; `defaults` False leaves the dataclass defaults
+    out of the help (when a checkpoint's values are the defaults)."""
     section = cls.SECTION
     wanted = None if fields is None else set(fields)
     short = set(short)
@@ -57,7 +58,7 @@ def add_section(parser: argparse.ArgumentParser, cls: type, *, fields: Iterable[
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = getattr(default, "value", default)
         kind = hints[f.name]
-        help_text = f"{field_help(cls, f.name)} (default {shown!r})"
+        help_text = field_help(cls, f.name) + (f" (default {shown!r})" if defaults else "")
         if kind is bool:  # --section.field alone means true; the short form is a plain switch
             group.add_argument(names[0], dest=f"{section}.{f.name}", default=None, nargs="?", const="true",
                                metavar="BOOL", help=help_text)

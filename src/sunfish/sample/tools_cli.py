@@ -53,7 +53,7 @@ def _add_tune(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     add_section(p, SamplerConfig, fields=TUNE_FIELDS, short=("length",),
-                note="the base of every setting tried; defaults come from the checkpoint")
+                note="the base of every setting tried; defaults come from the checkpoint", defaults=False)
     p.set_defaults(tools_command="tune-sampler", config_sections={"sampler": TUNE_FIELDS})
 
 
