@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from sunfish.config import ModelConfig, RunConfig, describe
 from sunfish.data.loader import TokenStream, split_documents
@@ -25,6 +24,7 @@ from sunfish.data.sources import DataError, read_documents
 from sunfish.model.transformer import Transformer, build_model, count_parameters
 from sunfish.process import training_loss
 from sunfish.process.layers import attach_process_layers
+from sunfish.progress import progress as show_progress
 from sunfish.runtime import Runtime, setup_runtime
 from sunfish.tokenizer import Tokenizer, train_tokenizer
 from sunfish.train import checkpoint as ckpt_io
@@ -255,8 +255,8 @@ def _train(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo, start_
     with StopRequest() as stop:
         while state.step < state.cfg.train.steps:
             _step(state)
-            state.bar.update(1)
             val_loss = _log_and_validate(state)
+            state.bar.update(1)  # after the figures, so a plain progress line shows this step's
             _checkpoint_or_stop(state, val_loss, stop)
     _close(state)
     if state.last_checkpoint is None:
@@ -308,7 +308,8 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
     state.val_batches = [val_source.next_batch(cfg.train.batch_size) for _ in range(cfg.train.val_batches)]
     if info.is_main:
         state.metrics = MetricsLog(opts.run_dir, state.start if resume_from else None, cfg.train.log, cfg.to_dict())
-    state.bar = tqdm(total=cfg.train.steps, initial=state.start, disable=not opts.progress, dynamic_ncols=True, desc="train")
+    state.bar = show_progress(total=cfg.train.steps, initial=state.start, desc="train", disable=not opts.progress,
+                              every=cfg.train.log_every)
     meter.restart(state.start)
     trainer.train()
     return state

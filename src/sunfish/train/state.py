@@ -29,6 +29,7 @@ from sunfish.train.robust import BadStepGuard
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from sunfish.progress import PlainProgress
     from sunfish.train.loop import Corpus
 
 
@@ -124,7 +125,7 @@ class RunState:
     # Opened by loop._setup once the resume point is checked:
     val_batches: list[torch.Tensor] = field(default_factory=list)  # (B, L) each, the same on every rank
     metrics: MetricsLog | None = None  # rank 0 only
-    bar: tqdm | None = None  # progress of rank 0
+    bar: tqdm | PlainProgress | None = None  # progress (shown by rank 0; see sunfish.progress)
 
 
 def save(state: RunState, val_loss: float | None) -> Path:
