@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from sunfish.data import mix as mixing
 from sunfish.data.clean import CleanConfig, Deduplicator, clean_chunk, init_worker
@@ -34,10 +33,15 @@ from sunfish.data.shards import FORMAT, MANIFEST
 from sunfish.data.report import CleanReport, Reason, format_clean_report, table
 from sunfish.data.sources import DataError, Source, parse_sources
 from sunfish.data.workers import Workers, default_workers
+from sunfish.progress import progress as show_progress
 from sunfish.tokenizer import Tokenizer, train_bpe_tokenizer
 
 CHUNK_CHARS = 1 << 20  # characters of text per task sent to a worker
 SPLITS = ("train", "val")
+# Progress written to a file or CI log (not a terminal) is a plain line each CLEAN_LINE_BYTES of input text
+# while cleaning (the total is unknown), and each 1/PACK_LINE_PARTS of the documents (5%) while packing.
+CLEAN_LINE_BYTES = 500_000_000
+PACK_LINE_PARTS = 20
 _OWNED = ("train", "val", ".work", "rejects", MANIFEST, "tokenizer.json", "tokenizer_config.json")
 
 
@@ -128,7 +132,7 @@ def _kept_chunks(sources: list[Source], tokenizer_file: str | None, dedup: Dedup
                  workers: Workers, rejects: "_Rejects | None", progress: bool, seconds: Counter) -> Iterator[list]:
     """Each chunk's kept documents as ((stream, split), Cleaned, tokens or None), deciding duplicates in input order."""
     items = ((tokenizer_file, chunk) for s in sources for chunk in _chunks(s.documents(), s.name))
-    bar = tqdm(desc="clean", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
+    bar = show_progress(desc="clean", unit="B", unit_scale=True, disable=not progress, every=CLEAN_LINE_BYTES)
     for name, cleaned, tokens, secs in workers.map(_clean_task, _timed(items, seconds, "read")):
         seconds.update(secs)
         start = time.process_time()
@@ -220,7 +224,9 @@ def _pack_pass(work: WorkFiles, out: Path, tokenizer: Tokenizer, pack: PackConfi
     file = str(out / "tokenizer.json")
     items = ((file, chunk) for key in work.keys() for chunk in _chunks(work.texts(*key), key))
     written, writer, writer_key = {}, None, None
-    bar = tqdm(desc="pack", unit="doc", total=sum(work.counts.values()), disable=not progress, dynamic_ncols=True)
+    docs_total = sum(work.counts.values())
+    bar = show_progress(desc="pack", unit="doc", total=docs_total, disable=not progress,
+                        every=max(1, docs_total // PACK_LINE_PARTS))
     for key, tokens, docs, secs in workers.map(_tokenize_task, _timed(items, seconds, "read kept")):
         seconds["tokenize"] += secs
         start = time.process_time()

@@ -16,20 +16,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
-from sunfish.config import ModelConfig, ParallelKind, RunConfig, describe
+from sunfish.config import ModelConfig, RunConfig, describe
 from sunfish.data.loader import TokenStream, split_documents
 from sunfish.data.shards import PreparedData, PreparedSplit, is_prepared
 from sunfish.data.sources import DataError, read_documents
 from sunfish.model.transformer import Transformer, build_model, count_parameters
+from sunfish.progress import progress as show_progress
 from sunfish.registry import attach_layers, training_loss
 from sunfish.runtime import Runtime, setup_runtime
 from sunfish.tokenizer import Tokenizer, train_tokenizer
-from sunfish.checkpoint.files import (CheckpointError, TrainingState, list_checkpoints, newest_good_checkpoint,
-                                      read_state)
-from sunfish.checkpoint.weights import load_weights
-from sunfish.training.checkpoint import load_training_extras, prune_checkpoints, save_checkpoint
+from sunfish.checkpoint.files import CheckpointError, list_checkpoints, newest_good_checkpoint
 from sunfish.validate import validate
 from sunfish.training.observe import MetricsLog, flops_per_token, peak_flops, peak_memory_gib
 from sunfish.training.optim import WeightEMA, build_optimizer, lr_at, set_lr
@@ -41,13 +38,13 @@ from sunfish.training.parallel import (
     any_rank,
     barrier,
     close_distributed,
-    gather_rows,
     gradient_sync,
     init_distributed,
     parallelize,
     reshard,
 )
 from sunfish.training.robust import BadStepGuard, RunInUseError, RunLock, StopRequest
+from sunfish.training.state import RunState, Streams, Throughput, restore, save
 
 
 @dataclass
@@ -108,40 +105,6 @@ def seq_len_of(cfg: RunConfig) -> int:
 
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT arrived; a checkpoint of the last finished step was written before stopping."""
-
-
-@dataclass
-class Streams:
-    """Noise generators of this rank's micro-batches. Micro-batch k of rank r is global micro-batch
-    j = k W + r of the step, and stream j is seeded from (seed, j), so W ranks with A micro-batches draw
-    the same noise as one process with W A micro-batches of the same size (and the same data rows)."""
-
-    gens: list[torch.Generator]
-    index: list[int]  # global stream number j of each generator
-    total: int  # streams per step over all ranks (W x A)
-
-    @classmethod
-    def create(cls, seed: int, accum: int, info: DistInfo, rt: Runtime) -> "Streams":
-        index = [k * info.world + info.rank for k in range(accum)]
-        return cls([rt.generator(seed + 1 + (j << 32)) for j in index], index, accum * info.world)
-
-    def states(self, info: DistInfo, device: torch.device) -> torch.Tensor:
-        """(W x A, S) uint8 generator states of all ranks' streams, in stream order."""
-        parts = gather_rows(torch.stack([g.get_state().cpu() for g in self.gens]), info, device)  # W x (A, S)
-        return torch.stack([parts[j % info.world][j // info.world] for j in range(self.total)])
-
-    def restore(self, states: torch.Tensor, step: int, seed: int, log: Callable[[str], None]) -> None:
-        if states.dim() == 1 and self.total == 1:  # a checkpoint from before per-micro-batch streams
-            states = states[None]
-        if states.dim() == 2 and states.shape[0] == self.total:
-            for g, j in zip(self.gens, self.index):
-                g.set_state(states[j].clone().to(g.get_state().device))  # a fresh tensor: set_state reads from storage start
-            return
-        saved = states.shape[0] if states.dim() == 2 else 1
-        log(f"note: the checkpoint has {saved} noise streams per step and this run uses {self.total} "
-            "(ranks x grad_accum differ); continuing with fresh noise streams")
-        for g, j in zip(self.gens, self.index):
-            g.manual_seed(seed + 1 + (j << 32) + 7919 * step)
 
 
 def validation_loss(trainer: torch.nn.Module, batches: list[torch.Tensor], seed: int, info: DistInfo, rt: Runtime) -> float:
@@ -237,6 +200,19 @@ def _lock(run_dir: Path, info: DistInfo, rt: Runtime, log: Callable[[str], None]
     return lock
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """What a `train` call asks for besides the config (see `train`)."""
+
+    run_dir: Path
+    data: list[str] | None  # files or a prepared folder; None for the built-in stories
+    resume: bool  # continue from the newest good checkpoint in run_dir
+    progress: bool  # show progress (rank 0 only)
+    log: Callable[[str], None]  # rank 0's log; a no-op on the other ranks
+    model_factory: Callable[[ModelConfig, torch.device], Transformer]
+    corpus: Corpus | None  # replaces the corpus read from `data`
+
+
 def train(
     cfg: RunConfig,
     *,
@@ -265,138 +241,166 @@ def train(
             run_dir.mkdir(parents=True, exist_ok=True)
         barrier(info)
         lock = _lock(run_dir, info, rt, say)
-        return _train(cfg, run_dir, data, resume, progress and info.is_main, say, model_factory, rt, info, start_time,
-                      corpus)
+        opts = RunOptions(run_dir=run_dir, data=data, resume=resume, progress=progress and info.is_main, log=say,
+                          model_factory=model_factory, corpus=corpus)
+        return _train(cfg, opts, rt, info, start_time)
     finally:
         if lock is not None:
             lock.release()
         close_distributed(info)
 
 
-def _train(cfg: RunConfig, run_dir: Path, data: list[str] | None, resume: bool, progress: bool,
-           log: Callable[[str], None], model_factory, rt: Runtime, info: DistInfo, start_time: float,
-           corpus: Corpus | None = None) -> TrainResult:
-    resume_from = _resume_point(run_dir, resume, log)
+def _train(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo, start_time: float) -> TrainResult:
+    """Set the run up, then step, log and checkpoint until `train.steps` (or a stop request)."""
+    state = _setup(cfg, opts, rt, info)
+    with StopRequest() as stop:
+        while state.step < state.cfg.train.steps:
+            _step(state)
+            val_loss = _log_and_validate(state)
+            state.bar.update(1)  # after the figures, so a plain progress line shows this step's
+            _checkpoint_or_stop(state, val_loss, stop)
+    _close(state)
+    if state.last_checkpoint is None:
+        raise ValueError(f"nothing to do: the run in '{opts.run_dir}' already reached step {state.start} of "
+                         f"{state.cfg.train.steps}; raise --steps to continue")
+    return TrainResult(run_dir=opts.run_dir, checkpoint=state.last_checkpoint, final_loss=state.loss,
+                       final_val_loss=state.val_loss, parameters=state.parameters,
+                       seconds=time.perf_counter() - start_time)
+
+
+def _open_data(cfg: RunConfig, opts: RunOptions, resume_from: Path | None) -> tuple[RunConfig, Corpus, int]:
+    """The corpus (with the checkpoint's tokenizer on resume), the config with its vocabulary size, and the
+    training sequence length, checked against both splits."""
+    corpus = opts.corpus
     if corpus is None:
         saved_tokenizer = Tokenizer.load(resume_from / "tokenizer.json") if resume_from else None
-        corpus = open_corpus(cfg, data, saved_tokenizer)
+        corpus = open_corpus(cfg, opts.data, saved_tokenizer)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=corpus.tokenizer.vocab_size))
     seq_len = seq_len_of(cfg)
     corpus.train.check_length(seq_len, "training")
     corpus.val.check_length(seq_len, "validation")
+    return cfg, corpus, seq_len
+
+
+def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> RunState:
+    """Everything the run needs, restored from the checkpoint on resume, with the model in training mode."""
+    log = opts.log
+    resume_from = _resume_point(opts.run_dir, opts.resume, log)
+    cfg, corpus, seq_len = _open_data(cfg, opts, resume_from)
     log(describe(cfg))
-
-    torch.manual_seed(cfg.train.seed)
-    model = model_factory(cfg.model, rt.device)
-    attach_layers(model, cfg.process)  # continuous / flow layers (process/layers.py); none for masked, AR
-    n_params = count_parameters(model)
-    mask_id = corpus.tokenizer.mask_id
-    objective = ModelAndLoss(model, lambda m, x, g: training_loss(m, x, cfg.process, mask_id, g).loss)
-    trainer = parallelize(model, objective, cfg.train, info, rt, log)
-    optimizer = build_optimizer(model, cfg.optim, fused=rt.device.type == "cuda" and not cfg.train.offload)  # offloaded shards live on the CPU
+    model, parameters, trainer = _build_model(cfg, corpus.tokenizer.mask_id, opts, rt, info)
+    fused = rt.device.type == "cuda" and not cfg.train.offload  # offloaded shards live on the CPU
+    optimizer = build_optimizer(model, cfg.optim, fused=fused)
     ema = WeightEMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
-    train_batches = corpus.train.batches(seq_len, cfg.train.seed, rank=info.rank, world=info.world)
+    batches = corpus.train.batches(seq_len, cfg.train.seed, rank=info.rank, world=info.world)
     streams = Streams.create(cfg.train.seed, cfg.train.grad_accum, info, rt)
-    start = 0
+    meter = Throughput(tokens_per_step=cfg.train.batch_size * cfg.train.grad_accum * seq_len * info.world,
+                       flops_per_token=flops_per_token(parameters, cfg.model.n_layers, cfg.model.d_model, seq_len),
+                       peak=peak_flops(rt.device, cfg.train.peak_tflops), world=info.world)
+    state = RunState(cfg=cfg, run_dir=opts.run_dir, rt=rt, info=info, log=log, corpus=corpus, seq_len=seq_len,
+                     model=model, parameters=parameters, trainer=trainer, optimizer=optimizer, ema=ema,
+                     batches=batches, streams=streams, guard=BadStepGuard(cfg.train.max_bad_steps), meter=meter,
+                     last_checkpoint=resume_from)
     if resume_from is not None:
-        state = read_state(resume_from)
-        if state.data_fingerprint != corpus.train.fingerprint():
-            raise DataError(f"the training data differs from the data of the run in '{run_dir}'; resume with the same --data")
-        load_weights(model, resume_from)
-        rng = load_training_extras(resume_from, model, optimizer, ema.shadow if ema else None)
-        train_batches.restore(rng["data"])
-        streams.restore(rng["noise"], state.step, cfg.train.seed, log)
-        start = state.step
-        log(f"resuming from {resume_from} at step {start}")
-    log(f"model: {n_params:,} parameters; data: {len(corpus.train):,} training tokens, {len(corpus.val):,} "
+        restore(state, resume_from)
+    log(f"model: {parameters:,} parameters; data: {len(corpus.train):,} training tokens, {len(corpus.val):,} "
         f"validation tokens; device {rt.device}; parallel {cfg.train.parallel.value} x {info.world}")
-
     val_source = corpus.val.batches(seq_len, cfg.train.seed + 2)  # the same batches on every rank
-    val_batches = [val_source.next_batch(cfg.train.batch_size) for _ in range(cfg.train.val_batches)]
-    metrics = MetricsLog(run_dir, start if resume_from else None, cfg.train.log, cfg.to_dict()) if info.is_main else None
-    total = cfg.train.steps
-    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * seq_len * info.world
-    peak = peak_flops(rt.device, cfg.train.peak_tflops)
-    step_flops = flops_per_token(n_params, cfg.model.n_layers, cfg.model.d_model, seq_len)
-    guard = BadStepGuard(cfg.train.max_bad_steps)
-    last_ckpt = resume_from
-    loss_value, val_value, grad_norm = float("nan"), None, float("nan")
-
-    def save(step: int, val_loss: float | None) -> Path:
-        rng = {"data": train_batches.state(), "noise": streams.states(info, rt.device)}
-        extra = {"val_loss": val_loss, "world": info.world, "parallel": cfg.train.parallel.value, "ema": ema is not None}
-        state = TrainingState(step=step, data_fingerprint=corpus.train.fingerprint(), extra=extra)
-        path = save_checkpoint(run_dir, step, model, optimizer, rng, state, cfg, corpus.tokenizer,
-                                       ema=ema.shadow if ema else None, sharded=cfg.train.parallel is ParallelKind.FSDP,
-                                       info=info)
-        if info.is_main:
-            for old in prune_checkpoints(run_dir, cfg.train.keep_last):
-                log(f"removed {old.name} (keeping the last {cfg.train.keep_last} and the best by validation loss)")
-        return path
-
-    bar = tqdm(total=total, initial=start, disable=not progress, dynamic_ncols=True, desc="train")
-    tick, tick_step = time.perf_counter(), start
+    state.val_batches = [val_source.next_batch(cfg.train.batch_size) for _ in range(cfg.train.val_batches)]
+    if info.is_main:
+        state.metrics = MetricsLog(opts.run_dir, state.start if resume_from else None, cfg.train.log, cfg.to_dict())
+    state.bar = show_progress(total=cfg.train.steps, initial=state.start, desc="train", disable=not opts.progress,
+                              every=cfg.train.log_every)
+    meter.restart(state.start)
     trainer.train()
-    with StopRequest() as stop:
-        for step in range(start + 1, total + 1):
-            lr = lr_at(step - 1, total, cfg.optim)
-            set_lr(optimizer, lr)
-            batches = [train_batches.next_batch(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]
-            loss_value, grad_norm = forward_backward(trainer, model, batches, streams, cfg.optim.grad_clip, info, rt)
-            if guard.check(step, loss_value, grad_norm):
-                optimizer.step()
-                if ema is not None:
-                    ema.update()
-            else:
-                log(f"warning: step {step} skipped: non-finite {'loss' if not math.isfinite(loss_value) else 'gradient'} "
-                    f"({guard.in_a_row} in a row, limit {guard.limit})")
-                if metrics:
-                    metrics.write({"step": step, "skipped": True, "lr": lr})
-            optimizer.zero_grad(set_to_none=True)
-            bar.update(1)
+    return state
 
-            do_val = cfg.train.val_every > 0 and (step % cfg.train.val_every == 0 or step == total)
-            step_val = None
-            if do_val or step % cfg.train.log_every == 0 or step == total:
-                now = time.perf_counter()
-                tps = tokens_per_step * (step - tick_step) / max(now - tick, 1e-9)
-                tick, tick_step = now, step
-                record = {"step": step, "loss": round(loss_value, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
-                          "tokens_per_s": round(tps, 1)}
-                if peak:
-                    record["mfu"] = round(tps * step_flops / (peak * info.world), 4)
-                record["memory_gib"] = round(peak_memory_gib(rt.device), 3)
-                if do_val:
-                    if ema is not None:
-                        ema.swap()
-                    val_value = step_val = validation_loss(trainer, val_batches, cfg.train.seed, info, rt)
-                    if ema is not None:
-                        ema.swap()
-                    record["val_loss"] = round(val_value, 6)
-                    tick = time.perf_counter()  # validation time does not count against throughput
-                if metrics and guard.in_a_row == 0:
-                    metrics.write(record)
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-            stopping = any_rank(stop.requested, info, rt.device)
-            if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == total or stopping:
-                last_ckpt = save(step, step_val)
-            if stopping:
-                bar.close()
-                if metrics:
-                    metrics.close()
-                log(f"stopped by {stop.name or 'a signal on another rank'} after step {step}; checkpoint {last_ckpt}; "
-                    "continue with --resume")
-                raise TrainingInterrupted(f"stopped after step {step}")
-    bar.close()
-    if metrics:
-        metrics.close()
-    if last_ckpt is None:
-        raise ValueError(f"nothing to do: the run in '{run_dir}' already reached step {start} of {total}; raise --steps to continue")
-    return TrainResult(
-        run_dir=run_dir,
-        checkpoint=last_ckpt,
-        final_loss=loss_value,
-        final_val_loss=val_value,
-        parameters=n_params,
-        seconds=time.perf_counter() - start_time,
-    )
+
+def _build_model(cfg: RunConfig, mask_id: int, opts: RunOptions, rt: Runtime,
+                 info: DistInfo) -> tuple[Transformer, int, torch.nn.Module]:
+    """(model, its parameter count, the trainer: its training objective parallelised for DDP/FSDP)."""
+    torch.manual_seed(cfg.train.seed)
+    model = opts.model_factory(cfg.model, rt.device)
+    attach_layers(model, cfg.process)  # continuous / flow layers (process/layers.py); none for masked, AR
+    parameters = count_parameters(model)
+    objective = ModelAndLoss(model, lambda m, x, g: training_loss(m, x, cfg.process, mask_id, g).loss)
+    return model, parameters, parallelize(model, objective, cfg.train, info, rt, opts.log)
+
+
+def _step(state: RunState) -> None:
+    """One optimiser step over `grad_accum` micro-batches, then the EMA update; a step whose loss or gradient
+    norm is not finite is skipped (logged, and marked in metrics.jsonl) and BadStepGuard counts it."""
+    cfg, step = state.cfg, state.step + 1
+    state.lr = lr_at(step - 1, cfg.train.steps, cfg.optim)
+    set_lr(state.optimizer, state.lr)
+    batches = [state.batches.next_batch(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]  # A x (B, L)
+    state.loss, state.grad_norm = forward_backward(state.trainer, state.model, batches, state.streams,
+                                                   cfg.optim.grad_clip, state.info, state.rt)
+    if state.guard.check(step, state.loss, state.grad_norm):
+        state.optimizer.step()
+        if state.ema is not None:
+            state.ema.update()
+    else:
+        what = "loss" if not math.isfinite(state.loss) else "gradient"
+        state.log(f"warning: step {step} skipped: non-finite {what} ({state.guard.in_a_row} in a row, "
+                  f"limit {state.guard.limit})")
+        if state.metrics:
+            state.metrics.write({"step": step, "skipped": True, "lr": state.lr})
+    state.optimizer.zero_grad(set_to_none=True)
+    state.step = step
+
+
+def _log_and_validate(state: RunState) -> float | None:
+    """Every `log_every` steps, validation step and the last step: throughput, MFU, memory and (when due) the
+    validation loss go to metrics.jsonl (not after a skipped step) and the progress figures.
+    Returns the validation loss measured at this step, or None."""
+    cfg, step, total = state.cfg.train, state.step, state.cfg.train.steps
+    validate = cfg.val_every > 0 and (step % cfg.val_every == 0 or step == total)
+    if not (validate or step % cfg.log_every == 0 or step == total):
+        return None
+    tps = state.meter.measure(step)
+    record = {"step": step, "loss": round(state.loss, 6), "lr": state.lr, "grad_norm": round(state.grad_norm, 6),
+              "tokens_per_s": round(tps, 1)}
+    if state.meter.peak:
+        record["mfu"] = round(state.meter.mfu(tps), 4)
+    record["memory_gib"] = round(peak_memory_gib(state.rt.device), 3)
+    val_loss = None
+    if validate:
+        val_loss = _validate(state)
+        record["val_loss"] = round(val_loss, 6)
+        state.meter.restart(step)  # validation time does not count against throughput
+    if state.metrics and state.guard.in_a_row == 0:
+        state.metrics.write(record)
+    state.bar.set_postfix(loss=f"{state.loss:.3f}", lr=f"{state.lr:.2e}", tok_s=f"{tps:,.0f}")
+    return val_loss
+
+
+def _validate(state: RunState) -> float:
+    """Validation loss (see `validation_loss`), with the EMA weights swapped in when the run keeps them."""
+    if state.ema is not None:
+        state.ema.swap()
+    state.val_loss = validation_loss(state.trainer, state.val_batches, state.cfg.train.seed, state.info, state.rt)
+    if state.ema is not None:
+        state.ema.swap()
+    return state.val_loss
+
+
+def _checkpoint_or_stop(state: RunState, val_loss: float | None, stop: StopRequest) -> None:
+    """Save every `save_every` steps, at the last step and when any rank was asked to stop; then, on a stop
+    request, close the logs and raise TrainingInterrupted."""
+    cfg, step = state.cfg.train, state.step
+    stopping = any_rank(stop.requested, state.info, state.rt.device)
+    if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stopping:
+        state.last_checkpoint = save(state, val_loss)
+    if stopping:
+        _close(state)
+        state.log(f"stopped by {stop.name or 'a signal on another rank'} after step {step}; checkpoint "
+                  f"{state.last_checkpoint}; continue with --resume")
+        raise TrainingInterrupted(f"stopped after step {step}")
+
+
+def _close(state: RunState) -> None:
+    """Close the progress display and the metrics log (and its TensorBoard / W&B sink)."""
+    state.bar.close()
+    if state.metrics:
+        state.metrics.close()
