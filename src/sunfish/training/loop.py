@@ -1,4 +1,4 @@
-"""The training loop: corpus -> tokenizer -> batches -> masked-diffusion loss -> AdamW, with checkpoints.
+"""The training loop: corpus -> tokenizer -> batches -> the process's loss (registry.py) -> AdamW, with checkpoints.
 
 Everything random flows from `train.seed` through explicit generators (weights, data positions, noise),
 so a run resumed from a checkpoint logs exactly what the uninterrupted run would have, and W data-parallel
