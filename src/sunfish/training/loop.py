@@ -224,7 +224,7 @@ def train(
     model_factory: Callable[[ModelConfig, torch.device], Transformer] = build_model,
     corpus: Corpus | None = None,
 ) -> TrainResult:
-    """Train (or resume) a masked diffusion LM and return where its final checkpoint is.
+    """Train (or resume) a model of the configured process and return where its final checkpoint is.
 
     Under torchrun with --train.parallel=ddp|fsdp every rank calls this; rank 0 logs and holds the lock.
     `model_factory(model_cfg, device)` builds the network (default: a freshly initialised Transformer).
