@@ -92,7 +92,7 @@ def test_help_text_comes_from_the_field_declarations(capsys):
     with pytest.raises(SystemExit):
         main(["sample", "--help"])
     out = capsys.readouterr().out
-    assert "--sampler.rule" in out and "--rule" in out and "fixed,ancestral,threshold,factor,entropy_bound" in out
+    assert "--sampler.rule" in out and "--rule" in out and "fixed,ancestral,ancestral_topk,threshold,factor,entropy_bound" in out
 
 
 def test_validate_refuses_what_a_process_cannot_run_whatever_set_it():

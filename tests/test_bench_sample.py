@@ -73,7 +73,7 @@ def test_a_batch_of_different_prompts_decodes_as_each_alone(runs, kind):
 
     loaded = load_model(runs[kind], torch.device("cpu"))
     rows = prompt_ids(loaded, ["the cat", "a little girl found"], 8)  # 8 and 19 tokens: left padding
-    cfg = dataclasses.replace(one_per_step(SamplerConfig(length=8, block_length=4)), threshold=0.5)
+    cfg = dataclasses.replace(one_per_step(SamplerConfig(length=8, block_length=4)), rule="threshold", threshold=0.5)
     together = decode(loaded, rows, cfg)
     assert together.tokens == [decode(loaded, [r], cfg).tokens[0] for r in rows]
 

@@ -114,6 +114,6 @@ def test_eos_stops_early_and_fills_the_rest():
     cfg = SamplerConfig(steps=32, block_length=8)
     res = unmask(EosAfter(cut=12), x, MASK, cfg, generator=torch.Generator().manual_seed(0), schedule=SCHEDULE, eos_id=2)
     assert res.tokens[0, 3:12].tolist() == [10] * 9 and (res.tokens[0, 12:] == 2).all()
-    assert res.nfe == 15  # 29 steps over 4 blocks = 8, 7, 7, 7: only blocks [3, 11) and [11, 19) run
+    assert res.nfe == 16  # 29 steps over blocks of 8, 8, 8, 5 masks: one per mask; only [3, 11) and [11, 19) run
     full = unmask(EosAfter(cut=12), x, MASK, dataclasses.replace(cfg, stop_at_eos=False), generator=torch.Generator(), schedule=SCHEDULE, eos_id=2)
-    assert full.nfe == 27 and torch.equal(full.tokens, res.tokens)  # 8 + 7 + 7 + 5 (last block has 5 masks)
+    assert full.nfe == 29 and torch.equal(full.tokens, res.tokens)  # 8 + 8 + 8 + 5: one step per mask

@@ -57,8 +57,8 @@ def test_guided_logits_mix_conditional_and_prompt_masked_passes(tiny_model_cfg):
     prompt = torch.zeros_like(x, dtype=torch.bool)
     prompt[:, :6] = True
     spy = Spy(model)
-    guided = _Guided(_Predictor(spy, MASK, SCHEDULE, CacheMode.NONE, False),
-                     _Predictor(spy, MASK, SCHEDULE, CacheMode.NONE, False), prompt, 1.5)
+    guided = _Guided(_Predictor(spy, MASK, SCHEDULE, CacheMode.NONE, False, banned=[MASK]),
+                     _Predictor(spy, MASK, SCHEDULE, CacheMode.NONE, False, banned=[MASK]), prompt, 1.5)
     logits = guided(x, 6, 16)
     uncond_input = x.masked_fill(prompt, MASK)
     assert torch.equal(spy.seen[0], x) and torch.equal(spy.seen[1], uncond_input)

@@ -9,7 +9,7 @@ from sunfish import fileio
 from sunfish.cli import main
 from sunfish.config import CommitRule
 from sunfish.sample import tune as tune_module
-from sunfish.sample.tune import Quality, candidates, chosen_values, tune
+from sunfish.sample.tune import Quality, candidates, chosen_values, is_exact, tune
 from sunfish.checkpoint.files import resolve_checkpoint
 from sunfish.loading import load_model
 
@@ -125,14 +125,14 @@ def test_spent_budget_keeps_the_exact_sampler(runs):
     loaded = load_model(runs["diffusion"], torch.device("cpu"))
     result = tune(loaded, ["the cat"], length=8, budget_s=1e-9, thresholds=[0.9], steps=[4], block_lengths=[0])
     assert len(result.trials) == 1 and result.skipped >= 4 and result.chosen is result.trials[0]
-    assert result.chosen.cfg.threshold == 1.0 and result.chosen.nfe_per_token == 1.0  # one token per step
+    assert is_exact(result.chosen.cfg) and result.chosen.nfe_per_token == 1.0  # one token per step
 
 
 def test_agreement_is_measured_against_the_exact_sampler_of_the_same_layout(runs):
     from sunfish.config import SamplerConfig
     from sunfish.sample.tune import is_exact, with_references
 
-    exact = SamplerConfig(length=16, rule=CommitRule.THRESHOLD, threshold=1.0)
+    exact = SamplerConfig(length=16, steps=16)
     todo = candidates(SamplerConfig(length=16), False, [0.9], [8], [0, 4])
     queue = with_references(exact, todo)
     assert queue[0] == exact and [c.block_length for c in queue if is_exact(c)] == [0, 4]
@@ -175,7 +175,7 @@ def test_factor_and_entropy_bound_rules_are_searched_and_stored(runs):
     result = tune(loaded, ["the cat"], length=12, thresholds=[], steps=[], block_lengths=[0], factors=[2.0],
                   entropy_bounds=[1.0])
     rules = {t.cfg.rule for t in result.trials}
-    assert rules == {CommitRule.THRESHOLD, CommitRule.FACTOR, CommitRule.ENTROPY_BOUND}  # exact + the two
+    assert rules == {CommitRule.FIXED, CommitRule.FACTOR, CommitRule.ENTROPY_BOUND}  # exact + the two
     factor = next(t for t in result.trials if t.cfg.rule is CommitRule.FACTOR)
     assert factor.label == "factor 2, one block, cache none" and factor.nfe_per_token <= 1.0
     assert chosen_values(factor.cfg, False) == {"length": 12, "rule": "factor", "factor": 2.0,

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from sunfish.config import AttentionKind, ModelConfig, ProcessConfig, ProcessKind, SamplerConfig, TimeCond
+from sunfish.config import AttentionKind, Layout, ModelConfig, ProcessConfig, ProcessKind, SamplerConfig, TimeCond
 from sunfish.model.transformer import Transformer, build_model
 from sunfish.process.autoregressive import causal_nats, next_token_loss
 from sunfish.process.block import block_diffusion_loss, block_nats
@@ -134,11 +134,14 @@ _MASKED_TRAIN = frozenset({"mask_schedule", "discrete_steps", "loss", "antitheti
 _TIME_DRAWS = frozenset({"discrete_steps", "antithetic", "eps", "prompt_prob"})
 _DRAWING = frozenset({"temperature", "top_k", "top_p"})
 _UNMASKING = frozenset({"length", "steps", "policy", "rule", "threshold", "factor", "entropy_bound", "stop_at_eos",
-                        "remask", "remask_eta", "remask_start", "remask_end"}) | _DRAWING
+                        "remask", "remask_eta", "remask_start", "remask_end", "fp64_confidence",
+                        "suppress_special"}) | _DRAWING
 _BIDIRECTIONAL = Need("model.attention", lambda v: v is AttentionKind.BIDIRECTIONAL,
                       "the {label} process needs bidirectional attention; set --model.attention=bidirectional")
 _ONE_BLOCK = Need("process.block_size", lambda v: v == 0,
                   "the {label} process has no block variant; set --process.block_size=0")
+_SAME_LAYOUT = Need("model.layout", lambda v: v is Layout.SAME,
+                    "the {label} process reads the output at each position for that position; set --model.layout=same")
 
 MASKED = ProcessSpec(
     name="masked", label="masked diffusion", loss=masked_diffusion_loss, decode=_decode_masked,
@@ -151,8 +154,8 @@ BLOCK = ProcessSpec(
     name="block", label="block diffusion", loss=block_diffusion_loss, decode=_decode_block,
     likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False),
     process_fields=_MASKED_TRAIN, sampler_fields=_UNMASKING,
-    needs=(Need("model.time_cond", lambda v: v is TimeCond.NONE,
-                "the block process runs without time conditioning; set --model.time_cond=none"),
+    needs=(_SAME_LAYOUT, Need("model.time_cond", lambda v: v is TimeCond.NONE,
+                              "the block process runs without time conditioning; set --model.time_cond=none"),
            Need("process.prompt_prob", lambda v: v == 0,
                 "process.prompt_prob (conditional training) is not implemented for the block process; set it to 0")),
     fixed_blocks=True, parallel=True,
@@ -161,8 +164,8 @@ BLOCK = ProcessSpec(
 AR = ProcessSpec(
     name="ar", label="autoregressive", loss=lambda model, x0, cfg, mask_id, generator: next_token_loss(model, x0),
     decode=_decode_ar, likelihood=Estimator("exact NLL (causal)", causal_nats, exact=True),
-    sampler_fields=frozenset({"length", "stop_at_eos"}) | _DRAWING,
-    needs=(Need("model.attention", lambda v: v is AttentionKind.CAUSAL,
+    sampler_fields=frozenset({"length", "stop_at_eos", "suppress_special"}) | _DRAWING,
+    needs=(_SAME_LAYOUT, Need("model.attention", lambda v: v is AttentionKind.CAUSAL,
                 "the autoregressive objective needs causal attention; set --model.attention=causal or use --objective ar"),
            Need("process.prompt_prob", lambda v: v == 0,
                 "process.prompt_prob (conditional training) is not implemented for the autoregressive objective; "
@@ -177,7 +180,7 @@ CONTINUOUS = ProcessSpec(
     layers=continuous_layers,
     process_fields=_TIME_DRAWS | {"noise_schedule", "param", "embed", "self_cond", "time_warp", "time_warp_after"},
     sampler_fields=frozenset({"length", "steps", "solver", "eta", "rounding", "clamp"}),
-    needs=(_BIDIRECTIONAL, _ONE_BLOCK), infill=True, mixed_batches=False, wants_time=True,
+    needs=(_BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT), infill=True, mixed_batches=False, wants_time=True,
     train_flags={"process": {"kind": "continuous"}},
 )
 FLOW = ProcessSpec(
@@ -185,7 +188,7 @@ FLOW = ProcessSpec(
     decode=_decode_flow, likelihood=None, layers=flow_layers,
     process_fields=_TIME_DRAWS | {"flow_noise", "flow_loss", "time_warp", "time_warp_after"},
     sampler_fields=frozenset({"length", "steps", "solver"}),
-    needs=(_BIDIRECTIONAL, _ONE_BLOCK,
+    needs=(_BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT,
            Need("process.self_cond", lambda v: not v, "process.self_cond applies to the continuous process only; "
                 "drop it for flow models")),
     infill=True, mixed_batches=False, wants_time=True, train_flags={"process": {"kind": "flow"}},

@@ -19,9 +19,9 @@ from sunfish.registry import ProcessSpec, processes_using, spec_of
 
 # sampler field -> (the field it depends on, the values of that field under which it acts, what to say)
 ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
-    "steps": ("rule", (CommitRule.FIXED, CommitRule.ANCESTRAL), "the fixed and ancestral rules (the adaptive rules "
-              "choose their own step count)"),
-    "policy": ("rule", (CommitRule.FIXED,), "the fixed rule"),
+    "steps": ("rule", (CommitRule.FIXED, CommitRule.ANCESTRAL, CommitRule.ANCESTRAL_TOPK), "the fixed and ancestral "
+              "rules (the adaptive rules choose their own step count)"),
+    "policy": ("rule", (CommitRule.FIXED, CommitRule.ANCESTRAL_TOPK), "the fixed and ancestral_topk rules"),
     "threshold": ("rule", (CommitRule.THRESHOLD,), "--sampler.rule=threshold"),
     "factor": ("rule", (CommitRule.FACTOR,), "--sampler.rule=factor"),
     "entropy_bound": ("rule", (CommitRule.ENTROPY_BOUND,), "--sampler.rule=entropy_bound"),

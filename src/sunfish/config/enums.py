@@ -93,7 +93,8 @@ class Policy(str, enum.Enum):
 class CommitRule(str, enum.Enum):
     FIXED = "fixed"  # LLaDA: about n / N tokens per step, chosen by the policy
     ANCESTRAL = "ancestral"  # MDLM: each mask revealed with probability (a_s - a_t) / (1 - a_t)
-    THRESHOLD = "threshold"  # Fast-dLLM: every mask whose confidence exceeds `threshold` (at least one)
+    ANCESTRAL_TOPK = "ancestral_topk"  # Dream: the ancestral step's expected count floor(n (a_s - a_t) / (1 - a_t)), by policy
+    THRESHOLD = "threshold"  # Fast-dLLM: every mask whose confidence reaches `threshold` (at least one)
     FACTOR = "factor"  # Fast-dLLM: the largest n with (n + 1)(1 - c_n) < `factor`, c sorted descending
     ENTROPY_BOUND = "entropy_bound"  # EB-sampler: lowest-entropy masks while sum H - max H <= `entropy_bound`
 

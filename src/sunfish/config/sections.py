@@ -25,6 +25,9 @@ class ModelConfig(Section):
     d_model: int = knob(128, "residual width", lo=2)
     n_layers: int = knob(2, "transformer blocks", lo=1)
     n_heads: int = knob(4, "attention heads; d_model must divide evenly", lo=1)
+    n_kv_heads: int = knob(0, "key/value heads (grouped-query attention; must divide n_heads); 0 = n_heads", lo=0)
+    qkv_bias: bool = knob(False, "biases on the query, key and value projections (Qwen2 / Dream)")
+    norm_eps: float = knob(0.0, "RMSNorm epsilon; 0 = float32's machine epsilon (F.rms_norm's default)", lo=0.0)
     d_ff: int = knob(0, "MLP hidden width; 0 = 4 d_model (relu2) or the LLaMA 8/3 d_model rounded to 64 (swiglu)", lo=0)
     mlp: MLPKind = knob(MLPKind.SWIGLU, "MLP kind")
     context: int = knob(128, "maximum sequence length in tokens", lo=1)
@@ -36,6 +39,8 @@ class ModelConfig(Section):
     time_cond: TimeCond = knob(TimeCond.NONE, "how the noise level reaches the network")
     time_steps: int = knob(100, "T for the learned time embedding (T + 1 entries)", lo=1)
     attention: AttentionKind = knob(AttentionKind.BIDIRECTIONAL, "bidirectional (diffusion) or causal (AR)")
+    layout: Layout = knob(Layout.SAME, "same: the output at i predicts token i (LLaDA); shifted: the output at "
+                          "i - 1 does (Dream, AR-adapted models)")
     init_std: float = knob(0.02, "std of the normal initialisation of weights", lo=0.0, hi=1.0)
 
 
@@ -129,9 +134,14 @@ class SamplerConfig(Section):
     temperature: float = knob(0.0, "0 = greedy; > 0 samples with float64 Gumbel noise", lo=0.0)
     top_k: int = knob(0, "keep the k most likely tokens; 0 = all", lo=0)
     top_p: float = knob(1.0, "nucleus mass in (0, 1]", lo=1e-06, hi=1.0)
-    threshold: float = knob(0.9, "confidence bar of the threshold rule, in (0, 1]", lo=1e-06, hi=1.0)
+    threshold: float = knob(0.9, "confidence bar of the threshold rule (a position at or above it commits), in (0, 1]",
+                            lo=1e-06, hi=1.0)
     factor: float = knob(1.0, "factor of the factor rule (> 0; larger commits more per step)", lo=1e-06)
     entropy_bound: float = knob(0.5, "gamma of the entropy-bound rule, in nats (>= 0)", lo=0.0)
+    fp64_confidence: bool = knob(False, "rank and threshold confidences from a float64 softmax, as Fast-dLLM does "
+                                 "(default float32, as LLaDA's generate and Dream do)")
+    suppress_special: bool = knob(True, "never write [MASK], PAD, BOS or UNK; false: draw from every token as "
+                                  "LLaDA, Fast-dLLM and Dream do (a drawn [MASK] leaves its position masked)")
     cache: CacheMode = knob(CacheMode.NONE, "approximate key/value cache, refreshed when a block completes")
     stop_at_eos: bool = knob(True, "prompted generation: after a block holding EOS, fill the rest with EOS and stop")
     remask: RemaskKind = knob(RemaskKind.NONE, "ReMDM remasking of committed tokens")

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sunfish.config import AttentionKind, MLPKind, ModelConfig, TimeCond
+from sunfish.config import AttentionKind, Layout, MLPKind, ModelConfig, TimeCond
 from sunfish.model.conditioning import AdaLNModulation, TimeEmbedding, modulate
 from sunfish.model.kv_cache import KVCache
 
@@ -27,15 +27,21 @@ def ff_width(cfg: ModelConfig) -> int:
 
 
 class RMSNorm(nn.Module):
-    """y = x / rms(x) * g, with the gain g optional (micro-dllm uses none)."""
+    """y = x / sqrt(mean(x^2) + eps) * g, with the gain g optional (micro-dllm uses none); eps None is
+    float32's machine epsilon (F.rms_norm's default)."""
 
-    def __init__(self, dim: int, weight: bool):
+    def __init__(self, dim: int, weight: bool, eps: float | None = None):
         super().__init__()
-        self.dim = dim
+        self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim)) if weight else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (self.dim,), self.weight)
+        return F.rms_norm(x, (self.dim,), self.weight, self.eps)
+
+
+def kv_heads(cfg: ModelConfig) -> int:
+    """Key/value heads: n_kv_heads, or n_heads (multi-head attention) when it is 0."""
+    return cfg.n_kv_heads or cfg.n_heads
 
 
 def rope_tables(length: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,31 +60,39 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    """Multi-head or grouped-query attention (n_kv_heads < n_heads key/value heads, each shared by
+    n_heads / n_kv_heads query heads) with RoPE; `qkv` holds the query, key and value rows in that order."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads = cfg.n_heads
+        self.n_heads, self.n_kv = cfg.n_heads, kv_heads(cfg)
         self.head_dim = cfg.d_model // cfg.n_heads
         self.causal = cfg.attention is AttentionKind.CAUSAL
         self.qk_norm = cfg.qk_norm
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.split = (cfg.d_model, self.n_kv * self.head_dim, self.n_kv * self.head_dim)
+        self.qkv = nn.Linear(cfg.d_model, sum(self.split), bias=cfg.qkv_bias)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: tuple[KVCache, int] | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L, D); mask (L, L_keys) bool, True = may attend (overrides the causal flag)."""
         B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, d)
+        q, k, v = self.qkv(x).split(self.split, dim=-1)
+        q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, d)
+        k = k.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, L, d)
+        v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, L, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.qk_norm:
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         if cache is not None:
             kv, layer = cache
-            k, v = kv.attend_inputs(layer, k, v)  # (B, H, L_all, d)
+            k, v = kv.attend_inputs(layer, k, v)  # (B, H_kv, L_all, d)
         causal = self.causal and mask is None
         if causal and k.shape[2] != L:  # cached decoding: query i sits at key position (L_keys - L) + i
             mask = torch.ones(L, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - L)
             causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, L, d)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           enable_gqa=self.n_kv != self.n_heads)  # (B, H, L, d)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
 
 
@@ -104,9 +118,10 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         adaln = cfg.time_cond is TimeCond.ADALN
-        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_weights and not adaln)
+        eps = cfg.norm_eps or None
+        self.norm1 = RMSNorm(cfg.d_model, cfg.norm_weights and not adaln, eps)
         self.attn = Attention(cfg)
-        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_weights and not adaln)
+        self.norm2 = RMSNorm(cfg.d_model, cfg.norm_weights and not adaln, eps)
         self.mlp = MLP(cfg)
         self.adaln = AdaLNModulation(cfg.d_model) if adaln else None
 
@@ -130,12 +145,14 @@ class Transformer(nn.Module):
             raise ValueError("model.vocab_size must be positive; set it from the tokenizer before building the model")
         if cfg.d_model % cfg.n_heads or (cfg.d_model // cfg.n_heads) % 2:
             raise ValueError(f"model.d_model ({cfg.d_model}) must split into {cfg.n_heads} heads of even width")
+        if cfg.n_heads % kv_heads(cfg):
+            raise ValueError(f"model.n_kv_heads ({cfg.n_kv_heads}) must divide model.n_heads ({cfg.n_heads})")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.time = TimeEmbedding(cfg) if cfg.time_cond is not TimeCond.NONE else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         adaln = cfg.time_cond is TimeCond.ADALN
-        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_weights and not adaln)
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_weights and not adaln, cfg.norm_eps or None)
         self.final_adaln = AdaLNModulation(cfg.d_model, chunks=2) if adaln else None
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -148,6 +165,12 @@ class Transformer(nn.Module):
     @property
     def needs_time(self) -> bool:
         return self.time is not None
+
+    @property
+    def shift(self) -> int:
+        """1 when the output at i - 1 predicts token i (shifted layout), else 0. `hidden` returns states already
+        moved; a caller computing a span [lo, hi) must start it at lo - shift to predict position lo."""
+        return 1 if self.cfg.layout is Layout.SHIFTED else 0
 
     def reset_parameters(self) -> None:
         """Normal(0, init_std) for matrices and embeddings; adaLN projections start at zero."""
@@ -175,7 +198,8 @@ class Transformer(nn.Module):
         `attn_mask` (L, L_keys) bool replaces the attention pattern (True = may attend; (B, 1, L, L_keys) per row);
         `positions` (L,) or (B, L) gives each token's RoPE position (default: offset + 0..L-1), e.g. for block
         diffusion's two copies or left-padded rows. `embeds` (B, L, D) replaces the token lookup (pass
-        tokens=None): continuous inputs such as noised embeddings or points on the simplex.
+        tokens=None): continuous inputs such as noised embeddings or points on the simplex. With the shifted
+        layout the states are moved one position right (see `shift`).
         """
         if (tokens is None) == (embeds is None):
             raise ValueError("pass exactly one of tokens (B, L) and embeds (B, L, D) to the model")
@@ -204,6 +228,8 @@ class Transformer(nn.Module):
         if self.final_adaln is not None:
             shift, scale = self.final_adaln(c)
             x = modulate(x, shift, scale)
+        if self.shift:  # the state at i - 1 predicts token i; the first position of the window predicts itself
+            x = torch.cat([x[:, :1], x[:, :-1]], dim=1)
         return x
 
     def head(self, h: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,13 @@ class MaskSchedule:
         """w(t) = -alpha'(t) / (1 - alpha(t)), the per-masked-token NELBO weight."""
         return -self.alpha_prime(t) / (1.0 - self.alpha(t)).clamp_min(1e-12)
 
+    def reveal_fraction(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """(alpha(s) - alpha(t)) / (1 - alpha(t)): the share of the masks at time t revealed by time s < t (MDLM's
+        ancestral step). Linear: 1 - s / t, computed so (Dream's expression)."""
+        if self.kind is MaskScheduleKind.LINEAR:
+            return 1.0 - s / t
+        return (self.alpha(s) - self.alpha(t)) / (1.0 - self.alpha(t)).clamp_min(1e-12)
+
     def time_of_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
         """Inverse of alpha(t): the time at which a fraction `alpha` of tokens is still clean."""
         a = alpha.clamp(0.0, 1.0)

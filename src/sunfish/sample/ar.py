@@ -47,7 +47,7 @@ def ar_generate(
         h = model.hidden(prompt, None, cache, attn_mask=padding.square(causal), positions=padding.positions(0, P))
         logits = model.head(h[:, -1])
     cache.commit = True
-    banned = banned_ids(mask_id, suppress)
+    banned = banned_ids(mask_id, suppress, cfg.suppress_special)
     nfe, done = 1, torch.zeros(B, dtype=torch.bool, device=x.device)
     for i in range(P, P + length):
         logits = logits.float()

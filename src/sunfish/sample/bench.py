@@ -289,7 +289,7 @@ class BenchRow:
 def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: bool) -> list[Method]:
     """The rows of the table, the baseline first."""
     base = one_per_step(SamplerConfig(block_length=block_length))
-    fast = dataclasses.replace(base, threshold=threshold)
+    fast = dataclasses.replace(base, rule=CommitRule.THRESHOLD, threshold=threshold)
     rows = [
         Method("baseline: LLaDA 1 token/step", "diffusion", base, None),
         Method(f"+ threshold {threshold:g}", "diffusion", fast, "baseline: LLaDA 1 token/step"),
@@ -306,10 +306,9 @@ def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: 
 
 
 def one_per_step(cfg: SamplerConfig) -> SamplerConfig:
-    """Exactly one token per step in confidence order, whatever the block layout: the threshold rule with
-    a bar of 1.0 commits only its guaranteed best position, which is the confidence sampler (LLaDA's
-    fixed schedule with steps = length matches it only when the length is a multiple of the block length)."""
-    return dataclasses.replace(cfg, rule=CommitRule.THRESHOLD, threshold=1.0, cache=CacheMode.NONE)
+    """Exactly one token per step in the policy's order, whatever the block layout: the fixed rule with as many
+    steps as tokens (steps are shared among blocks in proportion to their masks), no cache."""
+    return dataclasses.replace(cfg, rule=CommitRule.FIXED, steps=cfg.length, cache=CacheMode.NONE)
 
 
 def _setting_for(method: Method, length: int) -> SamplerConfig:

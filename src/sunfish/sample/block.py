@@ -25,9 +25,9 @@ from sunfish.sample.unmask import SampleResult, StepInfo, banned_ids, denoise_bl
 class _CachedBlock:
     """Logits of the active block given the exact cache of everything before it."""
 
-    def __init__(self, model, cache: KVCache, mask_id: int, padding: Padding | None = None, suppress: Sequence[int] = ()):
+    def __init__(self, model, cache: KVCache, mask_id: int, padding: Padding | None = None, banned: Sequence[int] = ()):
         self.model, self.cache, self.mask_id, self.padding = model, cache, mask_id, padding
-        self.banned = banned_ids(mask_id, suppress)
+        self.banned = list(banned)
 
     def _rows(self, lo: int, hi: int) -> dict:
         return {} if self.padding is None else self.padding.attention(lo, hi)
@@ -84,7 +84,7 @@ def block_generate(
                      positions=padding.positions(0, P))
     x = torch.cat([prompt, torch.full((B, length), mask_id, dtype=prompt.dtype, device=prompt.device)], dim=1)
     blocks = [(lo, min(lo + block_size, P + length)) for lo in range(P, P + length, block_size)]
-    predict = _CachedBlock(model, cache, mask_id, padding, suppress)
+    predict = _CachedBlock(model, cache, mask_id, padding, banned_ids(mask_id, suppress, cfg.suppress_special))
     result = denoise_blocks(x, blocks, predict, mask_id, cfg, generator=generator, schedule=schedule,
                             callback=callback, eos_id=eos_id, after_block=predict.commit)
     return result

@@ -2,7 +2,7 @@
 
 Fixed-count rules take the top k by a policy score (LLaDA). Adaptive rules decide k from the predictions
 themselves, so the number of steps follows the text:
-* threshold (Fast-dLLM, Wu et al. 2025): every position whose confidence exceeds tau, at least one;
+* threshold (Fast-dLLM, Wu et al. 2025): every position whose confidence reaches tau, at least one;
 * factor (Fast-dLLM): with confidences sorted c_1 >= c_2 >= ..., the largest n with (n + 1)(1 - c_n) < f;
 * entropy bound (EB-sampler, Ben-Hamu et al. 2025): positions in order of increasing entropy H while
   sum H - max H <= gamma.
@@ -33,8 +33,8 @@ def policy_scores(probs: torch.Tensor, drawn: torch.Tensor, policy: Policy, gene
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in nats over the last axis. (..., V) -> (...)."""
-    return -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+    """Shannon entropy in nats over the last axis, -sum p log(p + 1e-10) (Dream's form). (..., V) -> (...)."""
+    return -(probs * (probs + 1e-10).log()).sum(-1)
 
 
 def transfer_counts(n_masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -71,7 +71,7 @@ def adaptive_count(probs: torch.Tensor, drawn: torch.Tensor, candidates: torch.T
         scores = probs.gather(-1, drawn[..., None]).squeeze(-1)  # confidence of the drawn token
         _, ordered = _ranks(scores, candidates)
         if cfg.rule is CommitRule.THRESHOLD:
-            fits = ordered > cfg.threshold
+            fits = ordered >= cfg.threshold  # Fast-dLLM keeps a confidence equal to the bar
         else:
             n = torch.arange(1, ordered.shape[-1] + 1, device=ordered.device)
             fits = (n + 1) * (1 - ordered) < cfg.factor

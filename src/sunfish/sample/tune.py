@@ -67,8 +67,10 @@ class TuneResult:
 
 
 def label(cfg: SamplerConfig, fixed_blocks: bool) -> str:
-    if cfg.rule is CommitRule.THRESHOLD:
-        rule = "exact: 1 token/step" if cfg.threshold >= 1.0 else f"threshold {cfg.threshold:g}"
+    if is_exact(cfg):
+        rule = "exact: 1 token/step"
+    elif cfg.rule is CommitRule.THRESHOLD:
+        rule = f"threshold {cfg.threshold:g}"
     elif cfg.rule is CommitRule.FACTOR:
         rule = f"factor {cfg.factor:g}"
     elif cfg.rule is CommitRule.ENTROPY_BOUND:
@@ -113,7 +115,7 @@ def candidates(base: SamplerConfig, fixed_blocks: bool, thresholds: list[float],
 
 def is_exact(cfg: SamplerConfig) -> bool:
     """One token per step without a cache (see bench.one_per_step)."""
-    return cfg.rule is CommitRule.THRESHOLD and cfg.threshold >= 1.0 and cfg.cache is CacheMode.NONE
+    return cfg.rule is CommitRule.FIXED and cfg.steps >= cfg.length and cfg.cache is CacheMode.NONE
 
 
 def _layout(cfg: SamplerConfig) -> int:

@@ -31,7 +31,7 @@ from sunfish.config import CacheMode, SamplerConfig, CommitRule
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.batch import Generators, Padding, uniform
-from sunfish.sample.policies import ADAPTIVE, adaptive_count, policy_scores, top_ranked
+from sunfish.sample.policies import ADAPTIVE, adaptive_count, policy_scores, top_ranked, transfer_counts
 from sunfish.sample.remask import remask
 
 
@@ -96,15 +96,26 @@ def _blocks(masked: torch.Tensor, block_length: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, hi)) for s in range(lo, hi, size) if any_masked[s : s + size].any()]
 
 
-def _steps_per_block(total: int, n_blocks: int) -> list[int]:
-    if total < n_blocks:
-        raise ValueError(f"{total} steps cannot cover {n_blocks} blocks; use at least one step per block or a larger block_length")
-    return [total // n_blocks + (1 if i < total % n_blocks else 0) for i in range(n_blocks)]
+def steps_per_block(total: int, sizes: list[int]) -> list[int]:
+    """`total` steps shared among blocks of `sizes` masks: one each, the rest in proportion to each block's masks
+    beyond its first (largest remainder first, earlier blocks on ties). Blocks of one size get LLaDA's even split
+    (the remainder to the first blocks); total = all masks gives every block one step per mask."""
+    n = len(sizes)
+    if total < n:
+        raise ValueError(f"{total} steps cannot cover {n} blocks; use at least one step per block or a larger block_length")
+    spare, rest = [max(s - 1, 0) for s in sizes], total - n
+    whole = sum(spare) or 1
+    quotas = [rest * s / whole for s in spare]
+    steps = [int(q) for q in quotas]
+    for i in sorted(range(n), key=lambda i: (steps[i] - quotas[i], i))[: rest - sum(steps) if sum(spare) else 0]:
+        steps[i] += 1
+    return [1 + s for s in steps]
 
 
-def banned_ids(mask_id: int, suppress: Sequence[int]) -> list[int]:
-    """[MASK] (a canvas symbol) and the `suppress` ids: tokens a sampler never outputs."""
-    return sorted({mask_id, *suppress})
+def banned_ids(mask_id: int, suppress: Sequence[int], enabled: bool = True) -> list[int]:
+    """[MASK] (a canvas symbol) and the `suppress` ids: tokens a sampler never outputs; none when not `enabled`
+    (sampler.suppress_special = false, as upstream samplers draw from every token)."""
+    return sorted({mask_id, *suppress}) if enabled else []
 
 
 class _Predictor:
@@ -113,9 +124,9 @@ class _Predictor:
     passes = 1  # network evaluations per call
 
     def __init__(self, model, mask_id: int, schedule: MaskSchedule, mode: CacheMode, track_drift: bool,
-                 padding: Padding | None = None, suppress: Sequence[int] = ()):
+                 padding: Padding | None = None, banned: Sequence[int] = ()):
         self.model, self.mask_id, self.schedule, self.mode = model, mask_id, schedule, mode
-        self.banned = banned_ids(mask_id, suppress)
+        self.banned = list(banned)
         self.track_drift, self.padding = track_drift, padding
         self.cache: KVCache | None = None
         self.last_exact: torch.Tensor | None = None  # exact log-probs of the last cached step, for drift
@@ -145,9 +156,10 @@ class _Predictor:
             h = self._hidden(x, t, cache, 0, L)[:, lo:hi]
             self.cache = cache
         else:
-            span = (lo, L) if self.mode is CacheMode.PREFIX else (lo, hi)
+            first = max(lo - getattr(self.model, "shift", 0), 0)  # a shifted model predicts lo from lo - 1
+            span = (first, L) if self.mode is CacheMode.PREFIX else (first, hi)
             self.cache.span = span
-            h = self._hidden(x[:, span[0] : span[1]], t, self.cache, lo, L)[:, : hi - lo]
+            h = self._hidden(x[:, span[0] : span[1]], t, self.cache, first, L)[:, lo - first : hi - first]
             if self.track_drift:
                 self.last_exact = self.model.head(self._hidden(x, t, None, 0, L)[:, lo:hi]).float().log_softmax(-1)
         return self.model.head(h).float()
@@ -212,10 +224,11 @@ def unmask(
     if track_drift and cfg.guidance > 0:
         raise ValueError("the drift report measures the unguided cache; drop --guidance or --drift")
     blocks = _blocks(masked, cfg.block_length)
-    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE, padding, suppress)
+    banned = banned_ids(mask_id, suppress, cfg.suppress_special)
+    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE, padding, banned)
     if cfg.guidance > 0:
         prompt = ~masked if padding is None else ~masked & padding.real(x.shape[1])
-        uncond = _Predictor(model, mask_id, schedule, cfg.cache, False, padding, suppress)
+        uncond = _Predictor(model, mask_id, schedule, cfg.cache, False, padding, banned)
         predict = _Guided(predict, uncond, prompt, cfg.guidance)
     return denoise_blocks(x, blocks, predict, mask_id, cfg, generator=generator, schedule=schedule,
                           callback=callback, eos_id=eos_id)
@@ -239,27 +252,23 @@ def denoise_blocks(
     (returned as their count, for the NFE). Only the positions masked on entry are ever written."""
     generated = x == mask_id  # (B, L)
     psi = torch.zeros(x.shape, device=x.device)  # confidence of each token when it was committed (ReMDM conf)
-    total_masks = int(generated.sum(1).max())
-    if cfg.rule in ADAPTIVE:  # the step count follows the predictions; `steps` does not apply
-        budget = [1] * len(blocks)
-    else:
-        budget = _steps_per_block(min(cfg.steps, total_masks), len(blocks))
+    sizes = [int((x[:, lo:hi] == mask_id).sum(1).max()) for lo, hi in blocks]
+    budget = [1] * len(blocks) if cfg.rule in ADAPTIVE else steps_per_block(min(cfg.steps, sum(sizes)), sizes)
     step, extra, drift = 0, 0, []
     for (lo, hi), n_steps in zip(blocks, budget):
         predict.refresh()
-        n_steps = max(1, min(n_steps, int((x[:, lo:hi] == mask_id).sum(1).max())))
-        k = 0
-        while (x[:, lo:hi] == mask_id).any() and (cfg.rule in ADAPTIVE or k < n_steps):
+        plan = _Plan.start(x[:, lo:hi] == mask_id, n_steps, cfg)
+        while (x[:, lo:hi] == mask_id).any() and plan.more(cfg, hi - lo):
             logits = predict(x, lo, hi)
             block = x[:, lo:hi]
             chosen, drawn, conf, remasked = _choose(logits, block == mask_id, generated[:, lo:hi], psi[:, lo:hi],
-                                                    cfg, k, n_steps, generator, schedule)
-            step, k = step + 1, k + 1
+                                                    cfg, plan, generator, schedule)
+            step, plan.k = step + 1, plan.k + 1
             if getattr(predict, "last_exact", None) is not None:
                 drift.append(_drift(step, logits, predict.last_exact, chosen))
             x, psi = x.clone(), psi.clone()
             x[:, lo:hi] = torch.where(chosen, drawn, block.masked_fill(remasked, mask_id))
-            psi[:, lo:hi] = torch.where(chosen, conf, psi[:, lo:hi])
+            psi[:, lo:hi] = torch.where(chosen, conf.to(psi.dtype), psi[:, lo:hi])
             if callback is not None:
                 callback(StepInfo(step=step, tokens=x, masked=x == mask_id, revealed=_widen(chosen, x, lo),
                                   remasked=_widen(remasked, x, lo)))
@@ -272,6 +281,31 @@ def denoise_blocks(
     return SampleResult(tokens=x, steps=step, nfe=step * getattr(predict, "passes", 1) + extra, drift=drift)
 
 
+@dataclass
+class _Plan:
+    """Where a block's decoding stands: step k of n_steps; for the fixed rule, LLaDA's counts per step (B, n_steps),
+    fixed at the block's start (get_num_transfer_tokens)."""
+
+    k: int
+    n_steps: int
+    counts: torch.Tensor | None
+
+    @staticmethod
+    def start(masked: torch.Tensor, n_steps: int, cfg: SamplerConfig) -> "_Plan":
+        n_steps = max(1, min(n_steps, int(masked.sum(1).max())))
+        counts = transfer_counts(masked.sum(1), n_steps) if cfg.rule is CommitRule.FIXED else None
+        return _Plan(k=0, n_steps=n_steps, counts=counts)
+
+    def more(self, cfg: SamplerConfig, width: int) -> bool:
+        """Another step? Adaptive rules run until the block is full, planned ones for their n_steps."""
+        if cfg.rule not in ADAPTIVE:
+            return self.k < self.n_steps
+        if self.k > 4 * width + 8:  # only a model that keeps drawing [MASK] (suppress_special = false) gets here
+            raise ValueError(f"decoding made no progress in {self.k} steps on a block of {width}: the model keeps "
+                             "drawing [MASK]; sample with --sampler.suppress_special=true (the default)")
+        return True
+
+
 def _widen(block_mask: torch.Tensor, x: torch.Tensor, lo: int) -> torch.Tensor:
     """A (B, n) mask of the block starting at column lo as a (B, L) mask of the canvas."""
     out = torch.zeros_like(x, dtype=torch.bool)
@@ -279,33 +313,39 @@ def _widen(block_mask: torch.Tensor, x: torch.Tensor, lo: int) -> torch.Tensor:
     return out
 
 
-def _choose(logits, candidates, generated, psi, cfg: SamplerConfig, k: int, n_steps: int, generator, schedule):
+def _choose(logits, candidates, generated, psi, cfg: SamplerConfig, plan: _Plan, generator, schedule):
     """One step on the active block: positions to commit (B, n), the drawn tokens (B, n), their confidences
-    (B, n), and committed positions to mask again (B, n, ReMDM). Only rows with masks draw noise."""
+    (B, n), and committed positions to mask again (B, n, ReMDM). Only rows with masks draw noise. Confidences
+    come from a float64 softmax with `cfg.fp64_confidence` (Fast-dLLM), else float32 (LLaDA, Dream)."""
     rows = candidates.any(-1)  # (B,)
     logits = filter_logits(logits, cfg.top_k, cfg.top_p)
     drawn = draw_tokens(logits, cfg.temperature, generator, rows)  # (B, n)
-    probs = logits.softmax(-1)
+    probs = (logits.double() if cfg.fp64_confidence else logits).softmax(-1)
     conf = probs.gather(-1, drawn[..., None]).squeeze(-1)  # (B, n)
-    scores, count = _rule(probs, drawn, candidates, cfg, k, n_steps, generator, schedule, rows)
+    scores, count = _rule(probs, drawn, candidates, cfg, plan, generator, schedule, rows)
     again = remask(generated & ~candidates, generated, psi, candidates.sum(-1) - count, cfg, generator, rows)
     return top_ranked(scores, candidates, count + again.sum(-1)), drawn, conf, again
 
 
-def _rule(probs, drawn, candidates, cfg: SamplerConfig, k: int, n_steps: int, generator, schedule, rows):
+def _rule(probs, drawn, candidates, cfg: SamplerConfig, plan: _Plan, generator, schedule: MaskSchedule, rows):
     """(scores (B, n), count (B,)): the step commits the count[b] best-scoring candidates of row b."""
+    k, n_steps = plan.k, plan.n_steps
     if cfg.rule is CommitRule.ANCESTRAL:
         t_now = torch.tensor(1.0 - k / n_steps, dtype=torch.float64)
         t_next = torch.tensor(1.0 - (k + 1) / n_steps, dtype=torch.float64)
-        a_now, a_next = schedule.alpha(t_now), schedule.alpha(t_next)
-        p = 1.0 if k == n_steps - 1 else float((a_next - a_now) / (1.0 - a_now).clamp_min(1e-12))
+        p = 1.0 if k == n_steps - 1 else float(schedule.reveal_fraction(t_now, t_next))
         u = uniform(tuple(candidates.shape), generator, rows=rows).to(candidates.device)
         return -u, (candidates & (u < p)).sum(-1)  # the masks with u < p are exactly the count lowest u
     if cfg.rule in ADAPTIVE:
         return adaptive_count(probs, drawn, candidates, cfg)
-    # LLaDA's fixed counts: ceil(masks left / steps left) per step, which is transfer_counts' split
-    count = -(-candidates.sum(-1) // (n_steps - k))
-    return policy_scores(probs, drawn, cfg.policy, generator, rows), count
+    scores = policy_scores(probs, drawn, cfg.policy, generator, rows)
+    if cfg.rule is CommitRule.ANCESTRAL_TOPK:  # Dream: times linspace(1, eps, N + 1), float32, truncated count
+        times = torch.linspace(1.0, schedule.eps, n_steps + 1)
+        masks = candidates.sum(-1)
+        if k == n_steps - 1:
+            return scores, masks
+        return scores, (masks.float() * schedule.reveal_fraction(times[k], times[k + 1]).to(masks.device)).long()
+    return scores, plan.counts[:, k].to(candidates.device)  # LLaDA's fixed counts
 
 
 def _drift(step: int, cached: torch.Tensor, exact_logprobs: torch.Tensor, chosen: torch.Tensor) -> Drift:
