@@ -6,8 +6,13 @@ Sources (`source_kind`):
 - a checkpoint folder (RUN/checkpoints/step-N) or an exported one (`sunfish export --out`);
 - an adapted run (a checkpoint whose config names `adapt.base`): the causal LM rebuilt with bidirectional
   attention (adapt/model.py);
-- a Hugging Face model folder (config.json without Sunfish's checkpoint files): recognised and refused with a
-  sentence for now.
+- a Hugging Face folder of a public diffusion LM (LLaDA, Dream; families/): its config.json mapped onto
+  Sunfish's Transformer, the safetensors shards streamed in, its own tokenizer; another architecture is one
+  sentence naming what was found;
+- a converted checkpoint (`sunfish convert`): a Sunfish checkpoint that keeps the original hf_config.json and
+  the model's tokenizer files.
+
+Weights are cast to the inference dtype (`dtype`: auto = bf16 on CUDA, fp32 on the CPU).
 
 Training saves and resumes (training/checkpoint.py); it never goes through here.
 """
@@ -19,10 +24,13 @@ from pathlib import Path
 
 import torch
 
-from sunfish.checkpoint.files import CheckpointError, SourceKind, read_config, resolve_checkpoint, source_kind
+from sunfish.checkpoint.files import SourceKind, read_config, resolve_checkpoint, source_kind
 from sunfish.checkpoint.weights import load_network
 from sunfish.config import RunConfig
+from sunfish.families.base import family_of
+from sunfish.families.open import SOURCE_CONFIG, family_tokenizer, open_family, read_hf_config
 from sunfish.registry import ProcessSpec, spec_of
+from sunfish.runtime import inference_dtype
 from sunfish.tokenizer import Tokenizer
 
 
@@ -48,7 +56,21 @@ class LoadedModel:
 
 def _open_sunfish(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | None) -> LoadedModel:
     model, _ = load_network(ckpt, device, ema)
-    return LoadedModel(model=model, tokenizer=Tokenizer.load(ckpt / "tokenizer.json"), cfg=cfg, path=ckpt)
+    return LoadedModel(model=model, tokenizer=_tokenizer_of(ckpt), cfg=cfg, path=ckpt)
+
+
+def _tokenizer_of(ckpt: Path):
+    """Sunfish's tokenizer.json, or (a converted public model) the model's own tokenizer and special ids."""
+    if not (ckpt / SOURCE_CONFIG).is_file():
+        return Tokenizer.load(ckpt / "tokenizer.json")
+    config = read_hf_config(ckpt, SOURCE_CONFIG)
+    return family_tokenizer(ckpt, family_of(config, str(ckpt)), config)
+
+
+def _open_hf(folder: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """A public checkpoint read straight into `dtype` (no fp32 copy on the way)."""
+    model, tokenizer, cfg = open_family(folder, device, dtype)
+    return LoadedModel(model=model, tokenizer=tokenizer, cfg=cfg, path=folder)
 
 
 def _open_adapted(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | None) -> LoadedModel:
@@ -60,17 +82,22 @@ def _open_adapted(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | 
                        mixed_batches=getattr(model, "MIXED_BATCHES", True))
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool | None = None) -> LoadedModel:
-    """Open what `path` holds for inference (eval mode) on `device`.
+def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool | None = None,
+               dtype: str | torch.dtype = "fp32") -> LoadedModel:
+    """Open what `path` holds for inference (eval mode) on `device`, weights in `dtype` (auto, fp32, bf16, fp16).
 
     `ema` None: the averaged weights when the run kept an EMA, else the raw weights.
     """
     device = torch.device(device)
+    dtype = dtype if isinstance(dtype, torch.dtype) else inference_dtype(device, dtype)
     kind = source_kind(path)
     if kind is SourceKind.HF:
-        raise CheckpointError(f"'{path}' is a Hugging Face model folder, which Sunfish cannot run as it is; turn a "
-                              f"causal LM into a diffusion LM with `sunfish adapt {path} --data ...`")
-    ckpt = resolve_checkpoint(path)
-    cfg = read_config(ckpt)
-    opener = _open_adapted if kind is SourceKind.ADAPTED else _open_sunfish
-    return opener(ckpt, cfg, device, ema)
+        loaded = _open_hf(Path(path), device, dtype)
+    else:
+        ckpt = resolve_checkpoint(path)
+        opener = _open_adapted if kind is SourceKind.ADAPTED else _open_sunfish
+        loaded = opener(ckpt, read_config(ckpt), device, ema)
+    if next(loaded.model.parameters()).dtype != dtype:
+        loaded.model.to(dtype)
+    return loaded
+

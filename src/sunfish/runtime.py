@@ -49,3 +49,16 @@ def setup_runtime(device: str = "auto", dtype: str = "auto", threads: int = 0) -
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Runtime(device=dev, autocast_dtype=torch.bfloat16 if dtype == "bf16" else None)
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """The weights' dtype for inference: auto = bf16 on a CUDA device that has it, else fp32 (CPUs without bf16
+    matrix units run bf16 matmul several times slower)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype '{name}'; use auto, fp32, bf16 or fp16")
+    return DTYPES[name]
