@@ -56,6 +56,17 @@ class Model(LoadedModel):
             raise ConfigError("trace and drift follow one prompt; generate a single prompt to use them")
         return generate_batch(self, list(prompt), cfg, seed=seed, batch_size=batch_size)
 
+    def chat(self, conversation: str | Sequence[dict], max_new_tokens: int | None = None, *, system: str | None = None,
+             seed: int = 0, trace: str | Path | None = None, **settings: Any) -> Generation:
+        """The assistant's reply to `conversation` (a user message, or [{"role", "content"}, ...] turns) through
+        the tokenizer's chat template; it stops at the template's end-of-turn token and `text` is the reply."""
+        from sunfish.sample.chat import as_messages
+        from sunfish.sample.text import chat
+
+        if max_new_tokens is not None:
+            settings["length"] = max_new_tokens
+        return chat(self, as_messages(conversation, system), self.sampler(**settings), seed=seed, trace=_path(trace))
+
     def infill(self, text: str, *, seed: int = 0, trace: str | Path | None = None, **settings: Any) -> Generation:
         """Fill each `[MASK:n]` span (`[MASK]` = one token) of `text`, keeping the text around the spans."""
         for name in ("length", "stop_at_eos"):
@@ -82,12 +93,20 @@ def _path(value: str | Path | None) -> Path | None:
     return None if value is None else Path(value)
 
 
-def load(path: str | Path, *, device: str = "auto", ema: bool | None = None, threads: int = 0) -> Model:
-    """Open a run folder, a checkpoint, an exported folder or an adapted run for inference on `device`
-    (auto: CUDA when available). `ema` None: the averaged weights when the run kept them."""
+def load(path: str | Path, *, device: str = "auto", dtype: str = "auto", quantize: str = "none",
+         ema: bool | None = None, threads: int = 0) -> Model:
+    """Open a run folder, a checkpoint, an exported folder, an adapted run or the Hugging Face folder of a public
+    diffusion LM (LLaDA, Dream) for inference on `device` (auto: CUDA when available), weights in `dtype` (auto:
+    bf16 on CUDA, fp32 on the CPU; fp32, bf16, fp16), optionally quantized (`quantize`: none, int8, int4).
+    `ema` None: the averaged weights when the run kept them."""
     from sunfish.runtime import setup_runtime
 
-    loaded = load_model(path, setup_runtime(device, threads=threads).device, ema=ema)
+    rt = setup_runtime(device, threads=threads)
+    loaded = load_model(path, rt.device, ema=ema, dtype=dtype)
+    if quantize != "none":
+        from sunfish.quantize import quantize as quantize_weights
+
+        quantize_weights(loaded.model, quantize, rt.device)
     return Model(**{f.name: getattr(loaded, f.name) for f in dataclasses.fields(loaded) if f.init})
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from sunfish.config import SECTIONS, SamplerConfig, apply_tree, load_preset
-from sunfish.flags import Parser, UsageError, absorb_renamed, add_section, check_leftovers, given, given_keys
+from sunfish.flags import Parser, UsageError, absorb_renamed, add_runtime, add_section, check_leftovers, given, given_keys
 
 # Modules that add verbs of their own: each has `register(verbs)` (adds sub-parsers) and
 # `dispatch(args) -> int | None` (runs the verb if it is one of its own, else returns None).
@@ -21,6 +21,7 @@ VERB_MODULES = (
     "sunfish.adapt.cli",  # adapt, adapt cache-teacher|trajectories|export
     "sunfish.eval.cli",  # eval, compare, lm-eval
     "sunfish.training.cli",  # export, estimate
+    "sunfish.families.cli",  # convert
 )
 TRAIN_SECTIONS = ("model", "process", "optim", "train", "data", "sampler")
 TRAIN_SHORT = ("steps", "save_every", "seed")  # --steps is --train.steps, ...
@@ -58,6 +59,9 @@ def _add_sampling(verbs: argparse._SubParsersAction) -> None:
     s.add_argument("--drift", action="store_true", help="with --cache: report cached-vs-exact drift per step (--json)")
     s.add_argument("--no-stop-at-eos", dest="sampler.stop_at_eos", action="store_const", const="false",
                    help="fill the whole canvas even after an EOS (= --sampler.stop_at_eos=false)")
+    s.add_argument("--chat", action="store_true", help="--prompt is a user message: apply the tokenizer's chat template "
+                   "and print the assistant's reply, stopped at the template's end-of-turn token")
+    s.add_argument("--system", help="with --chat: a system message before the user's")
     i = verbs.add_parser("infill", help="fill [MASK] / [MASK:n] spans in a text")
     i.add_argument("path", help="run folder, checkpoint or exported folder")
     i.add_argument("--text", required=True, help="e.g. 'Once upon a time [MASK:12] happy.'")
@@ -65,7 +69,7 @@ def _add_sampling(verbs: argparse._SubParsersAction) -> None:
         p.add_argument("--seed", type=int, default=0, help="seeds the sampler's noise (default 0)")
         p.add_argument("--trace", type=Path, help="write the denoising as FILE.gif or FILE.mp4")
         p.add_argument("--json", action="store_true", help="print one JSON object")
-        p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        add_runtime(p)
         fields = [f.name for f in SamplerConfig.__dataclass_fields__.values() if f.name not in skip]
         add_section(p, SamplerConfig, fields=fields, short=fields, note="defaults come from the checkpoint",
                     defaults=False)
@@ -127,12 +131,16 @@ def cmd_sample(args: argparse.Namespace, infill: bool) -> int:
     from sunfish.api import load
 
     settings = given(args).get("sampler", {})
-    model = load(args.path, device=args.device)
+    model = load(args.path, device=args.device, dtype=args.dtype, quantize=args.quantize)
     if infill:
         out = model.infill(args.text, seed=args.seed, trace=args.trace, **settings)
     elif args.prompts is not None or args.batch_size is not None:
         return _sample_many(args, model, settings)
+    elif args.chat:
+        out = model.chat(args.prompt, system=args.system, seed=args.seed, trace=args.trace, **settings)
     else:
+        if args.system:
+            raise UsageError("--system goes with --chat")
         out = model.generate(args.prompt, seed=args.seed, trace=args.trace, drift=args.drift, **settings)
     if args.json:
         body = out.as_json() | ({"fills": out.fills} if infill else {})

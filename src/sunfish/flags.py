@@ -130,3 +130,14 @@ def subcommands(parser: argparse.ArgumentParser, dest: str) -> argparse._SubPars
         if isinstance(action, argparse._SubParsersAction):
             return action
     return parser.add_subparsers(dest=dest, required=True)
+
+
+def add_runtime(parser: argparse.ArgumentParser) -> None:
+    """--device, --dtype and --quantize: where and in what precision a verb runs its model."""
+    from sunfish.runtime import DTYPES, QUANTIZE
+
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:N")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                        help="weights' dtype for inference (auto: bf16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--quantize", default="none", choices=list(QUANTIZE),
+                        help="weight-only quantization of the linear layers: int8 (CPU, CUDA), int4 (CUDA); needs torchao")

@@ -52,6 +52,7 @@ def setup_runtime(device: str = "auto", dtype: str = "auto", threads: int = 0) -
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUANTIZE = ("none", "int8", "int4")  # weight-only quantization kinds (sunfish/quantize.py)
 
 
 def inference_dtype(device: torch.device, name: str = "auto") -> torch.dtype:

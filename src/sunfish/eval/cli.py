@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from sunfish.config import EvalConfig, apply_section
-from sunfish.flags import add_section, given
+from sunfish.flags import add_runtime, add_section, given
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
@@ -31,7 +31,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     e.add_argument("--parallel", help="English-Russian TSV (columns en, ru) for the translation suite")
     e.add_argument("--out", type=Path, help="folder for eval.json, report.md and plots (default RUN/eval)")
     e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_runtime(e)
     add_section(e, EvalConfig)
     e.set_defaults(config_sections={"eval": None})
 
@@ -69,7 +69,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     suites = parse_suites(args.suite, has_parallel=bool(args.parallel))
     quiet = (lambda _: None) if args.json else print
     body = run_eval(args.path, args.data, suites, cfg, ref_model=args.ref_model, parallel=args.parallel,
-                    device=args.device, log=quiet)
+                    device=args.device, dtype=args.dtype, quantize=args.quantize, log=quiet)
     out = args.out or run_dir_of(resolve_checkpoint(args.path)) / "eval"
     report = write_report(body, out)
     if args.json:

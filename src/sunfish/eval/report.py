@@ -51,21 +51,22 @@ def _skip(err: Exception) -> dict:
 
 
 def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConfig, *, ref_model: str | None = None,
-             parallel: str | None = None, device: str = "auto", log: Callable[[str], None] = print) -> dict:
+             parallel: str | None = None, device: str = "auto", dtype: str = "auto", quantize: str = "none",
+             log: Callable[[str], None] = print) -> dict:
     """Evaluate a run or checkpoint folder on held-out `data`; returns the eval.json body."""
     from sunfish.data.sources import read_documents
     from sunfish.eval.generative import generation_suite, load_reference
     from sunfish.eval.infill import InfillUnsupported, infill_suite
     from sunfish.eval.likelihood import UnsupportedProcess, evaluate_likelihood, held_out
     from sunfish.eval.translation import TranslationUnsupported, read_pairs, translation_suite
+    from sunfish.api import load
     from sunfish.checkpoint.files import read_state
-    from sunfish.loading import load_model
     from sunfish.runtime import setup_runtime
 
     if "translation" in suites:
         read_pairs(parallel, cfg.translation_direction)  # a bad file or direction fails before any work
     rt = setup_runtime(device)
-    loaded = load_model(path, rt.device)
+    loaded = load(path, device=str(rt.device), dtype=dtype, quantize=quantize)
     docs = read_documents(data) if data else []
     if not docs and any(s in suites for s in ("likelihood", "infill")):
         raise EvalError("the likelihood and infill suites need held-out text: pass --data FILE...")

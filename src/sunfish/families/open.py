@@ -5,6 +5,7 @@ names (mask, EOS, PAD, BOS; never literals)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,7 +44,9 @@ def _hf_tokenizer(folder: Path):
 
     logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns that it names an unknown model type
     try:
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        with warnings.catch_warnings():  # ... and that Dream's config still spells rope_scaling the old way
+            warnings.simplefilter("ignore", FutureWarning)
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except (OSError, ValueError, KeyError) as err:
         if not (folder / "tokenizer.json").is_file():
             raise UnsupportedModel(f"cannot load the tokenizer in '{folder}' ({str(err).splitlines()[0]}); the folder "

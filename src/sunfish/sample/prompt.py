@@ -32,12 +32,14 @@ def _check_context(n: int, context: int, what: str) -> None:
         )
 
 
-def prompt_canvas(tok: Tokenizer, prompt: str, length: int, context: int) -> Canvas:
-    """[BOS] prompt [MASK] x length."""
+def prompt_canvas(tok: Tokenizer, prompt: str, length: int, context: int, bos: bool = True) -> Canvas:
+    """[BOS] prompt [MASK] x length (without the BOS when `bos` is False: a chat template writes its own)."""
     if length < 1:
         raise PromptError("--length must be at least 1")
-    ids = [tok.bos_id, *tok.encode(prompt)]
-    _check_context(len(ids) + length, context, f"the prompt ({len(ids) - 1} tokens) plus --length {length}")
+    ids = [tok.bos_id] * bos + tok.encode(prompt)
+    if not ids:
+        raise PromptError("the prompt is empty; give some text to continue")
+    _check_context(len(ids) + length, context, f"the prompt ({len(ids) - bos} tokens) plus --length {length}")
     return Canvas(ids=ids + [tok.mask_id] * length, fill_start=len(ids))
 
 
@@ -95,6 +97,7 @@ def read_prompts(path: Path, what: str = "prompts file", noun: str = "prompt", f
     return items
 
 
-def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
-    """Tokens before the first EOS (variable-length generation)."""
-    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+def cut_at_eos(ids: list[int], *stop_ids: int) -> list[int]:
+    """Tokens before the first EOS, or the first of any `stop_ids` (variable-length generation)."""
+    cut = min((ids.index(s) for s in stop_ids if s in ids), default=len(ids))
+    return ids[:cut]

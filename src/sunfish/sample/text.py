@@ -46,7 +46,8 @@ class Generation:
 
 
 def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, trace: Path | None,
-         eos: bool = False, drift: bool = False):
+         stop: int | None = None, drift: bool = False):
+    """Decode one canvas; `stop`: the token id that ends generation (EOS, or a chat template's end of turn)."""
     device = next(loaded.model.parameters()).device
     x = to_batch(canvas, 1, device)
     tok = loaded.tokenizer
@@ -58,8 +59,7 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
         recorder = TraceRecorder(tok.token_text, start=1)  # everything after BOS; the prompt shows muted
         recorder.start(x, x == tok.mask_id)
     began = time.perf_counter()
-    result = decode_canvas(loaded, x, canvas.fill_start, cfg, generator, recorder=recorder,
-                     eos_id=tok.eos_id if eos else None, drift=drift)
+    result = decode_canvas(loaded, x, canvas.fill_start, cfg, generator, recorder=recorder, eos_id=stop, drift=drift)
     seconds = time.perf_counter() - began
     written = None
     if recorder is not None:
@@ -91,11 +91,26 @@ def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0
     """Continue `prompt` with `cfg.length` tokens; the text is cut at the first EOS."""
     tok = loaded.tokenizer
     canvas = prompt_canvas(tok, prompt, cfg.length, loaded.cfg.model.context)
-    result, seconds, written = _run(loaded, canvas, cfg, seed, trace, eos=True, drift=drift)
+    result, seconds, written = _run(loaded, canvas, cfg, seed, trace, stop=tok.eos_id, drift=drift)
     ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id)
     return Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
                       seconds=seconds, tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, drift=result.drift,
                       ids=ids)
+
+
+def chat(loaded: LoadedModel, messages: list[dict], cfg: SamplerConfig, seed: int = 0,
+         trace: Path | None = None) -> Generation:
+    """The assistant's reply to `messages` (rendered with the tokenizer's chat template), `cfg.length` tokens at
+    most; generation stops at the template's end-of-turn token (or EOS) and the text is the reply alone."""
+    from sunfish.sample.chat import end_of_turn_id, render_chat
+
+    tok = loaded.tokenizer
+    canvas = prompt_canvas(tok, render_chat(tok, messages), cfg.length, loaded.cfg.model.context, bos=False)
+    end = end_of_turn_id(tok)
+    result, seconds, written = _run(loaded, canvas, cfg, seed, trace, stop=tok.eos_id if end is None else end)
+    ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id, *([] if end is None else [end]))
+    return Generation(text=tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe, seconds=seconds,
+                      tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, ids=ids)
 
 
 def generate_batch(loaded: LoadedModel, prompts: Sequence[str], cfg: SamplerConfig, seed: int = 0,

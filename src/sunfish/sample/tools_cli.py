@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from sunfish.config import SamplerConfig
-from sunfish.flags import add_section, given, subcommands
+from sunfish.flags import add_runtime, add_section, given, subcommands
 
 # the sampler fields each tool takes (the others it sets itself for every setting it measures)
 TUNE_FIELDS = ("length", "policy", "remask", "remask_eta", "remask_start", "remask_end", "guidance")
@@ -50,7 +50,7 @@ def _add_tune(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_numbers(int), help="fixed step counts to try, e.g. 32,16")
     p.add_argument("--block-lengths", type=_numbers(int), help="block lengths to try, 0 = one block (diffusion models)")
     p.add_argument("--dry-run", action="store_true", help="print the table and the choice; write nothing")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_runtime(p)
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     add_section(p, SamplerConfig, fields=TUNE_FIELDS, short=("length",),
                 note="the base of every setting tried; defaults come from the checkpoint", defaults=False)
@@ -72,7 +72,7 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", type=Path, help="UTF-8 text file, one prompt per line, or .jsonl with \"prompt\" (default: eight built-in story openings)")
     p.add_argument("--held-out", type=Path, help="held-out text, one document per line (or .jsonl with \"text\"): first print how often "
                    "the masked model is sure and right on it, with random masks and at a block start")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_runtime(p)
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     add_section(p, SamplerConfig, fields=BENCH_FIELDS, short=BENCH_FIELDS,
                 note=f"the diffusion rows' block length (bench default {BENCH_BLOCK}) and threshold (default {BENCH_THRESHOLD})")
@@ -124,9 +124,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     _check_grid(args)
     prompts = read_prompts(args.prompts)
-    model = load(args.path, device=args.device, threads=max(args.threads, 0))
+    model = load(args.path, device=args.device, dtype=args.dtype, quantize=args.quantize, threads=max(args.threads, 0))
     base = model.sampler(**given(args).get("sampler", {}))
-    ref = load(args.ref, device=args.device) if args.ref else None
+    ref = load(args.ref, device=args.device, dtype=args.dtype) if args.ref else None
     result = tune(model, prompts, length=base.length, sampler=base, quality=Quality(args.quality), bound=args.bound,
                   ref=ref, budget_s=args.budget, repeats=args.repeats, thresholds=args.thresholds, steps=args.steps,
                   block_lengths=args.block_lengths, factors=args.factors, entropy_bounds=args.entropy_bounds,
@@ -154,7 +154,7 @@ def _bench_models(args: argparse.Namespace, device: str, threads: int) -> dict:
     from sunfish.api import load
     from sunfish.sample.bench import BenchError, check_reference, is_unmasking
 
-    models = {"diffusion": load(args.path, device=device, threads=threads)}
+    models = {"diffusion": load(args.path, device=device, dtype=args.dtype, quantize=args.quantize, threads=threads)}
     if not is_unmasking(models["diffusion"]):
         raise BenchError(f"'{args.path}' is a {models['diffusion'].spec.label} model, not a masked diffusion model "
                          "(block_size 0); pass block-diffusion models with --block and causal ones with --ar")
