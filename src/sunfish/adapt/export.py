@@ -4,8 +4,9 @@ Sunfish blocks are Llama blocks with fused projections: `qkv` splits into q/k/v_
 into gate_proj (first half) and up_proj (second half). Two details make the maps exact:
 
 * RoPE: Sunfish rotates channel pairs (i, i + d/2) by -theta, transformers' `rotate_half` by +theta. Negating
-  the second half of every head's query and key rows turns one into the other: both halves of q and k
-  change sign together, so every q . k product is unchanged.
+  the second half of every head's query and key rows (`families.base.rope_flip`, the one flip that import and
+  export share) turns one into the other: both halves of q and k change sign together, so every q . k product
+  is unchanged.
 * QK-norm: Sunfish normalises after RoPE without a gain, Qwen3 before RoPE with a gain of ones; a rotation
   keeps the norm of each pair, so the order does not matter.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from sunfish.config import MLPKind, TimeCond
+from sunfish.families.base import rope_flip
 from sunfish.model.transformer import Transformer, ff_width
 
 
@@ -25,13 +27,6 @@ def _check_exportable(model: Transformer) -> None:
     if cfg.mlp is not MLPKind.SWIGLU or cfg.time_cond is not TimeCond.NONE or cfg.embed_norm:
         raise ValueError("only Sunfish models with SwiGLU MLPs, no time conditioning and no embedding norm map onto a "
                          "Hugging Face architecture; sample this run with `sunfish sample RUN_DIR` instead")
-
-
-def _flip_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Negate the second half of every head's rows of a (H d, D) projection."""
-    heads = w.clone().view(n_heads, -1, w.shape[-1])  # (H, d, D)
-    heads[:, heads.shape[1] // 2 :] *= -1
-    return heads.view_as(w)
 
 
 def hf_config_of(model: Transformer):
@@ -59,8 +54,8 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
         p = f"model.layers.{i}."
         q, k, v = block.attn.qkv.weight.split(D, dim=0)
         gate, up = block.mlp.up.weight.split(H, dim=0)
-        out |= {p + "self_attn.q_proj.weight": _flip_rope_rows(q, cfg.n_heads),
-                p + "self_attn.k_proj.weight": _flip_rope_rows(k, cfg.n_heads),
+        out |= {p + "self_attn.q_proj.weight": rope_flip(q, cfg.n_heads),
+                p + "self_attn.k_proj.weight": rope_flip(k, cfg.n_heads),
                 p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": block.attn.out.weight,
                 p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
                 p + "mlp.down_proj.weight": block.mlp.down.weight,

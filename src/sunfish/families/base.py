@@ -67,7 +67,10 @@ def refuse(config: dict, family: str, rules: dict[str, Any]) -> None:
 
 
 def rope_flip(w: torch.Tensor, heads: int) -> torch.Tensor:
-    """Negate the second half of every head's rows of a (heads * d, ...) weight or (heads * d,) bias."""
+    """Negate the second half of every head's rows of a (heads * d, ...) weight or (heads * d,) bias.
+
+    Sunfish's RoPE <-> `rotate_half`'s, both ways: the flip is its own inverse, so reading a checkpoint
+    (families/weights.py) and writing one (checkpoint/hf_formats.py, adapt/export.py) share this one function."""
     rows = w.reshape(heads, w.shape[0] // heads, *w.shape[1:]).clone()
     rows[:, rows.shape[1] // 2 :] *= -1
     return rows.reshape(w.shape)
