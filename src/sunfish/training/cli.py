@@ -10,13 +10,18 @@ import argparse
 import json
 from pathlib import Path
 
+from sunfish.checkpoint.export import ExportFormat
 from sunfish.config import ParallelKind
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    e = verbs.add_parser("export", help="consolidate a run's checkpoint (full or FSDP-sharded) into one safetensors file")
+    e = verbs.add_parser("export", help="consolidate a run's checkpoint (full or FSDP-sharded) into one folder: "
+                         "Sunfish's layout, a transformers folder or LLaDA's layout")
     e.add_argument("path", type=Path, help="run folder (its newest good checkpoint) or a checkpoint folder")
-    e.add_argument("--out", type=Path, required=True, help="folder for model.safetensors, config.json, tokenizer.json")
+    e.add_argument("--out", type=Path, required=True, help="folder for model.safetensors, config.json and the tokenizer")
+    e.add_argument("--format", dest="fmt", choices=[f.value for f in ExportFormat], default=ExportFormat.SUNFISH.value,
+                   help="sunfish: a checkpoint every verb opens (default); hf: transformers' AutoModel.from_pretrained "
+                        "after `import sunfish.hf`; llada: LLaDA's config and tensor names (LLaDA-shaped models only)")
     e.add_argument("--best", action="store_true", help="the checkpoint with the lowest validation loss instead of the newest")
     weights = e.add_mutually_exclusive_group()
     weights.add_argument("--ema", dest="ema", action="store_true", default=None, help="the EMA weights (default when saved)")
@@ -41,11 +46,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from sunfish.checkpoint.export import export_checkpoint
-    from sunfish.checkpoint.files import read_state
 
-    out = export_checkpoint(args.path, args.out, best=args.best, ema=args.ema)
-    source = read_state(out).extra.get("exported_from")
-    print(f"exported {source} to {out}/model.safetensors (+ config.json, tokenizer.json, manifest.json)")
+    done = export_checkpoint(args.path, args.out, best=args.best, ema=args.ema, fmt=args.fmt)
+    print(f"exported {done.source} to {done.folder} as {args.fmt} ({', '.join(done.files)})")
     return 0
 
 
