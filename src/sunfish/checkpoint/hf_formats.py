@@ -89,8 +89,8 @@ def llada_refusal(cfg: RunConfig) -> str | None:
     """The sentence refusing a model LLaDA's architecture does not cover, or None."""
     for limit in LLADA_LIMITS:
         if limit.used(cfg):
-            return (f"LLaDA's architecture has no {limit.feature}, which this model uses; export it with --format hf "
-                    "(or sunfish) instead")
+            return (f"this model uses {limit.feature}, which LLaDA's architecture does not have; export it with "
+                    "--format hf (or sunfish) instead")
     return None
 
 
