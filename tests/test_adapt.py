@@ -215,13 +215,15 @@ def test_commit_order_and_trajectory_masking_in_the_loss(llama_dir, tmp_path):
     assert objective.trajectory_rows == 3
 
 
-@pytest.mark.parametrize("qk_norm,tie,norm_weights", [(False, False, True), (True, True, False)])
-def test_sunfish_model_exports_to_an_equivalent_hf_model(qk_norm, tie, norm_weights):
+@pytest.mark.parametrize("qk_norm,tie,norm_weights,kv,bias", [(False, False, True, 0, False), (True, True, False, 0, False),
+                                                          (False, False, True, 2, True)])
+def test_sunfish_model_exports_to_an_equivalent_hf_model(qk_norm, tie, norm_weights, kv, bias):
     from sunfish.adapt.export import sunfish_to_hf
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, context=64, qk_norm=qk_norm,
-                                    tie_embeddings=tie, norm_weights=norm_weights, rope_base=500.0)).eval()
+                                    tie_embeddings=tie, norm_weights=norm_weights, rope_base=500.0, n_kv_heads=kv,
+                                    qkv_bias=bias, norm_eps=1e-6 if bias else 0.0)).eval()
     for p in model.parameters():  # weights far from the init, so a wrong map cannot hide
         torch.nn.init.normal_(p, 1.0, 0.2) if p.dim() == 1 else torch.nn.init.normal_(p, std=0.3)
     hf = sunfish_to_hf(model)

@@ -19,7 +19,7 @@ import torch
 
 from sunfish.config import MLPKind, TimeCond
 from sunfish.families.base import rope_flip
-from sunfish.model.transformer import Transformer, ff_width
+from sunfish.model.transformer import Transformer, ff_width, kv_heads
 
 
 def _check_exportable(model: Transformer) -> None:
@@ -34,13 +34,28 @@ def hf_config_of(model: Transformer):
 
     cfg = model.cfg
     common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=ff_width(cfg),
-                  num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
-                  max_position_embeddings=cfg.context, rms_norm_eps=torch.finfo(torch.float32).eps,
-                  tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu", attention_bias=False)
+                  num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=kv_heads(cfg),
+                  max_position_embeddings=cfg.context, rms_norm_eps=cfg.norm_eps or torch.finfo(torch.float32).eps,
+                  tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu", attention_bias=cfg.qkv_bias)
     rope = {"rope_type": "default", "rope_theta": cfg.rope_base}
     if cfg.qk_norm:
         return Qwen3Config(head_dim=cfg.d_model // cfg.n_heads, rope_parameters=rope, **common)
     return LlamaConfig(rope_parameters=rope, mlp_bias=False, **common)
+
+
+def _attention(attn, prefix: str, cfg) -> dict[str, torch.Tensor]:
+    """q/k/v projections (and biases; o_proj gets a zero bias, as Llama's attention_bias has one) in HF layout."""
+    heads = {"q": cfg.n_heads, "k": kv_heads(cfg), "v": 0}
+    out = {}
+    for name in ("weight", "bias"):
+        tensor = getattr(attn.qkv, name)
+        if tensor is None:
+            continue
+        for proj, part in zip("qkv", tensor.split(attn.split, dim=0)):
+            out[f"{prefix}{proj}_proj.{name}"] = rope_flip(part, heads[proj]) if heads[proj] else part
+    if attn.qkv.bias is not None:
+        out[f"{prefix}o_proj.bias"] = torch.zeros(cfg.d_model)
+    return out
 
 
 def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
@@ -52,11 +67,9 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
            "model.norm.weight": model.final_norm.weight if model.final_norm.weight is not None else ones}
     for i, block in enumerate(model.blocks):
         p = f"model.layers.{i}."
-        q, k, v = block.attn.qkv.weight.split(D, dim=0)
+        out |= _attention(block.attn, p + "self_attn.", cfg)
         gate, up = block.mlp.up.weight.split(H, dim=0)
-        out |= {p + "self_attn.q_proj.weight": rope_flip(q, cfg.n_heads),
-                p + "self_attn.k_proj.weight": rope_flip(k, cfg.n_heads),
-                p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": block.attn.out.weight,
+        out |= {p + "self_attn.o_proj.weight": block.attn.out.weight,
                 p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
                 p + "mlp.down_proj.weight": block.mlp.down.weight,
                 p + "input_layernorm.weight": block.norm1.weight if block.norm1.weight is not None else ones,
