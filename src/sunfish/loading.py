@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from sunfish.checkpoint.files import SourceKind, read_config, resolve_checkpoint, source_kind
+from sunfish.checkpoint.files import SOURCE_CONFIG, SourceKind, read_config, read_state, resolve_checkpoint, source_kind
 from sunfish.checkpoint.weights import load_network
 from sunfish.config import RunConfig
 from sunfish.families.base import family_of
-from sunfish.families.open import SOURCE_CONFIG, family_tokenizer, open_family, read_hf_config
+from sunfish.families.open import family_tokenizer, open_family, read_hf_config
 from sunfish.registry import ProcessSpec, spec_of
 from sunfish.runtime import inference_dtype
 from sunfish.tokenizer import Tokenizer
@@ -45,6 +45,8 @@ class LoadedModel:
     spec: ProcessSpec = field(init=False)  # the process entry (sunfish/registry.py)
     unavailable: dict[str, str] = field(default_factory=dict)  # sampler fields this network cannot do -> why
     mixed_batches: bool = True  # the network takes left-padded batches of mixed-length prompts
+    step: int | None = None  # training steps of the checkpoint; None for a public model's folder
+    hf_config: dict | None = None  # a public model's original config.json (its folder, or a converted checkpoint)
 
     def __post_init__(self) -> None:
         self.spec = spec_of(self.cfg.process)
@@ -56,28 +58,25 @@ class LoadedModel:
 
 def _open_sunfish(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | None) -> LoadedModel:
     model, _ = load_network(ckpt, device, ema)
-    return LoadedModel(model=model, tokenizer=_tokenizer_of(ckpt), cfg=cfg, path=ckpt)
-
-
-def _tokenizer_of(ckpt: Path):
-    """Sunfish's tokenizer.json, or (a converted public model) the model's own tokenizer and special ids."""
     if not (ckpt / SOURCE_CONFIG).is_file():
-        return Tokenizer.load(ckpt / "tokenizer.json")
-    config = read_hf_config(ckpt, SOURCE_CONFIG)
-    return family_tokenizer(ckpt, family_of(config, str(ckpt)), config)
+        return LoadedModel(model=model, tokenizer=Tokenizer.load(ckpt / "tokenizer.json"), cfg=cfg, path=ckpt,
+                           step=read_state(ckpt).step)
+    config = read_hf_config(ckpt, SOURCE_CONFIG)  # a converted public model: its own tokenizer and special ids
+    return LoadedModel(model=model, tokenizer=family_tokenizer(ckpt, family_of(config, str(ckpt)), config), cfg=cfg,
+                       path=ckpt, step=read_state(ckpt).step, hf_config=config)
 
 
 def _open_hf(folder: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """A public checkpoint read straight into `dtype` (no fp32 copy on the way)."""
     model, tokenizer, cfg = open_family(folder, device, dtype)
-    return LoadedModel(model=model, tokenizer=tokenizer, cfg=cfg, path=folder)
+    return LoadedModel(model=model, tokenizer=tokenizer, cfg=cfg, path=folder, hf_config=read_hf_config(folder))
 
 
 def _open_adapted(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | None) -> LoadedModel:
     from sunfish.adapt.model import load_adapted
 
     model, tokenizer = load_adapted(ckpt, cfg, device)
-    return LoadedModel(model=model, tokenizer=tokenizer, cfg=cfg, path=ckpt,
+    return LoadedModel(model=model, tokenizer=tokenizer, cfg=cfg, path=ckpt, step=read_state(ckpt).step,
                        unavailable=dict(getattr(model, "UNAVAILABLE", {})),
                        mixed_batches=getattr(model, "MIXED_BATCHES", True))
 

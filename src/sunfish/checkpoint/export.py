@@ -21,7 +21,7 @@ from typing import Callable
 
 from safetensors.torch import save_model
 
-from sunfish.checkpoint.files import CheckpointError, best_checkpoint, is_checkpoint, read_state, write_manifest
+from sunfish.checkpoint.files import SOURCE_CONFIG, CheckpointError, best_checkpoint, is_checkpoint, write_manifest
 from sunfish.checkpoint.hf_formats import PROVENANCE, write_hf, write_llada
 from sunfish.config import save_config
 from sunfish.fileio import replace_folder
@@ -41,17 +41,21 @@ class Exported:
 
 
 def _write_sunfish(loaded, folder: Path) -> None:
+    """Sunfish's checkpoint layout; a public model keeps its tokenizer files and its config.json (hf_config.json)."""
     save_model(loaded.model, str(folder / "model.safetensors"))
     save_config(loaded.cfg, folder / "config.json")
-    loaded.tokenizer.save(folder / "tokenizer.json")
-    body = {"step": read_state(loaded.path).step, "data_fingerprint": "", "exported_from": str(loaded.path)}
+    if loaded.hf_config is None:
+        loaded.tokenizer.save(folder / "tokenizer.json")
+    else:
+        loaded.tokenizer.save_pretrained(folder)
+        (folder / SOURCE_CONFIG).write_text(json.dumps(loaded.hf_config, indent=2) + "\n", encoding="utf-8")
+    body = {"step": loaded.step or 0, "data_fingerprint": "", "exported_from": str(loaded.path)}
     (folder / "state.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     write_manifest(folder)
 
 
 def _write_provenance(loaded, folder: Path, fmt: ExportFormat) -> None:
-    step = read_state(loaded.path).step if (loaded.path / "state.json").is_file() else None  # None: a Hugging Face folder
-    body = {"format": fmt.value, "exported_from": str(loaded.path), "step": step}
+    body = {"format": fmt.value, "exported_from": str(loaded.path), "step": loaded.step}
     (folder / PROVENANCE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
 
 
@@ -65,7 +69,7 @@ def _replaceable(out: Path) -> bool:
 
 
 def export_checkpoint(path: str | Path, out: Path, *, best: bool = False, ema: bool | None = None,
-                      fmt: ExportFormat | str = ExportFormat.SUNFISH) -> Exported:
+                      fmt: ExportFormat | str = ExportFormat.SUNFISH, dtype: str = "fp32") -> Exported:
     """Write the checkpoint of `path` (a run: its newest, or with `best` its lowest validation loss) to OUT in `fmt`."""
     from sunfish.loading import load_model
 
@@ -77,7 +81,7 @@ def export_checkpoint(path: str | Path, out: Path, *, best: bool = False, ema: b
         path = chosen
     if not _replaceable(out):
         raise CheckpointError(f"'{out}' exists and is not an earlier export; choose an empty or new --out folder")
-    loaded = load_model(path, "cpu", ema=ema)
+    loaded = load_model(path, "cpu", ema=ema, dtype=dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

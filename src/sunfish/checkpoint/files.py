@@ -25,6 +25,7 @@ PREFIX = "step-"
 SMALL = ("config.json", "tokenizer.json", "state.json")
 MANIFEST = "manifest.json"
 SHARDED = "state"
+SOURCE_CONFIG = "hf_config.json"  # a converted public model keeps its original config.json under this name
 
 
 class CheckpointError(ValueError):

@@ -60,7 +60,6 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
     from sunfish.eval.likelihood import UnsupportedProcess, evaluate_likelihood, held_out
     from sunfish.eval.translation import TranslationUnsupported, read_pairs, translation_suite
     from sunfish.api import load
-    from sunfish.checkpoint.files import read_state
     from sunfish.runtime import setup_runtime
 
     if "translation" in suites:
@@ -72,7 +71,7 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
         raise EvalError("the likelihood and infill suites need held-out text: pass --data FILE...")
     seq_len = min(cfg.seq_len or loaded.cfg.train.seq_len or loaded.cfg.model.context, loaded.cfg.model.context)
     body: dict = {"checkpoint": str(loaded.path), "run_dir": str(run_dir_of(loaded.path)),
-                  "step": read_state(loaded.path).step, "process": loaded.cfg.process.kind.value,
+                  "step": loaded.step, "process": loaded.cfg.process.kind.value,
                   "block_size": loaded.cfg.process.block_size, "loss": loaded.cfg.process.loss.value,
                   "preset": loaded.cfg.preset, "data": [str(d) for d in data], "seq_len": seq_len,
                   "eval_config": dataclasses.asdict(cfg), "suites": {}}

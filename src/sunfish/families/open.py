@@ -15,7 +15,6 @@ from sunfish.families.base import Family, UnsupportedModel, family_of
 from sunfish.families.weights import load_family_weights
 
 HF_CONFIG = "config.json"
-SOURCE_CONFIG = "hf_config.json"  # a converted checkpoint keeps the original config.json under this name
 
 
 def read_hf_config(folder: Path, name: str = HF_CONFIG) -> dict:
