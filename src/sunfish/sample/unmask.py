@@ -10,6 +10,8 @@ step the model predicts the masked positions of the active block and a rule comm
   rest stay masked ("low-confidence remasking").
 * ANCESTRAL (MDLM, Sahoo et al. 2024): from time t to s < t each mask is revealed with probability
   (alpha(s) - alpha(t)) / (1 - alpha(t)); the last step of a block reveals the rest.
+* ANCESTRAL_TOPK (Dream, Ye et al. 2025): that step's expected count, truncated (`dream_count`), of the
+  positions the policy ranks highest; steps that would commit nothing are skipped.
 * THRESHOLD, FACTOR, ENTROPY_BOUND: adaptive rules (see `policies.py`); the step count follows the text.
 
 Context tokens are never touched, and committed tokens never change unless `cfg.remask` takes some back
@@ -27,7 +29,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from sunfish.config import CacheMode, SamplerConfig, CommitRule
+from sunfish.config import CacheMode, CommitRule, RemaskKind, SamplerConfig
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.batch import Generators, Padding, uniform
@@ -253,12 +255,16 @@ def denoise_blocks(
     generated = x == mask_id  # (B, L)
     psi = torch.zeros(x.shape, device=x.device)  # confidence of each token when it was committed (ReMDM conf)
     sizes = [int((x[:, lo:hi] == mask_id).sum(1).max()) for lo, hi in blocks]
-    budget = [1] * len(blocks) if cfg.rule in ADAPTIVE else steps_per_block(min(cfg.steps, sum(sizes)), sizes)
+    total = cfg.steps if cfg.rule is CommitRule.ANCESTRAL_TOPK else min(cfg.steps, sum(sizes))  # see _Plan.start
+    budget = [1] * len(blocks) if cfg.rule in ADAPTIVE else steps_per_block(total, sizes)
     step, extra, drift = 0, 0, []
     for (lo, hi), n_steps in zip(blocks, budget):
         predict.refresh()
         plan = _Plan.start(x[:, lo:hi] == mask_id, n_steps, cfg)
         while (x[:, lo:hi] == mask_id).any() and plan.more(cfg, hi - lo):
+            if plan.idle(x[:, lo:hi] == mask_id, cfg, schedule):
+                plan.k += 1
+                continue
             logits = predict(x, lo, hi)
             block = x[:, lo:hi]
             chosen, drawn, conf, remasked = _choose(logits, block == mask_id, generated[:, lo:hi], psi[:, lo:hi],
@@ -292,7 +298,11 @@ class _Plan:
 
     @staticmethod
     def start(masked: torch.Tensor, n_steps: int, cfg: SamplerConfig) -> "_Plan":
-        n_steps = max(1, min(n_steps, int(masked.sum(1).max())))
+        # More steps than masks would only add steps that commit nothing, except under ancestral_topk: Dream's float32
+        # counts over N steps > masks are not those over fewer (the last commits differ), so its N is kept (the
+        # steps that commit nothing are skipped, see idle)
+        if cfg.rule is not CommitRule.ANCESTRAL_TOPK:
+            n_steps = max(1, min(n_steps, int(masked.sum(1).max())))
         counts = transfer_counts(masked.sum(1), n_steps) if cfg.rule is CommitRule.FIXED else None
         return _Plan(k=0, n_steps=n_steps, counts=counts)
 
@@ -304,6 +314,23 @@ class _Plan:
             raise ValueError(f"decoding made no progress in {self.k} steps on a block of {width}: the model keeps "
                              "drawing [MASK]; sample with --sampler.suppress_special=true (the default)")
         return True
+
+    def idle(self, masked: torch.Tensor, cfg: SamplerConfig, schedule: MaskSchedule) -> bool:
+        """Would this step commit nothing in any row? Only ancestral_topk steps can (without remasking); Dream
+        runs the network for them all the same, which changes no token, so they are skipped."""
+        if cfg.rule is not CommitRule.ANCESTRAL_TOPK or cfg.remask is not RemaskKind.NONE:
+            return False
+        return not bool(dream_count(masked.sum(1), self.k, self.n_steps, schedule).any())
+
+
+def dream_count(masks: torch.Tensor, k: int, n_steps: int, schedule: MaskSchedule) -> torch.Tensor:
+    """Dream's commits at step k of n_steps for rows with `masks` (B,) masks: the ancestral step's expected count
+    truncated, floor(m (a_s - a_t) / (1 - a_t)) (linear: floor(m (1 - s / t))), with times t = linspace(1, eps,
+    n_steps + 1) in float32 as Dream computes them; every remaining mask at the last step. (B,) -> (B,)"""
+    if k == n_steps - 1:
+        return masks
+    times = torch.linspace(1.0, schedule.eps, n_steps + 1)
+    return (masks.float() * schedule.reveal_fraction(times[k], times[k + 1]).to(masks.device)).long()
 
 
 def _widen(block_mask: torch.Tensor, x: torch.Tensor, lo: int) -> torch.Tensor:
@@ -339,12 +366,8 @@ def _rule(probs, drawn, candidates, cfg: SamplerConfig, plan: _Plan, generator, 
     if cfg.rule in ADAPTIVE:
         return adaptive_count(probs, drawn, candidates, cfg)
     scores = policy_scores(probs, drawn, cfg.policy, generator, rows)
-    if cfg.rule is CommitRule.ANCESTRAL_TOPK:  # Dream: times linspace(1, eps, N + 1), float32, truncated count
-        times = torch.linspace(1.0, schedule.eps, n_steps + 1)
-        masks = candidates.sum(-1)
-        if k == n_steps - 1:
-            return scores, masks
-        return scores, (masks.float() * schedule.reveal_fraction(times[k], times[k + 1]).to(masks.device)).long()
+    if cfg.rule is CommitRule.ANCESTRAL_TOPK:
+        return scores, dream_count(candidates.sum(-1), k, n_steps, schedule)
     return scores, plan.counts[:, k].to(candidates.device)  # LLaDA's fixed counts
 
 
