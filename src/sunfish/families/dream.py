@@ -48,7 +48,10 @@ def _special_ids(c: dict) -> dict[str, int]:
 
 
 # Dream's own decoding: the whole canvas as one block, the ancestral step's expected count per step, in order
-# of negative entropy (see the README's table of upstream samplers).
+# of negative entropy (docs/upstream_samplers.md). top_k 50: `diffusion_generate` builds its generation config
+# from the model config, which under transformers 4.46 (Dream's pin) carries PretrainedConfig's top_k = 50, so
+# unless a caller passes top_k, Dream keeps the 50 likeliest tokens and computes confidences and entropies on them.
 DREAM = Family(name="dream", label="Dream", detect=_detect, check=_check, model_config=_model_config, recipe=_recipe,
                special_ids=_special_ids,
-               sampler=SamplerConfig(length=128, steps=128, rule=CommitRule.ANCESTRAL_TOPK, policy=Policy.ENTROPY))
+               sampler=SamplerConfig(length=128, steps=128, rule=CommitRule.ANCESTRAL_TOPK, policy=Policy.ENTROPY,
+                                     top_k=50))
