@@ -74,3 +74,12 @@ def make_model(cfg: ModelConfig, seed: int = 0):
 
 def replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory):
+    """Tiny LLaDA and Dream folders made by the upstream code and what it computed on them (tests/public_models.py);
+    skipped where ../shared/reference or its environment is missing."""
+    from public_models import build
+
+    return build(tmp_path_factory.mktemp("public"))
