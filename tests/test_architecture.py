@@ -65,7 +65,7 @@ def test_flags_that_do_nothing_for_the_process_are_refused_in_one_sentence(runs,
 def test_flags_that_do_nothing_under_the_other_settings_are_refused(runs, capsys):
     run = str(runs["masked"])
     assert "sampler.threshold does nothing with sampler.rule = fixed" in cli_error(capsys, ["sample", run, "--threshold", "0.5"])
-    assert "sampler.top_k does nothing with sampler.temperature = 0.0" in cli_error(capsys, ["sample", run, "--top-k", "5"])
+    assert "sampler.factor does nothing with sampler.rule = fixed" in cli_error(capsys, ["sample", run, "--factor", "2"])
     assert "remasking" in cli_error(capsys, ["sample", run, "--remask-eta", "0.2"])
     assert "adaptive rules" in cli_error(capsys, ["sample", run, "--rule", "threshold", "--steps", "8"])
     assert "drift" in cli_error(capsys, ["sample", run, "--drift"])

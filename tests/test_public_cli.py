@@ -150,8 +150,6 @@ def test_python_api_generates_infills_and_scores(upstream):
         assert 0 < score.nats_per_token < 2 * torch.log(torch.tensor(300.0)).item()  # a random model: about log V
 
 
-@pytest.mark.xfail(strict=True, reason="eval/report.py reads the training step from state.json, which a Hugging "
-                   "Face folder does not have (see the report of the oracle branch)")
 def test_eval_likelihood_runs(upstream, tmp_path, capsys):
     (tmp_path / "held.txt").write_text("the cat sat on the mat.\nthe dog ran to the park.\n")
     body = _run_json(capsys, ["eval", str(upstream.root / "llada"), "--suite", "likelihood", "--data",

@@ -28,8 +28,6 @@ ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
     "remask_eta": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
     "remask_start": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
     "remask_end": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
-    "top_k": ("temperature", lambda v: v > 0, "sampling at a temperature above 0 (greedy decoding takes the argmax)"),
-    "top_p": ("temperature", lambda v: v > 0, "sampling at a temperature above 0 (greedy decoding takes the argmax)"),
     "eta": ("solver", (Solver.AUTO, Solver.DDIM), "the ddim solver (ddpm is eta = 1)"),
 }
 

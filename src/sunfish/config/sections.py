@@ -127,7 +127,7 @@ class SamplerConfig(Section):
     SECTION = "sampler"
 
     length: int = knob(64, "tokens to generate", lo=1)
-    steps: int = knob(32, "denoising steps, 1..length", lo=1)
+    steps: int = knob(32, "denoising steps (the fixed and ancestral rules use at most one per token)", lo=1)
     policy: Policy = knob(Policy.CONFIDENCE, "which masked positions the fixed rule reveals first")
     rule: CommitRule = knob(CommitRule.FIXED, "how many positions a step commits: fixed count, ancestral, threshold, factor, entropy_bound")
     block_length: int = knob(0, "semi-autoregressive block size in tokens; 0 = one block", lo=0)

@@ -61,16 +61,14 @@ def dispatch(args: argparse.Namespace) -> int | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sunfish.checkpoint.files import run_dir_of
     from sunfish.eval.report import parse_suites, run_eval, summary_rows, text_table, write_report
-    from sunfish.checkpoint.files import resolve_checkpoint
 
     cfg = eval_config(args)
     suites = parse_suites(args.suite, has_parallel=bool(args.parallel))
     quiet = (lambda _: None) if args.json else print
     body = run_eval(args.path, args.data, suites, cfg, ref_model=args.ref_model, parallel=args.parallel,
                     device=args.device, dtype=args.dtype, quantize=args.quantize, log=quiet)
-    out = args.out or run_dir_of(resolve_checkpoint(args.path)) / "eval"
+    out = args.out or Path(body["run_dir"]) / "eval"  # a run's folder, or a public model's own folder
     report = write_report(body, out)
     if args.json:
         print(json.dumps(body, ensure_ascii=False))
