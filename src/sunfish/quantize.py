@@ -173,7 +173,9 @@ def _config(ao, kind: Quantization, group: int):
     """torchao's config for `kind` (torchao 0.18); inductor settings are left alone (no global state)."""
     if kind is Quantization.INT8:
         return ao.Int8WeightOnlyConfig(set_inductor_config=False)
-    return ao.Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d",
+    from torchao.quantization.quantize_.workflows import Int4PackingFormat  # the default (PLAIN) needs mslk kernels
+
+    return ao.Int4WeightOnlyConfig(group_size=group, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D,
                                    set_inductor_config=False)
 
 
