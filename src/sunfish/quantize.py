@@ -4,19 +4,28 @@
     report = quantize(loaded.model, "int8")        # in place; report.layers, report.bytes_before, bytes_after
     weight_bytes(loaded.model)                     # int8 data + scales counted, not the float view torch shows
 
-Kinds (`Quantization`): `none`; `int8`, symmetric int8 weights with one scale per output row (CPU and CUDA);
-`int4`, asymmetric 4-bit weights in groups of up to 128 input columns, run by PyTorch's bf16 tinygemm
-kernel (CUDA with compute capability >= 8.0 only; torchao's tile-packed format pads each layer's input
-width to a multiple of 1,024, so small layers take *more* bytes in int4 than in bf16). Activations stay in
-the model's dtype: W x is computed as (q . s) x (per-row scale s), so fp32, bf16 and fp16 models all work.
+Kinds (`Quantization`): `none`; `int8`, symmetric int8 weights with one fp32 scale per output row (CPU and
+CUDA; torchao 0.18 also keeps an all-zero int8 zero point per row, so a layer takes 1/4 + 5/(4 K) of its fp32
+bytes); `int4`, asymmetric 4-bit weights in groups of up to 128 input columns, run by PyTorch's bf16
+tinygemm kernel (CUDA with compute capability >= 8.0 only; torchao's tile-packed format pads each layer's
+input width to a multiple of 1,024, so narrow layers take *more* bytes in int4 than in bf16). Activations
+stay in the model's dtype: torchao computes W x as (q x) * s, so fp32, bf16 and fp16 models all work.
+
+Speed: weight-only int8 converts the int8 weight to the activation dtype at every matmul (torchao's eager
+path), so it saves memory, not time, unless a fused kernel does the matmul. Measured on a 2-core Xeon with
+AMX (benchmarks/quantization.py): 0.85-0.88x of fp32's decoding speed; int8 over bf16 1.79x of fp32 at width
+512 (bf16's AMX matmul, 2.35x alone) and 0.88x at width 128; torch.compile did not help int8 there.
 
 What is quantized: every nn.Linear inside the transformer blocks (attention qkv and out, MLP up and down,
 adaLN projections): nearly all of a model's weights and matmul time. Left in the model's dtype:
-- the embedding: a lookup, so int8 storage would save bytes but no time, and torchao has no int8
-  embedding lookup kernel;
-- the LM head (unless `head=True`): its output is the logits themselves, where rounding errors are not
-  averaged away by later layers; the benchmark (benchmarks/quantization.py) measures both ways. A head
-  tied to the embedding is never quantized (it would become a second, int8 copy of the table);
+- the embedding: a lookup, and torchao's Int8Tensor looks up by dequantizing the whole table at every
+  call (a transient full-precision copy: no time or peak memory saved); the continuous and flow processes
+  also read `embed.weight` directly;
+- the LM head (unless `head=True`): its output is the logits themselves, where its rounding is not averaged
+  by later layers. Measured (128 x 4 character model): the head doubles the one-pass KL to fp32 (5.3e-6 to
+  1.2e-5 nats) and greedy agreement falls from 0.971 to 0.795, for 0.03 MB (1% of the weights). With a
+  large vocabulary the head is a larger share (LLaDA: 6%), hence the switch. A head tied to the embedding
+  is never quantized (it would become a second, int8 copy of the table);
 - the time embedding and a process's own layers (continuous diffusion's projections): small.
 
 Models: Sunfish's `Transformer` (runs, checkpoints, LLaDA/Dream folders) and adapted runs (`DiffusionLM`
