@@ -131,3 +131,17 @@ def test_grouped_query_biased_shifted_models_train_and_sample(tmp_path, capsys):
     err = cli_error(capsys, ["train", "--preset", "nano", "--out", str(tmp_path / "x"), "--process", "ar",
                              "--model.layout=shifted", *TINY])
     assert "model.layout=same" in err
+
+
+def test_quantized_weights_through_the_command_line(folders, capsys):
+    pytest.importorskip("torchao")
+    run = str(folders["llada"])
+    capsys.readouterr()
+    argv = ["sample", run, "--prompt", "hello", "--length", "8", "--steps", "8", "--json"]
+    assert main([*argv, "--quantize", "int8"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"].startswith("hello")
+    assert "int4" in cli_error(capsys, [*argv, "--quantize", "int4"])  # CUDA only
+    model = load(folders["llada"], device="cpu", quantize="int8")
+    from sunfish.quantize import weight_bytes
+
+    assert weight_bytes(model.model) < 0.6 * weight_bytes(load(folders["llada"], device="cpu").model)
