@@ -88,3 +88,26 @@ def write_dream(folder: Path, *, d=64, heads=4, kv=2, layers=2, ff=128, seed=1) 
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     write_tokenizer(folder)
     return folder
+
+
+def write_dream_tokenizer(folder: Path) -> None:
+    """Dream's own tokenizer files: vocab.json + merges.txt of a byte-level BPE (a few merges), specials in
+    tokenizer_config.json's added_tokens_decoder, and the tokenizer class of the folder's own code
+    (DreamTokenizer through auto_map), as the released Dream folders have them (no tokenizer.json)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a")]
+    vocab |= {a + b: len(vocab) + i for i, (a, b) in enumerate(merges)}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
+    added = {str(len(vocab) + i): {"content": t, "lstrip": False, "rstrip": False, "normalized": False,
+                                   "single_word": False, "special": True} for i, t in enumerate(specials)}
+    config = {"tokenizer_class": "DreamTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+              "added_tokens_decoder": added, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+              "mask_token": "<|mask|>", "bos_token": None, "errors": "replace", "clean_up_tokenization_spaces": False,
+              "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")

@@ -145,3 +145,20 @@ def test_quantized_weights_through_the_command_line(folders, capsys):
     from sunfish.quantize import weight_bytes
 
     assert weight_bytes(model.model) < 0.6 * weight_bytes(load(folders["llada"], device="cpu").model)
+
+
+def test_dreams_own_tokenizer_class_is_read_without_its_code_and_gives_its_ids(tmp_path):
+    """Released Dream folders name DreamTokenizer (their own code) and ship vocab.json + merges.txt: Sunfish reads
+    them with transformers' Qwen2Tokenizer, never asking to run the folder's code, and gets Dream's own ids."""
+    from oracle import run_oracle
+    from public_folders import write_dream_tokenizer
+    from sunfish.families.open import _hf_tokenizer
+
+    write_dream_tokenizer(tmp_path)
+    text = "the heat in a tin, Привет 123 <|im_end|> ok\n\tthe"
+    ours = _hf_tokenizer(tmp_path)
+    theirs = run_oracle("from dream.tokenization_dream import DreamTokenizer\n"
+                        "t = DreamTokenizer.from_pretrained(folder)\n"
+                        "result = {'ids': t.encode(text, add_special_tokens=False), 'mask': t.mask_token_id}",
+                        folder=str(tmp_path), text=text)
+    assert ours.encode(text, add_special_tokens=False) == theirs["ids"] and ours.mask_token_id == theirs["mask"]

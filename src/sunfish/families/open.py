@@ -35,27 +35,42 @@ def run_config_of(family: Family, config: dict) -> RunConfig:
                      sampler=family.sampler, preset=f"hf:{family.name}")
 
 
+def _custom_class(folder: Path) -> bool:
+    """True when the folder's tokenizer_config.json names a tokenizer class of its own code (auto_map, or a class
+    transformers does not have): AutoTokenizer would ask to run that code, so it is never called for it."""
+    import transformers
+
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    name = config.get("tokenizer_class")
+    return "auto_map" in config or (isinstance(name, str) and not hasattr(transformers, name))
+
+
 def _hf_tokenizer(folder: Path):
-    """The folder's tokenizer without running code from it: AutoTokenizer when its class is transformers' own,
-    else its tokenizer.json (custom classes such as Dream's wrap a standard byte-level BPE)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    """The folder's tokenizer without running code from it: AutoTokenizer when its class is transformers' own; for
+    a class of its own (Dream's DreamTokenizer, a Qwen2 byte-level BPE), its tokenizer.json, or its vocab.json and
+    merges.txt read by transformers' Qwen2Tokenizer (the same ids as Dream's class: tests/test_public_cli.py)."""
+    from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
     from transformers.utils import logging
 
-    logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns that it names an unknown model type
-    try:
-        with warnings.catch_warnings():  # ... and that Dream's config still spells rope_scaling the old way
-            warnings.simplefilter("ignore", FutureWarning)
-            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as err:
-        if not (folder / "tokenizer.json").is_file():
-            raise UnsupportedModel(f"cannot load the tokenizer in '{folder}' ({str(err).splitlines()[0]}); the folder "
-                                   "needs tokenizer.json or a tokenizer class transformers knows") from None
-    extra = {}
-    if (folder / "tokenizer_config.json").is_file():
-        tc = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        extra = {k: tc[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token", "chat_template")
-                 if isinstance(tc.get(k), str)}
-    return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **extra)
+    logging.set_verbosity_error()  # transformers warns that config.json names a model type it does not know
+    with warnings.catch_warnings():  # ... and that Dream's config still spells rope_scaling the old way
+        warnings.simplefilter("ignore", FutureWarning)
+        if not _custom_class(folder):
+            from transformers import AutoTokenizer
+
+            try:
+                return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+            except (OSError, ValueError, KeyError) as err:
+                reason = str(err).splitlines()[0]
+        else:
+            reason = "its tokenizer class is the folder's own code"
+        if (folder / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(str(folder))
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            return Qwen2Tokenizer.from_pretrained(str(folder))
+    raise UnsupportedModel(f"cannot load the tokenizer in '{folder}' ({reason}); the folder needs tokenizer.json, or "
+                           "vocab.json and merges.txt, or a tokenizer class transformers knows")
 
 
 def family_tokenizer(folder: Path, family: Family, config: dict):
