@@ -76,6 +76,22 @@ def rope_flip(w: torch.Tensor, heads: int) -> torch.Tensor:
     return rows.reshape(w.shape)
 
 
+def config_special_ids(config: dict) -> dict[str, int]:
+    """The mask / EOS / PAD / BOS ids a config.json names (the keys both families use)."""
+    keys = {"mask": "mask_token_id", "eos": "eos_token_id", "pad": "pad_token_id", "bos": "bos_token_id"}
+    return {k: int(config[v]) for k, v in keys.items() if config.get(v) is not None}
+
+
+def llama_recipe(cfg: ModelConfig, ends: dict[str, str], names: dict[str, str], bias: bool) -> dict[str, list[Part]]:
+    """A Llama-shaped model's recipe: `ends` names the checkpoint's embedding, final norm and (untied) head
+    tensors ("embed", "norm", "head"); `names` the per-block ones (see block_recipe)."""
+    out = {"embed.weight": [Part(ends["embed"])], "final_norm.weight": [Part(ends["norm"])],
+           **block_recipe(cfg, names, bias)}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = [Part(ends["head"])]
+    return out
+
+
 def block_recipe(cfg: ModelConfig, names: dict[str, str], bias: bool) -> dict[str, list[Part]]:
     """The per-block entries of a Llama-shaped recipe; `names` maps q, k, v, o, gate, up, down, norm1, norm2 to
     checkpoint names containing `{i}`."""

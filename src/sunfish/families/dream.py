@@ -8,7 +8,7 @@ model_type "Dream", Qwen2 names; tensors `model.embed_tokens`, `model.layers.N.s
 from __future__ import annotations
 
 from sunfish.config import CommitRule, Layout, ModelConfig, Policy, SamplerConfig
-from sunfish.families.base import Family, Part, block_recipe, refuse
+from sunfish.families.base import Family, Part, config_special_ids, llama_recipe, refuse
 
 
 def _detect(c: dict) -> bool:
@@ -35,16 +35,8 @@ def _recipe(cfg: ModelConfig, c: dict) -> dict[str, list[Part]]:
     names = {"q": b + "self_attn.q_proj", "k": b + "self_attn.k_proj", "v": b + "self_attn.v_proj",
              "o": b + "self_attn.o_proj", "gate": b + "mlp.gate_proj", "up": b + "mlp.up_proj",
              "down": b + "mlp.down_proj", "norm1": b + "input_layernorm", "norm2": b + "post_attention_layernorm"}
-    out = {"embed.weight": [Part("model.embed_tokens.weight")], "final_norm.weight": [Part("model.norm.weight")],
-           **block_recipe(cfg, names, bias=True)}
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = [Part("lm_head.weight")]
-    return out
-
-
-def _special_ids(c: dict) -> dict[str, int]:
-    keys = {"mask": "mask_token_id", "eos": "eos_token_id", "pad": "pad_token_id", "bos": "bos_token_id"}
-    return {k: int(c[v]) for k, v in keys.items() if c.get(v) is not None}
+    ends = {"embed": "model.embed_tokens.weight", "norm": "model.norm.weight", "head": "lm_head.weight"}
+    return llama_recipe(cfg, ends, names, bias=True)
 
 
 # Dream's own decoding: the whole canvas as one block, the ancestral step's expected count per step, in order
@@ -52,6 +44,6 @@ def _special_ids(c: dict) -> dict[str, int]:
 # from the model config, which under transformers 4.46 (Dream's pin) carries PretrainedConfig's top_k = 50, so
 # unless a caller passes top_k, Dream keeps the 50 likeliest tokens and computes confidences and entropies on them.
 DREAM = Family(name="dream", label="Dream", detect=_detect, check=_check, model_config=_model_config, recipe=_recipe,
-               special_ids=_special_ids,
+               special_ids=config_special_ids,
                sampler=SamplerConfig(length=128, steps=128, rule=CommitRule.ANCESTRAL_TOPK, policy=Policy.ENTROPY,
                                      top_k=50))

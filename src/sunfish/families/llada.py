@@ -8,7 +8,7 @@ output at position i predicts token i. config.json: model_type "llada", OLMo-sty
 from __future__ import annotations
 
 from sunfish.config import Layout, ModelConfig, SamplerConfig
-from sunfish.families.base import Family, Part, block_recipe, refuse
+from sunfish.families.base import Family, Part, config_special_ids, llama_recipe, refuse
 
 
 def _detect(c: dict) -> bool:
@@ -44,18 +44,10 @@ def _recipe(cfg: ModelConfig, c: dict) -> dict[str, list[Part]]:
     b = t + "blocks.{i}."
     names = {"q": b + "q_proj", "k": b + "k_proj", "v": b + "v_proj", "o": b + "attn_out", "gate": b + "ff_proj",
              "up": b + "up_proj", "down": b + "ff_out", "norm1": b + "attn_norm", "norm2": b + "ff_norm"}
-    out = {"embed.weight": [Part(t + "wte.weight")], "final_norm.weight": [Part(t + "ln_f.weight")],
-           **block_recipe(cfg, names, cfg.qkv_bias)}
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = [Part(t + "ff_out.weight")]
-    return out
-
-
-def _special_ids(c: dict) -> dict[str, int]:
-    keys = {"mask": "mask_token_id", "eos": "eos_token_id", "pad": "pad_token_id", "bos": "bos_token_id"}
-    return {k: int(c[v]) for k, v in keys.items() if c.get(v) is not None}
+    ends = {"embed": t + "wte.weight", "norm": t + "ln_f.weight", "head": t + "ff_out.weight"}
+    return llama_recipe(cfg, ends, names, cfg.qkv_bias)
 
 
 LLADA = Family(name="llada", label="LLaDA", detect=_detect, check=_check, model_config=_model_config, recipe=_recipe,
-               special_ids=_special_ids,
+               special_ids=config_special_ids,
                sampler=SamplerConfig(length=128, steps=128, block_length=32))
