@@ -141,6 +141,9 @@ def test_quantized_weights_through_the_command_line(folders, capsys):
     assert main([*argv, "--quantize", "int8"]) == 0
     assert json.loads(capsys.readouterr().out)["text"].startswith("hello")
     assert "int4" in cli_error(capsys, [*argv, "--quantize", "int4"])  # CUDA only
+    assert main([*argv, "--dtype", "bf16"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"].startswith("hello")
+    assert "invalid choice" in cli_error(capsys, [*argv, "--dtype", "fp8"])
     model = load(folders["llada"], device="cpu", quantize="int8")
     from sunfish.quantize import weight_bytes
 

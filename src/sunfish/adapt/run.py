@@ -67,7 +67,7 @@ def adapt_corpus(cfg: RunConfig, data: list[str] | None, tokenizer):
     """Train/validation splits tokenized by the base's tokenizer, as fixed windows."""
     from sunfish.adapt.windows import FixedWindowStream
     from sunfish.data.shards import is_prepared
-    from sunfish.training.loop import Corpus, build_corpus, load_corpus_documents
+    from sunfish.training.corpus import Corpus, build_corpus, load_corpus_documents
 
     if data and len(data) == 1 and is_prepared(data[0]):
         raise ValueError(f"'{data[0]}' is a prepared shard folder with its own tokenizer; adaptation keeps the base "

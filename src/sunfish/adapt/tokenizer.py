@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from sunfish.fileio import write_text_atomic
 
 MASK_TOKEN = "<|mask|>"
 
@@ -91,12 +92,7 @@ class HFTokenizer:
     def save(self, path: str | os.PathLike) -> None:
         """tokenizer.json into `path` (a .json file or a folder), atomically, like Sunfish's tokenizer."""
         path = Path(path)
-        target = path if path.suffix == ".json" else path / "tokenizer.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
-        os.replace(tmp, target)
+        write_text_atomic(path if path.suffix == ".json" else path / "tokenizer.json", self.to_json())
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """All the Hugging Face tokenizer files (special tokens and chat template included)."""

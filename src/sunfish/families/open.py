@@ -53,22 +53,26 @@ def _hf_tokenizer(folder: Path):
     from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
     from transformers.utils import logging
 
+    level = logging.get_verbosity()
     logging.set_verbosity_error()  # transformers warns that config.json names a model type it does not know
-    with warnings.catch_warnings():  # ... and that Dream's config still spells rope_scaling the old way
-        warnings.simplefilter("ignore", FutureWarning)
-        if not _custom_class(folder):
-            from transformers import AutoTokenizer
+    try:
+        with warnings.catch_warnings():  # ... and that Dream's config still spells rope_scaling the old way
+            warnings.simplefilter("ignore", FutureWarning)
+            if not _custom_class(folder):
+                from transformers import AutoTokenizer
 
-            try:
-                return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-            except (OSError, ValueError, KeyError) as err:
-                reason = str(err).splitlines()[0]
-        else:
-            reason = "its tokenizer class is the folder's own code"
-        if (folder / "tokenizer.json").is_file():
-            return PreTrainedTokenizerFast.from_pretrained(str(folder))
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            return Qwen2Tokenizer.from_pretrained(str(folder))
+                try:
+                    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+                except (OSError, ValueError, KeyError) as err:
+                    reason = str(err).splitlines()[0]
+            else:
+                reason = "its tokenizer class is the folder's own code"
+            if (folder / "tokenizer.json").is_file():
+                return PreTrainedTokenizerFast.from_pretrained(str(folder))
+            if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+                return Qwen2Tokenizer.from_pretrained(str(folder))
+    finally:
+        logging.set_verbosity(level)
     raise UnsupportedModel(f"cannot load the tokenizer in '{folder}' ({reason}); the folder needs tokenizer.json, or "
                            "vocab.json and merges.txt, or a tokenizer class transformers knows")
 

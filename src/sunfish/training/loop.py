@@ -18,14 +18,11 @@ from typing import Callable
 import torch
 
 from sunfish.config import ModelConfig, RunConfig, describe
-from sunfish.data.loader import TokenStream, split_documents
-from sunfish.data.shards import PreparedData, PreparedSplit, is_prepared
-from sunfish.data.sources import DataError, read_documents
 from sunfish.model.transformer import Transformer, build_model, count_parameters
 from sunfish.progress import progress as show_progress
 from sunfish.registry import attach_layers, training_loss
 from sunfish.runtime import Runtime, setup_runtime
-from sunfish.tokenizer import Tokenizer, train_tokenizer
+from sunfish.tokenizer import Tokenizer
 from sunfish.checkpoint.files import CheckpointError, list_checkpoints, newest_good_checkpoint
 from sunfish.validate import validate
 from sunfish.training.observe import MetricsLog, flops_per_token, peak_flops, peak_memory_gib
@@ -44,6 +41,7 @@ from sunfish.training.parallel import (
     reshard,
 )
 from sunfish.training.robust import BadStepGuard, RunInUseError, RunLock, StopRequest
+from sunfish.training.corpus import Corpus, open_corpus, seq_len_of
 from sunfish.training.state import RunState, Streams, Throughput, restore, save
 
 
@@ -55,52 +53,6 @@ class TrainResult:
     final_val_loss: float | None
     parameters: int
     seconds: float
-
-
-@dataclass
-class Corpus:
-    tokenizer: Tokenizer
-    train: TokenStream | PreparedSplit  # both offer len(), fingerprint(), check_length() and batches()
-    val: TokenStream | PreparedSplit
-
-
-def load_corpus_documents(cfg: RunConfig, data: list[str] | None) -> list[str]:
-    """Documents from files, or the built-in story corpus when no data is given."""
-    if data:
-        return read_documents(data)
-    from sunfish.data.synth import generate_stories
-
-    return generate_stories(cfg.data.synth_lang, cfg.data.synth_docs, cfg.train.seed)
-
-
-def build_corpus(cfg: RunConfig, docs: list[str], tokenizer: Tokenizer | None) -> Corpus:
-    """Split, train a tokenizer if none is given, and tokenize both splits."""
-    split = split_documents(docs, cfg.data.val_fraction, cfg.train.seed)
-    if tokenizer is None:
-        # Characters are collected from all documents so validation text never holds an unknown one.
-        source = docs if cfg.data.tokenizer.value == "char" else split.train
-        tokenizer = train_tokenizer(cfg.data.tokenizer.value, source, cfg.data.bpe_vocab)
-    make = lambda d: TokenStream.from_documents(d, tokenizer.encode_batch, tokenizer.bos_id, tokenizer.eos_id)
-    return Corpus(tokenizer=tokenizer, train=make(split.train), val=make(split.val))
-
-
-def open_corpus(cfg: RunConfig, data: list[str] | None, tokenizer: Tokenizer | None) -> Corpus:
-    """A folder from `sunfish data prepare` (its shards and tokenizer), or documents split and tokenized here."""
-    if data and len(data) == 1 and is_prepared(data[0]):
-        prepared = PreparedData.open(data[0])
-        own = prepared.tokenizer()
-        if tokenizer is not None and tokenizer.to_json() != own.to_json():
-            raise DataError(f"the tokenizer in '{data[0]}' differs from the checkpoint's; resume with the data the run was trained on")
-        return Corpus(tokenizer=own, train=prepared.split("train"), val=prepared.split("val"))
-    return build_corpus(cfg, load_corpus_documents(cfg, data), tokenizer)
-
-
-def seq_len_of(cfg: RunConfig) -> int:
-    seq_len = cfg.train.seq_len or cfg.model.context
-    if seq_len > cfg.model.context:
-        raise ValueError(f"train.seq_len ({seq_len}) exceeds model.context ({cfg.model.context})")
-    return seq_len
-
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -22,6 +22,7 @@ from sunfish.model.transformer import Transformer
 from sunfish.runtime import Runtime
 from sunfish.checkpoint.files import TrainingState, read_state
 from sunfish.checkpoint.weights import load_weights
+from sunfish.training.corpus import Corpus
 from sunfish.training.checkpoint import load_training_extras, prune_checkpoints, save_checkpoint
 from sunfish.training.observe import MetricsLog
 from sunfish.training.optim import WeightEMA
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from sunfish.progress import PlainProgress
-    from sunfish.training.loop import Corpus
 
 
 @dataclass
