@@ -95,14 +95,23 @@ def test_chat_uses_the_template_and_stops_at_its_end_of_turn(folders, capsys):
     assert "--system goes with --chat" in cli_error(capsys, ["sample", str(folders["llada"]), "--system", "x"])
 
 
-def test_a_model_without_a_chat_template_is_refused_in_one_sentence(capsys, tmp_path):
+def test_a_model_without_a_chat_template_chats_through_the_plain_default(capsys, tmp_path):
     from test_cli import TINY
     from test_train import DOCS
 
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(DOCS))
+    corpus.write_text("\n\n".join([*DOCS, "System: Be kind.\nUser: hi\nAssistant: hello"]))
     assert main(["train", "--preset", "nano", "--data", str(corpus), "--out", str(tmp_path / "r"), "--steps", "2", *TINY]) == 0
-    assert "no chat template" in cli_error(capsys, ["sample", str(tmp_path / "r"), "--chat", "--prompt", "hi"])
+    from sunfish.sample.chat import chat_format
+
+    model = load(tmp_path / "r", device="cpu")
+    form = chat_format(model.tokenizer, [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi "}])
+    assert form.prompt == "System: Be kind.\n\nUser: hi\n\nAssistant: " and form.stops == ("\n\nUser:",) and form.bos
+    capsys.readouterr()
+    assert main(["sample", str(tmp_path / "r"), "--chat", "--prompt", "hi", "--length", "8"]) == 0
+    assert "Assistant" not in capsys.readouterr().out
+    assert "unknown chat role 'robot'" in str(pytest.raises(ValueError, chat_format, model.tokenizer,
+                                                            [{"role": "robot", "content": "x"}]).value)
 
 
 def test_a_shifted_model_predicts_a_cached_span_as_the_full_pass_does():

@@ -22,6 +22,7 @@ VERB_MODULES = (
     "sunfish.eval.cli",  # eval, compare, lm-eval
     "sunfish.training.cli",  # export, estimate
     "sunfish.families.cli",  # convert
+    "sunfish.serve.cli",  # serve
 )
 TRAIN_SECTIONS = ("model", "process", "optim", "train", "data", "sampler")
 TRAIN_SHORT = ("steps", "save_every", "seed")  # --steps is --train.steps, ...
@@ -59,7 +60,7 @@ def _add_sampling(verbs: argparse._SubParsersAction) -> None:
     s.add_argument("--drift", action="store_true", help="with --cache: report cached-vs-exact drift per step (--json)")
     s.add_argument("--no-stop-at-eos", dest="sampler.stop_at_eos", action="store_const", const="false",
                    help="fill the whole canvas even after an EOS (= --sampler.stop_at_eos=false)")
-    s.add_argument("--chat", action="store_true", help="--prompt is a user message: apply the tokenizer's chat template "
+    s.add_argument("--chat", action="store_true", help="--prompt is a user message: apply the tokenizer's chat template (or the plain default, docs/serving.md) "
                    "and print the assistant's reply, stopped at the template's end-of-turn token")
     s.add_argument("--system", help="with --chat: a system message before the user's")
     i = verbs.add_parser("infill", help="fill [MASK] / [MASK:n] spans in a text")

@@ -82,6 +82,7 @@ class ProcessSpec:
     fixed_blocks: bool = False  # decodes in its trained blocks with an exact cache (block_length does not apply)
     parallel: bool = False  # commits several tokens per step by a rule tune-sampler can tune
     mixed_batches: bool = True  # decodes prompts of different lengths in one batch
+    final_commits: bool = True  # a committed token never changes (without remasking), so text can stream as committed
     wants_time: bool = False  # `train --process NAME` turns on time conditioning when the config has none
     train_flags: dict = field(default_factory=dict)  # the config tree `sunfish train --process NAME` applies
 
@@ -180,7 +181,8 @@ CONTINUOUS = ProcessSpec(
     layers=continuous_layers,
     process_fields=_TIME_DRAWS | {"noise_schedule", "param", "embed", "self_cond", "time_warp", "time_warp_after"},
     sampler_fields=frozenset({"length", "steps", "solver", "eta", "rounding", "clamp"}),
-    needs=(_BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT), infill=True, mixed_batches=False, wants_time=True,
+    needs=(_BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT), infill=True, mixed_batches=False, final_commits=False,
+    wants_time=True,
     train_flags={"process": {"kind": "continuous"}},
 )
 FLOW = ProcessSpec(
@@ -191,7 +193,7 @@ FLOW = ProcessSpec(
     needs=(_BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT,
            Need("process.self_cond", lambda v: not v, "process.self_cond applies to the continuous process only; "
                 "drop it for flow models")),
-    infill=True, mixed_batches=False, wants_time=True, train_flags={"process": {"kind": "flow"}},
+    infill=True, mixed_batches=False, final_commits=False, wants_time=True, train_flags={"process": {"kind": "flow"}},
 )
 SPECS: dict[str, ProcessSpec] = {s.name: s for s in (MASKED, BLOCK, AR, CONTINUOUS, FLOW)}
 _BY_KIND = {ProcessKind.MASKED: MASKED, ProcessKind.AR: AR, ProcessKind.CONTINUOUS: CONTINUOUS, ProcessKind.FLOW: FLOW}

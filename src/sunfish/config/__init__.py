@@ -7,7 +7,7 @@ Precedence (../shared/STYLE.md): dataclass defaults, then a preset file from `su
   enums.py     the choices (one enum per family)
   base.py      `knob` (a field with its help and range), `Section`, `coerce`
   sections.py  ModelConfig, ProcessConfig, OptimConfig, TrainConfig, DataConfig, SamplerConfig, EvalConfig,
-               AdaptConfig and RunConfig
+               ServeConfig, AdaptConfig and RunConfig
   tree.py      presets, overrides, saved configs (renamed keys converted), `describe`
 """
 
@@ -17,7 +17,7 @@ from sunfish.config.enums import (AttentionKind, BaseKind, CacheMode, CommitRule
                                   Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, Solver, TimeCond,
                                   TokenizerChoice)
 from sunfish.config.sections import (SECTIONS, AdaptConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig,
-                                     ProcessConfig, RunConfig, SamplerConfig, TrainConfig)
+                                     ProcessConfig, RunConfig, SamplerConfig, ServeConfig, TrainConfig)
 from sunfish.config.tree import (RENAMED, apply_section, apply_tree, check_key, config_from_dict, describe, load_preset,
                                  parse_overrides, preset_names, save_config, section_class, upgrade_tree)
 
@@ -27,7 +27,7 @@ __all__ = [
     "LossKind", "MaskScheduleKind", "MLPKind", "NoiseSchedule", "ParallelKind", "Parameterisation", "Policy",
     "ProcessKind", "RemaskKind", "Rounding", "Solver", "TimeCond", "TokenizerChoice",
     "SECTIONS", "AdaptConfig", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig", "ProcessConfig", "RunConfig",
-    "SamplerConfig", "TrainConfig",
+    "SamplerConfig", "ServeConfig", "TrainConfig",
     "RENAMED", "apply_section", "apply_tree", "check_key", "config_from_dict", "describe", "load_preset",
     "parse_overrides", "preset_names", "save_config", "section_class", "upgrade_tree",
 ]

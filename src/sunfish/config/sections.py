@@ -156,6 +156,26 @@ class SamplerConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServeConfig(Section):
+    """`sunfish serve` settings (not stored in checkpoints); flags --serve.field=value (docs/serving.md)."""
+
+    SECTION = "serve"
+
+    host: str = knob("127.0.0.1", "address to bind; 0.0.0.0 serves every interface (use --api-key there)")
+    port: int = knob(8000, "TCP port; 0 picks a free one (printed at start)", lo=0, hi=65535)
+    api_key: str = knob("", "when set, every endpoint but /health (and the page's files) needs 'Authorization: Bearer KEY'")
+    name: str = knob("", "the model's id in the API (default: the model folder's name)")
+    max_batch: int = knob(16, "rows (request choices) decoded together in one batch", lo=1, hi=1024)
+    max_queue: int = knob(256, "rows waiting for a batch slot before requests get 429", lo=0)
+    max_tokens: int = knob(1024, "largest max_tokens a request may ask for (also capped by the model's context)", lo=1)
+    max_prompt_tokens: int = knob(0, "longest prompt in tokens (413 beyond it); 0 = the model's context", lo=0)
+    max_n: int = knob(16, "most choices (n) per request", lo=1)
+    max_body: int = knob(1_000_000, "largest request body in bytes (413 beyond it)", lo=1024)
+    grace: float = knob(30.0, "seconds SIGTERM waits for running requests before cancelling them (they get 503)", lo=0.0)
+    retry_after: int = knob(1, "seconds a 429 (queue full) tells the client to wait", lo=0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvalConfig(Section):
     """`sunfish eval` settings (not stored in checkpoints); flags --eval.field=value."""
 
@@ -217,9 +237,11 @@ class RunConfig:
         return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
 
 
-# section name -> its class: the sections a RunConfig holds, and EvalConfig (`sunfish eval`, never saved)
+# section name -> its class: the sections a RunConfig holds, EvalConfig (`sunfish eval`) and ServeConfig (`sunfish
+# serve`), which are never saved
 SECTIONS: dict[str, type[Section]] = {cls.SECTION: cls for cls in (ModelConfig, ProcessConfig, OptimConfig, TrainConfig,
-                                                                    DataConfig, SamplerConfig, AdaptConfig, EvalConfig)}
+                                                                    DataConfig, SamplerConfig, AdaptConfig, EvalConfig,
+                                                                    ServeConfig)}
 
 
 def _enum_value(obj: Any) -> Any:

@@ -100,17 +100,25 @@ def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0
 
 def chat(loaded: LoadedModel, messages: list[dict], cfg: SamplerConfig, seed: int = 0,
          trace: Path | None = None) -> Generation:
-    """The assistant's reply to `messages` (rendered with the tokenizer's chat template), `cfg.length` tokens at
-    most; generation stops at the template's end-of-turn token (or EOS) and the text is the reply alone."""
-    from sunfish.sample.chat import end_of_turn_id, render_chat
+    """The assistant's reply to `messages` (the tokenizer's chat template, or the plain-text default: see
+    sample/chat.py), `cfg.length` tokens at most; generation stops at the template's end-of-turn token (or EOS)
+    and the text is the reply alone, cut at the default template's next turn."""
+    from sunfish.sample.chat import chat_format
 
     tok = loaded.tokenizer
-    canvas = prompt_canvas(tok, render_chat(tok, messages), cfg.length, loaded.cfg.model.context, bos=False)
-    end = end_of_turn_id(tok)
-    result, seconds, written = _run(loaded, canvas, cfg, seed, trace, stop=tok.eos_id if end is None else end)
-    ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id, *([] if end is None else [end]))
-    return Generation(text=tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe, seconds=seconds,
+    form = chat_format(tok, messages)
+    canvas = prompt_canvas(tok, form.prompt, cfg.length, loaded.cfg.model.context, bos=form.bos)
+    stop = tok.eos_id if form.end_id is None else form.end_id
+    result, seconds, written = _run(loaded, canvas, cfg, seed, trace, stop=stop)
+    ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id, stop)
+    text = cut_at_stops(tok.decode(ids), form.stops)
+    return Generation(text=text, fills=[], steps=result.steps, nfe=result.nfe, seconds=seconds,
                       tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, ids=ids)
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """`text` before the first occurrence of any of `stops`."""
+    return text[: min((text.index(s) for s in stops if s in text), default=len(text))]
 
 
 def generate_batch(loaded: LoadedModel, prompts: Sequence[str], cfg: SamplerConfig, seed: int = 0,
