@@ -61,6 +61,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until the server takes them
     except OSError as err:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port} ({err.strerror}); pick another --port or --host") from None
