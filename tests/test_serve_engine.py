@@ -177,3 +177,22 @@ def test_the_app_runs_in_process_and_describes_what_the_model_takes(models):
         assert answer["choices"][0]["text"] == models["ar"].generate("The cat", 8, seed=1).text[len("The cat"):]
         refused = client.post("/v1/completions", json={"prompt": "x", "sunfish": {"steps": 4}})
         assert refused.status_code == 400 and "steps" in refused.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_public_checkpoints_serve_chat_through_their_own_template(tmp_path, family):
+    """A LLaDA or Dream folder: chat renders with the tokenizer's template and the reply equals Model.chat's."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e .[serve])")
+    from fastapi.testclient import TestClient
+
+    import sunfish.serve
+    from public_folders import write_dream, write_llada
+
+    folder = (write_llada if family == "llada" else write_dream)(tmp_path / family)
+    model = sunfish.load(folder, device="cpu")
+    with TestClient(sunfish.serve.build_app(model)) as client:
+        answer = client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "seed": 4,
+            "sunfish": {"steps": 8}}).json()
+    assert answer["choices"][0]["message"]["content"] == model.chat("hi", 8, seed=4, steps=8).text
+    assert answer["model"] == family
