@@ -75,6 +75,18 @@ def test_streaming_sends_text_before_the_end_and_every_step_of_the_canvas(client
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+def test_a_stop_string_ends_the_text_before_it(client, model_dir):
+    import sunfish
+
+    alone = sunfish.load(model_dir, device="cpu").generate("Once", 48, seed=8, temperature=1.0).text[len("Once"):]
+    stop = alone[20:23]
+    out = client.completions.create(model="tiny", prompt="Once", max_tokens=48, seed=8, temperature=1.0, stop=[stop])
+    assert out.choices[0].text == alone[: alone.index(stop)] and out.choices[0].finish_reason == "stop"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt="Once", max_tokens=48, seed=8, temperature=1.0, stop=stop, stream=True) if c.choices)
+    assert streamed == out.choices[0].text
+
+
 def test_n_choices_are_the_seeds_s_to_s_plus_n(client):
     many = client.completions.create(model="tiny", prompt="Lily", max_tokens=12, n=3, seed=10, temperature=1.0)
     assert [c.index for c in many.choices] == [0, 1, 2]

@@ -24,7 +24,8 @@ PROMPTS = ["Once upon a time", "The cat", "Lily went to the park and saw", "He",
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
-    return {p: sunfish.load(train_small(root / p, process=p, steps=20), device="cpu") for p in ("masked", "block", "ar")}
+    return {p: sunfish.load(train_small(root / p, process=p, steps=20), device="cpu")
+            for p in ("masked", "block", "ar", "continuous", "flow")}
 
 
 def busy(model, settings: dict, max_batch: int = 8) -> tuple[list[list[int]], list[int]]:
@@ -51,6 +52,8 @@ def busy(model, settings: dict, max_batch: int = 8) -> tuple[list[list[int]], li
     ("masked", {"length": 16, "steps": 16, "remask": "conf", "temperature": 1.0}),
     ("block", {"length": 32, "steps": 32, "temperature": 1.0}),
     ("ar", {"length": 16, "temperature": 1.0}),
+    ("continuous", {"length": 16, "steps": 8}),
+    ("flow", {"length": 16, "steps": 8}),
 ])
 def test_a_row_in_a_busy_batch_decodes_as_it_does_alone(models, process, settings):
     model = models[process]
