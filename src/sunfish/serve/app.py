@@ -265,11 +265,26 @@ def _add_guard(app: FastAPI, service: Service) -> None:
             response = await call_next(request)
         except ApiError as err:
             response = _error_response(err)
-        seconds = time.perf_counter() - began
         route = path if path.startswith("/v1/") or path in OPEN_PATHS or path == "/metrics" else "other"
-        service.metrics.answered(route, response.status_code, seconds)
-        access(request, response.status_code, seconds)
+
+        def done() -> None:
+            seconds = time.perf_counter() - began
+            service.metrics.answered(route, response.status_code, seconds)
+            access(request, response.status_code, seconds)
+
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.body_iterator = _then(response.body_iterator, done)  # a stream is done after its last event
+        else:
+            done()
         return response
+
+
+async def _then(events, done):
+    try:
+        async for event in events:
+            yield event
+    finally:
+        done()
 
 
 def _admit(request: Request, service: Service) -> None:

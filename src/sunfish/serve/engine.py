@@ -1,12 +1,16 @@
 """The serving engine: request rows decoded concurrently through the ordinary sampler, batched step by step.
 
-Each row (one choice of one request) is a canvas decoded in a worker thread exactly as
-`sunfish.sample.text.generate` decodes it alone: one seeded generator, the checkpoint's sampler, its per-step
-callback. The network is shared through a `MergedForward` (merge.py), so the rows that are decoding at the same
-time run their forward passes as one batch: a row that arrives joins at the next step, a finished row leaves.
-At most `max_batch` rows decode at once; up to `max_queue` more wait for a free slot, and beyond that a row is
-refused (`QueueFull`). `drain` stops admission, lets running rows finish within a grace period and cancels
-the rest.
+Rows (one choice of one request each) wait in a queue; whenever decoding slots are free, a dispatcher takes
+the oldest waiting row together with the waiting rows that can share its decode (the same sampler settings,
+stop token and generation length; for processes that cannot pad, the same prompt length) and decodes them as
+one batch in a worker thread, exactly as `sunfish.sample.text.generate_batch` does: one seeded generator per
+row and left padding, so each row gets the tokens it would get alone with its seed. The network is shared
+through a `MergedForward` (merge.py): the forward passes of every batch decoding at that moment run as one, so
+rows that arrive while others decode start at once and join them at their next step. A row whose text is
+final (a stop token or string, see sample/stream.py) or whose client left is answered at once; its batch goes
+on for the others. At most `max_batch` rows decode at once; up to `max_queue` more wait, and beyond that a
+row is refused (`QueueFull`). `drain` stops admission, lets admitted rows finish within a grace period and
+cancels the rest.
 """
 
 from __future__ import annotations
@@ -14,11 +18,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
-
-import torch
 
 from sunfish.config import SamplerConfig
 from sunfish.serve.merge import MergedForward
@@ -63,8 +66,40 @@ class RowResult:
 
 
 class _Ended(Exception):
-    def __init__(self, info):
-        self.info = info
+    """Every row of a batch has its answer: decoding can stop."""
+
+
+@dataclass(eq=False)
+class _Waiting:
+    row: Row
+    future: Future
+    admitted: float
+    release: Callable[[_Waiting], None]  # frees its slot in the engine
+    began: float = 0.0
+    done: bool = False
+
+    def key(self, mixed: bool) -> tuple:
+        """Rows with equal keys decode in one batch."""
+        r = self.row
+        return (r.cfg, r.stop_id, len(r.ids) - r.fill_start, None if mixed else len(r.ids))
+
+    def answer(self, region: list[int], steps: int, nfe: int) -> None:
+        now = time.perf_counter()
+        self.settle(RowResult(region=region, steps=steps, nfe=nfe, seconds=now - self.began, queued=self.began - self.admitted))
+
+    def fail(self, err: BaseException) -> None:
+        self.settle(err)
+
+    def settle(self, outcome: RowResult | BaseException) -> None:
+        """Free the row's slot, then answer it (so its client's next request finds the slot free)."""
+        if self.done:
+            return
+        self.done = True
+        self.release(self)
+        if isinstance(outcome, BaseException):
+            self.future.set_exception(outcome)
+        else:
+            self.future.set_result(outcome)
 
 
 class Engine:
@@ -78,66 +113,96 @@ class Engine:
         self.device = next(loaded.model.parameters()).device
         self.max_batch, self.max_queue = max_batch, max_queue
         self._pool = ThreadPoolExecutor(max_workers=max_batch, thread_name_prefix="sunfish-decode")
-        self._lock = threading.Lock()
-        self._rows: set[Row] = set()  # admitted and not finished
-        self._decoding = 0
+        self._cond = threading.Condition()
+        self._queue: deque[_Waiting] = deque()
+        self._running: set[_Waiting] = set()
         self.closing = False
+        threading.Thread(target=self._dispatch, name="sunfish-dispatch", daemon=True).start()
 
     @property
     def decoding(self) -> int:
-        return self._decoding
+        return len(self._running)
 
     @property
     def waiting(self) -> int:
-        return len(self._rows) - self._decoding
+        return len(self._queue)
 
     def submit(self, rows: list[Row]) -> list[Future]:
         """Admit all of `rows` or none; each future gives a RowResult (or raises Cancelled)."""
-        with self._lock:
+        with self._cond:
             if self.closing:
                 raise ShuttingDown("the server is shutting down")
-            if len(self._rows) + len(rows) > self.max_batch + self.max_queue:
-                raise QueueFull(f"{len(self._rows)} rows are decoding or waiting; retry shortly")
-            self._rows.update(rows)
-        admitted = time.perf_counter()
-        return [self._pool.submit(self._run, row, admitted) for row in rows]
+            if len(self._queue) + len(self._running) + len(rows) > self.max_batch + self.max_queue:
+                raise QueueFull(f"{len(self._running)} rows are decoding and {len(self._queue)} waiting; retry shortly")
+            now = time.perf_counter()
+            waiting = [_Waiting(row, Future(), now, self._release) for row in rows]
+            self._queue.extend(waiting)
+            self._cond.notify_all()
+        return [w.future for w in waiting]
 
-    def _run(self, row: Row, admitted: float) -> RowResult:
+    def _dispatch(self) -> None:
+        """Start a batch whenever rows wait and slots are free."""
+        mixed = self.loaded.mixed_batches and self.loaded.spec.mixed_batches
+        while True:
+            with self._cond:
+                while not (self._queue and len(self._running) < self.max_batch):
+                    if self.closing and not self._queue and not self._running:
+                        return
+                    self._cond.wait(0.5)
+                first = self._queue.popleft()
+                batch, key = [first], first.key(mixed)
+                for w in list(self._queue):
+                    if len(self._running) + len(batch) >= self.max_batch:
+                        break
+                    if w.key(mixed) == key:
+                        self._queue.remove(w)
+                        batch.append(w)
+                self._running.update(batch)
+            self._pool.submit(self._run, batch)
+
+    def _run(self, batch: list[_Waiting]) -> None:
         began = time.perf_counter()
-        with self._lock:
-            self._decoding += 1
+        for w in batch:
+            w.began = began
         try:
-            if row.cancelled.is_set():
-                raise Cancelled("the request was cancelled before it started")
-            region, steps, nfe = self._decode(row)
-            return RowResult(region=region, steps=steps, nfe=nfe, seconds=time.perf_counter() - began,
-                             queued=began - admitted)
+            live = [w for w in batch if not w.row.cancelled.is_set()]
+            for w in batch:
+                if w not in live:
+                    w.fail(Cancelled("the request was cancelled before it started"))
+            if live:
+                self._decode(live)
+        except BaseException as err:  # every row of the batch hears of it
+            for w in batch:
+                w.fail(err)
         finally:
-            with self._lock:
-                self._decoding -= 1
-                self._rows.discard(row)
+            for w in batch:
+                w.fail(RuntimeError("the decode ended without an answer for this row"))  # none is left unanswered
 
-    def _decode(self, row: Row) -> tuple[list[int], int, int]:
-        x = torch.tensor([row.ids], dtype=torch.long, device=self.device)
-        generator = torch.Generator(device=self.device).manual_seed(row.seed)
+    def _release(self, w: _Waiting) -> None:
+        with self._cond:
+            self._running.discard(w)
+            self._cond.notify_all()
 
-        def step(info):
-            if row.cancelled.is_set():
-                raise Cancelled("the request was cancelled")
-            if row.on_step is not None and row.on_step(info):
-                raise _Ended(info)
+    def _decode(self, batch: list[_Waiting]) -> None:
+        from sunfish.sample.batch import left_pad, row_generators
 
+        first = batch[0].row
+        x, padding = left_pad([w.row.ids for w in batch], self.loaded.tokenizer.pad_id, self.device)
+        fill_start = x.shape[1] - (len(first.ids) - first.fill_start)
+        generators = row_generators([w.row.seed for w in batch], self.device)
         with self.forward.member() as forward:
+            step = _stepper(batch, x.shape[1], fill_start, forward)
             try:
-                result = self._decode_canvas(self.loaded, x, row.fill_start, row.cfg, generator, recorder=step,
-                                             eos_id=row.stop_id)
-            except _Ended as ended:
-                return ended.info.tokens[0, row.fill_start:].tolist(), ended.info.step, forward.passes()
-            return result.tokens[0, row.fill_start:].tolist(), result.steps, forward.passes()
+                result = self._decode_canvas(self.loaded, x, fill_start, first.cfg, generators, padding=padding,
+                                             recorder=step, eos_id=first.stop_id)
+            except _Ended:
+                return
+            for b, w in enumerate(batch):
+                w.answer(result.tokens[b, fill_start:].tolist(), result.steps, forward.passes())
 
     def cancel_all(self) -> int:
-        with self._lock:
-            rows = list(self._rows)
+        with self._cond:
+            rows = [w.row for w in (*self._queue, *self._running)]
         for row in rows:
             row.cancelled.set()
         return len(rows)
@@ -145,12 +210,41 @@ class Engine:
     def drain(self, grace: float) -> int:
         """Stop admitting rows, wait up to `grace` seconds for the admitted ones, cancel what is left; returns
         how many were cancelled."""
-        with self._lock:
+        with self._cond:
             self.closing = True
+            self._cond.notify_all()
         deadline = time.monotonic() + grace
-        while self._rows and time.monotonic() < deadline:
+        while (self._queue or self._running) and time.monotonic() < deadline:
             time.sleep(0.05)
         cancelled = self.cancel_all()
+        with self._cond:
+            for w in self._queue:
+                w.fail(Cancelled("the server stopped before the request started"))
+            self._queue.clear()
+            self._cond.notify_all()
         self._pool.shutdown(wait=True, cancel_futures=False)
         return cancelled
 
+
+def _stepper(batch: list[_Waiting], width: int, fill_start: int, forward: MergedForward):
+    """The batch's per-step callback: each open row sees its own row of the step (without its left padding);
+    a row whose client left, or whose text is final, is answered now; when none is open, decoding stops."""
+    from sunfish.sample.unmask import StepInfo
+
+    def step(info) -> None:
+        for b, w in enumerate(batch):
+            if w.done:
+                continue
+            if w.row.cancelled.is_set():
+                w.fail(Cancelled("the request was cancelled"))
+                continue
+            pad = width - len(w.row.ids)
+            own = StepInfo(step=info.step, tokens=info.tokens[b : b + 1, pad:], masked=info.masked[b : b + 1, pad:],
+                           revealed=info.revealed[b : b + 1, pad:],
+                           remasked=None if info.remasked is None else info.remasked[b : b + 1, pad:])
+            if w.row.on_step is not None and w.row.on_step(own):
+                w.answer(info.tokens[b, fill_start:].tolist(), info.step, forward.passes())
+        if all(w.done for w in batch):
+            raise _Ended()
+
+    return step
