@@ -152,9 +152,12 @@ function control(name, spec, value) {
   else if (spec.type !== "choice") input.type = "text";
   input.id = `f-${name}`;
   input.dataset.field = name;
-  if (name === "seed") input.dataset.i18nPh = "seedRandom", input.placeholder = t("seedRandom");
-  if (spec.help) label.title = spec.help;
-  else if (HELP.en[name]) label.dataset.help = name, label.title = HELP[state.lang][name];
+  if (name === "seed") {
+    input.dataset.i18nPh = "seedRandom";
+    input.placeholder = t("seedRandom");
+  }
+  label.title = spec.help ?? HELP[state.lang][name] ?? "";
+  if (!spec.help && HELP.en[name]) label.dataset.help = name; // the page's own help follows the language
   state.defaults[name] = value;
   setValue(input, value);
   if (spec.type === "bool") label.append(input, caption);
@@ -216,7 +219,7 @@ async function submit(event) {
   event.preventDefault();
   if (state.run) return;
   const request = buildRequest();
-  const run = (state.run = { controller: new AbortController(), chat: request.chat, cells: [], total: 1, top: 0 });
+  const run = (state.run = { controller: new AbortController(), chat: request.chat, cells: [], total: null });
   clearResult();
   setBusy(true);
   try {
