@@ -367,6 +367,7 @@ function colour(step, total) {
 function finish(run, event) {
   run.total = Math.max(1, event.steps); // the scale now spans the steps actually taken
   recolour(run);
+  for (const cell of run.cells) cell.classList.toggle("unused", cell.classList.contains("masked")); // after a stop
   renderLegend();
   state.view.stats = { ...event, seed: run.seed, promptTokens: run.promptTokens };
   renderStats();
