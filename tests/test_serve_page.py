@@ -66,8 +66,8 @@ def browser():
                  "--lang=en-US"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # the page itself 1200 x 800, as a laptop shows it
-                           {"width": 1200, "height": 800, "deviceScaleFactor": 1, "mobile": False})
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # the page itself, 1200 x 640: all of it, little blank
+                           {"width": 1200, "height": 640, "deviceScaleFactor": 1, "mobile": False})
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
