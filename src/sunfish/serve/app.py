@@ -152,10 +152,13 @@ class Service:
                 continue
             options = choices(hints[f.name])
             kind = "choice" if options else {int: "int", float: "float", bool: "bool"}.get(hints[f.name], "str")
-            fields[f.name] = {"type": kind, "help": field_help(SamplerConfig, f.name), **({"choices": options} if options else {})}
+            bounds = {k: f.metadata[k2] for k, k2 in (("min", "lo"), ("max", "hi")) if f.metadata.get(k2) is not None}
+            fields[f.name] = {"type": kind, "help": field_help(SamplerConfig, f.name), **bounds,
+                              **({"choices": options} if options else {})}
         defaults = json.loads(json.dumps(dataclasses.asdict(self.model.cfg.sampler), default=lambda e: e.value))
         context = self.model.cfg.model.context
-        return {"model": self.name, "process": self.model.spec.label, "chat": True,
+        block = self.model.cfg.process.block_size if self.model.spec.fixed_blocks else 0
+        return {"model": self.name, "process": self.model.spec.label, "chat": True, "block_size": block,
                 "sampler": {k: v for k, v in defaults.items() if k in fields or k == "length"}, "fields": fields,
                 "limits": {"max_tokens": min(self.serve.max_tokens, context), "context": context,
                            "max_prompt_tokens": self.serve.max_prompt_tokens or context, "max_n": self.serve.max_n},
