@@ -106,7 +106,8 @@ def test_a_model_without_a_chat_template_chats_through_the_plain_default(capsys,
 
     model = load(tmp_path / "r", device="cpu")
     form = chat_format(model.tokenizer, [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi "}])
-    assert form.prompt == "System: Be kind.\n\nUser: hi\n\nAssistant: " and form.stops == ("\n\nUser:",) and form.bos
+    assert form.prompt == "System: Be kind.\n\nUser: hi\n\nAssistant: " and form.stops == ("\n\nUser:",)
+    assert form.ids == [model.tokenizer.bos_id, *model.tokenizer.encode(form.prompt)] and form.end_id is None
     capsys.readouterr()
     assert main(["sample", str(tmp_path / "r"), "--chat", "--prompt", "hi", "--length", "8"]) == 0
     assert "Assistant" not in capsys.readouterr().out

@@ -26,6 +26,7 @@ from sunfish.process.flow import flow_loss
 from sunfish.process.layers import continuous_layers, flow_layers
 from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_nats
 from sunfish.process.schedules import MaskSchedule
+from sunfish.process.sft import ar_sft_loss, block_sft_loss, masked_sft_loss
 from sunfish.sample.ar import ar_generate
 from sunfish.sample.batch import Generators, Padding
 from sunfish.sample.block import block_generate
@@ -83,6 +84,7 @@ class ProcessSpec:
     parallel: bool = False  # commits several tokens per step by a rule tune-sampler can tune
     mixed_batches: bool = True  # decodes prompts of different lengths in one batch
     final_commits: bool = True  # a committed token never changes (without remasking), so text can stream as committed
+    sft: Callable[..., LossOutput] | None = None  # (model, x0, roles (B, L), process cfg, mask id, generator): process/sft.py
     wants_time: bool = False  # `train --process NAME` turns on time conditioning when the config has none
     train_flags: dict = field(default_factory=dict)  # the config tree `sunfish train --process NAME` applies
 
@@ -149,7 +151,7 @@ MASKED = ProcessSpec(
     likelihood=Estimator("NELBO (masked diffusion)", masked_nats, exact=False),
     process_fields=_MASKED_TRAIN | {"prompt_prob", "cond_dropout"},
     sampler_fields=_UNMASKING | {"block_length", "cache", "guidance"},
-    infill=True, parallel=True, train_flags={"process": {"kind": "masked", "block_size": 0}},
+    infill=True, parallel=True, sft=masked_sft_loss, train_flags={"process": {"kind": "masked", "block_size": 0}},
 )
 BLOCK = ProcessSpec(
     name="block", label="block diffusion", loss=block_diffusion_loss, decode=_decode_block,
@@ -159,7 +161,7 @@ BLOCK = ProcessSpec(
                               "the block process runs without time conditioning; set --model.time_cond=none"),
            Need("process.prompt_prob", lambda v: v == 0,
                 "process.prompt_prob (conditional training) is not implemented for the block process; set it to 0")),
-    fixed_blocks=True, parallel=True,
+    fixed_blocks=True, parallel=True, sft=block_sft_loss,
     train_flags={"process": {"kind": "masked", "block_size": 16}, "model": {"time_cond": "none"}},
 )
 AR = ProcessSpec(
@@ -171,7 +173,7 @@ AR = ProcessSpec(
            Need("process.prompt_prob", lambda v: v == 0,
                 "process.prompt_prob (conditional training) is not implemented for the autoregressive objective; "
                 "set it to 0")),
-    causal=True,
+    causal=True, sft=ar_sft_loss,
     train_flags={"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}},
 )
 CONTINUOUS = ProcessSpec(
@@ -230,10 +232,16 @@ def training_loss(model: torch.nn.Module, x0: torch.Tensor, process: ProcessConf
                   generator: torch.Generator) -> LossOutput:
     """Loss of x0 (B, L) under the configured process. A model with an objective of its own while training
     (an adapted causal LM, adapt/objective.py: NELBO + alignment) computes it instead."""
+    spec = spec_of(process)
+    if x0.dim() == 3:  # conversations (B, 2, L): tokens and roles (data/sft.py)
+        if spec.sft is None:
+            raise ValueError(f"supervised fine-tuning is not defined for {spec.label} models; fine-tune a masked, "
+                             "block or autoregressive model")
+        return spec.sft(model, x0[:, 0], x0[:, 1], process, mask_id, generator)
     objective = getattr(model, "objective", None)
     if objective is not None and model.training:
         return objective.loss(model, x0, process, mask_id, generator)
-    return spec_of(process).loss(model, x0, process, mask_id, generator)
+    return spec.loss(model, x0, process, mask_id, generator)
 
 
 def decode(model: torch.nn.Module, canvas: torch.Tensor, fill_start: int, cfg: SamplerConfig, job: DecodeJob,

@@ -83,6 +83,11 @@ class LossKind(str, enum.Enum):
     MASKED_CE = "masked_ce"  # plain mean cross-entropy over masked tokens (micro-dllm)
 
 
+class SFTPad(str, enum.Enum):
+    EOS = "eos"  # pad each conversation with EOS, masked and scored like the reply: the model learns where to stop (LLaDA)
+    MASK = "mask"  # pad with [PAD], never masked or scored: the model learns nothing after the reply's end token
+
+
 class Policy(str, enum.Enum):
     CONFIDENCE = "confidence"  # probability of the drawn token
     MARGIN = "margin"  # top-1 minus top-2 probability

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sunfish.config.base import Section, knob
-from sunfish.config.enums import (AttentionKind, BaseKind, CacheMode, CommitRule, EmbedMode, FlowLoss, FlowNoise,
+from sunfish.config.enums import (SFTPad, AttentionKind, BaseKind, CacheMode, CommitRule, EmbedMode, FlowLoss, FlowNoise,
                                   Layout, LogKind, LossKind, MaskScheduleKind, MLPKind, NoiseSchedule, ParallelKind,
                                   Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, Solver, TimeCond,
                                   TokenizerChoice)
@@ -156,6 +156,17 @@ class SamplerConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SFTConfig(Section):
+    """Supervised fine-tuning on conversations (`sunfish sft`); saved in the checkpoint of an SFT run."""
+
+    SECTION = "sft"
+
+    base: str = knob("", "the run the fine-tuning started from (set by `sunfish sft BASE`); \"\" = not an SFT run")
+    pad: SFTPad = knob(SFTPad.EOS, "what fills a conversation up to the sequence length: eos (masked and scored like "
+                       "the reply, so the model learns where to stop; LLaDA) | mask (PAD, never scored)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServeConfig(Section):
     """`sunfish serve` settings (not stored in checkpoints); flags --serve.field=value (docs/serving.md)."""
 
@@ -231,6 +242,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     preset: str = ""  # the preset this run started from
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,8 +252,8 @@ class RunConfig:
 # section name -> its class: the sections a RunConfig holds, EvalConfig (`sunfish eval`) and ServeConfig (`sunfish
 # serve`), which are never saved
 SECTIONS: dict[str, type[Section]] = {cls.SECTION: cls for cls in (ModelConfig, ProcessConfig, OptimConfig, TrainConfig,
-                                                                    DataConfig, SamplerConfig, AdaptConfig, EvalConfig,
-                                                                    ServeConfig)}
+                                                                    DataConfig, SamplerConfig, AdaptConfig, SFTConfig,
+                                                                    EvalConfig, ServeConfig)}
 
 
 def _enum_value(obj: Any) -> Any:

@@ -1,13 +1,19 @@
-"""Chat templates: a conversation rendered with the tokenizer's own template (transformers'
-`apply_chat_template`, as LLaDA-Instruct and Dream-Instruct ship it), and the template's end-of-turn token,
-at which a reply stops.
+"""Chat templates, one definition for sampling, serving and supervised fine-tuning.
 
-A tokenizer without a template (Sunfish's own, so far) gets the plain-text default, `DEFAULT_TEMPLATE`:
+* A tokenizer with its own template (LLaDA-Instruct, Dream-Instruct: transformers' `apply_chat_template`)
+  uses it; the reply stops at the template's end-of-turn token.
+* A Sunfish tokenizer with the chat tokens (`Tokenizer.with_chat_tokens`, added by `sunfish sft`) uses
+  Sunfish's template: [BOS], then per turn a role token, the text, and <|end|>:
 
-    System: {system}\n\nUser: {user}\n\nAssistant: {reply}\n\nUser: ...
+      [BOS] <|system|> Be brief. <|end|> <|user|> Hi! <|end|> <|assistant|> Hello. <|end|> ...
 
-with each turn separated by a blank line, ending with "Assistant: " where the reply begins; the reply ends at
-EOS or at the next "\n\nUser:" (a stop string, `ChatFormat.stops`)."""
+  a prompt ends with <|assistant|>, and the reply stops at <|end|> (then EOS pads the canvas).
+* Any other tokenizer (a pretrained Sunfish run before SFT) gets the plain-text default, `DEFAULT_TEMPLATE`:
+  "System: ...\n\nUser: ...\n\nAssistant: ", the reply ending at EOS or at the next "\n\nUser:" (a stop string).
+
+`conversation_ids` gives a conversation's token ids with the role of each (prompt or response): what SFT
+trains on, and (ending with the generation prompt) what a sampler continues.
+"""
 
 from __future__ import annotations
 
@@ -30,16 +36,17 @@ def as_messages(conversation: str | Sequence[dict], system: str | None = None) -
 
 DEFAULT_TEMPLATE = {"system": "System: ", "user": "User: ", "assistant": "Assistant: "}
 _TURN_GAP = "\n\n"
+PROMPT, RESPONSE, PAD = 0, 1, 2  # roles of the tokens of a training conversation
 
 
 @dataclass(frozen=True)
 class ChatFormat:
     """How a conversation becomes a prompt and where the reply ends."""
 
-    prompt: str  # the conversation, ending where the assistant's reply begins
+    prompt: str  # the prompt as text (special tokens by name), for display
+    ids: list[int]  # the prompt's token ids, ending where the assistant's reply begins
     end_id: int | None  # the template's end-of-turn token (None: EOS only)
-    stops: tuple[str, ...]  # strings that end the reply (the default template's next turn)
-    bos: bool  # the prompt needs the tokenizer's BOS in front (a template writes its own)
+    stops: tuple[str, ...]  # strings that end the reply (the plain default's next turn)
 
 
 def has_template(tok) -> bool:
@@ -47,16 +54,68 @@ def has_template(tok) -> bool:
     return hf is not None and bool(getattr(hf, "chat_template", None))
 
 
-def chat_format(tok, messages: list[dict]) -> ChatFormat:
-    """The tokenizer's own template when it has one, else the plain-text default (see the module docstring)."""
-    if has_template(tok):
-        return ChatFormat(render_chat(tok, messages), end_of_turn_id(tok), (), bos=False)
+def _check_roles(messages: list[dict]) -> None:
     for m in messages:
         if m["role"] not in DEFAULT_TEMPLATE:
             raise PromptError(f"unknown chat role '{m['role']}'; use system, user or assistant")
+
+
+def chat_format(tok, messages: list[dict]) -> ChatFormat:
+    """The prompt that asks for the next assistant turn of `messages` (see the module docstring)."""
+    if has_template(tok):
+        text = render_chat(tok, messages)
+        return ChatFormat(text, tok.encode(text), end_of_turn_id(tok), ())
+    _check_roles(messages)
+    chat = getattr(tok, "chat_ids", None)
+    if chat is not None:
+        ids, _ = conversation_ids(tok, messages, generation_prompt=True)
+        return ChatFormat(tok.decode(ids, skip_special=False), ids, chat["end"], ())
     turns = [DEFAULT_TEMPLATE[m["role"]] + m["content"].strip() for m in messages]
-    return ChatFormat(_TURN_GAP.join(turns + [DEFAULT_TEMPLATE["assistant"].rstrip()]) + " ", None,
-                      (_TURN_GAP + DEFAULT_TEMPLATE["user"].rstrip(),), bos=True)
+    text = _TURN_GAP.join(turns + [DEFAULT_TEMPLATE["assistant"].rstrip()]) + " "
+    return ChatFormat(text, [tok.bos_id, *tok.encode(text)], None, (_TURN_GAP + DEFAULT_TEMPLATE["user"].rstrip(),))
+
+
+def conversation_ids(tok, messages: list[dict], generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """(token ids, role of each: PROMPT or RESPONSE) of a conversation: assistant turns (with the token that
+    ends them) are RESPONSE, everything else PROMPT. `generation_prompt`: end with the opening of an assistant
+    turn (for sampling; messages after the last assistant turn are then part of the prompt)."""
+    if has_template(tok):
+        return _template_ids(tok, messages, generation_prompt)
+    chat = tok.chat_ids
+    if chat is None:
+        raise PromptError("this tokenizer has no chat tokens; add them with Tokenizer.with_chat_tokens (sunfish sft does)")
+    _check_roles(messages)
+    ids, roles = [tok.bos_id], [PROMPT]
+    for m in messages:
+        body = [chat[m["role"]], *tok.encode(m["content"])]
+        role = RESPONSE if m["role"] == "assistant" else PROMPT
+        ids += body + [chat["end"]]
+        roles += [PROMPT] + [role] * (len(body) - 1) + [role]
+    if generation_prompt:
+        ids, roles = ids + [chat["assistant"]], roles + [PROMPT]
+    return ids, roles
+
+
+def _template_ids(tok, messages: list[dict], generation_prompt: bool) -> tuple[list[int], list[int]]:
+    """A template's conversation, assistant spans found by rendering it turn by turn: the text up to each assistant
+    turn (with the generation prompt) and up to its end; the tokens between are the reply."""
+    hf = _template_tokenizer(tok)
+    ids: list[int] = []
+    roles: list[int] = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tok.encode(hf.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        after = tok.encode(hf.apply_chat_template(messages[: i + 1], tokenize=False))
+        if before[: len(ids)] != ids or after[: len(before)] != before:
+            raise PromptError("this tokenizer's chat template does not render a conversation as a prefix of its "
+                              "continuation, so the assistant turns cannot be found; train on prompt/response pairs")
+        roles += [PROMPT] * (len(before) - len(ids)) + [RESPONSE] * (len(after) - len(before))
+        ids = after
+    if generation_prompt:
+        full = tok.encode(render_chat(tok, messages))
+        roles, ids = roles + [PROMPT] * (len(full) - len(ids)), full
+    return ids, roles
 
 
 def _template_tokenizer(tok):

@@ -34,12 +34,16 @@ def _check_context(n: int, context: int, what: str) -> None:
 
 def prompt_canvas(tok: Tokenizer, prompt: str, length: int, context: int, bos: bool = True) -> Canvas:
     """[BOS] prompt [MASK] x length (without the BOS when `bos` is False: a chat template writes its own)."""
+    return ids_canvas(tok, [tok.bos_id] * bos + tok.encode(prompt), length, context)
+
+
+def ids_canvas(tok: Tokenizer, ids: list[int], length: int, context: int) -> Canvas:
+    """The prompt's token ids, then [MASK] x length."""
     if length < 1:
         raise PromptError("--length must be at least 1")
-    ids = [tok.bos_id] * bos + tok.encode(prompt)
     if not ids:
         raise PromptError("the prompt is empty; give some text to continue")
-    _check_context(len(ids) + length, context, f"the prompt ({len(ids) - bos} tokens) plus --length {length}")
+    _check_context(len(ids) + length, context, f"the prompt ({len(ids)} tokens) plus --length {length}")
     return Canvas(ids=ids + [tok.mask_id] * length, fill_start=len(ids))
 
 

@@ -13,7 +13,7 @@ import torch
 from sunfish.config import SamplerConfig
 from sunfish.registry import DecodeJob, decode
 from sunfish.sample.batch import Generators, Padding, left_pad, row_generators
-from sunfish.sample.prompt import Canvas, PromptError, cut_at_eos, infill_canvas, prompt_canvas, to_batch
+from sunfish.sample.prompt import Canvas, PromptError, cut_at_eos, ids_canvas, infill_canvas, prompt_canvas, to_batch
 
 if TYPE_CHECKING:
     from sunfish.loading import LoadedModel
@@ -107,7 +107,7 @@ def chat(loaded: LoadedModel, messages: list[dict], cfg: SamplerConfig, seed: in
 
     tok = loaded.tokenizer
     form = chat_format(tok, messages)
-    canvas = prompt_canvas(tok, form.prompt, cfg.length, loaded.cfg.model.context, bos=form.bos)
+    canvas = ids_canvas(tok, form.ids, cfg.length, loaded.cfg.model.context)
     stop = tok.eos_id if form.end_id is None else form.end_id
     result, seconds, written = _run(loaded, canvas, cfg, seed, trace, stop=stop)
     ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id, stop)

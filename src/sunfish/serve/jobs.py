@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from sunfish.config import ConfigError, RemaskKind, SamplerConfig, ServeConfig
-from sunfish.sample.prompt import PromptError, prompt_canvas
+from sunfish.sample.prompt import PromptError, ids_canvas
 from sunfish.sample.stream import Final, FinalText
 from sunfish.serve.engine import Row, RowResult
 from sunfish.serve.protocol import ApiError, ChatRequest, CompletionRequest
@@ -62,12 +62,9 @@ def sampler_settings(request, serve: ServeConfig, default_length: int) -> tuple[
     return settings, canvas
 
 
-def check_prompt(tok, text: str, bos: bool, length: int, context: int, serve: ServeConfig) -> int:
+def check_prompt(ids: list[int], length: int, context: int, serve: ServeConfig) -> int:
     """Tokens of the prompt; 413 over --max-prompt-tokens, 400 when prompt and reply exceed the context."""
-    try:
-        n = len(tok.encode(text)) + bos
-    except ValueError as err:
-        raise ApiError(400, str(err), param="prompt") from None
+    n = len(ids)
     bound = serve.max_prompt_tokens or context
     if n > bound:
         raise ApiError(413, f"the prompt has {n} tokens, more than this server's limit of {bound}; shorten it",
@@ -93,7 +90,7 @@ def build_job(model, request: CompletionRequest | ChatRequest, serve: ServeConfi
     tok, stops = model.tokenizer, request.stops()
     try:
         forms = [chat_format(tok, request.conversation())] if chat else None
-    except PromptError as err:
+    except ValueError as err:  # a PromptError, or a character the tokenizer does not have
         raise ApiError(400, str(err), param="messages") from None
     texts = [forms[0].prompt] if chat else request.prompts()
     rows_total = len(texts) * request.n
@@ -111,10 +108,13 @@ def build_job(model, request: CompletionRequest | ChatRequest, serve: ServeConfi
 
 def _add_rows(job: Job, model, cfg: SamplerConfig, text: str, form, stops: list[str], n: int, serve: ServeConfig) -> None:
     tok, context = model.tokenizer, model.cfg.model.context
-    bos = True if form is None else form.bos
-    job.prompt_tokens += check_prompt(tok, text, bos, cfg.length, context, serve)
     try:
-        canvas = prompt_canvas(tok, text, cfg.length, context, bos=bos)
+        ids = form.ids if form is not None else [tok.bos_id, *tok.encode(text)]
+    except ValueError as err:  # a character the tokenizer does not have
+        raise ApiError(400, str(err), param="prompt") from None
+    job.prompt_tokens += check_prompt(ids, cfg.length, context, serve)
+    try:
+        canvas = ids_canvas(tok, ids, cfg.length, context)
     except PromptError as err:
         raise ApiError(400, str(err), param="prompt") from None
     stop_id = tok.eos_id if form is None or form.end_id is None else form.end_id

@@ -28,6 +28,9 @@ import tokenizers
 from sunfish.fileio import write_text_atomic
 
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")
+# Sunfish's chat template (sample/chat.py): a role token opens each turn, END closes it. Added by
+# `with_chat_tokens` (what `sunfish sft` does to a pretrained run's tokenizer) after every existing id.
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 UNK_TOKEN = "[UNK]"
 TOKENIZER_FILENAME = "tokenizer.json"
 HF_CONFIG_FILENAME = "tokenizer_config.json"
@@ -114,6 +117,23 @@ class Tokenizer:
     def mask_id(self) -> int:
         """Id of ``[MASK]``."""
         return self._tok.token_to_id("[MASK]")
+
+    @property
+    def chat_ids(self) -> dict[str, int] | None:
+        """{"system", "user", "assistant", "end"} -> id of the chat tokens, or None when they are not all here."""
+        ids = [self._tok.token_to_id(t) for t in CHAT_TOKENS]
+        if any(i is None for i in ids):
+            return None
+        return dict(zip(("system", "user", "assistant", "end"), ids))
+
+    def with_chat_tokens(self) -> "Tokenizer":
+        """This tokenizer with the chat tokens added as special tokens after every existing id (itself when it has
+        them): every earlier id, and so a pretrained model's embeddings, stays valid."""
+        if self.chat_ids is not None:
+            return self
+        backend = tokenizers.Tokenizer.from_str(self.to_json())
+        backend.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in CHAT_TOKENS])
+        return Tokenizer(backend)
 
     # ------------------------------------------------------------ encode / decode
     def encode(self, text: str) -> list[int]:

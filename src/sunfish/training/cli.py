@@ -1,4 +1,4 @@
-"""Command-line verbs of training at scale: `sunfish export` and `sunfish estimate`.
+"""Command-line verbs around training: `sunfish sft`, `sunfish export` and `sunfish estimate`.
 
 `register(verbs)` adds them to the main parser; `dispatch(args)` runs one and returns its exit code, or
 None for a verb that is not ours. Library work is imported inside each command so `--help` stays fast.
@@ -11,10 +11,40 @@ import json
 from pathlib import Path
 
 from sunfish.checkpoint.export import ExportFormat
-from sunfish.config import ParallelKind
+from sunfish.config import SECTIONS, ParallelKind
+from sunfish.flags import add_section, given
+
+SFT_SECTIONS = {"train": None, "optim": None, "sft": ("pad",), "data": ("val_fraction",)}
+
+
+def _add_sft(verbs: argparse._SubParsersAction) -> None:
+    s = verbs.add_parser("sft", help="supervised fine-tuning of a trained run on conversations (chat)",
+                         description="Starts from BASE's weights, adds the chat tokens to its tokenizer and trains on "
+                                     "the assistant turns only (docs: README, Instruction tuning and chat).")
+    s.add_argument("base", help="the trained run (or checkpoint) to fine-tune: masked, block or autoregressive")
+    s.add_argument("--data", nargs="+", required=True, help=".jsonl files (rows {\"prompt\", \"response\"} or "
+                   "{\"messages\": [...]}), folders of them, or a saved Hugging Face dataset folder")
+    s.add_argument("--out", type=Path, required=True, help="the SFT run folder")
+    s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, fields in SFT_SECTIONS.items():
+        add_section(s, SECTIONS[name], fields=fields, short=("steps", "save_every", "seed", "pad") if name in ("train", "sft") else (),
+                    defaults=name == "sft", note="defaults come from BASE" if name != "sft" else "")
+    s.set_defaults(config_sections=SFT_SECTIONS)
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from sunfish.training.sft import sft
+
+    result = sft(args.base, args.data, out=args.out, tree=given(args, SFT_SECTIONS), resume=args.resume,
+                 progress=not args.no_progress)
+    print(f"done in {result.seconds:.0f} s: loss {result.final_loss:.4f}; checkpoint {result.checkpoint}; "
+          f"chat with it: sunfish sample {args.out} --chat --prompt \"...\"")
+    return 0
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
+    _add_sft(verbs)
     e = verbs.add_parser("export", help="consolidate a run's checkpoint (full or FSDP-sharded) into one folder: "
                          "Sunfish's layout, a transformers folder or LLaDA's layout")
     e.add_argument("path", type=Path, help="run folder (its newest good checkpoint) or a checkpoint folder")
@@ -88,6 +118,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 def dispatch(args: argparse.Namespace) -> int | None:
     """Run the verb if it is one of ours and return its exit code; None otherwise."""
+    if args.verb == "sft":
+        return cmd_sft(args)
     if args.verb == "export":
         return cmd_export(args)
     if args.verb == "estimate":

@@ -1,0 +1,103 @@
+"""`sunfish sft BASE --data CONVERSATIONS --out RUN`: supervised fine-tuning of a trained run on conversations.
+
+The run starts from BASE's weights and config (train/optim/sft settings on top), adds the chat tokens to its
+tokenizer (`Tokenizer.with_chat_tokens`: the embedding and output rows of the new tokens start at the mean of
+the existing ones), and trains through Sunfish's trainer (checkpoints, resume, validation, metrics) on the
+conversations of `data/sft.py` with its process's SFT loss (`process/sft.py`). The finished run chats through
+Sunfish's template: `sunfish sample RUN --chat`, `Model.chat`, `sunfish serve`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from sunfish.config import RunConfig, apply_tree
+from sunfish.fileio import write_text_atomic
+
+
+def sft_config(base: str | Path, tree: dict | None = None) -> tuple[RunConfig, object]:
+    """(the SFT run's config: BASE's with `tree` applied and sft.base set, BASE's network loaded on the CPU)."""
+    from sunfish.checkpoint.files import source_kind
+    from sunfish.loading import load_model
+
+    kind = source_kind(Path(base))
+    loaded = load_model(base, "cpu")
+    if loaded.cfg.adapt.base or loaded.hf_config is not None or not hasattr(loaded.tokenizer, "with_chat_tokens"):
+        raise ValueError(f"'{base}' is {'an adapted run' if loaded.cfg.adapt.base else 'a public checkpoint'} "
+                         f"({kind}); `sunfish sft` fine-tunes Sunfish runs for now")
+    if loaded.spec.sft is None:
+        raise ValueError(f"supervised fine-tuning is not defined for {loaded.spec.label} models; fine-tune a masked, "
+                         "block or autoregressive run")
+    cfg = apply_tree(loaded.cfg, {**(tree or {}), "sft": {**(tree or {}).get("sft", {}), "base": str(Path(base).resolve())}})
+    return cfg, loaded
+
+
+def sft_corpus(cfg: RunConfig, data: list[str], tokenizer, log: Callable[[str], None]):
+    """Train and validation conversations (split by conversation), encoded for the run's sequence length."""
+    from sunfish.data.sft import describe_skipped, encode_conversations, read_conversations
+    from sunfish.data.sources import DataError
+    from sunfish.training.corpus import Corpus, seq_len_of
+
+    conversations, skipped = read_conversations(data)
+    if len(conversations) < 2:
+        raise DataError(f"{len(conversations)} usable conversations in {', '.join(data)}; SFT needs at least 2 "
+                        f"(one for validation); skipped: {describe_skipped(skipped)}")
+    order = list(range(len(conversations)))
+    random.Random(cfg.train.seed).shuffle(order)
+    n_val = min(len(order) - 1, max(1, round(cfg.data.val_fraction * len(order))))
+    seq_len = seq_len_of(cfg)
+    val = encode_conversations([conversations[i] for i in order[:n_val]], tokenizer, seq_len, cfg.sft.pad)
+    train = encode_conversations([conversations[i] for i in order[n_val:]], tokenizer, seq_len, cfg.sft.pad, skipped)
+    skipped.update(val.skipped)
+    log(f"sft data: {train.tokens.shape[0]:,} training and {val.tokens.shape[0]:,} validation conversations of "
+        f"{seq_len} tokens ({int((train.roles == 1).sum()):,} training response tokens, padding {cfg.sft.pad.value}); "
+        f"skipped: {describe_skipped(skipped)}")
+    return Corpus(tokenizer=tokenizer, train=train, val=val), skipped
+
+
+def grown(state: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """BASE's weights for a network whose vocabulary grew: rows of the new tokens (embedding, output layer) start at
+    the mean of the existing rows; every other tensor is copied as is."""
+    out = {}
+    for name, value in state.items():
+        want = shapes.get(name)
+        if want is None or value.shape == want:
+            out[name] = value
+        elif value.dim() >= 1 and value.shape[1:] == want[1:] and want[0] > value.shape[0]:
+            extra = value.mean(0, keepdim=True).expand(want[0] - value.shape[0], *value.shape[1:])
+            out[name] = torch.cat([value, extra])
+        else:
+            raise ValueError(f"the base's '{name}' {tuple(value.shape)} does not fit {tuple(want)}")
+    return out
+
+
+def sft(base: str | Path, data: list[str], *, out: Path, tree: dict | None = None, resume: bool = False,
+        progress: bool = True, log: Callable[[str], None] = print):
+    """Fine-tune BASE on the conversations in `data` into the run folder `out`; returns the trainer's TrainResult."""
+    from sunfish.model.transformer import build_model
+    from sunfish.training.loop import train
+
+    if not data:
+        raise ValueError("no conversations: pass --data FILE.jsonl (rows of prompt/response or messages)")
+    cfg, loaded = sft_config(base, tree)
+    tokenizer = loaded.tokenizer.with_chat_tokens()
+    corpus, skipped = sft_corpus(cfg, data, tokenizer, log)
+    base_state = {k: v.detach().float() for k, v in loaded.model.state_dict().items()}
+
+    def factory(model_cfg, device):
+        model = build_model(model_cfg, device)
+        model.load_state_dict(grown(base_state, {k: v.shape for k, v in model.state_dict().items()}))
+        return model
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "sft_data.json", json.dumps({"data": [str(d) for d in data], "skipped": dict(skipped),
+                                                         "train": int(corpus.train.tokens.shape[0]),
+                                                         "val": int(corpus.val.tokens.shape[0])}, indent=2) + "\n")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
+    return train(cfg, run_dir=out, resume=resume, progress=progress, log=log, corpus=corpus, model_factory=factory)
