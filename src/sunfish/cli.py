@@ -10,8 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from sunfish.config import SECTIONS, SamplerConfig, apply_tree, load_preset
-from sunfish.flags import Parser, UsageError, absorb_renamed, add_runtime, add_section, check_leftovers, given, given_keys
+from sunfish.config import SECTIONS, apply_tree, load_preset
+from sunfish.flags import (Parser, UsageError, absorb_renamed, add_runtime, add_sampler, add_section, check_leftovers,
+                           given, given_keys)
 
 # Modules that add verbs of their own: each has `register(verbs)` (adds sub-parsers) and
 # `dispatch(args) -> int | None` (runs the verb if it is one of its own, else returns None).
@@ -71,9 +72,7 @@ def _add_sampling(verbs: argparse._SubParsersAction) -> None:
         p.add_argument("--trace", type=Path, help="write the denoising as FILE.gif or FILE.mp4")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         add_runtime(p)
-        fields = [f.name for f in SamplerConfig.__dataclass_fields__.values() if f.name not in skip]
-        add_section(p, SamplerConfig, fields=fields, short=fields, note="defaults come from the checkpoint",
-                    defaults=False)
+        add_sampler(p, skip=skip)
 
 
 def build_parser() -> argparse.ArgumentParser:

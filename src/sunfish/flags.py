@@ -69,6 +69,16 @@ def add_section(parser: argparse.ArgumentParser, cls: type, *, fields: Iterable[
         group.add_argument(*names, dest=f"{section}.{f.name}", default=None, metavar=_metavar(kind), help=help_text)
 
 
+def add_sampler(parser: argparse.ArgumentParser, *, skip: Iterable[str] = ()) -> None:
+    """--sampler.FIELD flags for every SamplerConfig field but `skip`, each with its short form (--length,
+    --steps, --temperature, ...), their help without defaults: a checkpoint's own apply."""
+    from sunfish.config import SamplerConfig
+
+    fields = [f.name for f in dataclasses.fields(SamplerConfig) if f.name not in set(skip)]
+    add_section(parser, SamplerConfig, fields=fields, short=fields, note="defaults come from the checkpoint",
+                defaults=False)
+
+
 def given(args: argparse.Namespace, sections: Iterable[str] = tuple(SECTIONS)) -> dict[str, dict[str, str]]:
     """The config values of `sections` the user set on the command line, as {section: {field: value}}."""
     tree: dict[str, dict[str, str]] = {}
