@@ -4,6 +4,7 @@
     model = sunfish.load("runs/micro")                       # a run, checkpoint or exported folder
     out = model.generate("Once upon a time", max_new_tokens=64, temperature=0.8, seed=1)
     print(out.text, out.steps, out.nfe, out.seconds)          # str(out) is the text; out.ids the new tokens
+    reply = model.chat("Hi!", on_text=lambda piece: print(piece, end="", flush=True))  # streamed as committed
     filled = model.infill("Once upon a [MASK:4] there was a cat.")
     scores = model.score(["The cat sat on the mat."])         # nats per token, perplexity, bits per byte
     result = sunfish.train("nano", out="runs/nano", steps=200)
@@ -39,11 +40,13 @@ class Model(LoadedModel):
 
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int | None = None, *, seed: int = 0,
                  batch_size: int = 8, trace: str | Path | None = None, drift: bool = False,
-                 **settings: Any) -> Generation | list[Generation]:
+                 on_text: Callable[[str], Any] | None = None, **settings: Any) -> Generation | list[Generation]:
         """Continue `prompt` (a string: one Generation; a list: one per prompt, prompt i seeded with seed + i
         and decoded `batch_size` at a time, each exactly as it would be alone) with `max_new_tokens` tokens
         (default: the checkpoint's sampler length). `trace` writes the denoising as a .gif or .mp4; `drift`
-        reports how far an approximate cache's predictions were from exact ones."""
+        reports how far an approximate cache's predictions were from exact ones. `on_text(piece)` is called with
+        the text after the prompt as it becomes final (committed left to right; under remasking and for
+        continuous or flow models, all at the end); the pieces put together are the text after the prompt."""
         if max_new_tokens is not None:
             settings["length"] = max_new_tokens
         cfg = self.sampler(**settings)
@@ -51,21 +54,24 @@ class Model(LoadedModel):
             raise ConfigError("drift measures the approximate key/value cache of masked diffusion models; "
                               "sample with --cache prefix or --cache dual")
         if isinstance(prompt, str):
-            return generate(self, prompt, cfg, seed=seed, trace=_path(trace), drift=drift)
-        if trace is not None or drift:
-            raise ConfigError("trace and drift follow one prompt; generate a single prompt to use them")
+            return generate(self, prompt, cfg, seed=seed, trace=_path(trace), drift=drift, on_text=on_text)
+        if trace is not None or drift or on_text is not None:
+            raise ConfigError("trace, drift and on_text follow one prompt; generate a single prompt to use them")
         return generate_batch(self, list(prompt), cfg, seed=seed, batch_size=batch_size)
 
     def chat(self, conversation: str | Sequence[dict], max_new_tokens: int | None = None, *, system: str | None = None,
-             seed: int = 0, trace: str | Path | None = None, **settings: Any) -> Generation:
+             seed: int = 0, trace: str | Path | None = None, on_text: Callable[[str], Any] | None = None,
+             **settings: Any) -> Generation:
         """The assistant's reply to `conversation` (a user message, or [{"role", "content"}, ...] turns) through
-        the tokenizer's chat template; it stops at the template's end-of-turn token and `text` is the reply."""
+        the tokenizer's chat template; it stops at the template's end-of-turn token and `text` is the reply.
+        `on_text(piece)` receives the reply as it becomes final, as for `generate`."""
         from sunfish.sample.chat import as_messages
         from sunfish.sample.text import chat
 
         if max_new_tokens is not None:
             settings["length"] = max_new_tokens
-        return chat(self, as_messages(conversation, system), self.sampler(**settings), seed=seed, trace=_path(trace))
+        return chat(self, as_messages(conversation, system), self.sampler(**settings), seed=seed, trace=_path(trace),
+                    on_text=on_text)
 
     def infill(self, text: str, *, seed: int = 0, trace: str | Path | None = None, **settings: Any) -> Generation:
         """Fill each `[MASK:n]` span (`[MASK]` = one token) of `text`, keeping the text around the spans."""

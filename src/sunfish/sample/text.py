@@ -1,4 +1,8 @@
-"""Text in, text out: prompted generation (one prompt or a batch) and infilling on a loaded checkpoint."""
+"""Text in, text out: prompted generation (one prompt or a batch) and infilling on a loaded checkpoint.
+
+`generate` and `chat` take `on_text`, a function called with each piece of text as soon as it is final (the
+committed left-to-right prefix, sample/stream.py); the pieces put together are the returned text (after the
+prompt, for `generate`)."""
 
 from __future__ import annotations
 
@@ -6,14 +10,15 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from sunfish.config import SamplerConfig
+from sunfish.config import RemaskKind, SamplerConfig
 from sunfish.registry import DecodeJob, decode
 from sunfish.sample.batch import Generators, Padding, left_pad, row_generators
 from sunfish.sample.prompt import Canvas, PromptError, cut_at_eos, ids_canvas, infill_canvas, prompt_canvas, to_batch
+from sunfish.sample.stream import FinalText
 
 if TYPE_CHECKING:
     from sunfish.loading import LoadedModel
@@ -45,9 +50,53 @@ class Generation:
         return body
 
 
+class TextStream:
+    """A sampler callback that passes the final text of one canvas's generated region to `on_text` as it grows:
+    after every step when committed tokens never change (`live`), else all of it at the end (`finish`)."""
+
+    def __init__(self, loaded: LoadedModel, cfg: SamplerConfig, fill_start: int, stop_ids: Sequence[int],
+                 stops: Sequence[str], on_text: Callable[[str], object]):
+        tok = loaded.tokenizer
+        live = loaded.spec.final_commits and cfg.remask is RemaskKind.NONE
+        self.final = FinalText(tok.decode, tok.mask_id, stop_ids, stops, live)
+        self.fill_start, self.on_text = fill_start, on_text
+
+    def __call__(self, info) -> None:
+        delta = self.final.update(info.tokens[0, self.fill_start :].tolist())
+        if delta:
+            self.on_text(delta)
+
+    def finish(self, text: str) -> None:
+        """Send the rest of `text`, the generation's final text, which begins with all sent so far (unless the
+        tokenizer's decoding rewrote text already sent, as a clean-up of spaces before punctuation can; then the
+        pieces stay short of it)."""
+        sent = self.final.sent
+        if len(text) > len(sent) and text.startswith(sent):
+            self.on_text(text[len(sent) :])
+
+
+def _stream(loaded: LoadedModel, cfg: SamplerConfig, fill_start: int, stop_ids: Sequence[int], stops: Sequence[str],
+            on_text: Callable[[str], object] | None) -> TextStream | None:
+    return None if on_text is None else TextStream(loaded, cfg, fill_start, stop_ids, stops, on_text)
+
+
+def _each(*callbacks):
+    """One sampler callback that calls each of `callbacks` that is not None (None when none is)."""
+    given = [c for c in callbacks if c is not None]
+    if len(given) < 2:
+        return given[0] if given else None
+
+    def each(info) -> None:
+        for c in given:
+            c(info)
+
+    return each
+
+
 def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, trace: Path | None,
-         stop: int | None = None, drift: bool = False):
-    """Decode one canvas; `stop`: the token id that ends generation (EOS, or a chat template's end of turn)."""
+         stop: int | None = None, drift: bool = False, on_step: TextStream | None = None):
+    """Decode one canvas; `stop`: the token id that ends generation (EOS, or a chat template's end of turn);
+    `on_step`: a callback after each step (besides the trace's)."""
     device = next(loaded.model.parameters()).device
     x = to_batch(canvas, 1, device)
     tok = loaded.tokenizer
@@ -59,7 +108,8 @@ def _run(loaded: LoadedModel, canvas: Canvas, cfg: SamplerConfig, seed: int, tra
         recorder = TraceRecorder(tok.token_text, start=1)  # everything after BOS; the prompt shows muted
         recorder.start(x, x == tok.mask_id)
     began = time.perf_counter()
-    result = decode_canvas(loaded, x, canvas.fill_start, cfg, generator, recorder=recorder, eos_id=stop, drift=drift)
+    result = decode_canvas(loaded, x, canvas.fill_start, cfg, generator, recorder=_each(recorder, on_step), eos_id=stop,
+                           drift=drift)
     seconds = time.perf_counter() - began
     written = None
     if recorder is not None:
@@ -87,31 +137,40 @@ def decode_canvas(loaded: LoadedModel, x: torch.Tensor, fill_start: int, cfg: Sa
 
 
 def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0, trace: Path | None = None,
-             drift: bool = False) -> Generation:
-    """Continue `prompt` with `cfg.length` tokens; the text is cut at the first EOS."""
+             drift: bool = False, on_text: Callable[[str], object] | None = None) -> Generation:
+    """Continue `prompt` with `cfg.length` tokens; the text is cut at the first EOS. `on_text` receives the text
+    after the prompt as it becomes final (see the module docstring)."""
     tok = loaded.tokenizer
     canvas = prompt_canvas(tok, prompt, cfg.length, loaded.cfg.model.context)
-    result, seconds, written = _run(loaded, canvas, cfg, seed, trace, stop=tok.eos_id, drift=drift)
+    stream = _stream(loaded, cfg, canvas.fill_start, (tok.eos_id,), (), on_text)
+    result, seconds, written = _run(loaded, canvas, cfg, seed, trace, stop=tok.eos_id, drift=drift, on_step=stream)
     ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id)
-    return Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
+    text = tok.decode(ids)
+    if stream is not None:
+        stream.finish(text)
+    return Generation(text=prompt + text, fills=[], steps=result.steps, nfe=result.nfe,
                       seconds=seconds, tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, drift=result.drift,
                       ids=ids)
 
 
 def chat(loaded: LoadedModel, messages: list[dict], cfg: SamplerConfig, seed: int = 0,
-         trace: Path | None = None) -> Generation:
+         trace: Path | None = None, on_text: Callable[[str], object] | None = None) -> Generation:
     """The assistant's reply to `messages` (the tokenizer's chat template, or the plain-text default: see
     sample/chat.py), `cfg.length` tokens at most; generation stops at the template's end-of-turn token (or EOS)
-    and the text is the reply alone, cut at the default template's next turn."""
+    and the text is the reply alone, cut at the default template's next turn. `on_text` receives the reply as
+    it becomes final (see the module docstring)."""
     from sunfish.sample.chat import chat_format
 
     tok = loaded.tokenizer
     form = chat_format(tok, messages)
     canvas = ids_canvas(tok, form.ids, cfg.length, loaded.cfg.model.context)
     stop = tok.eos_id if form.end_id is None else form.end_id
-    result, seconds, written = _run(loaded, canvas, cfg, seed, trace, stop=stop)
+    stream = _stream(loaded, cfg, canvas.fill_start, (tok.eos_id, stop), form.stops, on_text)
+    result, seconds, written = _run(loaded, canvas, cfg, seed, trace, stop=stop, on_step=stream)
     ids = cut_at_eos(result.tokens[0, canvas.fill_start :].tolist(), tok.eos_id, stop)
     text = cut_at_stops(tok.decode(ids), form.stops)
+    if stream is not None:
+        stream.finish(text)
     return Generation(text=text, fills=[], steps=result.steps, nfe=result.nfe, seconds=seconds,
                       tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, ids=ids)
 
