@@ -3,7 +3,9 @@ handful of conversations and answers them through the chat template, and bad dat
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -106,7 +108,7 @@ def write_jsonl(path, rows):
 
 
 @pytest.mark.parametrize("process", ["masked", "ar"])
-def test_a_tiny_model_learns_a_handful_of_conversations_and_answers_them(tmp_path, process):
+def test_a_tiny_model_learns_a_handful_of_conversations_and_answers_them(tmp_path, process, monkeypatch, capsys):
     data = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": p, "response": r} for p, r in CONVERSATIONS * 3])
     out = tmp_path / "sft"
     steps = {"masked": "600", "ar": "200"}[process]
@@ -120,6 +122,12 @@ def test_a_tiny_model_learns_a_handful_of_conversations_and_answers_them(tmp_pat
         assert model.chat(prompt, max_new_tokens=16, **settings).text == reply
     report = json.loads((out / "sft_data.json").read_text())
     assert report == {"data": [str(data)], "skipped": {}, "train": 11, "val": 1}
+    lines = [line for prompt, _ in CONVERSATIONS for line in (prompt, "/reset")]  # each question as a first turn
+    flags = ["--steps", "16"] if process == "masked" else []
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    capsys.readouterr()
+    assert main(["chat", str(out), "--length", "16", *flags]) == 0
+    assert capsys.readouterr().out.splitlines() == [reply for _, reply in CONVERSATIONS]
 
 
 def test_bad_conversation_files_are_one_sentence(tmp_path, capsys):

@@ -152,5 +152,4 @@ def fit(model: Model, history: list[dict], system: str | None, length: int) -> l
 
 def prompt_tokens(tok, messages: list[dict]) -> int:
     """Tokens of the prompt `Model.chat` decodes after for `messages` (BOS included)."""
-    form = chat_format(tok, messages)
-    return len(tok.encode(form.prompt)) + form.bos
+    return len(chat_format(tok, messages).ids)
