@@ -1,6 +1,6 @@
-"""Command-line verbs of the data pipeline: `sunfish data prepare` and `sunfish tokenizer train|extend|stats`.
+"""Command-line verbs of the data pipeline: `sunfish data prepare|instruct` and `sunfish tokenizer train|extend|stats`.
 
-`register(verbs)` adds them to the main parser's sub-commands (`prepare` joins the existing `data`
+`register(verbs)` adds them to the main parser's sub-commands (`prepare` and `instruct` join the existing `data`
 group); `dispatch(args)` runs one of them and returns its exit code, or None for a verb that is not
 ours. Library work is imported inside each command so `sunfish --help` stays fast.
 """
@@ -44,6 +44,17 @@ def _add_prepare(group: argparse._SubParsersAction) -> None:
     p.set_defaults(config_sections={"pack": None})
 
 
+def _add_instruct(group: argparse._SubParsersAction) -> None:
+    p = group.add_parser("instruct", help="write scored instruction data: story questions, story writing, translation",
+                         description="Writes OUT/train.jsonl and OUT/test.jsonl ({\"messages\": [...], \"check\": {...}} per line).")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--lang", choices=["en", "ru", "both"], default="both", help="languages (translation needs both)")
+    p.add_argument("--n", type=int, default=5000, help="rows in all, train and test (default 5000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--held-out", type=float, default=0.1, help="fraction of the rows in test.jsonl (default 0.1)")
+    p.add_argument("--corpora", type=Path, help="folder holding parallel_en_ru_tatoeba/ (default: ../shared/corpora where found)")
+
+
 def _add_tokenizer(verbs: argparse._SubParsersAction) -> None:
     t = verbs.add_parser("tokenizer", help="train, extend and measure tokenizers")
     group = t.add_subparsers(dest="tokenizer_verb", required=True)
@@ -71,13 +82,14 @@ def register(verbs: argparse._SubParsersAction) -> None:
     """Add `data prepare` (to the existing `data` group, or a new one) and `tokenizer train|extend|stats`."""
     data = verbs.choices.get("data") or verbs.add_parser("data", help="corpus tools")
     _add_prepare(subcommands(data, "data_verb"))
+    _add_instruct(subcommands(data, "data_verb"))
     _add_tokenizer(verbs)
 
 
 def dispatch(args: argparse.Namespace) -> int | None:
     """Run the verb if it is one of ours and return its exit code; None otherwise."""
-    if args.verb == "data" and getattr(args, "data_verb", None) == "prepare":
-        command = cmd_prepare
+    if args.verb == "data" and getattr(args, "data_verb", None) in ("prepare", "instruct"):
+        command = cmd_prepare if args.data_verb == "prepare" else cmd_instruct
     elif args.verb == "tokenizer":
         command = {"train": cmd_tokenizer_train, "extend": cmd_tokenizer_extend, "stats": cmd_tokenizer_stats}[args.tokenizer_verb]
     else:
@@ -112,6 +124,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                      workers=args.workers, keep_rejects=args.keep_rejects, progress=not args.no_progress)
     print(result.report)
     print(f"\nwrote {result.out / 'manifest.json'}; train with: sunfish train --data {result.out}")
+    return 0
+
+
+def cmd_instruct(args: argparse.Namespace) -> int:
+    from sunfish.data.instruct import build_instruct, find_corpora, summary, write_instruct
+
+    corpora = args.corpora or find_corpora()
+    data = build_instruct(args.lang, args.n, args.seed, args.held_out, corpora)
+    for note in data.notes:
+        print(note)
+    print(summary(data))
+    train, test = write_instruct(data, args.out)
+    print(f"\nwrote {len(data.train)} rows to {train} and {len(data.test)} to {test}")
     return 0
 
 

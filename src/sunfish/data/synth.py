@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 from typing import Iterator
 
 from sunfish.data import synth_lexicon as lex
 
 LANGS = ("en", "ru", "both")
+OPTIONAL_KEPT = 0.4  # chance that an arc's optional ("?") beat is told
 CASES = ("nom", "gen", "dat", "acc", "ins", "pre")
 _TOKEN = re.compile(r"\{([^{}]+)\}")
 _SENTENCE_START = re.compile(r"(^|[.!?]»? |\n)([a-zа-яё])")  # "!» " ends a Russian sentence
@@ -191,7 +193,7 @@ def _en_character(rng: random.Random, kind: str, taken: set[str]) -> dict:
         adj = rng.choice(lex.EN_CHILD_ADJ + [""])
         intro = f"{en_article((adj + ' ' + noun).strip())} named {name}"
         taken.update({name, noun})
-        return _en_entity(name, gender, intro=intro, home=rng.choice(lex.EN_CHILD_HOME))
+        return _en_entity(name, gender, intro=intro, home=rng.choice(lex.EN_CHILD_HOME), noun=noun, name=name)
     rows = [r for r in lex.EN_ANIMALS if r[0] not in taken and (kind != "small" or r[5])]
     species, adjs, males, females, pet, _small = rng.choice(rows)
     gender = rng.choice("mf")
@@ -200,7 +202,7 @@ def _en_character(rng: random.Random, kind: str, taken: set[str]) -> dict:
     intro = en_article(f"{rng.choice(adjs.split())} {species}") + (f" named {name}" if name else "")
     taken.update({species, name or species})
     home = rng.choice(lex.EN_PET_HOME if pet else lex.EN_WILD_HOME)
-    return _en_entity(name or f"the {species}", gender, intro=intro, home=home)
+    return _en_entity(name or f"the {species}", gender, intro=intro, home=home, noun=species, name=name or "")
 
 
 def _ru_character(rng: random.Random, kind: str, taken: set[str]) -> dict:
@@ -223,7 +225,8 @@ def _ru_character(rng: random.Random, kind: str, taken: set[str]) -> dict:
     suffix = f" по имени {name[0]}" if name is not noun else ""
     intro = [(f"{ru_adj(adj, gender, c, True)} " if adj else "") + noun[i] + suffix for i, c in enumerate(CASES)]
     friend = "друг" if gender == "m" else "подруга"
-    return _ru_entity(name, gender, True, intro=intro, home=home, друг=friend)
+    return _ru_entity(name, gender, True, intro=intro, home=home, друг=friend, noun=" ".join(noun),
+                      name=" ".join(name) if suffix else "")
 
 
 def _en_thing(rng: random.Random, kind: str) -> dict:
@@ -309,14 +312,25 @@ def _tidy(text: str) -> str:
     return _SENTENCE_START.sub(lambda m: m.group(1) + m.group(2).upper(), text)
 
 
-def _story(lang: str, seed: int, index: int) -> str:
-    """Story `index` of a corpus: pick an arc, cast it, render its beats into paragraphs."""
+@dataclass(frozen=True)
+class Story:
+    """One generated story with what made it: the arc's name and the cast (role -> entity dict of forms;
+    a character also carries "noun" ("dog", "girl"; Russian: its six case forms) and "name" ("" if unnamed))."""
+
+    text: str
+    lang: str
+    arc: str
+    cast: dict[str, dict]
+
+
+def make_story(lang: str, seed: int, index: int, optional: float = OPTIONAL_KEPT) -> Story:
+    """Story `index` of a corpus: pick an arc, cast it, render its beats into paragraphs. `optional` is the
+    chance that an optional beat is kept (0: only the beats every story of the arc has)."""
     rng = random.Random(f"{seed}:{index}")
     if lang == "both":
         lang = ("en", "ru")[index % 2]
-    grammar = lex.EN_GRAMMAR if lang == "en" else lex.RU_GRAMMAR
-    agree = en_agree if lang == "en" else ru_agree
-    roles, beats = lex.ARCS[rng.choice(sorted(lex.ARCS))]
+    arc = rng.choice(sorted(lex.ARCS))
+    roles, beats = lex.ARCS[arc]
     cast = _cast(rng, lang, roles)
     paragraphs: list[list[str]] = [[]]
     for beat in beats:
@@ -325,11 +339,23 @@ def _story(lang: str, seed: int, index: int) -> str:
                 paragraphs.append([])
             continue
         if beat.startswith("?"):
-            if rng.random() >= 0.4:
+            if rng.random() >= optional:
                 continue
             beat = beat[1:]
-        paragraphs[-1].append(_tidy(_render("{" + beat + "}", grammar, cast, agree, rng)))
-    return "\n".join(" ".join(p) for p in paragraphs if p)
+        paragraphs[-1].append(render(beat, lang, cast, rng))
+    return Story("\n".join(" ".join(p) for p in paragraphs if p), lang, arc, cast)
+
+
+def render(symbol: str, lang: str, cast: dict[str, dict], rng: random.Random) -> str:
+    """One sentence (or more) from a grammar symbol or a template such as "{A} lost {A.his} {O.n0}"."""
+    grammar = lex.EN_GRAMMAR if lang == "en" else lex.RU_GRAMMAR
+    agree = en_agree if lang == "en" else ru_agree
+    text = "{" + symbol + "}" if symbol in grammar else symbol
+    return _tidy(_render(text, grammar, cast, agree, rng))
+
+
+def _story(lang: str, seed: int, index: int) -> str:
+    return make_story(lang, seed, index).text
 
 
 def _check(lang: str, n: int) -> None:
