@@ -199,7 +199,7 @@ class EvalConfig(Section):
     rel_se: float = knob(0.01, "Monte Carlo stops once the standard error is below this fraction of the estimate", lo=1e-06, hi=1.0)
     min_rounds: int = knob(4, "fewest Monte Carlo passes over the held-out text", lo=2)
     max_rounds: int = knob(64, "most Monte Carlo passes (the reached error is reported either way)", lo=2)
-    samples: int = knob(16, "unprompted samples per step count (generation suite)", lo=1)
+    samples: int = knob(16, "unprompted samples per step count (generation suite); rows scored, the first of --data (instruct suite)", lo=1)
     sample_length: int = knob(0, "tokens per sample; 0 = the checkpoint's sampler length", lo=0)
     sample_steps: str = knob("16,64,256", "comma-separated denoising step counts (each capped at the sample length)")
     temperature: float = knob(1.0, "sampling temperature of the generation suite (1 = the model's distribution)", lo=0.0)

@@ -20,12 +20,13 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    e = verbs.add_parser("eval", help="evaluate a checkpoint: likelihood, generation, infilling, translation",
+    e = verbs.add_parser("eval", help="evaluate a checkpoint: likelihood, generation, infilling, translation, instructions",
                          epilog="Settings: --eval.field=value (e.g. --eval.max_tokens=32768 --eval.sample_steps=16,64)")
     e.add_argument("path", help="run folder (from `sunfish train --out`) or one of its checkpoints")
-    e.add_argument("--data", nargs="+", default=[], help="held-out .txt/.jsonl files or folders")
-    e.add_argument("--suite", default="", help="comma-separated: likelihood,generation,infill,translation "
-                   "(default: all; translation only with --parallel)")
+    e.add_argument("--data", nargs="+", default=[], help="held-out .txt/.jsonl files or folders (instruct: its rows, "
+                   "DIR/test.jsonl from `sunfish data instruct`)")
+    e.add_argument("--suite", default="", help="comma-separated: likelihood,generation,infill,translation,instruct "
+                   "(default: all but instruct; translation only with --parallel)")
     e.add_argument("--ref-model", help="reference causal LM for generative perplexity: a Sunfish --objective ar run "
                    "or a local Hugging Face model folder")
     e.add_argument("--parallel", help="English-Russian TSV (columns en, ru) for the translation suite")

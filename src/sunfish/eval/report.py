@@ -2,9 +2,10 @@
 with plots; `sunfish compare`: several evaluated runs side by side.
 
 Suites: likelihood (eval/likelihood.py), generation (eval/generative.py), infill (eval/infill.py),
-translation (eval/translation.py). A suite the model cannot run (a causal model has no infilling, a process
-kind without a likelihood estimator) is recorded as {"skipped": "<sentence>"} and the others still run.
-Files are written to a temporary name and renamed, so a killed evaluation never leaves half a file.
+translation (eval/translation.py), instruct (eval/instruct.py: rows from `sunfish data instruct`). A suite the
+model cannot run (a causal model has no infilling, a process kind without a likelihood estimator) is recorded
+as {"skipped": "<sentence>"} and the others still run. Files are written to a temporary name and renamed, so a
+killed evaluation never leaves half a file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from sunfish.checkpoint.files import run_dir_of
 from sunfish.config import EvalConfig
 from sunfish.fileio import write_text_atomic
 
-SUITES = ("likelihood", "generation", "infill", "translation")
+SUITES = ("likelihood", "generation", "infill", "translation", "instruct")
+ASKED_ONLY = ("instruct",)  # suites that run only when named: their --data is conversations, not text
 
 
 class EvalError(ValueError):
@@ -28,7 +30,8 @@ class EvalError(ValueError):
 
 
 def parse_suites(spec: str, has_parallel: bool) -> list[str]:
-    asked = [s.strip() for s in spec.split(",") if s.strip()] if spec else [s for s in SUITES if s != "translation" or has_parallel]
+    default = [s for s in SUITES if (s != "translation" or has_parallel) and s not in ASKED_ONLY]
+    asked = [s.strip() for s in spec.split(",") if s.strip()] if spec else default
     unknown = [s for s in asked if s not in SUITES]
     if unknown:
         raise EvalError(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
@@ -57,6 +60,7 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
     from sunfish.data.sources import read_documents
     from sunfish.eval.generative import generation_suite, load_reference
     from sunfish.eval.infill import InfillUnsupported, infill_suite
+    from sunfish.eval.instruct import instruct_suite, read_rows
     from sunfish.eval.likelihood import UnsupportedProcess, evaluate_likelihood, held_out
     from sunfish.eval.translation import TranslationUnsupported, read_pairs, translation_suite
     from sunfish.api import load
@@ -64,9 +68,13 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
 
     if "translation" in suites:
         read_pairs(parallel, cfg.translation_direction)  # a bad file or direction fails before any work
+    if "instruct" in suites:
+        if {"likelihood", "infill"} & set(suites):
+            raise EvalError("--data holds the instruct suite's conversations, not held-out text; run likelihood and infill in another `sunfish eval`")
+        read_rows(data)  # so does a bad instruct row
     rt = setup_runtime(device)
     loaded = load(path, device=str(rt.device), dtype=dtype, quantize=quantize)
-    docs = read_documents(data) if data else []
+    docs = read_documents(data) if data and "instruct" not in suites else []  # instruct's --data is its rows
     if not docs and any(s in suites for s in ("likelihood", "infill")):
         raise EvalError("the likelihood and infill suites need held-out text: pass --data FILE...")
     seq_len = min(cfg.seq_len or loaded.cfg.train.seq_len or loaded.cfg.model.context, loaded.cfg.model.context)
@@ -95,6 +103,8 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
                 if not full:
                     raise EvalError(f"the held-out text is shorter than one window of {seq_len} tokens; pass more text for the infill suite")
                 body["suites"][suite] = [r.as_json() for r in infill_suite(loaded, full[0], cfg, log=log)]
+            elif suite == "instruct":
+                body["suites"][suite] = instruct_suite(loaded, data, cfg, log=log)
             else:
                 body["suites"][suite] = translation_suite(loaded, parallel, cfg, log=log).as_json()
         except (UnsupportedProcess, InfillUnsupported, TranslationUnsupported) as err:
@@ -133,6 +143,11 @@ def summary_rows(body: dict) -> list[tuple[str, str]]:
     tr = suites.get("translation")
     if tr and "skipped" not in tr:
         rows.append((f"translation {tr['direction']}", f"BLEU {tr['bleu']:.2f}, chrF {tr['chrf']:.2f} ({tr['pairs']} pairs)"))
+    ins = suites.get("instruct")
+    if ins and "skipped" not in ins:
+        from sunfish.eval.instruct import summary_lines
+
+        rows += summary_lines(ins)
     return rows
 
 
@@ -234,6 +249,10 @@ def write_report(body: dict, out: Path) -> Path:
             title = "Quality vs sampling steps" if "steps" in name else "Quality vs speed"
             lines += [f"## {title}", "", f"![{title}]({name})", ""]
         lines += ["## Samples", ""] + [f"- {json.dumps(e, ensure_ascii=False)}" for g in gens[-1:] for e in g["examples"]] + [""]
+    ins = body["suites"].get("instruct")
+    if ins and "groups" in ins:
+        lines += ["## Instruct replies", ""] + [f"- {g['task']} {g['lang']}: {json.dumps(e, ensure_ascii=False)}"
+                                                for g in ins["groups"] for e in g["examples"]] + [""]
     cfg = body["eval_config"]
     lines += ["## Settings", "", f"Held-out data: {', '.join(body['data']) or '(none)'}; windows of {body['seq_len']} tokens; "
               f"seed {cfg['seed']}; Monte Carlo until s.e. < {cfg['rel_se']:.0%} of the estimate "
