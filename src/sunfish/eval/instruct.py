@@ -187,7 +187,7 @@ def _budget(model: Model, row: Row) -> tuple[int, int]:
 
     tok = model.tokenizer
     form = chat_format(tok, [dict(m) for m in row.messages])
-    room = model.cfg.model.context - len(tok.encode(form.prompt)) - int(form.bos)
+    room = model.cfg.model.context - len(form.ids)
     ref = len(tok.encode(row.reference.strip()))
     return max(0, min(2 * ref + 8, room)), ref
 
@@ -198,8 +198,10 @@ def _reply_tokens(tok, ids: list[int], reply: str) -> int:
     return len(ids) if tok.decode(ids).strip() == reply else len(tok.encode(reply))
 
 
-def instruct_suite(model: Model, data: list[str | Path], cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
-    """Answer the first `cfg.samples` rows of `data` and score each by its check; the eval.json entry."""
+def instruct_suite(model: Model, data: list[str | Path], cfg: EvalConfig, log: Callable[[str], None] = print,
+                   sampler: dict | None = None) -> dict:
+    """Answer the first `cfg.samples` rows of `data` and score each by its check; the eval.json entry. `sampler`:
+    settings over the greedy one-step-per-token default (e.g. {"guidance": 1.0})."""
     rows = read_rows(data)
     scored = rows[: cfg.samples]
     log(f"  {len(scored)} of {len(rows)} rows (--eval.samples={cfg.samples})")
@@ -212,6 +214,7 @@ def instruct_suite(model: Model, data: list[str | Path], cfg: EvalConfig, log: C
             lengths.append(None)
             continue
         settings = {k: v for k, v in (("steps", budget), ("temperature", 0.0)) if k in model.spec.sampler_fields}
+        settings.update(sampler or {})
         out = model.chat(row.messages, max_new_tokens=budget, seed=cfg.seed + i, **settings)
         reply = out.text.strip()
         replies.append(reply)
