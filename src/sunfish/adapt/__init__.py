@@ -6,7 +6,8 @@ Sunfish's trainer, optionally with LoRA, representation alignment against the fr
 trajectory-guided masking. Modules:
 
   tokenizer.py   a Hugging Face tokenizer behind Sunfish's tokenizer interface, with a mask token
-  model.py       DiffusionLM: the flipped backbone behind Sunfish's hidden()/head() interface; loading, LoRA
+  model.py       DiffusionLM: the flipped backbone behind Sunfish's hidden()/head() interface; loading (LoRA:
+                 sunfish/lora.py)
   align.py       the alignment loss and the teacher-state cache (safetensors files keyed by input hashes)
   trajectory.py  commit orders from an entropy-ordered decoder; masking the latest-committed tokens
   objective.py   the training loss of an adapted model (masked NELBO + alignment)

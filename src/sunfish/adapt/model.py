@@ -27,6 +27,7 @@ import torch.nn as nn
 from sunfish.checkpoint.files import CheckpointError, SourceKind, resolve_checkpoint, run_dir_of, source_kind
 from sunfish.checkpoint.weights import load_network, load_weights
 from sunfish.config import AdaptConfig, AttentionKind, BaseKind, Layout, ModelConfig, RunConfig
+from sunfish.lora import apply_lora, require_qlora
 from sunfish.model.transformer import Transformer, build_model
 
 HF_BASE = "hf_base"  # RUN_DIR/hf_base: the adapted model's HF config and tokenizer (weights live in checkpoints)
@@ -155,21 +156,17 @@ def load_hf_causal(folder: str | Path, cfg: AdaptConfig, *, weights: bool = True
         config = AutoConfig.from_pretrained(str(folder))
         if not weights:
             return AutoModelForCausalLM.from_config(config)
-        extra = ({"quantization_config": _qlora_config(), "device_map": {"": torch.cuda.current_device()}} if cfg.qlora
-                 else {"dtype": torch.float32})
+        extra = ({"quantization_config": _qlora_config(cfg), "device_map": {"": torch.cuda.current_device()}}
+                 if cfg.qlora else {"dtype": torch.float32})
         return AutoModelForCausalLM.from_pretrained(str(folder), **extra)
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"cannot load a causal LM from '{folder}' ({str(err).splitlines()[0]}); "
                          "pass a folder written by save_pretrained of a causal LM (Llama, Qwen, GPT-2, ...)") from None
 
 
-def _qlora_config():
+def _qlora_config(cfg: AdaptConfig):
     """4-bit NF4 base weights (QLoRA, Dettmers et al. 2023); needs CUDA and bitsandbytes."""
-    import importlib.util
-
-    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
-        raise ValueError("--adapt.qlora needs a CUDA GPU and the bitsandbytes package; without them use "
-                         "--lora (16/32-bit base weights) instead")
+    require_qlora(cfg)
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
@@ -208,49 +205,6 @@ def prepare_hf_student(hf: nn.Module, tokenizer, new_mask: bool) -> None:
 
 def flipped_sunfish_config(base: ModelConfig) -> ModelConfig:
     return dataclasses.replace(base, attention=AttentionKind.BIDIRECTIONAL)
-
-
-# ------------------------------------------------------------------------------------------------ LoRA
-def lora_targets(module: nn.Module, cfg: AdaptConfig) -> list[str]:
-    """Module names LoRA wraps: the configured list, or every linear layer except the output head."""
-    if cfg.lora_targets != "all-linear":
-        return [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
-    from transformers.pytorch_utils import Conv1D
-
-    skip = {"lm_head", "head", "embed", "wte", "wpe"}
-    names = {name.rsplit(".", 1)[-1] for name, m in module.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
-    return sorted(names - skip)
-
-
-def apply_lora(module: nn.Module, cfg: AdaptConfig) -> None:
-    """Inject LoRA adapters (peft) in place and freeze everything else."""
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError:
-        raise ValueError("--adapt.lora needs the peft package; install it with pip install 'sunfish[adapt]'") from None
-    targets = lora_targets(module, cfg)
-    if not targets:
-        raise ValueError("no linear layers match --adapt.lora_targets; name modules of the base model, e.g. q_proj,v_proj")
-    fan_in_fan_out = any(type(m).__name__ == "Conv1D" for m in module.modules())  # GPT-2 stores W transposed
-    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0,
-                        fan_in_fan_out=fan_in_fan_out)
-    try:
-        inject_adapter_in_model(config, module)
-    except ValueError as err:
-        raise ValueError(f"LoRA cannot wrap {targets} ({str(err).splitlines()[0]}); choose --adapt.lora_targets") from None
-    for name, p in module.named_parameters():
-        p.requires_grad = "lora_" in name
-
-
-def merge_lora(module: nn.Module) -> None:
-    """Fold every LoRA update into its base weight and put the plain layer back (for export)."""
-    from peft.tuners.lora import LoraLayer
-
-    for name, child in list(module.named_modules()):
-        if isinstance(child, LoraLayer):
-            child.merge()
-            parent_name, _, attr = name.rpartition(".")
-            setattr(module.get_submodule(parent_name) if parent_name else module, attr, child.get_base_layer())
 
 
 # ------------------------------------------------------------------------------------------ entry points

@@ -21,7 +21,8 @@ import torch
 from sunfish.adapt.align import parse_layers
 from sunfish.config import BaseKind, RunConfig, apply_tree
 from sunfish.adapt.model import (HF_BASE, DiffusionLM, base_kind, build_student, flipped_sunfish_config, hf_context,
-                                 load_hf_causal, merge_lora, model_config_of)
+                                 load_hf_causal, model_config_of)
+from sunfish.lora import merge_lora
 
 DEFAULT_SEQ_LEN = 256  # tokens per training window when neither --train.seq_len nor a short context decides
 
