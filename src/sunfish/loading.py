@@ -57,7 +57,7 @@ class LoadedModel:
 
 
 def _open_sunfish(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | None) -> LoadedModel:
-    model, _ = load_network(ckpt, device, ema)
+    model, cfg = load_network(ckpt, device, ema)  # the config of the network as loaded (LoRA adapters merged)
     if not (ckpt / SOURCE_CONFIG).is_file():
         return LoadedModel(model=model, tokenizer=Tokenizer.load(ckpt / "tokenizer.json"), cfg=cfg, path=ckpt,
                            step=read_state(ckpt).step)

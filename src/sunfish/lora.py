@@ -1,13 +1,17 @@
-"""LoRA adapters (Hu et al. 2021, arXiv:2106.09685) through peft.
+"""LoRA adapters (Hu et al. 2021, arXiv:2106.09685) for `sunfish adapt` and `sunfish sft`, through peft.
 
 A wrapped linear layer computes W x + (alpha / r) B A x with A (r, in), B (out, r) trained and W frozen; B starts
 at zero, so a fresh adapter leaves the model unchanged. Settings come from any config section holding the fields
-lora, lora_rank, lora_alpha, lora_targets and qlora (AdaptConfig); its SECTION names the flags in messages
-(--adapt.lora_targets).
+lora, lora_rank, lora_alpha, lora_targets and qlora (AdaptConfig, SFTConfig); its SECTION names the flags in
+messages (--adapt.lora_targets, --sft.lora_targets).
 
 * `apply_lora` wraps the target layers in place and freezes everything else (any torch module: a transformers
   causal LM or a Sunfish `Transformer`);
-* `merge_lora` folds every update into its weight and puts the plain layers back.
+* `train_rows` lets the embedding and output rows of tokens added to a frozen vocabulary train as a delta (SFT's
+  chat tokens, which start at the mean row and would otherwise all stay identical);
+* `add_sft_adapters` does both for a Sunfish network as `sunfish sft --lora` trains it; loaders rebuild the same
+  wrapping from the saved config to read a checkpoint, then `merge_lora` folds every update into its weight and
+  puts the plain layers back (so inference and `sunfish export` see a plain network).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Protocol
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 SKIP = {"lm_head", "head", "embed", "wte", "wpe"}  # never wrapped by all-linear: embeddings and output heads
 
@@ -79,8 +84,45 @@ def require_qlora(cfg: LoraSettings) -> None:
                          "--lora (16/32-bit base weights) instead")
 
 
+# ------------------------------------------------------------------------------------- rows of added tokens
+class RowDelta(nn.Module):
+    """weight (V, D) -> the same with `delta` (V - start, D) added to its rows from `start` on."""
+
+    def __init__(self, start: int, rows: int, width: int, device: torch.device):
+        super().__init__()
+        self.start = start
+        self.delta = nn.Parameter(torch.zeros(rows, width, device=device))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return torch.cat([weight[: self.start], weight[self.start :] + self.delta.to(weight.dtype)])
+
+
+def train_rows(layers: list[nn.Module], start: int) -> int:
+    """Rows `start:` of each layer's weight (an embedding or an output layer, both (V, D)) train as a delta while the
+    weight stays frozen; layers sharing one weight (tied embeddings) share one delta. Returns the delta's entries."""
+    shared: dict[int, RowDelta] = {}
+    for layer in layers:
+        weight = layer.weight
+        delta = shared.get(id(weight))
+        if delta is None:
+            delta = shared[id(weight)] = RowDelta(start, weight.shape[0] - start, weight.shape[1], weight.device)
+        parametrize.register_parametrization(layer, "weight", delta)
+    return sum(d.delta.numel() for d in shared.values())
+
+
+def _merge_rows(module: nn.Module) -> None:
+    """Fold every RowDelta into its weight; a weight shared by layers is updated in place once, so it stays shared."""
+    done: set[int] = set()
+    for child in list(module.modules()):
+        if parametrize.is_parametrized(child, "weight") and isinstance(child.parametrizations.weight[0], RowDelta):
+            original = child.parametrizations.weight.original
+            parametrize.remove_parametrizations(child, "weight", leave_parametrized=id(original) not in done)
+            done.add(id(original))
+
+
 def merge_lora(module: nn.Module) -> None:
-    """Fold every LoRA update into its base weight and put the plain layers back (for export)."""
+    """Fold every LoRA update (and row delta) into its base weight and put the plain layers back (for inference and
+    export); every parameter trains again afterwards, as in a network that never had adapters."""
     from peft.tuners.lora import LoraLayer
 
     for name, child in list(module.named_modules()):
@@ -88,3 +130,25 @@ def merge_lora(module: nn.Module) -> None:
             child.merge()
             parent_name, _, attr = name.rpartition(".")
             setattr(module.get_submodule(parent_name) if parent_name else module, attr, child.get_base_layer())
+    _merge_rows(module)
+    module.requires_grad_(True)
+
+
+# -------------------------------------------------------------------------------------------- sunfish sft
+SFT_FROZEN = frozenset({"embed", "lm_head"})  # of these only the rows of the added tokens train (`train_rows`)
+
+
+def add_sft_adapters(model: nn.Module, cfg: LoraSettings, added_tokens: int) -> str:
+    """`sunfish sft --lora` on a Sunfish Transformer: LoRA on the target layers, and the embedding and output rows of
+    the `added_tokens` tokens SFT appended to the vocabulary train too. Returns a line saying what trains."""
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    targets = lora_targets(model, cfg, SFT_FROZEN)
+    apply_lora(model, cfg, SFT_FROZEN)
+    from peft.tuners.lora import LoraLayer  # present: apply_lora refused without peft
+
+    wrapped = sum(isinstance(m, LoraLayer) for m in model.modules())
+    rows = train_rows([model.embed, model.lm_head], model.embed.weight.shape[0] - added_tokens) if added_tokens else 0
+    trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
+    return (f"LoRA r={cfg.lora_rank} alpha={cfg.lora_alpha:g} on {wrapped} layers ({', '.join(targets)})"
+            f"{f' and the rows of {added_tokens} added tokens ({rows:,})' if rows else ''}: {trainable:,} trainable "
+            f"of {total:,} parameters ({100 * trainable / total:.2f}%)")

@@ -6,7 +6,7 @@
 - a flag the user gave (`given`, dotted keys such as "sampler.guidance") that the process does not read,
   naming the processes that do;
 - a sampler flag that does nothing under the other settings (a threshold without the threshold rule, top-k
-  at temperature 0, remasking knobs without remasking, ...).
+  at temperature 0, remasking knobs without remasking, ...), and a LoRA knob without --lora.
 Values that come from a preset or a saved checkpoint are not flags and are not refused for being unused.
 """
 
@@ -30,6 +30,9 @@ ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
     "remask_end": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
     "eta": ("solver", (Solver.AUTO, Solver.DDIM), "the ddim solver (ddpm is eta = 1)"),
 }
+# a setting that acts only while a switch is on -> that switch (LoRA knobs of `sunfish adapt` and `sunfish sft`)
+SWITCHED: dict[str, str] = {f"{section}.{name}": f"{section}.lora" for section in ("adapt", "sft")
+                            for name in ("lora_rank", "lora_alpha", "lora_targets", "qlora")}
 
 
 def _labels(specs: list[ProcessSpec]) -> str:
@@ -81,6 +84,9 @@ def validate(cfg: RunConfig, given: Iterable[str] = ()) -> ProcessSpec:
                               f"{_labels(processes_using('process', name))} models")
         if section == "process" and name == "time_warp_after" and not cfg.process.time_warp:
             raise ConfigError("process.time_warp_after does nothing without process.time_warp=true")
+        if key in SWITCHED and not _value(cfg, SWITCHED[key]):
+            switch = SWITCHED[key].partition(".")[2]
+            raise ConfigError(f"{key} does nothing without --{switch} ({SWITCHED[key]}=true); add --{switch} or leave it out")
         if section == "sampler":
             sampler_given.append(name)
     check_sampler(spec, cfg.sampler, sampler_given)

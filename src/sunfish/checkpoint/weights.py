@@ -118,11 +118,23 @@ def load_weights(model: torch.nn.Module, ckpt: Path, ema: bool = False) -> None:
 
 def load_network(ckpt: Path, device: torch.device | str = "cpu", ema: bool | None = None):
     """(network in eval mode, its RunConfig) of a plain Sunfish checkpoint, built through the process registry.
-    `ema` None: the averaged weights when the run kept an EMA."""
+    `ema` None: the averaged weights when the run kept an EMA. A checkpoint of `sunfish sft --lora` holds the
+    adapters: they are rebuilt, loaded and merged into a plain network, whose config says lora = false."""
+    import dataclasses
+
     from sunfish.checkpoint.files import read_config
     from sunfish.registry import build_network
 
     cfg = read_config(ckpt)
     model = build_network(cfg.model, cfg.process, device)
+    if cfg.sft.lora:
+        from sunfish.lora import add_sft_adapters
+
+        add_sft_adapters(model, cfg.sft, cfg.sft.added_tokens)
     load_weights(model, ckpt, ema=has_ema(ckpt) if ema is None else ema)
+    if cfg.sft.lora:
+        from sunfish.lora import merge_lora
+
+        merge_lora(model)
+        cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, lora=False))
     return model.eval(), cfg

@@ -164,6 +164,16 @@ class SFTConfig(Section):
     base: str = knob("", "the run the fine-tuning started from (set by `sunfish sft BASE`); \"\" = not an SFT run")
     pad: SFTPad = knob(SFTPad.EOS, "what fills a conversation up to the sequence length: eos (masked and scored like "
                        "the reply, so the model learns where to stop; LLaDA) | mask (PAD, never scored)")
+    added_tokens: int = knob(0, "tokens `sunfish sft` appended to the base's vocabulary (its chat tokens; set by "
+                             "`sunfish sft`): with lora, their embedding and output rows train", lo=0)
+    lora: bool = knob(False, "train LoRA adapters (peft) and the rows of the added tokens; every other weight stays "
+                      "frozen (checkpoints keep the adapters; loading and `sunfish export` merge them)")
+    lora_rank: int = knob(16, "LoRA rank r (>= 1)", lo=1)
+    lora_alpha: float = knob(32.0, "LoRA scale numerator (the update is scaled by alpha / r)", lo=0.0)
+    lora_targets: str = knob("all-linear", "comma-separated names of the linear layers LoRA wraps (a Sunfish block "
+                             "has qkv, out, up, down), or all-linear (every one but the output head)")
+    qlora: bool = knob(False, "4-bit base weights under the adapters (bitsandbytes, CUDA only); not available for "
+                       "Sunfish networks yet, so refused")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,13 +14,15 @@ from sunfish.checkpoint.export import ExportFormat
 from sunfish.config import SECTIONS, ParallelKind
 from sunfish.flags import add_section, given
 
-SFT_SECTIONS = {"train": None, "optim": None, "sft": ("pad",), "data": ("val_fraction",)}
+SFT_SECTIONS = {"train": None, "optim": None, "sft": ("pad", "lora", "lora_rank", "lora_alpha", "lora_targets", "qlora"),
+                "data": ("val_fraction",)}
 
 
 def _add_sft(verbs: argparse._SubParsersAction) -> None:
     s = verbs.add_parser("sft", help="supervised fine-tuning of a trained run on conversations (chat)",
                          description="Starts from BASE's weights, adds the chat tokens to its tokenizer and trains on "
-                                     "the assistant turns only (docs: README, Instruction tuning and chat).")
+                                     "the assistant turns only (docs: README, Instruction tuning and chat); with "
+                                     "--lora only LoRA adapters and the chat tokens' rows train.")
     s.add_argument("base", help="the trained run (or checkpoint) to fine-tune: masked, block or autoregressive")
     s.add_argument("--data", nargs="+", required=True, help=".jsonl files (rows {\"prompt\", \"response\"} or "
                    "{\"messages\": [...]}), folders of them, or a saved Hugging Face dataset folder")
@@ -28,7 +30,7 @@ def _add_sft(verbs: argparse._SubParsersAction) -> None:
     s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, fields in SFT_SECTIONS.items():
-        add_section(s, SECTIONS[name], fields=fields, short=("steps", "save_every", "seed", "pad") if name in ("train", "sft") else (),
+        add_section(s, SECTIONS[name], fields=fields, short=("steps", "save_every", "seed", "pad", "lora") if name in ("train", "sft") else (),
                     defaults=name == "sft", note="defaults come from BASE" if name != "sft" else "")
     s.set_defaults(config_sections=SFT_SECTIONS)
 

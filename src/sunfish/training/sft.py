@@ -5,6 +5,11 @@ tokenizer (`Tokenizer.with_chat_tokens`: the embedding and output rows of the ne
 the existing ones), and trains through Sunfish's trainer (checkpoints, resume, validation, metrics) on the
 conversations of `data/sft.py` with its process's SFT loss (`process/sft.py`). The finished run chats through
 Sunfish's template: `sunfish sample RUN --chat`, `Model.chat`, `sunfish serve`.
+
+With --lora only LoRA adapters (sunfish/lora.py) and the embedding and output rows of the added chat tokens train;
+every other weight stays BASE's. Checkpoints hold the adapter-wrapped network (`sft.lora` in their config), so a
+resumed run continues the same adapters; every loader rebuilds the adapters from the config and merges them
+(`checkpoint/weights.py: load_network`), so sampling, serving and `sunfish export` see plain merged weights.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from sunfish.fileio import write_text_atomic
 def sft_config(base: str | Path, tree: dict | None = None) -> tuple[RunConfig, object]:
     """(the SFT run's config: BASE's with `tree` applied and sft.base set, BASE's network loaded on the CPU)."""
     from sunfish.checkpoint.files import source_kind
+    from sunfish.flags import given_keys
     from sunfish.loading import load_model
+    from sunfish.validate import validate
 
     kind = source_kind(Path(base))
     loaded = load_model(base, "cpu")
@@ -35,7 +42,38 @@ def sft_config(base: str | Path, tree: dict | None = None) -> tuple[RunConfig, o
         raise ValueError(f"supervised fine-tuning is not defined for {loaded.spec.label} models; fine-tune a masked, "
                          "block or autoregressive run")
     cfg = apply_tree(loaded.cfg, {**(tree or {}), "sft": {**(tree or {}).get("sft", {}), "base": str(Path(base).resolve())}})
+    validate(cfg, given_keys(tree or {}))
+    check_lora(cfg, loaded.model)
     return cfg, loaded
+
+
+def check_lora(cfg: RunConfig, network: torch.nn.Module) -> None:
+    """Refuse, in one sentence, LoRA settings this run cannot train with (`network`: BASE's, for the layer names)."""
+    from sunfish.config import ParallelKind
+    from sunfish.lora import SFT_FROZEN, lora_targets, require_qlora
+
+    if cfg.sft.lora:
+        lora_targets(network, cfg.sft, SFT_FROZEN)
+    if cfg.sft.qlora:
+        require_qlora(cfg.sft)
+        raise ValueError("--sft.qlora is not available for Sunfish networks yet (their checkpoints must open on "
+                         "any device, and 4-bit bitsandbytes weights open only on CUDA); use --lora")
+    if cfg.sft.lora and cfg.train.parallel is ParallelKind.FSDP:
+        raise ValueError("LoRA fine-tuning runs in one process or under --train.parallel=ddp; FSDP does not shard "
+                         "adapter-wrapped networks yet")
+
+
+def check_resume(out: Path, cfg: RunConfig) -> None:
+    """A run resumes with the LoRA settings it was trained with (its checkpoints hold that network)."""
+    from sunfish.checkpoint.files import list_checkpoints, read_config
+
+    found = list_checkpoints(out)
+    keys = ("lora", "lora_rank", "lora_alpha", "lora_targets")
+    if found and any(getattr(read_config(found[-1]).sft, k) != getattr(cfg.sft, k) for k in keys):
+        saved = read_config(found[-1]).sft
+        used = (f"with --lora --sft.lora_rank={saved.lora_rank} --sft.lora_alpha={saved.lora_alpha:g} "
+                f"--sft.lora_targets={saved.lora_targets}") if saved.lora else "without --lora"
+        raise ValueError(f"the run in '{out}' was trained {used}; resume it with the same LoRA settings")
 
 
 def sft_corpus(cfg: RunConfig, data: list[str], tokenizer, log: Callable[[str], None]):
@@ -86,18 +124,26 @@ def sft(base: str | Path, data: list[str], *, out: Path, tree: dict | None = Non
     if not data:
         raise ValueError("no conversations: pass --data FILE.jsonl (rows of prompt/response or messages)")
     cfg, loaded = sft_config(base, tree)
+    if resume:
+        check_resume(out, cfg)
     tokenizer = loaded.tokenizer.with_chat_tokens()
+    added = max(0, tokenizer.vocab_size - loaded.cfg.model.vocab_size)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size),
+                              sft=dataclasses.replace(cfg.sft, added_tokens=added))
     corpus, skipped = sft_corpus(cfg, data, tokenizer, log)
     base_state = {k: v.detach().float() for k, v in loaded.model.state_dict().items()}
 
     def factory(model_cfg, device):
         model = build_model(model_cfg, device)
         model.load_state_dict(grown(base_state, {k: v.shape for k, v in model.state_dict().items()}))
+        if cfg.sft.lora:
+            from sunfish.lora import add_sft_adapters
+
+            log(add_sft_adapters(model, cfg.sft, added))
         return model
 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "sft_data.json", json.dumps({"data": [str(d) for d in data], "skipped": dict(skipped),
                                                          "train": int(corpus.train.tokens.shape[0]),
                                                          "val": int(corpus.val.tokens.shape[0])}, indent=2) + "\n")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
     return train(cfg, run_dir=out, resume=resume, progress=progress, log=log, corpus=corpus, model_factory=factory)
