@@ -32,6 +32,7 @@ class FinalText:
         self.stop_ids, self.stops, self.live = set(stop_ids), [s for s in stops if s], live
         self.sent = ""
         self.stopped = False  # a stop token or string is in the final text: decoding can end
+        self._prefix = 0  # length of the committed prefix last decoded (most steps do not extend it)
 
     def _cut(self, ids: list[int]) -> tuple[list[int], str, bool]:
         """(ids before the first stop token, their text cut at the first stop string, whether either was hit)."""
@@ -52,7 +53,11 @@ class FinalText:
         if not self.live or self.stopped:
             return ""
         region = list(region)
-        _, text, self.stopped = self._cut(region[: region.index(self.mask_id)] if self.mask_id in region else region)
+        prefix = region[: region.index(self.mask_id)] if self.mask_id in region else region
+        if len(prefix) == self._prefix:  # committed tokens never change here, so neither does the text
+            return ""
+        self._prefix = len(prefix)
+        _, text, self.stopped = self._cut(prefix)
         if not self.stopped:
             text = text.rstrip("\ufffd")  # an incomplete UTF-8 character
             hold = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)

@@ -19,6 +19,7 @@ keys and values (cut to its length); a span pass that commits (block diffusion) 
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -119,8 +120,6 @@ class MergedForward:
         return []
 
     def _run(self, calls: list[_Call]) -> None:
-        import time
-
         began = time.perf_counter()
         try:
             with torch.inference_mode():
