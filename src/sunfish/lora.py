@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+NF4_BLOCK = 64  # weights per 4-bit block (QLoRA's block size)
 SKIP = {"lm_head", "head", "embed", "wte", "wpe"}  # never wrapped by all-linear: embeddings and output heads
 
 
@@ -78,10 +79,44 @@ def apply_lora(module: nn.Module, cfg: LoraSettings, frozen: frozenset[str] = fr
 
 
 def require_qlora(cfg: LoraSettings) -> None:
-    """4-bit base weights (QLoRA, Dettmers et al. 2023) need CUDA and bitsandbytes: one sentence without them."""
+    """4-bit base weights of a transformers model (`sunfish adapt --adapt.qlora`: QLoRA, Dettmers et al. 2023,
+    through bitsandbytes) need CUDA and bitsandbytes: one sentence without them."""
     if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError(f"--{cfg.SECTION}.qlora needs a CUDA GPU and the bitsandbytes package; without them use "
                          "--lora (16/32-bit base weights) instead")
+
+
+def quantize_base(module: nn.Module) -> int:
+    """QLoRA on a Sunfish network (`sunfish sft --sft.qlora`): the frozen base weight of every LoRA-wrapped linear
+    layer becomes 4-bit NormalFloat (Dettmers et al. 2023) in blocks of 64 with double-quantised scales, through
+    torchao's NF4 tensor (CPU and CUDA; the matmul dequantises to the weight's dtype, the adapters stay in full
+    precision). Returns the bytes the base weights no longer take. Checkpoints store these weights dequantised, and a
+    resumed run rebuilds them from the base (`is_quantized`: load_weights leaves them alone)."""
+    try:
+        from torchao.quantization import to_nf4
+    except ImportError:
+        raise ValueError("--sft.qlora needs the torchao package; install it with pip install 'sunfish[quantize]'") from None
+    from peft.tuners.lora import LoraLayer
+
+    saved, layers = 0, [m.get_base_layer() for m in module.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:
+        weight, blocks = layer.weight, layer.weight.numel() // NF4_BLOCK
+        scaler_block = next((s for s in (256, 128, 64, 32, 16, 8) if blocks % s == 0), None)  # 256 in QLoRA
+        if not isinstance(layer, nn.Linear) or weight.numel() % NF4_BLOCK or scaler_block is None or is_quantized(weight):
+            continue
+        quantized = to_nf4(weight.detach().contiguous(), NF4_BLOCK, scaler_block)
+        saved += weight.numel() * weight.element_size() - weight.numel() // 2 - 4 * blocks // scaler_block - blocks
+        layer.weight = nn.Parameter(quantized, requires_grad=False)
+    if layers and not saved:
+        raise ValueError(f"no LoRA-wrapped layer has a weight whose size is a multiple of {NF4_BLOCK * 8} (4-bit "
+                         "blocks of 64 with their scales in blocks of 8 or more), so --sft.qlora would quantize nothing; "
+                         "use --lora")
+    return saved
+
+
+def is_quantized(tensor: torch.Tensor) -> bool:
+    """A 4-bit base weight of `quantize_base` (a torchao NF4 tensor)."""
+    return hasattr(tensor, "get_original_weight")
 
 
 # ------------------------------------------------------------------------------------- rows of added tokens
@@ -138,17 +173,23 @@ def merge_lora(module: nn.Module) -> None:
 SFT_FROZEN = frozenset({"embed", "lm_head"})  # of these only the rows of the added tokens train (`train_rows`)
 
 
-def add_sft_adapters(model: nn.Module, cfg: LoraSettings, added_tokens: int) -> str:
-    """`sunfish sft --lora` on a Sunfish Transformer: LoRA on the target layers, and the embedding and output rows of
-    the `added_tokens` tokens SFT appended to the vocabulary train too. Returns a line saying what trains."""
+def add_sft_adapters(model: nn.Module, cfg: LoraSettings, added_tokens: int, quantize: bool = False) -> str:
+    """`sunfish sft --lora` on a Sunfish Transformer (or an adapted model, adapt/model.py): LoRA on the target layers, and the embedding and output rows of
+    the `added_tokens` tokens SFT appended to the vocabulary train too; with `quantize` (QLoRA, for training only:
+    loaders merge into full-precision weights) the wrapped layers' base weights become 4-bit. Returns a line saying
+    what trains."""
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     targets = lora_targets(model, cfg, SFT_FROZEN)
     apply_lora(model, cfg, SFT_FROZEN)
     from peft.tuners.lora import LoraLayer  # present: apply_lora refused without peft
 
     wrapped = sum(isinstance(m, LoraLayer) for m in model.modules())
-    rows = train_rows([model.embed, model.lm_head], model.embed.weight.shape[0] - added_tokens) if added_tokens else 0
+    rows = 0
+    if added_tokens:  # Sunfish's tokenizer grew: a Transformer, or the one inside an adapted Sunfish run
+        inner = model.backbone.model if hasattr(model, "backbone") else model
+        rows = train_rows([inner.embed, inner.lm_head], inner.embed.weight.shape[0] - added_tokens)
+    saved = quantize_base(model) if quantize else 0
     trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
-    return (f"LoRA r={cfg.lora_rank} alpha={cfg.lora_alpha:g} on {wrapped} layers ({', '.join(targets)})"
+    return (f"{'QLoRA (4-bit NF4 base weights, %.1f MB saved)' % (saved / 1e6) if quantize else 'LoRA'} r={cfg.lora_rank} alpha={cfg.lora_alpha:g} on {wrapped} layers ({', '.join(targets)})"
             f"{f' and the rows of {added_tokens} added tokens ({rows:,})' if rows else ''}: {trainable:,} trainable "
             f"of {total:,} parameters ({100 * trainable / total:.2f}%)")

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from sunfish.checkpoint.files import CheckpointError, SourceKind, resolve_checkpoint, run_dir_of, source_kind
-from sunfish.checkpoint.weights import load_network, load_weights
+from sunfish.checkpoint.weights import load_merged, load_network
 from sunfish.config import AdaptConfig, AttentionKind, BaseKind, Layout, ModelConfig, RunConfig
 from sunfish.lora import apply_lora, require_qlora
 from sunfish.model.transformer import Transformer, build_model
@@ -271,5 +271,5 @@ def load_adapted(ckpt: Path, cfg: RunConfig, device: torch.device):
     else:
         tokenizer = Tokenizer.load(ckpt / "tokenizer.json")
     model = build_student(cfg, run_dir, pretrained=False)
-    load_weights(model, ckpt)
+    load_merged(model, cfg, ckpt, ema=False)  # a `sunfish sft --lora` run of an adapted model merges its adapters
     return model.to(device).eval(), tokenizer

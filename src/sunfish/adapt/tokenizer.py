@@ -28,6 +28,7 @@ class HFTokenizer:
             raise ValueError("the tokenizer has no mask token; call add_mask_token first")
         self.hf = tok
         self.added_mask = False  # True when the mask token was added here (its embedding row is new)
+        self.source_config: dict | None = None  # a public model's config.json (families/open.py: family_tokenizer)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "HFTokenizer":

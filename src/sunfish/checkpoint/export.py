@@ -21,7 +21,7 @@ from typing import Callable
 
 from safetensors.torch import save_model
 
-from sunfish.checkpoint.files import SOURCE_CONFIG, CheckpointError, best_checkpoint, is_checkpoint, write_manifest
+from sunfish.checkpoint.files import CheckpointError, best_checkpoint, is_checkpoint, write_manifest, write_tokenizer
 from sunfish.checkpoint.hf_formats import PROVENANCE, write_hf, write_llada
 from sunfish.config import save_config
 from sunfish.fileio import replace_folder
@@ -44,11 +44,7 @@ def _write_sunfish(loaded, folder: Path) -> None:
     """Sunfish's checkpoint layout; a public model keeps its tokenizer files and its config.json (hf_config.json)."""
     save_model(loaded.model, str(folder / "model.safetensors"))
     save_config(loaded.cfg, folder / "config.json")
-    if loaded.hf_config is None:
-        loaded.tokenizer.save(folder / "tokenizer.json")
-    else:
-        loaded.tokenizer.save_pretrained(folder)
-        (folder / SOURCE_CONFIG).write_text(json.dumps(loaded.hf_config, indent=2) + "\n", encoding="utf-8")
+    write_tokenizer(loaded.tokenizer, folder)
     body = {"step": loaded.step or 0, "data_fingerprint": "", "exported_from": str(loaded.path)}
     (folder / "state.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     write_manifest(folder)

@@ -43,6 +43,18 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"{PREFIX}{step:06d}"
 
 
+def write_tokenizer(tokenizer, folder: Path) -> None:
+    """The tokenizer files of a checkpoint: Sunfish's tokenizer.json, or for a public model's tokenizer (one carrying
+    its model's config.json as `source_config`) all its Hugging Face files plus that config as hf_config.json, from
+    which the loader takes the model's special ids again."""
+    source = getattr(tokenizer, "source_config", None)
+    if source is None:
+        tokenizer.save(folder / "tokenizer.json")
+        return
+    tokenizer.save_pretrained(folder)
+    (folder / SOURCE_CONFIG).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
+
+
 def is_sharded(path: Path) -> bool:
     return (path / SHARDED).is_dir()
 

@@ -106,11 +106,17 @@ def load_weights(model: torch.nn.Module, ckpt: Path, ema: bool = False) -> None:
         return
     weights = read_full(ckpt, "ema.safetensors" if ema and has_ema(ckpt) else "model.safetensors")
     fill_tied(weights, model)
-    expected = set(get_model_state_dict(model, options=state_dict_options(False)))
-    if set(weights) != expected:
+    current = get_model_state_dict(model, options=state_dict_options(False))
+    if set(weights) != set(current):
         raise CheckpointError(f"the weights in '{ckpt}' do not match the model in its config "
-                              f"(missing {len(expected - set(weights))}, unexpected {len(set(weights) - expected)} tensors)")
+                              f"(missing {len(set(current) - set(weights))}, unexpected {len(set(weights) - set(current))} tensors)")
+    from sunfish.lora import is_quantized
+
+    kept = {k for k, v in current.items() if is_quantized(v)}  # QLoRA's frozen 4-bit base, rebuilt from the base
     try:
+        if kept:
+            model.load_state_dict({k: v for k, v in weights.items() if k not in kept}, strict=False)
+            return
         set_model_state_dict(model, weights, options=state_dict_options(True))
     except (RuntimeError, ValueError) as err:
         raise damaged(ckpt, err) from None
@@ -120,21 +126,28 @@ def load_network(ckpt: Path, device: torch.device | str = "cpu", ema: bool | Non
     """(network in eval mode, its RunConfig) of a plain Sunfish checkpoint, built through the process registry.
     `ema` None: the averaged weights when the run kept an EMA. A checkpoint of `sunfish sft --lora` holds the
     adapters: they are rebuilt, loaded and merged into a plain network, whose config says lora = false."""
-    import dataclasses
-
     from sunfish.checkpoint.files import read_config
     from sunfish.registry import build_network
 
     cfg = read_config(ckpt)
     model = build_network(cfg.model, cfg.process, device)
+    return model.eval(), load_merged(model, cfg, ckpt, ema)
+
+
+def load_merged(model: torch.nn.Module, cfg, ckpt: Path, ema: bool | None = None):
+    """The checkpoint's weights into `model` (built from its config `cfg`); a checkpoint of `sunfish sft --lora`
+    holds adapters, which are rebuilt, loaded and merged into the plain layers. Returns the config of the network as
+    loaded (sft.lora false once merged)."""
+    import dataclasses
+
     if cfg.sft.lora:
         from sunfish.lora import add_sft_adapters
 
         add_sft_adapters(model, cfg.sft, cfg.sft.added_tokens)
     load_weights(model, ckpt, ema=has_ema(ckpt) if ema is None else ema)
-    if cfg.sft.lora:
-        from sunfish.lora import merge_lora
+    if not cfg.sft.lora:
+        return cfg
+    from sunfish.lora import merge_lora
 
-        merge_lora(model)
-        cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, lora=False))
-    return model.eval(), cfg
+    merge_lora(model)
+    return dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, lora=False))

@@ -172,8 +172,8 @@ class SFTConfig(Section):
     lora_alpha: float = knob(32.0, "LoRA scale numerator (the update is scaled by alpha / r)", lo=0.0)
     lora_targets: str = knob("all-linear", "comma-separated names of the linear layers LoRA wraps (a Sunfish block "
                              "has qkv, out, up, down), or all-linear (every one but the output head)")
-    qlora: bool = knob(False, "4-bit base weights under the adapters (bitsandbytes, CUDA only); not available for "
-                       "Sunfish networks yet, so refused")
+    qlora: bool = knob(False, "QLoRA: the wrapped layers' frozen base weights in 4-bit NF4 (torchao; CPU and CUDA), "
+                       "with lora")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -92,7 +92,9 @@ def family_tokenizer(folder: Path, family: Family, config: dict):
     for role in ("mask", "eos", "pad", "bos"):
         if role in ids and getattr(tok, f"{role}_token_id") != ids[role]:
             setattr(tok, f"{role}_token", tok.convert_ids_to_tokens(ids[role]))
-    return HFTokenizer(tok)
+    tokenizer = HFTokenizer(tok)
+    tokenizer.source_config = config  # written back beside every checkpoint of this model (checkpoint/files.py)
+    return tokenizer
 
 
 def open_family(folder: Path, device: torch.device, dtype: torch.dtype, config_name: str = HF_CONFIG):

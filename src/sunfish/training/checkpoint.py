@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from sunfish.checkpoint.files import (SHARDED, TrainingState, best_of, checkpoint_dir, is_sharded, list_checkpoints,
-                                      read_state, write_manifest)
+                                      read_state, write_manifest, write_tokenizer)
 from sunfish.checkpoint.weights import damaged, has_ema, read_full, read_sharded, state_dict_options, tied_aliases
 from sunfish.config import RunConfig, save_config
 from sunfish.fileio import replace_folder
@@ -43,12 +43,16 @@ def _optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, f
 
 
 def _full_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Gather DTensor shards (collective under FSDP) into plain CPU tensors."""
+    """Gather DTensor shards (collective under FSDP) into plain CPU tensors; QLoRA's 4-bit base weights are stored
+    dequantised (sunfish/lora.py: quantize_base)."""
     from torch.distributed.tensor import DTensor
+
+    from sunfish.lora import is_quantized
 
     out, seen = {}, set()
     for k, v in tensors.items():
-        v = (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu().contiguous()
+        v = v.full_tensor() if isinstance(v, DTensor) else v
+        v = (v.get_original_weight() if is_quantized(v) else v).detach().cpu().contiguous()
         if v.data_ptr() in seen:  # a tied weight: safetensors stores each storage once
             v = v.clone()
         seen.add(v.data_ptr())
@@ -113,7 +117,7 @@ def save_checkpoint(
         body = {"step": state.step, "data_fingerprint": state.data_fingerprint, **state.extra}
         _save_rng(rng, tmp, body)
         save_config(cfg, tmp / "config.json")
-        tokenizer.save(tmp / "tokenizer.json")
+        write_tokenizer(tokenizer, tmp)
         (tmp / "state.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
         write_manifest(tmp)
         replace_folder(tmp, final)

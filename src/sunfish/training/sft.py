@@ -22,42 +22,50 @@ from typing import Callable
 
 import torch
 
-from sunfish.config import RunConfig, apply_tree
+from sunfish.config import BaseKind, RunConfig, apply_tree
 from sunfish.fileio import write_text_atomic
 
 
 def sft_config(base: str | Path, tree: dict | None = None) -> tuple[RunConfig, object]:
     """(the SFT run's config: BASE's with `tree` applied and sft.base set, BASE's network loaded on the CPU)."""
-    from sunfish.checkpoint.files import source_kind
     from sunfish.flags import given_keys
     from sunfish.loading import load_model
     from sunfish.validate import validate
 
-    kind = source_kind(Path(base))
     loaded = load_model(base, "cpu")
-    if loaded.cfg.adapt.base or loaded.hf_config is not None or not hasattr(loaded.tokenizer, "with_chat_tokens"):
-        raise ValueError(f"'{base}' is {'an adapted run' if loaded.cfg.adapt.base else 'a public checkpoint'} "
-                         f"({kind}); `sunfish sft` fine-tunes Sunfish runs for now")
     if loaded.spec.sft is None:
         raise ValueError(f"supervised fine-tuning is not defined for {loaded.spec.label} models; fine-tune a masked, "
                          "block or autoregressive run")
-    cfg = apply_tree(loaded.cfg, {**(tree or {}), "sft": {**(tree or {}).get("sft", {}), "base": str(Path(base).resolve())}})
+    if loaded.cfg.adapt.lora:  # an adapted run's LoRA is folded in: the SFT run starts from plain weights
+        from sunfish.lora import merge_lora
+
+        merge_lora(loaded.model)
+    start = dataclasses.replace(loaded.cfg, adapt=dataclasses.replace(loaded.cfg.adapt, lora=False, qlora=False))
+    cfg = apply_tree(start, {**(tree or {}), "sft": {**(tree or {}).get("sft", {}), "base": str(Path(base).resolve())}})
     validate(cfg, given_keys(tree or {}))
     check_lora(cfg, loaded.model)
     return cfg, loaded
 
 
+def chat_tokenizer(loaded):
+    """BASE's tokenizer as the SFT run uses it: Sunfish's with its chat tokens added (their rows are new); a public
+    model's as it is (its own chat template, or the plain default where it has none: sample/chat.py)."""
+    return loaded.tokenizer.with_chat_tokens() if hasattr(loaded.tokenizer, "with_chat_tokens") else loaded.tokenizer
+
+
 def check_lora(cfg: RunConfig, network: torch.nn.Module) -> None:
     """Refuse, in one sentence, LoRA settings this run cannot train with (`network`: BASE's, for the layer names)."""
     from sunfish.config import ParallelKind
-    from sunfish.lora import SFT_FROZEN, lora_targets, require_qlora
+    from sunfish.lora import SFT_FROZEN, lora_targets
 
     if cfg.sft.lora:
         lora_targets(network, cfg.sft, SFT_FROZEN)
-    if cfg.sft.qlora:
-        require_qlora(cfg.sft)
-        raise ValueError("--sft.qlora is not available for Sunfish networks yet (their checkpoints must open on "
-                         "any device, and 4-bit bitsandbytes weights open only on CUDA); use --lora")
+    if cfg.sft.qlora and cfg.adapt.base and cfg.adapt.kind is BaseKind.HF:
+        raise ValueError("--sft.qlora quantizes Sunfish networks; an adapted transformers model takes 4-bit weights "
+                         "through `sunfish adapt --adapt.qlora` (CUDA), so fine-tune this one with --lora")
+    if cfg.sft.qlora and cfg.train.ema:
+        raise ValueError("--sft.qlora keeps the base weights in 4 bits, which an EMA of the weights would copy in "
+                         "full precision; drop --train.ema")
     if cfg.sft.lora and cfg.train.parallel is ParallelKind.FSDP:
         raise ValueError("LoRA fine-tuning runs in one process or under --train.parallel=ddp; FSDP does not shard "
                          "adapter-wrapped networks yet")
@@ -115,6 +123,13 @@ def grown(state: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -> dict
     return out
 
 
+def adapted_network(cfg: RunConfig, model_cfg, out: Path, device):
+    """The empty network of an adapted base (adapt/model.py) with the SFT run's vocabulary, to load BASE into."""
+    from sunfish.adapt.model import build_student
+
+    return build_student(dataclasses.replace(cfg, model=model_cfg), out, pretrained=False).to(device)
+
+
 def sft(base: str | Path, data: list[str], *, out: Path, tree: dict | None = None, resume: bool = False,
         progress: bool = True, log: Callable[[str], None] = print):
     """Fine-tune BASE on the conversations in `data` into the run folder `out`; returns the trainer's TrainResult."""
@@ -126,20 +141,27 @@ def sft(base: str | Path, data: list[str], *, out: Path, tree: dict | None = Non
     cfg, loaded = sft_config(base, tree)
     if resume:
         check_resume(out, cfg)
-    tokenizer = loaded.tokenizer.with_chat_tokens()
+    tokenizer = chat_tokenizer(loaded)
     added = max(0, tokenizer.vocab_size - loaded.cfg.model.vocab_size)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size),
                               sft=dataclasses.replace(cfg.sft, added_tokens=added))
     corpus, skipped = sft_corpus(cfg, data, tokenizer, log)
     base_state = {k: v.detach().float() for k, v in loaded.model.state_dict().items()}
 
+    if cfg.adapt.base:
+        from sunfish.adapt.run import write_hf_base
+
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.adapt.kind is BaseKind.HF:  # the SFT run is an adapted model too: its loader reads RUN/hf_base
+            write_hf_base(out, loaded.model, tokenizer)
+
     def factory(model_cfg, device):
-        model = build_model(model_cfg, device)
+        model = build_model(model_cfg, device) if not cfg.adapt.base else adapted_network(cfg, model_cfg, out, device)
         model.load_state_dict(grown(base_state, {k: v.shape for k, v in model.state_dict().items()}))
         if cfg.sft.lora:
             from sunfish.lora import add_sft_adapters
 
-            log(add_sft_adapters(model, cfg.sft, added))
+            log(add_sft_adapters(model, cfg.sft, added, quantize=cfg.sft.qlora))
         return model
 
     out.mkdir(parents=True, exist_ok=True)
