@@ -99,7 +99,8 @@ def test_quickstart_end_to_end(tmp_path, capsys):
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--steps", "20"]) == 0
     printed = capsys.readouterr().out
-    assert "English, prompted" in printed and "Russian, prompted" in printed and "infill" in printed
+    assert "--- English" in printed and "--- Russian" in printed and "infill" in printed
+    assert "word 3-grams occur in the training corpus" in printed
     assert (out / "trace.gif").stat().st_size > 0 and (out / "corpus.txt").stat().st_size > 100_000
     assert (out / "run" / "checkpoints" / "step-000020" / "model.safetensors").is_file()
 

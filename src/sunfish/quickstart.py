@@ -9,10 +9,11 @@ from sunfish.checkpoint.files import list_checkpoints, read_state
 from sunfish.config import RunConfig, apply_tree, load_preset
 from sunfish.data.sources import write_documents
 from sunfish.data.synth import generate_stories
+from sunfish.eval.fidelity import CorpusNgrams, Overlap
 
 PRESET = "quickstart"
-PROMPTS = [("English, prompted", "Once upon a time"), ("Russian, prompted", "Жила-была"),
-           ("unprompted", ""), ("unprompted", "")]
+# (language, prompt): two samples each; the trigram figure is over the printed samples of each language
+PROMPTS = [("English", "Once upon a time"), ("English", "One day"), ("Russian", "Жила-была"), ("Russian", "Однажды")]
 INFILL = "Once upon a time, there was a little [MASK:2] named Max. He loved to [MASK:4] in the park."
 
 
@@ -28,21 +29,32 @@ def _train_or_reuse(cfg: RunConfig, run_dir: Path, corpus: Path, log) -> Path:
     return result.checkpoint
 
 
+def show_samples(model, index: CorpusNgrams, trace: Path, log) -> dict[str, Overlap]:
+    """Print a sample for each of PROMPTS (the first one traced into `trace`); per language, how many of the
+    samples' word trigrams occur in the training corpus (eval/fidelity.py)."""
+    texts: dict[str, list[str]] = {}
+    for i, (language, prompt) in enumerate(PROMPTS):
+        g = model.generate(prompt, seed=i, trace=trace if i == 0 else None)
+        texts.setdefault(language, []).append(g.text)
+        log(f"\n--- {language} (seed {i}, {g.steps} steps, {g.tokens_per_s:.0f} tokens/s) ---\n{g.text}")
+    log("")
+    return {language: index.overlap(samples, 3) for language, samples in texts.items()}
+
+
 def run_quickstart(out: Path, steps: int | None = None, log=print) -> None:
     """Write corpus.txt, train into out/run, then print samples, an infill and write out/trace.gif."""
     cfg = load_preset(PRESET)
     if steps is not None:
         cfg = apply_tree(cfg, {"train": {"steps": steps}})
     corpus = out / "corpus.txt"
-    n = write_documents(corpus, generate_stories(cfg.data.synth_lang, cfg.data.synth_docs, cfg.train.seed))
+    stories = generate_stories(cfg.data.synth_lang, cfg.data.synth_docs, cfg.train.seed)
+    n = write_documents(corpus, stories)
     log(f"built-in corpus: {n} English and Russian stories in {corpus}")
     checkpoint = _train_or_reuse(cfg, out / "run", corpus, log)
     model = load(checkpoint, device=cfg.train.device)
-    for i, (title, prompt) in enumerate(PROMPTS):
-        trace = out / "trace.gif" if i == 0 else None
-        g = model.generate(prompt, seed=i, trace=trace)
-        log(f"\n--- {title} (seed {i}, {g.steps} steps, {g.tokens_per_s:.0f} tokens/s) ---\n{g.text}")
+    for language, overlap in show_samples(model, CorpusNgrams(stories), out / "trace.gif", log).items():
+        log(f"{language}: {overlap}")
     filled = model.infill(INFILL, steps=6, temperature=0.0, seed=0)  # greedy, one token per step
     log(f"\n--- infill ---\n{INFILL}\n-> {filled.text}")
     log(f"\ndenoising trace: {out / 'trace.gif'}; checkpoint: {checkpoint}")
-    log(f"try: sunfish sample {out / 'run'} --prompt \"Once upon a time\" --temperature 0.8")
+    log(f"try: sunfish sample {out / 'run'} --prompt \"Once upon a time\" --temperature 0.5")

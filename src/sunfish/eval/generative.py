@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from typing import TYPE_CHECKING
 
 from sunfish.config import EvalConfig
+from sunfish.eval.fidelity import ngrams
 
 if TYPE_CHECKING:
     from sunfish.loading import LoadedModel
@@ -34,23 +35,19 @@ class ReferenceError(ValueError):
 
 # ---- diversity -----------------------------------------------------------------------------------------
 
-def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-
-
 def diversity(texts: list[str]) -> dict[str, float]:
     """distinct-1/2/3 and unigram entropy (bits) pooled over `texts`, and the mean within-sample repetition."""
     split = [t.split() for t in texts]
     out: dict[str, float] = {}
     for n in (1, 2, 3):
-        grams = [g for words in split for g in _ngrams(words, n)]
+        grams = [g for words in split for g in ngrams(words, n)]
         out[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else 0.0
     counts = Counter(w for words in split for w in words)
     total = sum(counts.values())
     out["unigram_entropy"] = -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
     reps = []
     for words in split:
-        grams = _ngrams(words, 4)
+        grams = ngrams(words, 4)
         if grams:
             reps.append(1.0 - len(set(grams)) / len(grams))
     out["repetition_4"] = sum(reps) / len(reps) if reps else 0.0
