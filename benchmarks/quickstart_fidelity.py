@@ -8,7 +8,7 @@ Every variant trains the `quickstart` preset on the built-in corpus the quicksta
 Russian stories, seed 0), changed only as its entry in VARIANTS says, for the preset's steps (or --steps); then
 `--samples` samples per language (prompts "Once upon a time" / "Жила-была", sample seeds 0..n-1) at each of the
 sampler settings in SAMPLERS. Prints one Markdown table (mean over training seeds, min..max) and writes
-results.json under --out. A run that stays on the unigram plateau shows as a trigram figure far below the others.
+results.json and results.md under --out (rewritten after every run, so a cut-short study keeps what it finished). A run that stays on the unigram plateau shows as a trigram figure far below the others.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def main() -> int:
             run, seconds = run_variant(name, seed, corpus, args.out, args.steps, args.threads)
             results.setdefault(name, []).append({"seed": seed, "seconds": seconds, "scores": score(run, index, args.samples)})
             print(f"{name} seed {seed}: {json.dumps(results[name][-1]['scores'])}", flush=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            (args.out / "results.md").write_text(table(results) + "\n", encoding="utf-8")  # so far
     print(table(results))
     return 0
 
