@@ -1,6 +1,7 @@
 """Generative processes at equal compute: masked diffusion vs embedding diffusion vs simplex flow (and AR).
 
-    python benchmarks/compare_processes.py [--quick] [--steps 500] [--out runs/processes] [--doc docs/results_processes.md]
+    python benchmarks/compare_processes.py [--quick] [--steps 500] [--seeds 0,1,2] [--out runs/processes]
+                                           [--doc docs/results_processes.md]
 
 Every process trains the same backbone (sunfish.training.loop.train) with the same tokenizer, optimiser,
 batch and number of steps on English TinyStories from ../shared/corpora (the same tokens per step, so
@@ -9,19 +10,23 @@ about the same training FLOPs: the processes differ only in their input/output l
   continuous-time VDM NELBO with the rounding decoder; AR: exact NLL), by sunfish.eval.likelihood. Simplex
   flow has no known bound: its column shows the time-averaged denoising cross-entropy in nats per token,
   which is NOT a likelihood and is not comparable with the bits per byte of the others;
-- generative perplexity of unprompted samples at 16/64/256 steps, scored by the AR model this script
-  trains (its exact NLL on the sample's tokens), with distinct-1/2 of the same samples (a model that
+- generative perplexity of unprompted samples at 16/64/256 steps, scored by the AR model of the same seed
+  (its exact NLL on the sample's tokens), with distinct-1/2 of the same samples (a model that
   repeats itself can have a low generative perplexity);
-- sampling speed: generated tokens per second at 64 steps (batch of `samples`, on this machine).
+- sampling speed: generated tokens per second at 64 steps (batch of `samples`, on this machine);
+- how far the held-out bits per byte are under a unigram model's, and whether masked diffusion stayed on
+  the unigram plateau (benchmarks/multiseed.py).
+Every process runs once per seed (--seeds; runs and results.json under --out/seed<N>); the table gives each
+figure's mean over seeds and (min-max).
 The masked sampler takes at most one step per token, so its "256 steps" row runs length-many steps.
-Prints the table; writes results.json under --out and, with --doc, the Markdown report.
+Prints the table; writes results.md under --out and, with --doc, the marked block of that Markdown file.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import shutil
 import sys
 import time
@@ -29,16 +34,19 @@ from pathlib import Path
 
 import torch
 
-from sunfish.config import EvalConfig, RunConfig, apply_tree, load_preset
-from sunfish.eval.generative import SunfishReference, diversity, generative_perplexity, sample_texts
-from sunfish.eval.likelihood import LN2, evaluate_likelihood, held_out
-from sunfish.model.transformer import count_parameters
-from sunfish.process.flow import denoising_ce_per_token
-from sunfish.runtime import setup_runtime
-from sunfish.loading import load_model
-from sunfish.training.loop import train
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from multiseed import (CORPORA, DEFAULT_SEEDS, corpus_path, gather, parse_seeds, plateau_cells, read_jsonl,  # noqa: E402
+                       seeds_line, spread, unigram_bits_per_byte, update_doc, write_jsonl)
 
-EN = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "en_tinystories" / "tinystories_train_head.jsonl"
+from sunfish.config import EvalConfig, RunConfig, apply_tree, load_preset  # noqa: E402
+from sunfish.eval.generative import SunfishReference, diversity, generative_perplexity, sample_texts  # noqa: E402
+from sunfish.eval.likelihood import evaluate_likelihood, held_out  # noqa: E402
+from sunfish.eval.report import markdown_table  # noqa: E402
+from sunfish.model.transformer import count_parameters  # noqa: E402
+from sunfish.process.flow import denoising_ce_per_token  # noqa: E402
+from sunfish.runtime import setup_runtime  # noqa: E402
+from sunfish.loading import load_model  # noqa: E402
+from sunfish.training.loop import train  # noqa: E402
 
 TIMED = {"model": {"time_cond": "sinusoidal"}}
 PROCESSES = {  # name -> config overrides on the shared base
@@ -51,22 +59,23 @@ PROCESSES = {  # name -> config overrides on the shared base
     "simplex flow, CE + learned time warp": {"process": {"kind": "flow", "flow_loss": "ce", "time_warp": True,
                                                         "time_warp_after": -1}, **TIMED},  # -1: half the steps
 }
+# The unigram-plateau check is for absorbing-state (masked) diffusion; embedding diffusion's bound is loose near
+# t = 0 (rounding), so a figure above the unigram model's says nothing about whether it uses its context.
+PLATEAU_CHECKED = {"masked (MDLM NELBO)"}
+
+
 FULL = dict(d_model=64, n_layers=2, n_heads=2, context=64, batch=16, vocab=512, docs=1000, held_docs=60,
             held_tokens=4096, samples=8, length=63, gen_steps=(16, 64, 256), rounds=8)
 QUICK = dict(d_model=32, n_layers=1, n_heads=2, context=48, batch=4, vocab=300, docs=80, held_docs=6,
              held_tokens=512, samples=2, length=24, gen_steps=(4, 16), rounds=3)
 
 
-def read_docs(limit: int) -> list[str]:
-    with EN.open(encoding="utf-8") as f:
-        return [json.loads(line)["text"] for _, line in zip(range(limit), f)]
-
-
-def base_config(size: dict, steps: int, seed: int) -> RunConfig:
+def base_config(size: dict, steps: int, seed: int, threads: int = 0) -> RunConfig:
     return apply_tree(load_preset("quickstart"), {
         "model": {k: size[k] for k in ("d_model", "n_layers", "n_heads", "context")} | {"time_cond": "none"},
         "data": {"tokenizer": "bpe", "bpe_vocab": size["vocab"], "val_fraction": 0.02},
-        "train": {"steps": steps, "batch_size": size["batch"], "val_every": 0, "log_every": 50, "seed": seed, "save_every": 0},
+        "train": {"steps": steps, "batch_size": size["batch"], "val_every": 0, "log_every": 50, "seed": seed, "save_every": 0,
+                  "threads": threads},
         "optim": {"warmup_steps": max(1, min(100, steps // 10))},
     })
 
@@ -90,10 +99,12 @@ def flow_denoising_ce(loaded, data, seed: int) -> float:
     return total / count
 
 
-def evaluate(run: Path, held: list[str], ref, size: dict, ecfg: EvalConfig) -> dict:
+def evaluate(run: Path, held: list[str], train_docs: list[str], ref, size: dict, ecfg: EvalConfig) -> dict:
+    """Held-out likelihood (with the unigram model's bits/byte on the same tokens), samples and their speed."""
     loaded = load_model(run, setup_runtime("auto").device)
     data = held_out(held, loaded.tokenizer, size["context"], size["held_tokens"])
-    out: dict = {"parameters": count_parameters(loaded.model)}
+    out: dict = {"parameters": count_parameters(loaded.model),
+                 "unigram_bits_per_byte": unigram_bits_per_byte(train_docs, data, loaded.tokenizer)}
     if loaded.spec.likelihood is None:  # simplex flow: no bound is known
         nats = flow_denoising_ce(loaded, data, ecfg.seed)
         out["likelihood"] = {"method": "denoising CE (flow; not a bound)", "nats_per_token": nats}
@@ -102,7 +113,8 @@ def evaluate(run: Path, held: list[str], ref, size: dict, ecfg: EvalConfig) -> d
         lik = evaluate_likelihood(loaded.model, loaded.cfg.process, loaded.tokenizer.mask_id, data, ecfg)
         out["likelihood"] = {"method": lik.method, "exact": lik.exact, "nats_per_token": lik.nats_per_token,
                              "bits_per_byte": lik.bits_per_byte, "bits_per_byte_se": lik.bits_per_byte_se, "rounds": lik.rounds}
-        print(f"    {lik.method}: {lik.bits_per_byte:.3f} ± {lik.bits_per_byte_se:.3f} bits/byte")
+        print(f"    {lik.method}: {lik.bits_per_byte:.3f} ± {lik.bits_per_byte_se:.3f} bits/byte "
+              f"(unigram model {out['unigram_bits_per_byte']:.3f})")
     out["generation"] = []
     for steps in [size["length"]] if loaded.spec.causal else size["gen_steps"]:
         if loaded.spec.infill and loaded.spec.parallel:  # unmasking: at most one step per token
@@ -119,99 +131,168 @@ def evaluate(run: Path, held: list[str], ref, size: dict, ecfg: EvalConfig) -> d
     return out
 
 
-def table(results: dict, gen_steps: tuple[int, ...]) -> str:
+# ---- one seed -----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What every seed of the study shares."""
+    size: dict
+    steps: int
+    names: list[str]  # processes to (re)run, AR first
+    rerun: bool  # --only: train the named processes again even when their results exist
+    corpus: Path
+    train_docs: list[str]
+    held: list[str]
+    out: Path
+    threads: int
+
+
+def run_seed(study: Study, seed: int, on_result) -> dict:
+    """Train and evaluate the processes with `seed` (reusing finished ones in out/seed<N>/results.json);
+    `on_result(results)` after each model."""
+    out = study.out / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    size, steps = study.size, study.steps
+    base = base_config(size, steps, seed, study.threads)
+    ecfg = EvalConfig(seed=seed, seq_len=size["context"], max_tokens=size["held_tokens"], min_rounds=2,
+                      max_rounds=size["rounds"], rel_se=0.01)
+    results_path = out / "results.json"
+    results: dict = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else {}
+    ref = None
+    for name in study.names:
+        run = out / "".join(c if c.isalnum() else "_" for c in name)
+        if name not in results or results[name]["steps"] != steps or study.rerun:
+            print(f"== seed {seed}, {name}: {steps} steps")
+            shutil.rmtree(run, ignore_errors=True)
+            began = time.perf_counter()
+            train(config_for(name, base, steps), run_dir=run, data=[str(study.corpus)], progress=False, log=lambda _: None)
+            seconds = time.perf_counter() - began
+            if name == "AR":
+                ref = SunfishReference(load_model(run, setup_runtime("auto").device))
+            print(f"  trained in {seconds / 60:.1f} min; evaluating")
+            results[name] = {"steps": steps, "train_seconds": seconds,
+                             **evaluate(run, study.held, study.train_docs, ref, size, ecfg)}
+            results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            on_result(results)
+        elif name == "AR":
+            ref = SunfishReference(load_model(run, setup_runtime("auto").device))
+    return results
+
+
+# ---- across seeds ---------------------------------------------------------------------------------------------
+
+def bpb(r: dict) -> float | None:
+    return r["likelihood"].get("bits_per_byte")
+
+
+def held_cell(by_seed: dict[int, dict], name: str) -> str:
+    first = next(rows[name] for rows in by_seed.values() if name in rows)
+    lik = first["likelihood"]
+    if "bits_per_byte" not in lik:
+        return spread(gather(by_seed, name, lambda r: r["likelihood"]["nats_per_token"])) + " nats/token (denoising CE, not a bound)"
+    return spread(gather(by_seed, name, bpb)) + f" bits/byte ({'exact' if lik['exact'] else 'bound'})"
+
+
+def generation_cell(by_seed: dict[int, dict], name: str, k: int, s: int, last: bool) -> str:
+    """'gen. ppl / d-1 / d-2' at the k-th step count `s` (AR: its one row, in the last column only)."""
+    if name == "AR" and not last:
+        return "—"
+    pick = lambda r: r["generation"][0] if name == "AR" else r["generation"][k] if k < len(r["generation"]) else None
+    figures = [spread(gather(by_seed, name, lambda r, key=key: (pick(r) or {}).get(key)), fmt)
+               for key, fmt in (("gen_perplexity", ".1f"), ("distinct_1", ".2f"), ("distinct_2", ".2f"))]
+    ran = {g["steps"] for rows in by_seed.values() if name in rows for g in [pick(rows[name])] if g}
+    return " / ".join(figures) + (f" ({', '.join(map(str, sorted(ran)))} steps)" if ran and ran != {s} else "")
+
+
+def table(by_seed: dict[int, dict], gen_steps: tuple[int, ...]) -> str:
     head = ["process", "params", "train min", "held-out (what)"]
-    head += [f"gen. ppl / d-1 / d-2 @{s}" for s in gen_steps] + ["tokens/s @64"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in results.items():
-        lik = r["likelihood"]
-        held = (f"{lik['nats_per_token']:.3f} nats/token (denoising CE, not a bound)" if "bits_per_byte" not in lik else
-                f"{lik['bits_per_byte']:.3f} ± {lik['bits_per_byte_se']:.3f} bits/byte ({'exact' if lik['exact'] else 'bound'})")
-        gens = r["generation"]
-        cells = [name, f"{r['parameters']:,}", f"{r['train_seconds'] / 60:.1f}", held]
-        for k, s in enumerate(gen_steps):
-            g = gens[0] if name == "AR" else gens[k] if k < len(gens) else None
-            shown = name != "AR" or k == len(gen_steps) - 1
-            cells.append(f"{g['gen_perplexity']:.1f} / {g['distinct_1']:.2f} / {g['distinct_2']:.2f}"
-                         + (f" ({g['steps']} steps)" if g['steps'] != s else "") if g and shown else "—")
-        at64 = next((g for g in gens if g["steps"] == 64), gens[0])
-        cells.append(f"{at64['tokens_per_s']:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    head += [f"gen. ppl / d-1 / d-2 @{s}" for s in gen_steps] + ["tokens/s @64", "below unigram, per seed", "plateau seeds"]
+    uni = gather(by_seed, "AR", lambda r: r.get("unigram_bits_per_byte"))
+    rows = [["unigram (no context)", "—", "—", spread(uni) + " bits/byte (exact)"] + ["—"] * (len(head) - 4)]
+    for name in [n for n in PROCESSES if any(n in r for r in by_seed.values())]:
+        first = next(rows[name] for rows in by_seed.values() if name in rows)
+        cells = [name, f"{first['parameters']:,}", spread(gather(by_seed, name, lambda r: r["train_seconds"] / 60), ".1f"),
+                 held_cell(by_seed, name)]
+        cells += [generation_cell(by_seed, name, k, s, k == len(gen_steps) - 1) for k, s in enumerate(gen_steps)]
+        at64 = lambda r: next((g for g in r["generation"] if g["steps"] == 64), r["generation"][0])["tokens_per_s"]
+        cells.append(spread(gather(by_seed, name, at64), ".0f"))
+        cells += plateau_cells(by_seed, name, bpb, lambda r: r.get("unigram_bits_per_byte"), name in PLATEAU_CHECKED)
+        rows.append(cells)
+    return markdown_table(head, rows)
 
 
-def main() -> int:
+# ---- the command --------------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny models and a few steps: a smoke run")
     p.add_argument("--steps", type=int, help="training steps of every model (default 300; quick 10)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = its default)")
     p.add_argument("--out", type=Path, default=Path("runs/processes"))
-    p.add_argument("--doc", type=Path, help="write the Markdown report here (e.g. docs/results_processes.md)")
-    p.add_argument("--only", help="comma-separated process names to (re)run; AR always runs first")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
-    if not EN.exists():
-        print(f"needs ../shared/corpora ({EN}); not found beside this checkout", file=sys.stderr)
-        return 2
+    p.add_argument("--doc", type=Path, help="rewrite the marked block of this Markdown file (e.g. docs/results_processes.md)")
+    p.add_argument("--only", help="semicolon-separated process names to (re)run (the names hold commas); AR always runs first")
+    p.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"comma-separated seeds (default {DEFAULT_SEEDS})")
+    p.add_argument("--corpora", type=Path, default=CORPORA, help="a copy of ../shared/corpora (default: beside the checkout)")
+    return p.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> Study:
+    """Read the stories, write the training file and fix what every seed shares."""
     size = QUICK if args.quick else FULL
-    steps = args.steps or (10 if args.quick else 300)
+    only = [n.strip() for n in args.only.split(";")] if args.only else []
+    unknown = [n for n in only if n not in PROCESSES]
+    if unknown:
+        raise SystemExit(f"unknown process(es) {', '.join(unknown)}; choose from {', '.join(PROCESSES)}")
+    names = list(PROCESSES) if not only else ["AR"] + [n for n in PROCESSES if n in only and n != "AR"]
+    docs = read_jsonl(corpus_path(args.corpora, "en"), size["docs"] + size["held_docs"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    corpus = args.out / "train.jsonl"
+    write_jsonl(corpus, docs[: size["docs"]])
+    return Study(size=size, steps=args.steps or (10 if args.quick else 300), names=names, rerun=bool(only), corpus=corpus,
+                 train_docs=docs[: size["docs"]], held=docs[size["docs"]:], out=args.out, threads=args.threads)
+
+
+def report(study: Study, by_seed: dict[int, dict], args: argparse.Namespace) -> str:
+    """The Markdown block of the models finished so far; written to --doc (atomically) when given."""
+    size, steps = study.size, study.steps
+    md = table(by_seed, size["gen_steps"])
+    command = ("python benchmarks/compare_processes.py" + (" --quick" if args.quick else "")
+               + (f" --steps {args.steps}" if args.steps else "") + (f" --only \"{args.only}\"" if args.only else "")
+               + (f" --seeds {args.seeds}" if args.seeds != DEFAULT_SEEDS else "")
+               + (f" --threads {args.threads}" if args.threads else "") + (f" --doc {args.doc}" if args.doc else ""))
+    n_tok = size["batch"] * size["context"] * steps
+    text = "\n".join([
+        f"Command: `{command}`", "",
+        f"Backbone: {size['n_layers']} layers x {size['d_model']}, {size['n_heads']} heads, context {size['context']}, "
+        f"byte-level BPE {size['vocab']}; each model {steps} steps of {size['batch']} x {size['context']} tokens "
+        f"({n_tok:,} training tokens), AdamW, on the first {size['docs']} English TinyStories; the next "
+        f"{size['held_docs']} stories held out. Generation: {size['samples']} unprompted samples of {size['length']} "
+        "tokens per step count, scored by the same seed's AR model; d-1/d-2 = distinct uni/bigrams. The plateau "
+        "check is made for masked diffusion only (embedding diffusion's bound is too loose for it; flow has none).", "",
+        seeds_line(sorted(by_seed)), "",
+        md, ""])
+    if args.doc:
+        update_doc(args.doc, "compare_processes", text, "Generative processes at equal compute")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    seeds = parse_seeds(args.seeds)
+    if not corpus_path(args.corpora, "en").exists():
+        print(f"needs {corpus_path(args.corpora, 'en')}; pass --corpora with a copy of ../shared/corpora", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = list(PROCESSES) if not args.only else ["AR"] + [n for n in PROCESSES if n in args.only.split(",") and n != "AR"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    docs = read_docs(size["docs"] + size["held_docs"])
-    corpus = args.out / "train.jsonl"
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[: size["docs"]]), encoding="utf-8")
-    held = docs[size["docs"]:]
-    base = apply_tree(base_config(size, steps, args.seed), {"train": {"threads": args.threads}})
-    ecfg = EvalConfig(seed=args.seed, seq_len=size["context"], max_tokens=size["held_tokens"], min_rounds=2,
-                      max_rounds=size["rounds"], rel_se=0.01)
-    results_path = args.out / "results.json"
-    results: dict = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else {}
-    ref = None
-    for name in names:
-        run = args.out / "".join(c if c.isalnum() else "_" for c in name)
-        if name not in results or results[name]["steps"] != steps or args.only:
-            print(f"== {name}: {steps} steps")
-            shutil.rmtree(run, ignore_errors=True)
-            began = time.perf_counter()
-            train(config_for(name, base, steps), run_dir=run, data=[str(corpus)], progress=False, log=lambda _: None)
-            seconds = time.perf_counter() - began
-            if name == "AR":
-                ref = SunfishReference(load_model(run, setup_runtime("auto").device))
-            print(f"  trained in {seconds / 60:.1f} min; evaluating")
-            results[name] = {"steps": steps, "train_seconds": seconds, **evaluate(run, held, ref, size, ecfg)}
-            results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-            report(results, size, steps, args)
-        elif name == "AR":
-            ref = SunfishReference(load_model(run, setup_runtime("auto").device))
+    study = prepare(args)
+    by_seed: dict[int, dict] = {}
+    for seed in seeds:
+        by_seed[seed] = run_seed(study, seed, lambda results, seed=seed: report(study, {**by_seed, seed: results}, args))
+    text = report(study, by_seed, args)
+    (args.out / "results.md").write_text(text, encoding="utf-8")
     print()
-    print(report(results, size, steps, args))
+    print(text)
     return 0
-
-
-def report(results: dict, size: dict, steps: int, args: argparse.Namespace) -> str:
-    """The table of the models finished so far; written to --doc (atomically) when given."""
-    results = {n: results[n] for n in PROCESSES if n in results}
-    md = table(results, size["gen_steps"])
-    if args.doc:
-        command = ("python benchmarks/compare_processes.py" + (" --quick" if args.quick else "")
-                   + (f" --steps {args.steps}" if args.steps else "") + (f" --threads {args.threads}" if args.threads else ""))
-        n_tok = size["batch"] * size["context"] * steps
-        text = "\n".join([
-            "# Generative processes at equal compute", "",
-            f"Command: `{command} --doc {args.doc}`", "",
-            f"Backbone: {size['n_layers']} layers x {size['d_model']}, {size['n_heads']} heads, context {size['context']}, "
-            f"byte-level BPE {size['vocab']}; each model {steps} steps of {size['batch']} x {size['context']} tokens "
-            f"({n_tok:,} training tokens), AdamW, same seed, on the first {size['docs']} English TinyStories; the next "
-            f"{size['held_docs']} stories held out. Generation: {size['samples']} unprompted samples of {size['length']} "
-            "tokens per step count, scored by the AR row's model; d-1/d-2 = distinct uni/bigrams.", "",
-            md, ""])
-        args.doc.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.doc.with_name(f".{args.doc.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(args.doc)
-    return md
 
 
 if __name__ == "__main__":

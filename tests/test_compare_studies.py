@@ -1,0 +1,129 @@
+"""benchmarks/compare_objectives.py and compare_processes.py run several seeds in seconds on tiny settings
+(--quick, a few steps, Sunfish's built-in stories laid out like ../shared/corpora): one results.json per seed,
+every figure as mean (min-max) over the seeds, the unigram row and the plateau columns, the doc's marked block
+rewritten with the notes around it kept; and the helpers those columns come from. Times are never checked."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from sunfish.data.synth import generate_stories
+from sunfish.eval.likelihood import held_out
+from sunfish.tokenizer import train_tokenizer
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+NOTES = "# Results\n\nA note above.\n\n## Objectives\n\n<!-- {0}: begin -->\nold table\n<!-- {0}: end -->\n\nA note below.\n"
+
+
+def load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> Path:
+    """Built-in stories in the layout of ../shared/corpora."""
+    root = tmp_path_factory.mktemp("corpora")
+    multiseed = load("multiseed")
+    for lang, relative in multiseed.CORPUS_FILES.items():
+        path = root / relative
+        path.parent.mkdir(parents=True)
+        lines = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in generate_stories(lang, 140, seed=3))
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "wt", encoding="utf-8") as f:
+            f.write(lines)
+    return root
+
+
+def run(script: str, argv: list[str]) -> int:
+    threads = torch.get_num_threads()
+    try:
+        return load(script).main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    return {r[0]: r for r in rows}
+
+
+def test_objectives_over_two_seeds(corpora, tmp_path):
+    doc = tmp_path / "results.md"
+    doc.write_text(NOTES.format("compare_objectives"), encoding="utf-8")
+    argv = ["--quick", "--steps", "3", "--only", "AR,masked NELBO", "--seeds", "0,1", "--threads", "1",
+            "--corpora", str(corpora), "--out", str(tmp_path / "out"), "--doc", str(doc)]
+    assert run("compare_objectives", argv) == 0
+    per_seed = [json.loads((tmp_path / "out" / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert all(set(r) == {"AR", "masked NELBO"} for r in per_seed)
+    assert all(math.isfinite(r["masked NELBO"]["unigram_en"]) for r in per_seed)
+    text = doc.read_text(encoding="utf-8")
+    assert text.startswith("# Results\n\nA note above.") and text.endswith("A note below.\n") and "old table" not in text
+    rows = table_rows(text)
+    header = rows["objective"]
+    assert header[-2:] == ["en below unigram, per seed", "plateau seeds"]
+    masked = rows["masked NELBO"]
+    assert "(" in masked[header.index("en bits/byte")] and "–" in masked[header.index("en bits/byte")]
+    assert len(masked[-2].split(" / ")) == 2  # one figure per seed
+    assert masked[-1] == "none" or set(masked[-1].split(", ")) <= {"0", "1"}
+    assert rows["AR"][-1] == "—" and "unigram (no context)" in rows
+    stamp = (tmp_path / "out" / "seed1" / "results.json").stat().st_mtime_ns
+    assert run("compare_objectives", argv) == 0  # finished runs are reused, not retrained
+    assert (tmp_path / "out" / "seed1" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_processes_over_two_seeds(corpora, tmp_path):
+    doc = tmp_path / "results_processes.md"
+    doc.write_text(NOTES.format("compare_processes"), encoding="utf-8")
+    argv = ["--quick", "--steps", "3", "--only", "masked (MDLM NELBO);simplex flow, CE", "--seeds", "0,1",
+            "--threads", "1", "--corpora", str(corpora), "--out", str(tmp_path / "out"), "--doc", str(doc)]
+    assert run("compare_processes", argv) == 0
+    for s in (0, 1):
+        assert set(json.loads((tmp_path / "out" / f"seed{s}" / "results.json").read_text())) == {
+            "AR", "masked (MDLM NELBO)", "simplex flow, CE"}
+    text = doc.read_text(encoding="utf-8")
+    assert "A note above." in text and "A note below." in text and "old table" not in text
+    rows = table_rows(text)
+    assert rows["process"][-2:] == ["below unigram, per seed", "plateau seeds"]
+    assert rows["simplex flow, CE"][-2:] == ["n/a / n/a", "—"]  # no bound, no check
+    masked = rows["masked (MDLM NELBO)"]
+    assert "–" in masked[3] and len(masked[-2].split(" / ")) == 2
+
+
+def test_spread_and_plateau_helpers():
+    m = load("multiseed")
+    assert m.spread([1.0, 2.0, 6.0], ".1f") == "3.0 (1.0–6.0)"
+    assert m.spread([2.5], ".2f", "x") == "2.50x" and m.spread([]) == "n/a"
+    assert m.parse_seeds("0, 1,2") == [0, 1, 2]
+    with pytest.raises(SystemExit):
+        m.parse_seeds("0,0")
+    assert m.on_plateau(3.60, 3.55) and m.on_plateau(3.50, 3.55) and not m.on_plateau(3.2, 3.55)
+    by_seed = {0: {"x": {"b": 3.60, "u": 3.55}}, 3: {"x": {"b": 3.0, "u": 3.55}}}
+    cells = m.plateau_cells(by_seed, "x", lambda r: r["b"], lambda r: r["u"], checked=True)
+    assert cells == ["-0.05 / +0.55", "0"]
+
+
+def test_unigram_bits_per_byte_by_hand():
+    m = load("multiseed")
+    docs = generate_stories("en", 30, seed=5)
+    tok = train_tokenizer("char", docs, 0)
+    data = held_out(docs[20:], tok, 32)
+    counts = Counter()
+    for ids in tok.encode_batch(docs[:20]):
+        counts.update([tok.bos_id, *ids, tok.eos_id])
+    total = sum(counts.values())
+    nats = -sum(math.log((counts[t] + 1) / (total + tok.vocab_size)) for w in data.windows for t in w[:, 1:].reshape(-1).tolist())
+    assert m.unigram_bits_per_byte(docs[:20], data, tok) == pytest.approx(nats / (math.log(2) * data.bytes))
