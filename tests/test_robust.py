@@ -85,8 +85,8 @@ def _plant_nan(monkeypatch, bad_calls):
     real = loop.training_loss
     calls = {"n": 0}
 
-    def loss_with_nan(model, x0, cfg, mask_id, generator):
-        out = real(model, x0, cfg, mask_id, generator)
+    def loss_with_nan(model, x0, cfg, mask_id, generator, stage=None):
+        out = real(model, x0, cfg, mask_id, generator, stage)
         calls["n"] += 1
         if model.training and calls["n"] in bad_calls:
             return LossOutput(loss=out.loss * float("nan"), masked_tokens=out.masked_tokens, nll_sum=out.nll_sum)

@@ -123,6 +123,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / args.preset
     result = train(cfg, out=out, data=args.data, resume=args.resume, progress=not args.no_progress, given=keys)
     val = f", val loss {result.final_val_loss:.4f}" if result.final_val_loss is not None else ""
+    if result.plateau_exit is not None:
+        val += f", left the unigram plateau at step {result.plateau_exit}"
+    elif result.ctx_gain is not None:
+        val += f", still on the unigram plateau (ctx_gain {result.ctx_gain:.3f})"
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"done in {result.seconds:.0f} s: loss {result.final_loss:.4f}{val}; checkpoint {result.checkpoint}")
     return 0

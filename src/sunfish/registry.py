@@ -19,12 +19,13 @@ import torch
 
 from sunfish.config import AttentionKind, Layout, ModelConfig, ProcessConfig, ProcessKind, SamplerConfig, TimeCond
 from sunfish.model.transformer import Transformer, build_model
-from sunfish.process.autoregressive import causal_nats, next_token_loss
-from sunfish.process.block import block_diffusion_loss, block_nats
+from sunfish.process.autoregressive import causal_nats, causal_warmup_loss, next_token_loss
+from sunfish.process.block import block_diffusion_loss, block_nats, block_rate_nll
 from sunfish.process.continuous import continuous_loss, continuous_nats
 from sunfish.process.flow import flow_loss
 from sunfish.process.layers import continuous_layers, flow_layers
-from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_nats
+from sunfish.process.curriculum import FINAL, Stage, stage_process
+from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_nats, masked_rate_nll
 from sunfish.process.schedules import MaskSchedule
 from sunfish.process.sft import ar_sft_loss, block_sft_loss, masked_sft_loss
 from sunfish.sample.ar import ar_generate
@@ -71,9 +72,11 @@ class Need:
 class ProcessSpec:
     name: str  # registry key, the value of `train --process`
     label: str  # how messages name the process
-    loss: Callable[..., LossOutput]  # (model, x0 (B, L), process cfg, mask id, generator)
+    loss: Callable[..., LossOutput]  # (model, x0 (B, L), process cfg, mask id, generator, curriculum Stage)
     decode: Callable[..., SampleResult]  # (model, canvas (B, L), fill_start, sampler cfg, DecodeJob)
     likelihood: Estimator | None  # None: no likelihood estimator is known
+    rate_nll: Callable[..., torch.Tensor] | None = None  # (model, x, process cfg, mask id, mask rate, generator) ->
+    # [sum of -log p, count] of the tokens masked at that rate; None: no mask rate (training/plateau.py)
     layers: Callable | None = None  # (model, process cfg): attaches model.process_io
     process_fields: frozenset[str] = frozenset()  # ProcessConfig fields the process reads (besides kind)
     sampler_fields: frozenset[str] = frozenset()  # SamplerConfig fields its sampler reads
@@ -133,7 +136,8 @@ def _decode_flow(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) 
 
 # ---- the entries ------------------------------------------------------------------------------------
 
-_MASKED_TRAIN = frozenset({"mask_schedule", "discrete_steps", "loss", "antithetic", "eps", "block_size"})
+_MASKED_TRAIN = frozenset({"mask_schedule", "discrete_steps", "loss", "antithetic", "eps", "block_size",
+                           "mask_curriculum", "mask_curriculum_start"})
 _TIME_DRAWS = frozenset({"discrete_steps", "antithetic", "eps", "prompt_prob"})
 _DRAWING = frozenset({"temperature", "top_k", "top_p"})
 _UNMASKING = frozenset({"length", "steps", "policy", "rule", "threshold", "factor", "entropy_bound", "stop_at_eos",
@@ -148,15 +152,15 @@ _SAME_LAYOUT = Need("model.layout", lambda v: v is Layout.SAME,
 
 MASKED = ProcessSpec(
     name="masked", label="masked diffusion", loss=masked_diffusion_loss, decode=_decode_masked,
-    likelihood=Estimator("NELBO (masked diffusion)", masked_nats, exact=False),
-    process_fields=_MASKED_TRAIN | {"prompt_prob", "cond_dropout"},
+    likelihood=Estimator("NELBO (masked diffusion)", masked_nats, exact=False), rate_nll=masked_rate_nll,
+    process_fields=_MASKED_TRAIN | {"prompt_prob", "cond_dropout", "causal_warmup"},
     sampler_fields=_UNMASKING | {"block_length", "cache", "guidance"},
     infill=True, parallel=True, sft=masked_sft_loss, train_flags={"process": {"kind": "masked", "block_size": 0}},
 )
 BLOCK = ProcessSpec(
     name="block", label="block diffusion", loss=block_diffusion_loss, decode=_decode_block,
-    likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False),
-    process_fields=_MASKED_TRAIN, sampler_fields=_UNMASKING,
+    likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False), rate_nll=block_rate_nll,
+    process_fields=_MASKED_TRAIN | {"block_curriculum", "block_curriculum_start"}, sampler_fields=_UNMASKING,
     needs=(_SAME_LAYOUT, Need("model.time_cond", lambda v: v is TimeCond.NONE,
                               "the block process runs without time conditioning; set --model.time_cond=none"),
            Need("process.prompt_prob", lambda v: v == 0,
@@ -165,7 +169,7 @@ BLOCK = ProcessSpec(
     train_flags={"process": {"kind": "masked", "block_size": 16}, "model": {"time_cond": "none"}},
 )
 AR = ProcessSpec(
-    name="ar", label="autoregressive", loss=lambda model, x0, cfg, mask_id, generator: next_token_loss(model, x0),
+    name="ar", label="autoregressive", loss=lambda model, x0, cfg, mask_id, generator, stage: next_token_loss(model, x0),
     decode=_decode_ar, likelihood=Estimator("exact NLL (causal)", causal_nats, exact=True),
     sampler_fields=frozenset({"length", "stop_at_eos", "suppress_special"}) | _DRAWING,
     needs=(_SAME_LAYOUT, Need("model.attention", lambda v: v is AttentionKind.CAUSAL,
@@ -177,7 +181,7 @@ AR = ProcessSpec(
     train_flags={"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}},
 )
 CONTINUOUS = ProcessSpec(
-    name="continuous", label="continuous (embedding diffusion)", loss=lambda model, x0, cfg, mask_id, generator:
+    name="continuous", label="continuous (embedding diffusion)", loss=lambda model, x0, cfg, mask_id, generator, stage:
     continuous_loss(model, x0, cfg, generator), decode=_decode_continuous,
     likelihood=Estimator("NELBO (embedding diffusion, continuous time)", continuous_nats, exact=False),
     layers=continuous_layers,
@@ -188,7 +192,7 @@ CONTINUOUS = ProcessSpec(
     train_flags={"process": {"kind": "continuous"}},
 )
 FLOW = ProcessSpec(
-    name="flow", label="simplex flow", loss=lambda model, x0, cfg, mask_id, generator: flow_loss(model, x0, cfg, generator),
+    name="flow", label="simplex flow", loss=lambda model, x0, cfg, mask_id, generator, stage: flow_loss(model, x0, cfg, generator),
     decode=_decode_flow, likelihood=None, layers=flow_layers,
     process_fields=_TIME_DRAWS | {"flow_noise", "flow_loss", "time_warp", "time_warp_after"},
     sampler_fields=frozenset({"length", "steps", "solver"}),
@@ -229,9 +233,11 @@ def build_network(model_cfg: ModelConfig, process: ProcessConfig, device: torch.
 
 
 def training_loss(model: torch.nn.Module, x0: torch.Tensor, process: ProcessConfig, mask_id: int,
-                  generator: torch.Generator) -> LossOutput:
-    """Loss of x0 (B, L) under the configured process. A model with an objective of its own while training
-    (an adapted causal LM, adapt/objective.py: NELBO + alignment) computes it instead."""
+                  generator: torch.Generator, stage: Stage | None = None) -> LossOutput:
+    """Loss of x0 (B, L) under the configured process at curriculum stage `stage` (process/curriculum.py: a causal
+    warm-up step, a smaller largest t or block size; None: the final objective). A model with an objective of its own while training (an
+    adapted causal LM, adapt/objective.py: NELBO + alignment) computes it instead; conversations (SFT) take no
+    curriculum."""
     spec = spec_of(process)
     if x0.dim() == 3:  # conversations (B, 2, L): tokens and roles (data/sft.py)
         if spec.sft is None:
@@ -241,7 +247,10 @@ def training_loss(model: torch.nn.Module, x0: torch.Tensor, process: ProcessConf
     objective = getattr(model, "objective", None)
     if objective is not None and model.training:
         return objective.loss(model, x0, process, mask_id, generator)
-    return spec.loss(model, x0, process, mask_id, generator)
+    stage = stage or FINAL
+    if stage.causal:
+        return causal_warmup_loss(model, x0)
+    return spec.loss(model, x0, stage_process(process, stage), mask_id, generator, stage)
 
 
 def decode(model: torch.nn.Module, canvas: torch.Tensor, fill_start: int, cfg: SamplerConfig, job: DecodeJob,

@@ -6,7 +6,9 @@
 - a flag the user gave (`given`, dotted keys such as "sampler.guidance") that the process does not read,
   naming the processes that do;
 - a sampler flag that does nothing under the other settings (a threshold without the threshold rule, top-k
-  at temperature 0, remasking knobs without remasking, ...), and a LoRA knob without --lora.
+  at temperature 0, remasking knobs without remasking, ...), a LoRA knob without --lora, and a curriculum's
+  start without its length;
+- curriculum settings that cannot work (a causal warm-up as long as the run, ...).
 Values that come from a preset or a saved checkpoint are not flags and are not refused for being unused.
 """
 
@@ -33,6 +35,9 @@ ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
 # a setting that acts only while a switch is on -> that switch (LoRA knobs of `sunfish adapt` and `sunfish sft`)
 SWITCHED: dict[str, str] = {f"{section}.{name}": f"{section}.lora" for section in ("adapt", "sft")
                             for name in ("lora_rank", "lora_alpha", "lora_targets", "qlora")}
+# a curriculum's start -> the length that turns the curriculum on (process/curriculum.py)
+CURRICULA: dict[str, str] = {"process.mask_curriculum_start": "process.mask_curriculum",
+                             "process.block_curriculum_start": "process.block_curriculum"}
 
 
 def _labels(specs: list[ProcessSpec]) -> str:
@@ -51,6 +56,21 @@ def check_needs(spec: ProcessSpec, cfg: RunConfig) -> None:
             raise ConfigError(need.why.format(label=spec.label))
     if cfg.process.cond_dropout > 0 and cfg.process.prompt_prob == 0 and "cond_dropout" in spec.process_fields:
         raise ConfigError("process.cond_dropout drops prompts, so it needs process.prompt_prob > 0")
+    check_curricula(spec, cfg)
+
+
+def check_curricula(spec: ProcessSpec, cfg: RunConfig) -> None:
+    """Curriculum settings that cannot work together with the rest of the run (process/curriculum.py)."""
+    p = cfg.process
+    if "causal_warmup" in spec.process_fields and p.causal_warmup >= cfg.train.steps:
+        raise ConfigError(f"process.causal_warmup ({p.causal_warmup}) must be fewer than train.steps "
+                          f"({cfg.train.steps}), or no step would train the masked objective")
+    if "mask_curriculum" in spec.process_fields and p.mask_curriculum and p.mask_curriculum_start <= p.eps:
+        raise ConfigError(f"process.mask_curriculum_start ({p.mask_curriculum_start}) must exceed process.eps "
+                          f"({p.eps}), the smallest t drawn")
+    if "block_curriculum" in spec.process_fields and p.block_curriculum and p.block_curriculum_start > p.block_size:
+        raise ConfigError(f"process.block_curriculum_start ({p.block_curriculum_start}) must not exceed "
+                          f"process.block_size ({p.block_size}), where the block curriculum ends")
 
 
 def check_sampler(spec: ProcessSpec, sampler: SamplerConfig, given: Iterable[str],
@@ -84,6 +104,8 @@ def validate(cfg: RunConfig, given: Iterable[str] = ()) -> ProcessSpec:
                               f"{_labels(processes_using('process', name))} models")
         if section == "process" and name == "time_warp_after" and not cfg.process.time_warp:
             raise ConfigError("process.time_warp_after does nothing without process.time_warp=true")
+        if key in CURRICULA and not _value(cfg, CURRICULA[key]):
+            raise ConfigError(f"{key} does nothing without {CURRICULA[key]} > 0 (the curriculum's length in steps)")
         if key in SWITCHED and not _value(cfg, SWITCHED[key]):
             switch = SWITCHED[key].partition(".")[2]
             raise ConfigError(f"{key} does nothing without --{switch} ({SWITCHED[key]}=true); add --{switch} or leave it out")

@@ -116,6 +116,9 @@ def adapt(cfg: RunConfig, *, run_dir: Path, data: list[str] | None = None, resum
         raise ValueError("no base model: pass the folder of a causal LM, `sunfish adapt BASE_DIR --data ...`")
     if cfg.adapt.qlora and not cfg.adapt.lora:
         raise ValueError("--adapt.qlora trains LoRA adapters over 4-bit weights; add --lora")
+    if cfg.process.causal_warmup or cfg.process.mask_curriculum:
+        raise ValueError("process.causal_warmup and process.mask_curriculum are recipes for training from scratch; an "
+                         "adapted model starts from a causal one and trains its own objective, so leave them at 0")
     if cfg.adapt.align_weight > 0:
         parse_layers(cfg.adapt.align_layers, cfg.model.n_layers)  # a bad layer list fails before any loading
     tokenizer = base_tokenizer(cfg)

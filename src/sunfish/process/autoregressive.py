@@ -1,7 +1,8 @@
 """The autoregressive baseline: the same backbone with causal attention, trained on next-token prediction.
 
 Loss: mean over positions of -log p(x_{i+1} | x_<=i), which is also its exact per-token NLL, the
-reference every diffusion result is compared with.
+reference every diffusion result is compared with. `causal_warmup_loss` is the same loss on a bidirectional
+network run under a causal mask (the causal warm-up of masked diffusion, process/curriculum.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,19 @@ from sunfish.process.masked import LossOutput, scored_positions
 def next_token_loss(model: torch.nn.Module, x0: torch.Tensor) -> LossOutput:
     """Mean next-token cross-entropy on x0 (B, L): L - 1 predictions per row."""
     logits = model(x0[:, :-1]).float()  # (B, L - 1, V)
+    nll = F.cross_entropy(logits.flatten(0, 1), x0[:, 1:].flatten(), reduction="none")
+    return LossOutput(loss=nll.mean(), masked_tokens=nll.numel(), nll_sum=nll.sum().detach())
+
+
+def causal_warmup_loss(model: torch.nn.Module, x0: torch.Tensor) -> LossOutput:
+    """Mean next-token cross-entropy on x0 (B, L) of any network run with a causal mask: L - 1 predictions per row,
+    token i + 1 read from the raw state at i, which is output i + model.shift (so either layout works); a
+    time-conditioned network sees t = 0 (clean text)."""
+    B, L = x0.shape
+    causal = torch.ones(L, L, dtype=torch.bool, device=x0.device).tril()
+    t = torch.zeros(B, device=x0.device) if model.needs_time else None
+    h = model.hidden(x0, t, attn_mask=causal)  # (B, L, D)
+    logits = model.head(h[:, model.shift:L - 1 + model.shift]).float()  # (B, L - 1, V)
     nll = F.cross_entropy(logits.flatten(0, 1), x0[:, 1:].flatten(), reduction="none")
     return LossOutput(loss=nll.mean(), masked_tokens=nll.numel(), nll_sum=nll.sum().detach())
 

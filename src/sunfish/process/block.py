@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from sunfish.config import ProcessConfig
+from sunfish.process.curriculum import FINAL, Stage
 from sunfish.process.masked import (LossOutput, corrupt, nelbo, per_row, sample_times, scored_positions,
                                     times_and_weights)
 from sunfish.process.schedules import MaskSchedule
@@ -48,13 +49,15 @@ def prefix_mask(length: int, block_size: int, device: torch.device | str = "cpu"
 
 
 def block_diffusion_loss(
-    model: torch.nn.Module, x0: torch.Tensor, cfg: ProcessConfig, mask_id: int, generator: torch.Generator
+    model: torch.nn.Module, x0: torch.Tensor, cfg: ProcessConfig, mask_id: int, generator: torch.Generator,
+    stage: Stage = FINAL,
 ) -> LossOutput:
-    """NELBO (or masked CE) of BD3-LM on x0 (B, L) with block size cfg.block_size."""
+    """NELBO (or masked CE) of BD3-LM on x0 (B, L) with block size cfg.block_size (the caller puts a block-size
+    curriculum's size there) and times up to the stage's t_max."""
     schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
     B, L = x0.shape
     n_blocks = -(-L // cfg.block_size)
-    t_block = sample_times(B * n_blocks, cfg, generator).to(x0.device).view(B, n_blocks)  # (B, n_blocks)
+    t_block = sample_times(B * n_blocks, cfg, generator, stage.t_max).to(x0.device).view(B, n_blocks)  # (B, n_blocks)
     t = t_block[:, block_ids(L, cfg.block_size, x0.device)]  # (B, L): each token's block time
     zt, masked = corrupt(x0, t, schedule, mask_id, generator)
     tokens = torch.cat([zt, x0], dim=1)  # (B, 2L)
@@ -76,10 +79,27 @@ def block_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, gene
     n_blocks = int(ids[-1]) + 1
     ub = (u[:, None] + torch.arange(n_blocks, device=x.device) / n_blocks) % 1.0  # (B, n_blocks)
     t_block, w_block = times_and_weights(ub, cfg, schedule)
-    zt, masked = corrupt(x, t_block[:, ids], schedule, mask_id, generator)  # (B, L)
+    nll, masked = block_nll(model, x, t_block[:, ids], cfg.block_size, schedule, mask_id, generator, scored)
+    return per_row(w_block[:, ids][masked].float() * nll, masked)
+
+
+def block_nll(model, x, t: torch.Tensor, block_size: int, schedule: MaskSchedule, mask_id: int,
+              generator: torch.Generator, scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrupt the scored positions of x (B, L) at per-token times t (B, L), run the noised and the clean copy
+    under BD3-LM's mask and score the masked tokens: (-log p of each (N,), masked (B, L))."""
+    L = x.shape[1]
+    zt, masked = corrupt(x, t, schedule, mask_id, generator)  # (B, L)
     masked &= scored_positions(x, scored)
     zt = torch.where(masked, zt, x)
     positions = torch.arange(L, device=x.device).repeat(2)
-    h = model.hidden(torch.cat([zt, x], dim=1), attn_mask=training_mask(L, cfg.block_size, x.device), positions=positions)[:, :L]
-    nll = F.cross_entropy(model.head(h[masked]).float(), x[masked], reduction="none")  # (N,)
-    return per_row(w_block[:, ids][masked].float() * nll, masked)
+    h = model.hidden(torch.cat([zt, x], dim=1), attn_mask=training_mask(L, block_size, x.device), positions=positions)[:, :L]
+    return F.cross_entropy(model.head(h[masked]).float(), x[masked], reduction="none"), masked  # (N,), (B, L)
+
+
+def block_rate_nll(model, x, cfg: ProcessConfig, mask_id: int, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """[sum of -log p, count] (2,) over the tokens of x[:, 1:] (B, L) masked when every block masks each token
+    with probability `rate`: the per-token loss at one mask rate (training/plateau.py)."""
+    schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
+    t = schedule.time_of_alpha(torch.full(x.shape, 1.0 - rate, device=x.device))  # (B, L)
+    nll, masked = block_nll(model, x, t, cfg.block_size, schedule, mask_id, generator)
+    return torch.stack([nll.sum(), masked.sum().to(nll.dtype)])

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from sunfish.config import LossKind, ProcessConfig
+from sunfish.process.curriculum import FINAL, Stage
 from sunfish.process.schedules import MaskSchedule
 
 
@@ -30,10 +31,11 @@ class LossOutput:
     nll_sum: torch.Tensor  # sum of -log p over masked positions (unweighted), for diagnostics
 
 
-def sample_times(batch: int, cfg: ProcessConfig, generator: torch.Generator) -> torch.Tensor:
-    """Diffusion times (B,) in [eps, 1]; antithetic: (u + i / B) mod 1, one uniform u for the batch.
+def sample_times(batch: int, cfg: ProcessConfig, generator: torch.Generator, t_max: float = 1.0) -> torch.Tensor:
+    """Diffusion times (B,) in [eps, t_max]; antithetic: (u + i / B) mod 1, one uniform u for the batch.
 
-    With `discrete_steps` = T the times lie on the grid {1, ..., T} / T.
+    With `discrete_steps` = T the times lie on the grid {1, ..., ceil(T t_max)} / T. (t_max < 1: the mask-rate
+    curriculum, process/curriculum.py.)
     """
     device = generator.device
     if cfg.antithetic:
@@ -42,8 +44,8 @@ def sample_times(batch: int, cfg: ProcessConfig, generator: torch.Generator) -> 
     else:
         u = torch.rand(batch, generator=generator, device=device)
     if cfg.discrete_steps > 0:
-        return torch.ceil(u.clamp_min(1e-6) * cfg.discrete_steps) / cfg.discrete_steps
-    return cfg.eps + (1.0 - cfg.eps) * u
+        return torch.ceil(u.clamp_min(1e-6) * cfg.discrete_steps * t_max) / cfg.discrete_steps
+    return cfg.eps + (t_max - cfg.eps) * u
 
 
 def corrupt(
@@ -97,14 +99,15 @@ def masked_diffusion_loss(
     cfg: ProcessConfig,
     mask_id: int,
     generator: torch.Generator,
+    stage: Stage = FINAL,
 ) -> LossOutput:
-    """Draw t, corrupt x0 (B, L), and score the model on the masked positions only.
+    """Draw t (up to the stage's t_max), corrupt x0 (B, L), and score the model on the masked positions only.
 
     The output head runs only on masked positions, which saves most of the head's cost at low t.
     """
     schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
     B, L = x0.shape
-    t = sample_times(B, cfg, generator).to(x0.device)  # (B,)
+    t = sample_times(B, cfg, generator, stage.t_max).to(x0.device)  # (B,)
     zt, masked = corrupt(x0, t, schedule, mask_id, generator)
     n_tokens = B * L  # tokens the NELBO is normalised by: all but the prompts
     if cfg.prompt_prob > 0:
@@ -147,6 +150,17 @@ def scored_positions(x: torch.Tensor, scored: torch.Tensor | None) -> torch.Tens
     return everything
 
 
+def masked_nll(model, x, t: torch.Tensor, schedule: MaskSchedule, mask_id: int, generator: torch.Generator,
+               scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrupt the scored positions of x (B, L) at times t (B,) and score the model on the masked ones:
+    (-log p of each masked token (N,), masked (B, L))."""
+    zt, masked = corrupt(x, t, schedule, mask_id, generator)  # (B, L)
+    masked &= scored_positions(x, scored)
+    zt = torch.where(masked, zt, x)
+    h = model.hidden(zt, t if model.needs_time else None)  # (B, L, D)
+    return F.cross_entropy(model.head(h[masked]).float(), x[masked], reduction="none"), masked  # (N,), (B, L)
+
+
 def masked_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, generator: torch.Generator,
                 scored: torch.Tensor | None = None) -> torch.Tensor:
     """One-sample NELBO (nats) of x[scored] given the rest (default: x[:, 1:] given x[:, 0]) under
@@ -156,9 +170,15 @@ def masked_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, gen
     (MDLM, Sahoo et al. 2024, eq. 10)."""
     schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
     t, w = times_and_weights(u, cfg, schedule)  # (B,), (B,)
-    zt, masked = corrupt(x, t, schedule, mask_id, generator)  # (B, L)
-    masked &= scored_positions(x, scored)
-    zt = torch.where(masked, zt, x)
-    h = model.hidden(zt, t if model.needs_time else None)  # (B, L, D)
-    nll = F.cross_entropy(model.head(h[masked]).float(), x[masked], reduction="none")  # (N,)
+    nll, masked = masked_nll(model, x, t, schedule, mask_id, generator, scored)
     return w.float() * per_row(nll, masked)
+
+
+def masked_rate_nll(model, x, cfg: ProcessConfig, mask_id: int, rate: float,
+                    generator: torch.Generator) -> torch.Tensor:
+    """[sum of -log p, count] (2,) over the tokens of x[:, 1:] (B, L) masked when each is masked with probability
+    `rate` (t with 1 - alpha(t) = rate): the per-token loss at one mask rate (training/plateau.py)."""
+    schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
+    t = schedule.time_of_alpha(torch.full((x.shape[0],), 1.0 - rate, device=x.device))  # (B,)
+    nll, masked = masked_nll(model, x, t, schedule, mask_id, generator)
+    return torch.stack([nll.sum(), masked.sum().to(nll.dtype)])

@@ -20,13 +20,15 @@ import torch
 from sunfish.config import ModelConfig, RunConfig, describe
 from sunfish.model.transformer import Transformer, build_model, count_parameters
 from sunfish.progress import progress as show_progress
-from sunfish.registry import attach_layers, training_loss
+from sunfish.process.curriculum import FINAL, Stage, stage_at
+from sunfish.registry import attach_layers, spec_of, training_loss
 from sunfish.runtime import Runtime, setup_runtime
 from sunfish.tokenizer import Tokenizer
 from sunfish.checkpoint.files import CheckpointError, list_checkpoints, newest_good_checkpoint
 from sunfish.validate import validate
 from sunfish.training.observe import MetricsLog, flops_per_token, peak_flops, peak_memory_gib
 from sunfish.training.optim import WeightEMA, build_optimizer, lr_at, set_lr
+from sunfish.training.plateau import EXIT_GAIN, Probe, measure, probe_of
 from sunfish.training.parallel import (
     DistInfo,
     ModelAndLoss,
@@ -53,30 +55,49 @@ class TrainResult:
     final_val_loss: float | None
     parameters: int
     seconds: float
+    plateau_exit: int | None = None  # first validation step whose ctx_gain passed plateau.EXIT_GAIN (masked, block)
+    ctx_gain: float | None = None  # the latest ctx_gain (training/plateau.py); None: not measured
 
 
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT arrived; a checkpoint of the last finished step was written before stopping."""
 
 
-def validation_loss(trainer: torch.nn.Module, batches: list[torch.Tensor], seed: int, info: DistInfo, rt: Runtime) -> float:
-    """Mean loss on fixed batches with fixed noise (stream i for batch i), split across ranks, so values are
-    comparable across steps, runs and numbers of ranks."""
+def fixed_batch_sums(trainer: torch.nn.Module, batches: list[torch.Tensor], seed: int, info: DistInfo, rt: Runtime,
+                     figures: Callable[[torch.nn.Module, torch.Tensor, torch.Generator], list[float]]) -> list[float]:
+    """Sums over fixed batches of figures(trainer, x, generator) with fixed noise (stream i, seeded seed + (i << 32),
+    for batch i), split across ranks, in eval mode without gradients."""
     trainer.eval()
-    total, count = 0.0, 0
+    totals: list[float] | None = None
     rounds = -(-len(batches) // info.world)  # every rank runs the same number of passes (FSDP gathers in each)
     with torch.no_grad():
         for r in range(rounds):
             i = r * info.world + info.rank
             x = batches[min(i, len(batches) - 1)]
             with rt.autocast():
-                loss = float(trainer(x.to(rt.device), rt.generator(seed + 3 + (i << 32))))
+                values = figures(trainer, x.to(rt.device), rt.generator(seed + (i << 32)))
+            if totals is None:
+                totals = [0.0] * len(values)
             if i < len(batches):
-                total, count = total + loss, count + 1
+                totals = [t + v for t, v in zip(totals, values)]
     reshard(trainer)
     trainer.train()
-    total, count = all_sum([total, float(count)], info, rt.device)
+    return all_sum(totals, info, rt.device)
+
+
+def validation_loss(trainer: torch.nn.Module, batches: list[torch.Tensor], seed: int, info: DistInfo, rt: Runtime) -> float:
+    """Mean loss of the final objective on fixed batches with fixed noise (stream i for batch i), split across
+    ranks, so values are comparable across steps, runs and numbers of ranks."""
+    total, count = fixed_batch_sums(trainer, batches, seed + 3, info, rt, lambda tr, x, g: [float(tr(x, g)), 1.0])
     return total / count
+
+
+def plateau_probe(trainer: torch.nn.Module, measure: Callable, batches: list[torch.Tensor], seed: int, info: DistInfo,
+                  rt: Runtime) -> Probe:
+    """Per-token loss of the validation batches at a low and a high mask rate (training/plateau.py)."""
+    sums = fixed_batch_sums(trainer, batches, seed + 4, info, rt,
+                            lambda tr, x, g: tr(x, g, measure=measure).tolist())
+    return probe_of(sums)
 
 
 def forward_backward(
@@ -87,8 +108,10 @@ def forward_backward(
     grad_clip: float,
     info: DistInfo,
     rt: Runtime,
+    stage: Stage = FINAL,
 ) -> tuple[float, float]:
-    """Forward and backward over this rank's micro-batches; returns (mean loss over all ranks, gradient norm).
+    """Forward and backward over this rank's micro-batches at curriculum stage `stage` (process/curriculum.py);
+    returns (mean loss over all ranks, gradient norm).
 
     The optimiser step is left to the caller, which skips it when either figure is not finite.
     """
@@ -96,7 +119,7 @@ def forward_backward(
     for k, x0 in enumerate(batches):
         with gradient_sync(trainer, k == len(batches) - 1):
             with rt.autocast():
-                loss = trainer(x0.to(rt.device), streams.gens[k])
+                loss = trainer(x0.to(rt.device), streams.gens[k], stage)
             (loss / len(batches)).backward()
         loss_value += float(loss.detach()) / len(batches)
     loss_value = all_mean(loss_value, info, rt.device)
@@ -110,7 +133,7 @@ def train_step(model: Transformer, optimizer: torch.optim.Optimizer, batches: li
                mask_id: int, noise_gen: torch.Generator, rt: Runtime) -> float:
     """One single-process optimiser step over `batches` with one noise generator; returns the mean loss.
     (The unit of work of benchmarks/train_throughput.py; the loop itself uses `forward_backward`.)"""
-    objective = ModelAndLoss(model, lambda m, x, g: training_loss(m, x, cfg.process, mask_id, g).loss)
+    objective = ModelAndLoss(model, lambda m, x, g, stage: training_loss(m, x, cfg.process, mask_id, g, stage).loss)
     streams = Streams([noise_gen] * len(batches), list(range(len(batches))), len(batches))
     loss, _ = forward_backward(objective, model, batches, streams, cfg.optim.grad_clip, DistInfo(), rt)
     optimizer.step()
@@ -217,7 +240,8 @@ def _train(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo, start_
                          f"{state.cfg.train.steps}; raise --steps to continue")
     return TrainResult(run_dir=opts.run_dir, checkpoint=state.last_checkpoint, final_loss=state.loss,
                        final_val_loss=state.val_loss, parameters=state.parameters,
-                       seconds=time.perf_counter() - start_time)
+                       seconds=time.perf_counter() - start_time, plateau_exit=state.plateau_exit,
+                       ctx_gain=state.probe.gain if state.probe else None)
 
 
 def _open_data(cfg: RunConfig, opts: RunOptions, resume_from: Path | None) -> tuple[RunConfig, Corpus, int]:
@@ -255,6 +279,8 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
                      last_checkpoint=resume_from)
     if resume_from is not None:
         restore(state, resume_from)
+    rate_nll = spec_of(cfg.process).rate_nll
+    state.measure = measure(rate_nll, cfg.process, corpus.tokenizer.mask_id) if rate_nll is not None else None
     log(f"model: {parameters:,} parameters; data: {len(corpus.train):,} training tokens, {len(corpus.val):,} "
         f"validation tokens; device {rt.device}; parallel {cfg.train.parallel.value} x {info.world}")
     val_source = corpus.val.batches(seq_len, cfg.train.seed + 2)  # the same batches on every rank
@@ -275,7 +301,7 @@ def _build_model(cfg: RunConfig, mask_id: int, opts: RunOptions, rt: Runtime,
     model = opts.model_factory(cfg.model, rt.device)
     attach_layers(model, cfg.process)  # continuous / flow layers (process/layers.py); none for masked, AR
     parameters = count_parameters(model)
-    objective = ModelAndLoss(model, lambda m, x, g: training_loss(m, x, cfg.process, mask_id, g).loss)
+    objective = ModelAndLoss(model, lambda m, x, g, stage: training_loss(m, x, cfg.process, mask_id, g, stage).loss)
     return model, parameters, parallelize(model, objective, cfg.train, info, rt, opts.log)
 
 
@@ -287,7 +313,8 @@ def _step(state: RunState) -> None:
     set_lr(state.optimizer, state.lr)
     batches = [state.batches.next_batch(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]  # A x (B, L)
     state.loss, state.grad_norm = forward_backward(state.trainer, state.model, batches, state.streams,
-                                                   cfg.optim.grad_clip, state.info, state.rt)
+                                                   cfg.optim.grad_clip, state.info, state.rt,
+                                                   stage_at(cfg.process, step - 1))
     if state.guard.check(step, state.loss, state.grad_norm):
         state.optimizer.step()
         if state.ema is not None:
@@ -320,11 +347,29 @@ def _log_and_validate(state: RunState) -> float | None:
     if validate:
         val_loss = _validate(state)
         record["val_loss"] = round(val_loss, 6)
+        record |= _plateau_figures(state)
         state.meter.restart(step)  # validation time does not count against throughput
     if state.metrics and state.guard.in_a_row == 0:
         state.metrics.write(record)
-    state.bar.set_postfix(loss=f"{state.loss:.3f}", lr=f"{state.lr:.2e}", tok_s=f"{tps:,.0f}")
+    shown = {"val": f"{state.val_loss:.3f}"} if state.val_loss is not None else {}
+    if state.probe is not None:
+        shown["ctx_gain"] = f"{state.probe.gain:.3f}"
+    state.bar.set_postfix(loss=f"{state.loss:.3f}", lr=f"{state.lr:.2e}", tok_s=f"{tps:,.0f}", **shown)
     return val_loss
+
+
+def _plateau_figures(state: RunState) -> dict:
+    """The probe's figures of this validation pass (none for processes without a mask rate, or for conversation
+    batches), and `plateau_exit` at the first pass whose ctx_gain passes the threshold."""
+    if not _probes(state):
+        return {}
+    figures = state.probe.figures()
+    if state.plateau_exit is None and state.probe.left_plateau:
+        state.plateau_exit = state.step
+        figures["plateau_exit"] = state.step
+        state.log(f"step {state.step}: left the unigram plateau (ctx_gain {state.probe.gain:.3f} > {EXIT_GAIN}: the "
+                  f"per-token loss now depends on the mask rate)")
+    return figures
 
 
 def _validate(state: RunState) -> float:
@@ -332,9 +377,17 @@ def _validate(state: RunState) -> float:
     if state.ema is not None:
         state.ema.swap()
     state.val_loss = validation_loss(state.trainer, state.val_batches, state.cfg.train.seed, state.info, state.rt)
+    if _probes(state):
+        state.probe = plateau_probe(state.trainer, state.measure, state.val_batches, state.cfg.train.seed,
+                                    state.info, state.rt)
     if state.ema is not None:
         state.ema.swap()
     return state.val_loss
+
+
+def _probes(state: RunState) -> bool:
+    """Whether validation runs the plateau probe: a process with a mask rate, on plain text (not conversations)."""
+    return state.measure is not None and state.val_batches[0].dim() == 2
 
 
 def _checkpoint_or_stop(state: RunState, val_loss: float | None, stop: StopRequest) -> None:

@@ -118,13 +118,17 @@ class ModelAndLoss(nn.Module):
     """The model and its training loss as one module, so DDP's and FSDP's hooks wrap the whole computation
     (the loss calls `model.hidden` and `model.head`, not `forward`). Returns the scalar loss."""
 
-    def __init__(self, model: Transformer, loss_fn: Callable[[Transformer, torch.Tensor, torch.Generator], torch.Tensor]):
+    def __init__(self, model: Transformer, loss_fn: Callable[..., torch.Tensor]):
         super().__init__()
         self.model = model
-        self.loss_fn = loss_fn
+        self.loss_fn = loss_fn  # (model, x0, generator, curriculum stage or None) -> scalar loss
 
-    def forward(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.loss_fn(self.model, x0, generator)
+    def forward(self, x0: torch.Tensor, generator: torch.Generator, stage=None, measure: Callable | None = None) -> torch.Tensor:
+        """The loss at curriculum `stage` (None: the final objective); with `measure`, measure(model, x0, generator)
+        instead: a figure computed through the wrapper, so FSDP gathers the weights for it."""
+        if measure is not None:
+            return measure(self.model, x0, generator)
+        return self.loss_fn(self.model, x0, generator, stage)
 
 
 def apply_activation_checkpointing(model: Transformer, every: int) -> int:
