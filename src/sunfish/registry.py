@@ -20,12 +20,12 @@ import torch
 from sunfish.config import AttentionKind, Layout, ModelConfig, ProcessConfig, ProcessKind, SamplerConfig, TimeCond
 from sunfish.model.transformer import Transformer, build_model
 from sunfish.process.autoregressive import causal_nats, causal_warmup_loss, next_token_loss
-from sunfish.process.block import block_diffusion_loss, block_nats, block_rate_nll
+from sunfish.process.block import block_diffusion_loss, block_nats, block_scores
 from sunfish.process.continuous import continuous_loss, continuous_nats
 from sunfish.process.flow import flow_loss
 from sunfish.process.layers import continuous_layers, flow_layers
 from sunfish.process.curriculum import FINAL, Stage, stage_process
-from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_nats, masked_rate_nll
+from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_nats, masked_scores
 from sunfish.process.schedules import MaskSchedule
 from sunfish.process.sft import ar_sft_loss, block_sft_loss, masked_sft_loss
 from sunfish.sample.ar import ar_generate
@@ -75,8 +75,8 @@ class ProcessSpec:
     loss: Callable[..., LossOutput]  # (model, x0 (B, L), process cfg, mask id, generator, curriculum Stage)
     decode: Callable[..., SampleResult]  # (model, canvas (B, L), fill_start, sampler cfg, DecodeJob)
     likelihood: Estimator | None  # None: no likelihood estimator is known
-    rate_nll: Callable[..., torch.Tensor] | None = None  # (model, x, process cfg, mask id, mask rate, generator) ->
-    # [sum of -log p, count] of the tokens masked at that rate; None: no mask rate (training/plateau.py)
+    scores: Callable[..., torch.Tensor] | None = None  # (model, z, x, t, where, process cfg) -> -log p (N,) of the
+    # tokens of x at `where` given the masked z (B, L) at times t (B,); None: not a masking process (training/plateau.py)
     layers: Callable | None = None  # (model, process cfg): attaches model.process_io
     process_fields: frozenset[str] = frozenset()  # ProcessConfig fields the process reads (besides kind)
     sampler_fields: frozenset[str] = frozenset()  # SamplerConfig fields its sampler reads
@@ -152,14 +152,14 @@ _SAME_LAYOUT = Need("model.layout", lambda v: v is Layout.SAME,
 
 MASKED = ProcessSpec(
     name="masked", label="masked diffusion", loss=masked_diffusion_loss, decode=_decode_masked,
-    likelihood=Estimator("NELBO (masked diffusion)", masked_nats, exact=False), rate_nll=masked_rate_nll,
+    likelihood=Estimator("NELBO (masked diffusion)", masked_nats, exact=False), scores=masked_scores,
     process_fields=_MASKED_TRAIN | {"prompt_prob", "cond_dropout", "causal_warmup"},
     sampler_fields=_UNMASKING | {"block_length", "cache", "guidance"},
     infill=True, parallel=True, sft=masked_sft_loss, train_flags={"process": {"kind": "masked", "block_size": 0}},
 )
 BLOCK = ProcessSpec(
     name="block", label="block diffusion", loss=block_diffusion_loss, decode=_decode_block,
-    likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False), rate_nll=block_rate_nll,
+    likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False), scores=block_scores,
     process_fields=_MASKED_TRAIN | {"block_curriculum", "block_curriculum_start"}, sampler_fields=_UNMASKING,
     needs=(_SAME_LAYOUT, Need("model.time_cond", lambda v: v is TimeCond.NONE,
                               "the block process runs without time conditioning; set --model.time_cond=none"),

@@ -79,27 +79,18 @@ def block_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, gene
     n_blocks = int(ids[-1]) + 1
     ub = (u[:, None] + torch.arange(n_blocks, device=x.device) / n_blocks) % 1.0  # (B, n_blocks)
     t_block, w_block = times_and_weights(ub, cfg, schedule)
-    nll, masked = block_nll(model, x, t_block[:, ids], cfg.block_size, schedule, mask_id, generator, scored)
-    return per_row(w_block[:, ids][masked].float() * nll, masked)
-
-
-def block_nll(model, x, t: torch.Tensor, block_size: int, schedule: MaskSchedule, mask_id: int,
-              generator: torch.Generator, scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Corrupt the scored positions of x (B, L) at per-token times t (B, L), run the noised and the clean copy
-    under BD3-LM's mask and score the masked tokens: (-log p of each (N,), masked (B, L))."""
-    L = x.shape[1]
-    zt, masked = corrupt(x, t, schedule, mask_id, generator)  # (B, L)
+    zt, masked = corrupt(x, t_block[:, ids], schedule, mask_id, generator)  # (B, L)
     masked &= scored_positions(x, scored)
     zt = torch.where(masked, zt, x)
+    return per_row(w_block[:, ids][masked].float() * block_scores(model, zt, x, t_block, masked, cfg), masked)
+
+
+def block_scores(model, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor, where: torch.Tensor,
+                 cfg: ProcessConfig) -> torch.Tensor:
+    """-log p of the tokens of x (B, L) at `where` (B, L) (N,), given the corrupted z (B, L) and the clean earlier
+    blocks (the noised and the clean copy under BD3-LM's mask; block models take no time t)."""
+    L = x.shape[1]
     positions = torch.arange(L, device=x.device).repeat(2)
-    h = model.hidden(torch.cat([zt, x], dim=1), attn_mask=training_mask(L, block_size, x.device), positions=positions)[:, :L]
-    return F.cross_entropy(model.head(h[masked]).float(), x[masked], reduction="none"), masked  # (N,), (B, L)
-
-
-def block_rate_nll(model, x, cfg: ProcessConfig, mask_id: int, rate: float, generator: torch.Generator) -> torch.Tensor:
-    """[sum of -log p, count] (2,) over the tokens of x[:, 1:] (B, L) masked when every block masks each token
-    with probability `rate`: the per-token loss at one mask rate (training/plateau.py)."""
-    schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
-    t = schedule.time_of_alpha(torch.full(x.shape, 1.0 - rate, device=x.device))  # (B, L)
-    nll, masked = block_nll(model, x, t, cfg.block_size, schedule, mask_id, generator)
-    return torch.stack([nll.sum(), masked.sum().to(nll.dtype)])
+    h = model.hidden(torch.cat([z, x], dim=1), attn_mask=training_mask(L, cfg.block_size, x.device),
+                     positions=positions)[:, :L]  # (B, L, D)
+    return F.cross_entropy(model.head(h[where]).float(), x[where], reduction="none")  # (N,)

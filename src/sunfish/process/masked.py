@@ -150,15 +150,11 @@ def scored_positions(x: torch.Tensor, scored: torch.Tensor | None) -> torch.Tens
     return everything
 
 
-def masked_nll(model, x, t: torch.Tensor, schedule: MaskSchedule, mask_id: int, generator: torch.Generator,
-               scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Corrupt the scored positions of x (B, L) at times t (B,) and score the model on the masked ones:
-    (-log p of each masked token (N,), masked (B, L))."""
-    zt, masked = corrupt(x, t, schedule, mask_id, generator)  # (B, L)
-    masked &= scored_positions(x, scored)
-    zt = torch.where(masked, zt, x)
-    h = model.hidden(zt, t if model.needs_time else None)  # (B, L, D)
-    return F.cross_entropy(model.head(h[masked]).float(), x[masked], reduction="none"), masked  # (N,), (B, L)
+def masked_scores(model, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor, where: torch.Tensor,
+                  cfg: ProcessConfig) -> torch.Tensor:
+    """-log p of the tokens of x (B, L) at `where` (B, L) (N,), given the corrupted z (B, L) at times t (B,)."""
+    h = model.hidden(z, t if model.needs_time else None)  # (B, L, D)
+    return F.cross_entropy(model.head(h[where]).float(), x[where], reduction="none")  # (N,)
 
 
 def masked_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, generator: torch.Generator,
@@ -170,15 +166,7 @@ def masked_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, gen
     (MDLM, Sahoo et al. 2024, eq. 10)."""
     schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
     t, w = times_and_weights(u, cfg, schedule)  # (B,), (B,)
-    nll, masked = masked_nll(model, x, t, schedule, mask_id, generator, scored)
-    return w.float() * per_row(nll, masked)
-
-
-def masked_rate_nll(model, x, cfg: ProcessConfig, mask_id: int, rate: float,
-                    generator: torch.Generator) -> torch.Tensor:
-    """[sum of -log p, count] (2,) over the tokens of x[:, 1:] (B, L) masked when each is masked with probability
-    `rate` (t with 1 - alpha(t) = rate): the per-token loss at one mask rate (training/plateau.py)."""
-    schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
-    t = schedule.time_of_alpha(torch.full((x.shape[0],), 1.0 - rate, device=x.device))  # (B,)
-    nll, masked = masked_nll(model, x, t, schedule, mask_id, generator)
-    return torch.stack([nll.sum(), masked.sum().to(nll.dtype)])
+    zt, masked = corrupt(x, t, schedule, mask_id, generator)  # (B, L)
+    masked &= scored_positions(x, scored)
+    zt = torch.where(masked, zt, x)
+    return w.float() * per_row(masked_scores(model, zt, x, t, masked, cfg), masked)

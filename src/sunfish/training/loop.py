@@ -55,7 +55,7 @@ class TrainResult:
     final_val_loss: float | None
     parameters: int
     seconds: float
-    plateau_exit: int | None = None  # first validation step whose ctx_gain passed plateau.EXIT_GAIN (masked, block)
+    plateau_exit: int | None = None  # the step the probe saw the model leave the unigram plateau (training/plateau.py)
     ctx_gain: float | None = None  # the latest ctx_gain (training/plateau.py); None: not measured
 
 
@@ -240,7 +240,7 @@ def _train(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo, start_
                          f"{state.cfg.train.steps}; raise --steps to continue")
     return TrainResult(run_dir=opts.run_dir, checkpoint=state.last_checkpoint, final_loss=state.loss,
                        final_val_loss=state.val_loss, parameters=state.parameters,
-                       seconds=time.perf_counter() - start_time, plateau_exit=state.plateau_exit,
+                       seconds=time.perf_counter() - start_time, plateau_exit=state.plateau.step,
                        ctx_gain=state.probe.gain if state.probe else None)
 
 
@@ -279,8 +279,8 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
                      last_checkpoint=resume_from)
     if resume_from is not None:
         restore(state, resume_from)
-    rate_nll = spec_of(cfg.process).rate_nll
-    state.measure = measure(rate_nll, cfg.process, corpus.tokenizer.mask_id) if rate_nll is not None else None
+    scores = spec_of(cfg.process).scores
+    state.measure = measure(scores, cfg.process, corpus.tokenizer.mask_id) if scores is not None else None
     log(f"model: {parameters:,} parameters; data: {len(corpus.train):,} training tokens, {len(corpus.val):,} "
         f"validation tokens; device {rt.device}; parallel {cfg.train.parallel.value} x {info.world}")
     val_source = corpus.val.batches(seq_len, cfg.train.seed + 2)  # the same batches on every rank
@@ -360,15 +360,14 @@ def _log_and_validate(state: RunState) -> float | None:
 
 def _plateau_figures(state: RunState) -> dict:
     """The probe's figures of this validation pass (none for processes without a mask rate, or for conversation
-    batches), and `plateau_exit` at the first pass whose ctx_gain passes the threshold."""
+    batches), and `plateau_exit` at the pass that confirms the exit (training/plateau.py)."""
     if not _probes(state):
         return {}
     figures = state.probe.figures()
-    if state.plateau_exit is None and state.probe.left_plateau:
-        state.plateau_exit = state.step
-        figures["plateau_exit"] = state.step
-        state.log(f"step {state.step}: left the unigram plateau (ctx_gain {state.probe.gain:.3f} > {EXIT_GAIN}: the "
-                  f"per-token loss now depends on the mask rate)")
+    if state.plateau.update(state.step, state.probe):
+        figures["plateau_exit"] = state.plateau.step
+        state.log(f"step {state.step}: left the unigram plateau at step {state.plateau.step} (ctx_gain "
+                  f"{state.probe.gain:.3f}, above {EXIT_GAIN} since then: the per-token loss depends on the mask rate)")
     return figures
 
 

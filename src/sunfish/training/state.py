@@ -26,7 +26,7 @@ from sunfish.training.corpus import Corpus
 from sunfish.training.checkpoint import load_training_extras, prune_checkpoints, save_checkpoint
 from sunfish.training.observe import MetricsLog
 from sunfish.training.optim import WeightEMA
-from sunfish.training.plateau import Probe
+from sunfish.training.plateau import PlateauExit, Probe
 from sunfish.training.parallel import DistInfo, gather_rows
 from sunfish.training.robust import BadStepGuard
 
@@ -127,7 +127,7 @@ class RunState:
     val_loss: float | None = None  # the latest validation loss
     measure: Callable | None = None  # the plateau probe's per-batch figure (training/plateau.py); None: no mask rate
     probe: Probe | None = None  # the latest plateau probe
-    plateau_exit: int | None = None  # the first validation step whose probe left the plateau
+    plateau: PlateauExit = field(default_factory=PlateauExit)  # the plateau exit, once the probe confirms it
     # Opened by loop._setup once the resume point is checked:
     val_batches: list[torch.Tensor] = field(default_factory=list)  # (B, L) each, the same on every rank
     metrics: MetricsLog | None = None  # rank 0 only
@@ -140,7 +140,7 @@ def save(state: RunState, val_loss: float | None) -> Path:
     cfg, info = state.cfg, state.info
     rng = {"data": state.batches.state(), "noise": state.streams.states(info, state.rt.device)}
     extra = {"val_loss": val_loss, "world": info.world, "parallel": cfg.train.parallel.value, "ema": state.ema is not None,
-             "plateau_exit": state.plateau_exit}
+             **state.plateau.state()}
     meta = TrainingState(step=state.step, data_fingerprint=state.corpus.train.fingerprint(), extra=extra)
     path = save_checkpoint(state.run_dir, state.step, state.model, state.optimizer, rng, meta, cfg,
                            state.corpus.tokenizer, ema=state.ema.shadow if state.ema else None,
@@ -162,5 +162,5 @@ def restore(state: RunState, ckpt: Path) -> None:
     state.batches.restore(rng["data"])
     state.streams.restore(rng["noise"], meta.step, state.cfg.train.seed, state.log)
     state.start = state.step = meta.step
-    state.plateau_exit = meta.extra.get("plateau_exit")
+    state.plateau = PlateauExit.from_state(meta.extra)
     state.log(f"resuming from {ckpt} at step {state.start}")
