@@ -78,11 +78,12 @@ def base_config(size: dict, steps: int, seed: int, threads: int = 0) -> RunConfi
     cfg = load_preset("quickstart")
     return apply_tree(cfg, {
         "model": {"d_model": size["d_model"], "n_layers": size["n_layers"], "n_heads": size["n_heads"],
-                  "context": size["context"]},
+                  "context": size["context"], "layout": "same"},  # plain objectives, not the preset's recipe
         "data": {"tokenizer": "bpe", "bpe_vocab": size["vocab"], "val_fraction": 0.02},
         "train": {"steps": steps, "batch_size": size["batch"], "val_every": 0, "log_every": size["log_every"],
                   "seed": seed, "save_every": 0, "threads": threads},
         "optim": {"warmup_steps": max(1, min(100, steps // 10))},
+        "process": {"causal_warmup": 0},
     })
 
 

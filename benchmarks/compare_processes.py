@@ -72,7 +72,8 @@ QUICK = dict(d_model=32, n_layers=1, n_heads=2, context=48, batch=4, vocab=300, 
 
 def base_config(size: dict, steps: int, seed: int, threads: int = 0) -> RunConfig:
     return apply_tree(load_preset("quickstart"), {
-        "model": {k: size[k] for k in ("d_model", "n_layers", "n_heads", "context")} | {"time_cond": "none"},
+        "model": {k: size[k] for k in ("d_model", "n_layers", "n_heads", "context")} | {"time_cond": "none", "layout": "same"},
+        "process": {"causal_warmup": 0},  # the processes as they are, not the quickstart preset's recipe
         "data": {"tokenizer": "bpe", "bpe_vocab": size["vocab"], "val_fraction": 0.02},
         "train": {"steps": steps, "batch_size": size["batch"], "val_every": 0, "log_every": 50, "seed": seed, "save_every": 0,
                   "threads": threads},

@@ -166,7 +166,7 @@ BLOCK = ProcessSpec(
            Need("process.prompt_prob", lambda v: v == 0,
                 "process.prompt_prob (conditional training) is not implemented for the block process; set it to 0")),
     fixed_blocks=True, parallel=True, sft=block_sft_loss,
-    train_flags={"process": {"kind": "masked", "block_size": 16}, "model": {"time_cond": "none"}},
+    train_flags={"process": {"kind": "masked", "block_size": 16}, "model": {"time_cond": "none", "layout": "same"}},
 )
 AR = ProcessSpec(
     name="ar", label="autoregressive", loss=lambda model, x0, cfg, mask_id, generator, stage: next_token_loss(model, x0),
@@ -178,7 +178,7 @@ AR = ProcessSpec(
                 "process.prompt_prob (conditional training) is not implemented for the autoregressive objective; "
                 "set it to 0")),
     causal=True, sft=ar_sft_loss,
-    train_flags={"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}},
+    train_flags={"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none", "layout": "same"}},
 )
 CONTINUOUS = ProcessSpec(
     name="continuous", label="continuous (embedding diffusion)", loss=lambda model, x0, cfg, mask_id, generator, stage:
@@ -189,7 +189,7 @@ CONTINUOUS = ProcessSpec(
     sampler_fields=frozenset({"length", "steps", "solver", "eta", "rounding", "clamp"}),
     needs=(_BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT), infill=True, mixed_batches=False, final_commits=False,
     wants_time=True,
-    train_flags={"process": {"kind": "continuous"}},
+    train_flags={"process": {"kind": "continuous"}, "model": {"layout": "same"}},
 )
 FLOW = ProcessSpec(
     name="flow", label="simplex flow", loss=lambda model, x0, cfg, mask_id, generator, stage: flow_loss(model, x0, cfg, generator),
@@ -199,7 +199,8 @@ FLOW = ProcessSpec(
     needs=(_BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT,
            Need("process.self_cond", lambda v: not v, "process.self_cond applies to the continuous process only; "
                 "drop it for flow models")),
-    infill=True, mixed_batches=False, final_commits=False, wants_time=True, train_flags={"process": {"kind": "flow"}},
+    infill=True, mixed_batches=False, final_commits=False, wants_time=True,
+    train_flags={"process": {"kind": "flow"}, "model": {"layout": "same"}},
 )
 SPECS: dict[str, ProcessSpec] = {s.name: s for s in (MASKED, BLOCK, AR, CONTINUOUS, FLOW)}
 _BY_KIND = {ProcessKind.MASKED: MASKED, ProcessKind.AR: AR, ProcessKind.CONTINUOUS: CONTINUOUS, ProcessKind.FLOW: FLOW}

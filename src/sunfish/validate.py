@@ -8,7 +8,8 @@
 - a sampler flag that does nothing under the other settings (a threshold without the threshold rule, top-k
   at temperature 0, remasking knobs without remasking, ...), a LoRA knob without --lora, and a curriculum's
   start without its length;
-- curriculum settings that cannot work (a causal warm-up as long as the run, ...).
+- curriculum settings that cannot work (a mask curriculum starting below eps, a block curriculum starting
+  above the block size).
 Values that come from a preset or a saved checkpoint are not flags and are not refused for being unused.
 """
 
@@ -35,7 +36,7 @@ ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
 # a setting that acts only while a switch is on -> that switch (LoRA knobs of `sunfish adapt` and `sunfish sft`)
 SWITCHED: dict[str, str] = {f"{section}.{name}": f"{section}.lora" for section in ("adapt", "sft")
                             for name in ("lora_rank", "lora_alpha", "lora_targets", "qlora")}
-# a curriculum's start -> the length that turns the curriculum on (process/curriculum.py)
+# a curriculum's start -> the share of the run that turns the curriculum on (process/curriculum.py)
 CURRICULA: dict[str, str] = {"process.mask_curriculum_start": "process.mask_curriculum",
                              "process.block_curriculum_start": "process.block_curriculum"}
 
@@ -62,9 +63,6 @@ def check_needs(spec: ProcessSpec, cfg: RunConfig) -> None:
 def check_curricula(spec: ProcessSpec, cfg: RunConfig) -> None:
     """Curriculum settings that cannot work together with the rest of the run (process/curriculum.py)."""
     p = cfg.process
-    if "causal_warmup" in spec.process_fields and p.causal_warmup >= cfg.train.steps:
-        raise ConfigError(f"process.causal_warmup ({p.causal_warmup}) must be fewer than train.steps "
-                          f"({cfg.train.steps}), or no step would train the masked objective")
     if "mask_curriculum" in spec.process_fields and p.mask_curriculum and p.mask_curriculum_start <= p.eps:
         raise ConfigError(f"process.mask_curriculum_start ({p.mask_curriculum_start}) must exceed process.eps "
                           f"({p.eps}), the smallest t drawn")
@@ -105,7 +103,7 @@ def validate(cfg: RunConfig, given: Iterable[str] = ()) -> ProcessSpec:
         if section == "process" and name == "time_warp_after" and not cfg.process.time_warp:
             raise ConfigError("process.time_warp_after does nothing without process.time_warp=true")
         if key in CURRICULA and not _value(cfg, CURRICULA[key]):
-            raise ConfigError(f"{key} does nothing without {CURRICULA[key]} > 0 (the curriculum's length in steps)")
+            raise ConfigError(f"{key} does nothing without {CURRICULA[key]} > 0 (the curriculum's share of the run)")
         if key in SWITCHED and not _value(cfg, SWITCHED[key]):
             switch = SWITCHED[key].partition(".")[2]
             raise ConfigError(f"{key} does nothing without --{switch} ({SWITCHED[key]}=true); add --{switch} or leave it out")

@@ -55,15 +55,18 @@ class ProcessConfig(Section):
     antithetic: bool = knob(True, "low-discrepancy sampling of t across the batch")
     eps: float = knob(1e-3, "smallest t drawn (and the log-linear mask schedule's eps), in (0, 0.5)", lo=1e-08, hi=0.5)
     block_size: int = knob(0, "block diffusion (BD3-LM) block size in tokens; 0 = one block (MDLM)", lo=0)
-    causal_warmup: int = knob(0, "masked: first training steps spent on next-token prediction under a causal mask "
-                              "before the masked objective (process/curriculum.py); 0 = off", lo=0)
-    mask_curriculum: int = knob(0, "masked/block: training steps over which the largest t drawn rises linearly from "
-                                "mask_curriculum_start to 1 (low mask rates first); 0 = off", lo=0)
-    mask_curriculum_start: float = knob(0.2, "masked/block: the largest t drawn at step 0 of the mask curriculum, "
-                                        "in [0.01, 1]", lo=0.01, hi=1.0)
-    block_curriculum: int = knob(0, "block: training steps over which the block size grows geometrically from "
-                                 "block_curriculum_start to block_size; 0 = off", lo=0)
-    block_curriculum_start: int = knob(1, "block: block size at step 0 of the block curriculum (1 = autoregressive)", lo=1)
+    causal_warmup: float = knob(0.0, "masked: fraction of train.steps spent first on next-token prediction under a "
+                                "causal mask, then the masked objective (process/curriculum.py), in [0, 0.9]; 0 = off",
+                                lo=0.0, hi=0.9)
+    mask_curriculum: float = knob(0.0, "masked/block: fraction of train.steps over which the largest t drawn rises "
+                                  "linearly from mask_curriculum_start to 1 (low mask rates first), in [0, 1]; 0 = off",
+                                  lo=0.0, hi=1.0)
+    mask_curriculum_start: float = knob(0.2, "masked/block: the largest t drawn at the first step of the mask "
+                                        "curriculum, in [0.01, 1]", lo=0.01, hi=1.0)
+    block_curriculum: float = knob(0.0, "block: fraction of train.steps over which the block size grows geometrically "
+                                   "from block_curriculum_start to block_size, in [0, 1]; 0 = off", lo=0.0, hi=1.0)
+    block_curriculum_start: int = knob(1, "block: block size at the first step of the block curriculum (1 = "
+                                       "autoregressive)", lo=1)
     noise_schedule: NoiseSchedule = knob(NoiseSchedule.COSINE, "continuous: alpha_bar(t) of the Gaussian process")
     param: Parameterisation = knob(Parameterisation.X0, "continuous: what the network predicts (x0 | eps | v)")
     embed: EmbedMode = knob(EmbedMode.NORMALIZED, "continuous: how token embeddings (the data x0) are kept")

@@ -279,7 +279,8 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
                      last_checkpoint=resume_from)
     if resume_from is not None:
         restore(state, resume_from)
-    scores = spec_of(cfg.process).scores
+    state.spec = spec_of(cfg.process)
+    scores = state.spec.scores
     state.measure = measure(scores, cfg.process, corpus.tokenizer.mask_id) if scores is not None else None
     log(f"model: {parameters:,} parameters; data: {len(corpus.train):,} training tokens, {len(corpus.val):,} "
         f"validation tokens; device {rt.device}; parallel {cfg.train.parallel.value} x {info.world}")
@@ -314,7 +315,7 @@ def _step(state: RunState) -> None:
     batches = [state.batches.next_batch(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]  # A x (B, L)
     state.loss, state.grad_norm = forward_backward(state.trainer, state.model, batches, state.streams,
                                                    cfg.optim.grad_clip, state.info, state.rt,
-                                                   stage_at(cfg.process, step - 1))
+                                                   stage_at(cfg.process, step - 1, cfg.train.steps, state.spec.process_fields))
     if state.guard.check(step, state.loss, state.grad_norm):
         state.optimizer.step()
         if state.ema is not None:

@@ -19,6 +19,7 @@ from sunfish.config import ParallelKind, RunConfig
 from sunfish.data.loader import RandomWindows, ShardBatches
 from sunfish.data.sources import DataError
 from sunfish.model.transformer import Transformer
+from sunfish.registry import ProcessSpec
 from sunfish.runtime import Runtime
 from sunfish.checkpoint.files import TrainingState, read_state
 from sunfish.checkpoint.weights import load_weights
@@ -125,6 +126,7 @@ class RunState:
     loss: float = math.nan  # mean over ranks of the latest step
     grad_norm: float = math.nan
     val_loss: float | None = None  # the latest validation loss
+    spec: ProcessSpec | None = None  # the process's registry entry
     measure: Callable | None = None  # the plateau probe's per-batch figure (training/plateau.py); None: no mask rate
     probe: Probe | None = None  # the latest plateau probe
     plateau: PlateauExit = field(default_factory=PlateauExit)  # the plateau exit, once the probe confirms it
