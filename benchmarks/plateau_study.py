@@ -1,24 +1,25 @@
 """Leaving the unigram plateau: training recipes for masked diffusion at equal FLOPs, over several seeds.
 
-    python benchmarks/plateau_study.py [--quick] [--steps 800] [--seeds 0,1,2] [--corpora stories,tinystories]
-        [--only "NAME;NAME"] [--threads 1] [--out runs/plateau] [--doc docs/results.md]
+    python benchmarks/plateau_study.py [--size study|quickstart|quick] [--steps 800] [--seeds 0,1,2]
+        [--corpora stories,tinystories] [--only "NAME;NAME"] [--threads 1] [--out runs/plateau] [--doc docs/results.md]
 
-Every recipe trains compare_objectives.py's backbone (2 layers x 64, context 128, byte-level BPE 1024, batch
-8 x 128) with sunfish.training.loop.train for the same training FLOPs as `--steps` AR steps
+Every recipe trains compare_objectives.py's backbone (--size study: 2 layers x 64, context 128, byte-level BPE
+1024, batch 8 x 128; quickstart: the quickstart preset's 4 layers x 128, batch 16; quick: a smoke run) with
+sunfish.training.loop.train for the same training FLOPs as `--steps` AR steps
 (6 N + 12 n_layers d_model T per token; block diffusion runs 2L tokens, so it gets about half the steps).
 Recipes: the autoregressive reference, plain masked NELBO, masked cross-entropy, the mask-rate curriculum,
 block diffusion B = 16 with and without the block-size curriculum, the causal warm-up (same and shifted layout),
 the shifted layout alone and a learning-rate warm-up 3/8 of the run long instead of 1/10 (process/curriculum.py;
 curricula and warm-ups are sized as fractions of a run: warm-up 1/8, curricula 3/8).
 The trainer's plateau probe (training/plateau.py) runs at every validation pass (every --val-every steps):
-a run's plateau exit is the first pass whose ctx_gain exceeds plateau.EXIT_GAIN. Then the held-out bits per
+a run's plateau exit is the first of two passes in a row whose ctx_gain exceeds plateau.EXIT_GAIN. Then the held-out bits per
 byte (exact for AR, the Monte Carlo NELBO bound for diffusion) and the perplexity ratio to the AR run of the
 same seed (same tokenizer and split).
 Corpora: `stories`, the built-in English + Russian stories (held out: stories of another seed), and
 `tinystories`, 1000 English + 1000 Russian TinyStories from ../shared/corpora with the next 40 of each held
 out (skipped, with the reason, when that folder is absent). Prints one Markdown table per corpus; writes
 results.json (runs already there are reused) and results.md under --out; with --doc, rewrites the marked
-block of that file's "Leaving the unigram plateau" section.
+block of this budget in that file's "Leaving the unigram plateau" section.
 """
 
 from __future__ import annotations
@@ -43,24 +44,26 @@ from sunfish.eval.report import markdown_table  # noqa: E402
 from sunfish.loading import load_model  # noqa: E402
 from sunfish.training.corpus import build_corpus  # noqa: E402
 from sunfish.training.loop import train  # noqa: E402
-from sunfish.training.plateau import EXIT_GAIN  # noqa: E402
+from sunfish.training.plateau import EXIT_GAIN, EXIT_PASSES  # noqa: E402
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
+SIZES = {"study": FULL, "quick": QUICK, "quickstart": {**FULL, "d_model": 128, "n_layers": 4, "n_heads": 4, "batch": 16}}
 TINY_FILES = {"en": "en_tinystories/tinystories_train_head.jsonl", "ru": "ru_tinystories/tinystories_ru.jsonl.gz"}
 AR = {"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}}
 BLOCK = {"process": {"block_size": 16}, "model": {"time_cond": "none"}}
 SHIFTED = {"model": {"layout": "shifted"}}
+PLAIN = {"process": {"causal_warmup": 0}, "model": {"layout": "same"}}  # the recipes start here, whatever the preset says
 
 # name -> (config overrides for a run of n steps, tokens-through-network factor)
 RECIPES = {
     "AR": (lambda n: AR, 1),
     "masked NELBO": (lambda n: {}, 1),
     "masked CE": (lambda n: {"process": {"loss": "masked_ce"}}, 1),
-    "mask curriculum": (lambda n: {"process": {"mask_curriculum": max(1, 3 * n // 8)}}, 1),
+    "mask curriculum": (lambda n: {"process": {"mask_curriculum": 0.375}}, 1),
     "block B=16": (lambda n: BLOCK, 2),
-    "block B=16 + block curriculum": (lambda n: {**BLOCK, "process": {**BLOCK["process"], "block_curriculum": max(1, 3 * n // 8)}}, 2),
-    "causal warm-up": (lambda n: {"process": {"causal_warmup": max(1, n // 8)}}, 1),
-    "causal warm-up, shifted": (lambda n: {**SHIFTED, "process": {"causal_warmup": max(1, n // 8)}}, 1),
+    "block B=16 + block curriculum": (lambda n: {**BLOCK, "process": {**BLOCK["process"], "block_curriculum": 0.375}}, 2),
+    "causal warm-up": (lambda n: {"process": {"causal_warmup": 0.125}}, 1),
+    "causal warm-up, shifted": (lambda n: {**SHIFTED, "process": {"causal_warmup": 0.125}}, 1),
     "shifted layout": (lambda n: SHIFTED, 1),
     "long LR warm-up": (lambda n: {"optim": {"warmup_steps": max(1, 3 * n // 8)}}, 1),
 }
@@ -92,7 +95,7 @@ def corpus_docs(name: str, size: dict) -> tuple[list[str], list[str]] | str:
 def run_config(study: Study, name: str, seed: int, n_params: int) -> RunConfig:
     """The recipe's config for one seed, with its step count at the study's FLOPs."""
     base = base_config(study.size, study.steps, seed, study.threads)
-    base = apply_tree(base, {"train": {"val_every": study.val_every, "val_batches": 4}})
+    base = apply_tree(base, {"train": {"val_every": study.val_every, "val_batches": 4}, **PLAIN})
     tree_of, factor = RECIPES[name]
     budget = flops_per_step(base, n_params, 1) * study.steps
     n_steps = max(2, round(budget / flops_per_step(base, n_params, factor)))
@@ -201,21 +204,27 @@ def verdict(results: dict, corpus: str, names: list[str], seeds: list[int]) -> s
             f"(paired by seed), perplexity {ratio}x AR's.")
 
 
-PLATEAU_NOTE = (f"plateau exit: the first validation pass whose ctx_gain (1 - CE at mask rate 0.1 / CE at 0.9, on the "
-                f"same tokens) exceeds {EXIT_GAIN}; never = still on the plateau at the end. ± is the standard deviation "
-                "over seeds; ppl vs AR is exp(nats per token - AR's) with the AR run of the same seed.")
-BEGIN, END = "<!-- plateau_study: begin -->", "<!-- plateau_study: end -->"
+PLATEAU_NOTE = (f"plateau exit: the first of {EXIT_PASSES} validation passes in a row whose ctx_gain (1 - CE at mask rate "
+                f"0.1 / CE at 0.9, on the same tokens) exceeds {EXIT_GAIN}; never = still on the plateau at the end. ± is "
+                "the standard deviation over seeds; ppl vs AR is exp(nats per token - AR's) with the AR run of the same seed.")
+SECTION = "## Leaving the unigram plateau"
 
 
-def update_doc(doc: Path, block: str) -> None:
-    """Put `block` between the markers of `doc` (notes around them are kept); without markers, add a
-    '## Leaving the unigram plateau' section holding them at the end."""
+def update_doc(doc: Path, block: str, key: str) -> None:
+    """Put `block` between the markers of this size and budget (`key`) in `doc`, keeping the notes around them;
+    without them, add the marked block at the end of the plateau section (made at the end of `doc` when absent)."""
+    begin, end = f"<!-- plateau_study {key}: begin -->", f"<!-- plateau_study {key}: end -->"
     text = doc.read_text(encoding="utf-8") if doc.exists() else "# Results\n"
-    marked = f"{BEGIN}\n{block.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        new = text[: text.index(BEGIN)] + marked + text[text.index(END) + len(END):]
+    marked = f"{begin}\n{block.strip()}\n{end}\n"
+    if begin in text and end in text:
+        new = text[: text.index(begin)] + marked.rstrip("\n") + text[text.index(end) + len(end):]
+    elif SECTION in text:
+        after = text.index(SECTION) + len(SECTION)
+        cut = text.find("\n## ", after)
+        cut = len(text) if cut < 0 else cut + 1
+        new = text[:cut].rstrip("\n") + "\n\n" + marked + ("\n" + text[cut:] if cut < len(text) else "")
     else:
-        new = text.rstrip("\n") + "\n\n## Leaving the unigram plateau\n\n" + marked + "\n"
+        new = text.rstrip("\n") + f"\n\n{SECTION}\n\n" + marked
     tmp = doc.with_name(f".{doc.name}.tmp")
     tmp.write_text(new, encoding="utf-8")
     tmp.replace(doc)
@@ -223,7 +232,7 @@ def update_doc(doc: Path, block: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny models and a few steps: a smoke run")
+    p.add_argument("--size", choices=list(SIZES), default="study", help="model and batch (default study; quick: a smoke run)")
     p.add_argument("--steps", type=int, help="AR steps (default 800, quick 40); every recipe gets the same FLOPs")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--corpora", default="stories,tinystories", help="stories, tinystories or both (default both)")
@@ -236,7 +245,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python benchmarks/plateau_study.py"] + (["--quick"] if args.quick else [])
+    parts = ["python benchmarks/plateau_study.py"] + ([f"--size {args.size}"] if args.size != "study" else [])
     parts += [f"--steps {args.steps}"] if args.steps else []
     parts += [f"--seeds {args.seeds}"] if args.seeds != "0,1,2" else []
     parts += [f"--corpora {args.corpora}"] if args.corpora != "stories,tinystories" else []
@@ -247,9 +256,9 @@ def command_line(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    size = QUICK if args.quick else FULL
-    study = Study(size=size, steps=args.steps or (40 if args.quick else 800), seeds=[int(s) for s in args.seeds.split(",")],
-                  val_every=args.val_every or (10 if args.quick else 50), threads=args.threads, out=args.out)
+    size, quick = SIZES[args.size], args.size == "quick"
+    study = Study(size=size, steps=args.steps or (40 if quick else 800), seeds=[int(s) for s in args.seeds.split(",")],
+                  val_every=args.val_every or (10 if quick else 50), threads=args.threads, out=args.out)
     wanted = [n.strip() for n in args.only.split(";")] if args.only else list(RECIPES)
     unknown = [n for n in wanted if n not in RECIPES]
     if unknown:
@@ -272,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + block)
     (args.out / "results.md").write_text(block, encoding="utf-8")
     if args.doc:
-        update_doc(args.doc, block)
+        update_doc(args.doc, block, f"{args.size} {study.steps}")
         print(f"updated {args.doc}")
     return 0
 
