@@ -122,7 +122,9 @@ def test_the_registry_covers_every_kind_and_every_field():
     check_sampler(registry.MASKED, SamplerConfig(), sampler_fields - {"solver", "eta", "rounding", "clamp", "steps",
                                                                      "policy", "threshold", "factor", "entropy_bound",
                                                                      "remask_eta", "remask_start", "remask_end",
-                                                                     "top_k", "top_p"})
+                                                                     "top_k", "top_p", "info_gain_candidates",
+                                                                     "info_gain_temperature", "info_gain_weight",
+                                                                     "info_gain_heuristic"})
 
 
 def _downgrade(ckpt) -> None:

@@ -140,9 +140,10 @@ _MASKED_TRAIN = frozenset({"mask_schedule", "discrete_steps", "loss", "antitheti
                            "mask_curriculum", "mask_curriculum_start"})
 _TIME_DRAWS = frozenset({"discrete_steps", "antithetic", "eps", "prompt_prob"})
 _DRAWING = frozenset({"temperature", "top_k", "top_p"})
+_INFO_GAIN = frozenset({"info_gain_candidates", "info_gain_temperature", "info_gain_weight", "info_gain_heuristic"})
 _UNMASKING = frozenset({"length", "steps", "policy", "rule", "threshold", "factor", "entropy_bound", "stop_at_eos",
                         "remask", "remask_eta", "remask_start", "remask_end", "fp64_confidence",
-                        "suppress_special"}) | _DRAWING
+                        "suppress_special"}) | _DRAWING | _INFO_GAIN
 _BIDIRECTIONAL = Need("model.attention", lambda v: v is AttentionKind.BIDIRECTIONAL,
                       "the {label} process needs bidirectional attention; set --model.attention=bidirectional")
 _ONE_BLOCK = Need("process.block_size", lambda v: v == 0,

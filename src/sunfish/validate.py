@@ -6,10 +6,11 @@
 - a flag the user gave (`given`, dotted keys such as "sampler.guidance") that the process does not read,
   naming the processes that do;
 - a sampler flag that does nothing under the other settings (a threshold without the threshold rule, top-k
-  at temperature 0, remasking knobs without remasking, ...), a LoRA knob without --lora, and a curriculum's
-  start without its length;
+  at temperature 0, remasking knobs without remasking, info_gain knobs without --policy info_gain, ...), a LoRA
+  knob without --lora, and a curriculum's start without its length;
 - curriculum settings that cannot work (a mask curriculum starting below eps, a block curriculum starting
-  above the block size).
+  above the block size);
+- info_gain settings that cannot run, whatever set them (info_gain as its own heuristic, with remasking).
 Values that come from a preset or a saved checkpoint are not flags and are not refused for being unused.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from sunfish.config import CommitRule, ConfigError, RemaskKind, RunConfig, SamplerConfig, Solver
+from sunfish.config import CommitRule, ConfigError, Policy, RemaskKind, RunConfig, SamplerConfig, Solver
 from sunfish.registry import ProcessSpec, processes_using, spec_of
 
 # sampler field -> (the field it depends on, the values of that field under which it acts, what to say)
@@ -32,6 +33,8 @@ ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
     "remask_start": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
     "remask_end": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
     "eta": ("solver", (Solver.AUTO, Solver.DDIM), "the ddim solver (ddpm is eta = 1)"),
+    **{name: ("policy", (Policy.INFO_GAIN,), "--policy info_gain") for name in
+       ("info_gain_candidates", "info_gain_temperature", "info_gain_weight", "info_gain_heuristic")},
 }
 # a setting that acts only while a switch is on -> that switch (LoRA knobs of `sunfish adapt` and `sunfish sft`)
 SWITCHED: dict[str, str] = {f"{section}.{name}": f"{section}.lora" for section in ("adapt", "sft")
@@ -74,7 +77,8 @@ def check_curricula(spec: ProcessSpec, cfg: RunConfig) -> None:
 def check_sampler(spec: ProcessSpec, sampler: SamplerConfig, given: Iterable[str],
                   unavailable: dict[str, str] | None = None) -> None:
     """Refuse sampler flags (field names in `given`) that do nothing for this process or under the other
-    settings; `unavailable` maps fields the loaded network cannot do to the reason."""
+    settings, and combinations that cannot run; `unavailable` maps fields the loaded network cannot do to the reason."""
+    check_info_gain(spec, sampler)
     for name in sorted(set(given)):
         if name not in spec.sampler_fields:
             raise ConfigError(f"sampler.{name} does nothing for {spec.label} models; it applies to "
@@ -88,6 +92,16 @@ def check_sampler(spec: ProcessSpec, sampler: SamplerConfig, given: Iterable[str
             if other in spec.sampler_fields and not ok:
                 shown = getattr(value, "value", value)
                 raise ConfigError(f"sampler.{name} does nothing with sampler.{other} = {shown}; it applies to {when}")
+
+
+def check_info_gain(spec: ProcessSpec, sampler: SamplerConfig) -> None:
+    """The info_gain policy's settings that cannot run, whatever set them."""
+    if "policy" not in spec.sampler_fields or sampler.policy is not Policy.INFO_GAIN:
+        return
+    if sampler.info_gain_heuristic is Policy.INFO_GAIN:
+        raise ConfigError("sampler.info_gain_heuristic cannot be info_gain itself; use confidence, margin, entropy or random")
+    if sampler.remask is not RemaskKind.NONE and sampler.rule in (CommitRule.FIXED, CommitRule.ANCESTRAL_TOPK):
+        raise ConfigError("the info_gain policy does not take committed tokens back; drop --remask or use another policy")
 
 
 def validate(cfg: RunConfig, given: Iterable[str] = ()) -> ProcessSpec:

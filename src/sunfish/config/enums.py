@@ -93,6 +93,7 @@ class Policy(str, enum.Enum):
     MARGIN = "margin"  # top-1 minus top-2 probability
     ENTROPY = "entropy"  # negative entropy of the predictive distribution
     RANDOM = "random"  # uniform random order
+    INFO_GAIN = "info_gain"  # Info-Gain (arXiv 2602.18176): sampled candidate commits scored by a lookahead pass
 
 
 class CommitRule(str, enum.Enum):

@@ -140,7 +140,17 @@ class SamplerConfig(Section):
 
     length: int = knob(64, "tokens to generate", lo=1)
     steps: int = knob(32, "denoising steps (the fixed and ancestral rules use at most one per token)", lo=1)
-    policy: Policy = knob(Policy.CONFIDENCE, "which masked positions the fixed rule reveals first")
+    policy: Policy = knob(Policy.CONFIDENCE, "which masked positions the fixed and ancestral_topk rules reveal first: "
+                          "confidence | margin | entropy | random | info_gain (lookahead, the info_gain_* settings)")
+    info_gain_candidates: int = knob(8, "info_gain: candidate commits scored per step, each one lookahead forward "
+                                     "pass (1 = the heuristic policy alone)", lo=1)
+    info_gain_temperature: float = knob(0.2, "info_gain: temperature of the candidates' positions, drawn from "
+                                        "softmax(heuristic score / T) (> 0; small keeps them near the heuristic's)",
+                                        lo=1e-06)
+    info_gain_weight: float = knob(1.0, "info_gain: weight of the information gain against the immediate entropy "
+                                   "cost (the paper's objective: 1; 0 = the cost alone, no lookahead)", lo=0.0)
+    info_gain_heuristic: Policy = knob(Policy.CONFIDENCE, "info_gain: the policy that ranks the first candidate and "
+                                       "shapes the others: confidence | margin | entropy | random")
     rule: CommitRule = knob(CommitRule.FIXED, "how many positions a step commits: fixed count, ancestral, threshold, factor, entropy_bound")
     block_length: int = knob(0, "semi-autoregressive block size in tokens; 0 = one block", lo=0)
     temperature: float = knob(0.0, "0 = greedy; > 0 samples with float64 Gumbel noise", lo=0.0)

@@ -35,6 +35,9 @@ class _CachedBlock:
     def refresh(self) -> None:  # the cache is exact: nothing to refresh
         pass
 
+    def scope(self, lo: int, hi: int, width: int) -> int:  # later blocks do not exist yet
+        return hi
+
     def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         self.cache.span, self.cache.commit = (lo, hi), False
         logits = self.model.head(self.model.hidden(x[:, lo:hi], None, self.cache, **self._rows(lo, hi))).float()  # (B, hi - lo, V)

@@ -29,7 +29,9 @@ def policy_scores(probs: torch.Tensor, drawn: torch.Tensor, policy: Policy, gene
         return top2[..., 0] - top2[..., 1]
     if policy is Policy.ENTROPY:
         return -entropy(probs)
-    return uniform(tuple(drawn.shape), generator, rows=rows).to(probs.device)
+    if policy is Policy.RANDOM:
+        return uniform(tuple(drawn.shape), generator, rows=rows).to(probs.device)
+    raise ValueError(f"the {policy.value} policy has no per-position score (info_gain chooses through sample/info_gain.py)")
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ step the model predicts the masked positions of the active block and a rule comm
 
 * FIXED (LLaDA): `steps` are shared evenly among blocks; about n / N of a block's n masks are committed
   per step (the remainder goes to the first steps), those the policy ranks highest: confidence
-  (probability of the drawn token), margin (top-1 minus top-2), negative entropy, or random order. The
+  (probability of the drawn token), margin (top-1 minus top-2), negative entropy, or random order; or,
+  under info_gain, the candidate commit a lookahead pass scores best (info_gain.py, arXiv 2602.18176). The
   rest stay masked ("low-confidence remasking").
 * ANCESTRAL (MDLM, Sahoo et al. 2024): from time t to s < t each mask is revealed with probability
   (alpha(s) - alpha(t)) / (1 - alpha(t)); the last step of a block reveals the rest.
@@ -29,7 +30,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from sunfish.config import CacheMode, CommitRule, RemaskKind, SamplerConfig
+from sunfish.config import CacheMode, CommitRule, Policy, RemaskKind, SamplerConfig
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.batch import Generators, Padding, uniform
@@ -136,6 +137,11 @@ class _Predictor:
     def refresh(self) -> None:
         self.cache = None
 
+    def scope(self, lo: int, hi: int, width: int) -> int:
+        """End column of what a call for [lo, hi) can also return at no extra network cost (Info-Gain's lookahead
+        scores every mask there): the canvas's end, but the block's under the dual cache, which recomputes it alone."""
+        return hi if self.mode is CacheMode.DUAL else width
+
     def time(self, x: torch.Tensor) -> torch.Tensor | None:
         """Diffusion time (B,) from the masked fraction of each row's real tokens (None: no time input)."""
         if not self.model.needs_time:
@@ -186,6 +192,9 @@ class _Guided:
     def refresh(self) -> None:
         self.cond.refresh()
         self.uncond.refresh()
+
+    def scope(self, lo: int, hi: int, width: int) -> int:
+        return self.cond.scope(lo, hi, width)
 
     def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         t = self.cond.time(x)
@@ -251,27 +260,36 @@ def denoise_blocks(
 ) -> SampleResult:
     """Decode `blocks` of canvas x (B, L) in order. `predict(x, lo, hi)` gives the block's logits and
     `predict.refresh()` is called at each block start; `after_block(x, lo, hi)` may run extra passes
-    (returned as their count, for the NFE). Only the positions masked on entry are ever written."""
+    (returned as their count, for the NFE). Only the positions masked on entry are ever written. Under the
+    info_gain policy a step's lookahead passes count in the NFE and the chosen one's logits serve the next step."""
+    ig = _info_gain(predict, cfg, generator, mask_id)
     generated = x == mask_id  # (B, L)
     psi = torch.zeros(x.shape, device=x.device)  # confidence of each token when it was committed (ReMDM conf)
     sizes = [int((x[:, lo:hi] == mask_id).sum(1).max()) for lo, hi in blocks]
     total = cfg.steps if cfg.rule is CommitRule.ANCESTRAL_TOPK else min(cfg.steps, sum(sizes))  # see _Plan.start
     budget = [1] * len(blocks) if cfg.rule in ADAPTIVE else steps_per_block(total, sizes)
-    step, extra, drift = 0, 0, []
+    step, calls, extra, drift = 0, 0, 0, []
     for (lo, hi), n_steps in zip(blocks, budget):
         predict.refresh()
-        plan = _Plan.start(x[:, lo:hi] == mask_id, n_steps, cfg)
+        plan, ahead = _Plan.start(x[:, lo:hi] == mask_id, n_steps, cfg), None
         while (x[:, lo:hi] == mask_id).any() and plan.more(cfg, hi - lo):
             if plan.idle(x[:, lo:hi] == mask_id, cfg, schedule):
                 plan.k += 1
                 continue
-            logits = predict(x, lo, hi)
+            if ahead is None:
+                logits, exact, calls = predict(x, lo, hi), getattr(predict, "last_exact", None), calls + 1
+            else:  # the lookahead pass of the commits just made
+                logits, exact = ahead, None
             block = x[:, lo:hi]
-            chosen, drawn, conf, remasked = _choose(logits, block == mask_id, generated[:, lo:hi], psi[:, lo:hi],
-                                                    cfg, plan, generator, schedule)
+            if ig is None:
+                chosen, drawn, conf, remasked = _choose(logits, block == mask_id, generated[:, lo:hi], psi[:, lo:hi],
+                                                        cfg, plan, generator, schedule)
+            else:
+                chosen, drawn, conf, remasked, ahead = _choose_info_gain(ig, x, lo, hi, logits, cfg, plan, generator,
+                                                                         schedule)
             step, plan.k = step + 1, plan.k + 1
-            if getattr(predict, "last_exact", None) is not None:
-                drift.append(_drift(step, logits, predict.last_exact, chosen))
+            if exact is not None:
+                drift.append(_drift(step, logits, exact, chosen))
             x, psi = x.clone(), psi.clone()
             x[:, lo:hi] = torch.where(chosen, drawn, block.masked_fill(remasked, mask_id))
             psi[:, lo:hi] = torch.where(chosen, conf.to(psi.dtype), psi[:, lo:hi])
@@ -284,7 +302,19 @@ def denoise_blocks(
             x, done = _finish_after_eos(x, hi, eos_id, mask_id)
             if done:
                 break
-    return SampleResult(tokens=x, steps=step, nfe=step * getattr(predict, "passes", 1) + extra, drift=drift)
+    looked = 0 if ig is None else ig.passes
+    return SampleResult(tokens=x, steps=step, nfe=(calls + looked) * getattr(predict, "passes", 1) + extra, drift=drift)
+
+
+def _info_gain(predict, cfg: SamplerConfig, generator, mask_id: int):
+    """The Info-Gain chooser when the policy is info_gain and the rule ranks by policy; else None."""
+    if cfg.policy is not Policy.INFO_GAIN or cfg.rule not in (CommitRule.FIXED, CommitRule.ANCESTRAL_TOPK):
+        return None
+    if cfg.remask is not RemaskKind.NONE:
+        raise ValueError("the info_gain policy does not take committed tokens back; drop --remask or use another policy")
+    from sunfish.sample.info_gain import InfoGain  # imports this module
+
+    return InfoGain(predict, cfg, generator, mask_id)
 
 
 @dataclass
@@ -340,22 +370,40 @@ def _widen(block_mask: torch.Tensor, x: torch.Tensor, lo: int) -> torch.Tensor:
     return out
 
 
-def _choose(logits, candidates, generated, psi, cfg: SamplerConfig, plan: _Plan, generator, schedule):
-    """One step on the active block: positions to commit (B, n), the drawn tokens (B, n), their confidences
-    (B, n), and committed positions to mask again (B, n, ReMDM). Only rows with masks draw noise. Confidences
-    come from a float64 softmax with `cfg.fp64_confidence` (Fast-dLLM), else float32 (LLaDA, Dream)."""
+def _draw(logits, candidates, cfg: SamplerConfig, generator):
+    """The step's draw: rows with masks (B,), filtered logits (B, n, V), drawn tokens (B, n) and probabilities
+    (B, n, V), float64 with `cfg.fp64_confidence` (Fast-dLLM), else float32 (LLaDA, Dream). Only rows with masks
+    draw noise."""
     rows = candidates.any(-1)  # (B,)
     logits = filter_logits(logits, cfg.top_k, cfg.top_p)
     drawn = draw_tokens(logits, cfg.temperature, generator, rows)  # (B, n)
-    probs = (logits.double() if cfg.fp64_confidence else logits).softmax(-1)
+    return rows, logits, drawn, (logits.double() if cfg.fp64_confidence else logits).softmax(-1)
+
+
+def _choose(logits, candidates, generated, psi, cfg: SamplerConfig, plan: _Plan, generator, schedule):
+    """One step on the active block: positions to commit (B, n), the drawn tokens (B, n), their confidences
+    (B, n), and committed positions to mask again (B, n, ReMDM)."""
+    rows, logits, drawn, probs = _draw(logits, candidates, cfg, generator)
     conf = probs.gather(-1, drawn[..., None]).squeeze(-1)  # (B, n)
-    scores, count = _rule(probs, drawn, candidates, cfg, plan, generator, schedule, rows)
+    scores, count = _rule(probs, drawn, candidates, cfg, plan, generator, schedule, rows, cfg.policy)
     again = remask(generated & ~candidates, generated, psi, candidates.sum(-1) - count, cfg, generator, rows)
     return top_ranked(scores, candidates, count + again.sum(-1)), drawn, conf, again
 
 
-def _rule(probs, drawn, candidates, cfg: SamplerConfig, plan: _Plan, generator, schedule: MaskSchedule, rows):
-    """(scores (B, n), count (B,)): the step commits the count[b] best-scoring candidates of row b."""
+def _choose_info_gain(ig, x, lo: int, hi: int, logits, cfg: SamplerConfig, plan: _Plan, generator, schedule):
+    """`_choose` under the info_gain policy (info_gain.py): the rule gives the count and `ig.ranking` the first
+    candidate; returns also the next step's logits when the lookahead computed them (else None)."""
+    candidates = x[:, lo:hi] == ig.mask_id
+    rows, logits, drawn, probs = _draw(logits, candidates, cfg, generator)
+    scores, count = _rule(probs, drawn, candidates, cfg, plan, generator, schedule, rows, ig.ranking)
+    chosen, drawn, ahead = ig.choose(x, lo, hi, logits, probs, drawn, scores, count, candidates, rows)
+    conf = probs.gather(-1, drawn[..., None]).squeeze(-1)  # (B, n)
+    return chosen, drawn, conf, torch.zeros_like(chosen), ahead
+
+
+def _rule(probs, drawn, candidates, cfg: SamplerConfig, plan: _Plan, generator, schedule: MaskSchedule, rows,
+          policy: Policy):
+    """(scores (B, n) by `policy`, count (B,)): the step commits the count[b] best-scoring candidates of row b."""
     k, n_steps = plan.k, plan.n_steps
     if cfg.rule is CommitRule.ANCESTRAL:
         t_now = torch.tensor(1.0 - k / n_steps, dtype=torch.float64)
@@ -365,7 +413,7 @@ def _rule(probs, drawn, candidates, cfg: SamplerConfig, plan: _Plan, generator, 
         return -u, (candidates & (u < p)).sum(-1)  # the masks with u < p are exactly the count lowest u
     if cfg.rule in ADAPTIVE:
         return adaptive_count(probs, drawn, candidates, cfg)
-    scores = policy_scores(probs, drawn, cfg.policy, generator, rows)
+    scores = policy_scores(probs, drawn, policy, generator, rows)
     if cfg.rule is CommitRule.ANCESTRAL_TOPK:
         return scores, dream_count(candidates.sum(-1), k, n_steps, schedule)
     return scores, plan.counts[:, k].to(candidates.device)  # LLaDA's fixed counts
