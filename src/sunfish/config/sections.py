@@ -148,7 +148,8 @@ class SamplerConfig(Section):
                                         "softmax(heuristic score / T) (> 0; small keeps them near the heuristic's)",
                                         lo=1e-06)
     info_gain_weight: float = knob(1.0, "info_gain: weight of the information gain against the immediate entropy "
-                                   "cost (the paper's objective: 1; 0 = the cost alone, no lookahead)", lo=0.0)
+                                   "cost (the paper's objective: 1; 0 = the cost alone, which is the entropy "
+                                   "policy: no lookahead)", lo=0.0)
     info_gain_heuristic: Policy = knob(Policy.CONFIDENCE, "info_gain: the policy that ranks the first candidate and "
                                        "shapes the others: confidence | margin | entropy | random")
     rule: CommitRule = knob(CommitRule.FIXED, "how many positions a step commits: fixed count, ancestral, threshold, factor, entropy_bound")

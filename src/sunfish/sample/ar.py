@@ -9,7 +9,8 @@ import torch
 from sunfish.config import RemaskKind, SamplerConfig
 from sunfish.model.kv_cache import KVCache
 from sunfish.sample.batch import Generators, Padding
-from sunfish.sample.unmask import SampleResult, StepInfo, banned_ids, draw_tokens, filter_logits
+from sunfish.sample.draw import draw_tokens, filter_logits
+from sunfish.sample.unmask import SampleResult, StepInfo, banned_ids
 
 
 @torch.no_grad()

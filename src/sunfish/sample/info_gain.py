@@ -34,8 +34,8 @@ import torch
 
 from sunfish.config import Policy, SamplerConfig
 from sunfish.sample.batch import Generators, uniform
+from sunfish.sample.draw import draw_tokens, filter_logits
 from sunfish.sample.policies import entropy, policy_scores, top_ranked
-from sunfish.sample.unmask import draw_tokens, filter_logits  # unmask imports this module only when it is used
 
 
 @dataclass(frozen=True)

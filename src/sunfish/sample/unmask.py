@@ -34,6 +34,8 @@ from sunfish.config import CacheMode, CommitRule, Policy, RemaskKind, SamplerCon
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.batch import Generators, Padding, uniform
+from sunfish.sample.draw import draw_tokens, filter_logits
+from sunfish.sample.info_gain import InfoGain
 from sunfish.sample.policies import ADAPTIVE, adaptive_count, policy_scores, top_ranked, transfer_counts
 from sunfish.sample.remask import remask
 
@@ -63,31 +65,6 @@ class SampleResult:
     steps: int  # denoising steps taken
     nfe: int  # network function evaluations (full or cached forward passes)
     drift: list[Drift] = field(default_factory=list)  # per cached step, when asked for
-
-
-def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: (..., V)."""
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keeps the token that crosses top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
-
-
-def draw_tokens(logits: torch.Tensor, temperature: float, generator: Generators,
-                rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Greedy at temperature 0, else Gumbel-max with float64 noise: argmax(l / T + g). (B, ..., V) -> (B, ...).
-
-    With one generator per row, only the rows where `rows` (B,) is True draw noise (see batch.uniform)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    u = uniform(tuple(logits.shape), generator, dtype=torch.float64, rows=rows)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
-    return (logits.double() / temperature + gumbel.to(logits.device)).argmax(-1)
 
 
 def _blocks(masked: torch.Tensor, block_length: int) -> list[tuple[int, int]]:
@@ -312,8 +289,6 @@ def _info_gain(predict, cfg: SamplerConfig, generator, mask_id: int):
         return None
     if cfg.remask is not RemaskKind.NONE:
         raise ValueError("the info_gain policy does not take committed tokens back; drop --remask or use another policy")
-    from sunfish.sample.info_gain import InfoGain  # imports this module
-
     return InfoGain(predict, cfg, generator, mask_id)
 
 
