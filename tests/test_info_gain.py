@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from sunfish import registry
-from sunfish.config import CacheMode, CommitRule, ConfigError, MaskScheduleKind, Policy, SamplerConfig
-from sunfish.process.schedules import MaskSchedule
+from sunfish.config import CacheMode, CommitRule, ConfigError, Policy, SamplerConfig
 from sunfish.sample import info_gain
 from sunfish.sample.block import block_generate
 from sunfish.sample.policies import entropy
@@ -19,21 +18,7 @@ from sunfish.validate import check_sampler
 
 from conftest import make_model
 from test_batched import alone_and_batched, with_masks
-
-MASK = 3
-SCHEDULE = MaskSchedule(MaskScheduleKind.LINEAR)
-
-
-def canvas(prompt_len=6, gen=16, batch=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(4, 32, (batch, prompt_len), generator=g)
-    return torch.cat([prompt, torch.full((batch, gen), MASK)], dim=1)
-
-
-def run(model, x, seed=0, callback=None, **kw):
-    cfg = SamplerConfig(**{"steps": 8, **kw})
-    return unmask(model, x, MASK, cfg, generator=torch.Generator().manual_seed(seed), schedule=SCHEDULE,
-                  callback=callback)
+from test_sampler import MASK, SCHEDULE, canvas, run
 
 
 @pytest.fixture
@@ -51,18 +36,18 @@ def test_information_term_off_is_the_entropy_policy(model, kw):
     """w = 0 leaves J = -C(a), maximised over all k-subsets by the k lowest-entropy masks: --policy entropy,
     token for token and with no extra pass, whatever the heuristic."""
     for heuristic in (Policy.CONFIDENCE, Policy.RANDOM):
-        off = run(model, canvas(), seed=2, policy=Policy.INFO_GAIN, info_gain_weight=0.0,
+        off = run(model, canvas(gen=16), seed=2, policy=Policy.INFO_GAIN, info_gain_weight=0.0,
                   info_gain_heuristic=heuristic, **kw)
-        plain = run(model, canvas(), seed=2, policy=Policy.ENTROPY, **kw)
+        plain = run(model, canvas(gen=16), seed=2, policy=Policy.ENTROPY, **kw)
         assert torch.equal(off.tokens, plain.tokens) and off.nfe == plain.nfe
 
 
 @pytest.mark.parametrize("heuristic", [Policy.CONFIDENCE, Policy.MARGIN, Policy.ENTROPY, Policy.RANDOM])
 def test_one_candidate_is_its_heuristic_policy(model, heuristic):
     for kw in SETTINGS[:4]:
-        one = run(model, canvas(), seed=4, policy=Policy.INFO_GAIN, info_gain_candidates=1,
+        one = run(model, canvas(gen=16), seed=4, policy=Policy.INFO_GAIN, info_gain_candidates=1,
                   info_gain_heuristic=heuristic, **kw)
-        plain = run(model, canvas(), seed=4, policy=heuristic, **kw)
+        plain = run(model, canvas(gen=16), seed=4, policy=heuristic, **kw)
         assert torch.equal(one.tokens, plain.tokens) and one.nfe == plain.nfe
 
 
@@ -103,7 +88,7 @@ def test_lookahead_passes_are_counted_and_their_logits_reused(model, monkeypatch
 
     monkeypatch.setattr(info_gain.InfoGain, "_lookahead", counting)
     kw = dict(policy=Policy.INFO_GAIN, block_length=8, steps=8, temperature=1.0, cache=CacheMode.PREFIX)
-    reused = run(model, canvas(), seed=1, **kw)
+    reused = run(model, canvas(gen=16), seed=1, **kw)
     looked = len(passes)
     setup = info_gain.InfoGain.__init__
 
@@ -112,7 +97,7 @@ def test_lookahead_passes_are_counted_and_their_logits_reused(model, monkeypatch
         self.reuse = False  # as under the drift report: every step runs its own pass
 
     monkeypatch.setattr(info_gain.InfoGain, "__init__", without_reuse)
-    fresh = run(model, canvas(), seed=1, **kw)
+    fresh = run(model, canvas(gen=16), seed=1, **kw)
     assert torch.equal(reused.tokens, fresh.tokens)
     assert fresh.nfe == fresh.steps + (len(passes) - looked) and looked == len(passes) - looked
     assert reused.nfe < fresh.nfe and reused.nfe >= looked + 2  # at least one fresh pass per block
