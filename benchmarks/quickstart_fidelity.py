@@ -31,6 +31,9 @@ VARIANTS = {  # name -> config overrides of the quickstart preset
     "bpe 1024": {"data": {"bpe_vocab": 1024}},
     "bpe 3072": {"data": {"bpe_vocab": 3072}},
     "bpe 3072, block B=4": {"data": {"bpe_vocab": 3072}, "process": {"block_size": 4}, "model": {"time_cond": "none"}},
+    # the winner of benchmarks/plateau_study.py: next-token steps for the first 1/8 of the run, shifted layout
+    "bpe 3072, causal warm-up, shifted": {"data": {"bpe_vocab": 3072}, "process": {"causal_warmup": 0.125},
+                                          "model": {"layout": "shifted"}},
 }
 SAMPLERS = {"t=0.8": {"temperature": 0.8}, "t=0.5": {"temperature": 0.5}, "greedy": {"temperature": 0.0}}
 PROMPTS = {"en": "Once upon a time", "ru": "Жила-была"}
