@@ -127,22 +127,18 @@ def run_corpus(study: Study, corpus_name: str, names: list[str], results: dict, 
     train_docs, held = docs
     ecfg = EvalConfig(seed=0, seq_len=study.size["context"], max_tokens=study.size["held_tokens"], rel_se=0.01,
                       min_rounds=4, max_rounds=12)
+    n_params = params(base_config(study.size, study.steps, 0), study.size["vocab"])  # BPE: vocab_size = bpe_vocab
     for seed in study.seeds:
-        corpus = None
+        corpus = None  # one tokenizer and split per seed, shared by the recipes (as AR's own would be), made when needed
         for name in names:
             key = f"{corpus_name}/{name}/{seed}"
-            cfg = None
-            if corpus is None:  # one tokenizer and split per seed, shared by the recipes (as AR's own would be)
-                probe_cfg = base_config(study.size, study.steps, seed, study.threads)
-                corpus = build_corpus(probe_cfg, train_docs, None)
-                n_params = params(probe_cfg, corpus.tokenizer.vocab_size)
             cfg = run_config(study, name, seed, n_params)
             if key in results and results[key]["steps"] == cfg.train.steps:
                 continue
             print(f"== {corpus_name} / {name} / seed {seed}: {cfg.train.steps} steps", flush=True)
+            corpus = corpus or build_corpus(cfg, train_docs, None)
             run = study.out / corpus_name / name.replace(" ", "_").replace("=", "").replace(",", "").replace("+", "and") / f"seed{seed}"
-            results[key] = train_and_score(study, cfg, corpus, held, run, ecfg)
-            r = results[key]
+            results[key] = r = train_and_score(study, cfg, corpus, held, run, ecfg)
             print(f"   {r['train_seconds']:.0f} s; plateau exit {r['plateau_exit']}; {r['bits_per_byte']:.4f} bits/byte",
                   flush=True)
             save(results)
@@ -200,8 +196,8 @@ def verdict(results: dict, corpus: str, names: list[str], seeds: list[int]) -> s
     best = min(scored, key=lambda n: statistics.mean(scored[n]))
     gains = [bpb("masked NELBO", s) - bpb(best, s) for s in seeds if bpb("masked NELBO", s) is not None and bpb(best, s) is not None]
     ratio = mean_sd(ppl_ratios(results, corpus, best, seeds), ".2f")
-    return (f"Best diffusion recipe on {corpus}: **{best}**, {mean_sd(gains)} bits/byte below plain masked NELBO "
-            f"(paired by seed), perplexity {ratio}x AR's.")
+    versus = f", {mean_sd(gains)} bits/byte below plain masked NELBO (paired by seed)" if gains and best != "masked NELBO" else ""
+    return f"Best diffusion recipe on {corpus}: **{best}**{versus}, perplexity {ratio}x AR's."
 
 
 PLATEAU_NOTE = (f"plateau exit: the first of {EXIT_PASSES} validation passes in a row whose ctx_gain (1 - CE at mask rate "

@@ -144,3 +144,34 @@ def test_the_presets_recipe_leaves_the_plateau_where_plain_nelbo_does_not(tmp_pa
     assert warm.plateau_exit is not None and warm.plateau_exit <= 50
     assert warm.ctx_gain > 2 * EXIT_GAIN
     assert warm.final_val_loss < plain.final_val_loss
+
+
+def test_the_study_script_runs_and_writes_its_block(tmp_path):
+    """benchmarks/plateau_study.py at its smoke size: one table row per recipe and seed, the marked doc block, and
+    a second call reuses the runs instead of training them again."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "plateau_study.py"
+    spec = importlib.util.spec_from_file_location("plateau_study", script)
+    study = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = study  # its dataclass looks its module up while the file runs
+    spec.loader.exec_module(study)
+    threads = torch.get_num_threads()
+    doc = tmp_path / "results.md"
+    argv = ["--size", "quick", "--steps", "12", "--seeds", "0,1", "--corpora", "stories", "--only",
+            "masked NELBO;causal warm-up, shifted", "--val-every", "4", "--threads", "1", "--out", str(tmp_path / "runs"),
+            "--doc", str(doc)]
+    try:
+        assert study.main(argv) == 0
+        first = json.loads((tmp_path / "runs" / "results.json").read_text())
+        assert study.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "runs" / "results.json").read_text()) == first
+    assert sorted(first) == [f"stories/{n}/{s}" for n in ("AR", "causal warm-up, shifted", "masked NELBO") for s in (0, 1)]
+    text = doc.read_text()
+    assert text.count("<!-- plateau_study quick 12: begin -->") == 1 and "## Leaving the unigram plateau" in text
+    rows = [l for l in text.splitlines() if l.startswith("| ") and not l.startswith("| recipe")]
+    assert [r.split(" | ")[0] for r in rows] == ["| AR", "| masked NELBO", "| causal warm-up, shifted"]
