@@ -42,7 +42,7 @@ EXIT_PASSES = 2  # validation passes in a row above EXIT_GAIN that confirm the e
 
 @dataclass(frozen=True)
 class Probe:
-    """Per-token validation loss (nats per masked token) at the two mask rates."""
+    """Validation loss of the probed tokens (nats per token) with LOW_RATE and with HIGH_RATE of the text masked."""
 
     ce_low: float  # at LOW_RATE
     ce_high: float  # at HIGH_RATE
