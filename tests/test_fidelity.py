@@ -21,3 +21,4 @@ def test_overlap_counts_the_corpus_trigrams_of_the_samples():
     assert index.overlap(["too short"]).total == 0 and index.overlap(["too short"]).fraction == 0.0
     with pytest.raises(ValueError, match="outside 1..3"):
         index.overlap(["a b c d"], n=4)
+

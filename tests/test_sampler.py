@@ -222,3 +222,21 @@ def test_never_sampled_ids_of_the_tokenizers():
     char = train_tokenizer("char", ["hello world"], 0)
     assert never_sampled(char) == tuple(sorted({char.pad_id, char.bos_id, char.unk_id}))
     assert char.eos_id not in never_sampled(char)
+
+
+def test_infill_leaves_the_space_before_a_span_to_the_fill_where_words_carry_their_space():
+    """'a little [MASK:2] named Max': a byte-level BPE encodes ' dog' as one token, so the prefix must end at
+    'little' (no bare ' ' token before the fill); a character tokenizer keeps the space as written."""
+    from sunfish.data.synth import generate_stories
+    from sunfish.sample.prompt import infill_canvas
+    from sunfish.tokenizer.bpe import train_bpe_tokenizer
+    from sunfish.tokenizer.char import train_char_tokenizer
+
+    stories = generate_stories("en", 200, 0)
+    text = "there was a little [MASK:2] named Max."
+    bpe = train_bpe_tokenizer(stories, 600)
+    ids = infill_canvas(bpe, text, 128).ids
+    assert ids == [bpe.bos_id, *bpe.encode("there was a little"), bpe.mask_id, bpe.mask_id, *bpe.encode(" named Max.")]
+    char = train_char_tokenizer(stories)
+    ids = infill_canvas(char, text, 128).ids
+    assert ids == [char.bos_id, *char.encode("there was a little "), char.mask_id, char.mask_id, *char.encode(" named Max.")]

@@ -48,12 +48,17 @@ def ids_canvas(tok: Tokenizer, ids: list[int], length: int, context: int) -> Can
 
 
 def infill_canvas(tok: Tokenizer, text: str, context: int, default_span: int = 1) -> Canvas:
-    """[BOS] text with each `[MASK:n]` replaced by n masks (`[MASK]` = `default_span` masks)."""
+    """[BOS] text with each `[MASK:n]` replaced by n masks (`[MASK]` = `default_span` masks); with a tokenizer whose
+    words carry their leading space, the spaces just before a span are left to the fill."""
     ids = [tok.bos_id]
     pos = 0
     spans = 0
+    # where words carry their leading space (byte-level BPE: "little" " dog"), the space before a span belongs to
+    # the fill: a prefix ending in a bare " " token is text the model never saw before a word
+    space_joins_word = tok.encode("a b") != tok.encode("a ") + tok.encode("b")
     for match in MASK_SPAN.finditer(text):
-        ids += tok.encode(text[pos : match.start()])
+        before = text[pos : match.start()]
+        ids += tok.encode(before.rstrip(" ") if space_joins_word else before)
         n = int(match.group(1)) if match.group(1) else default_span
         if n < 1:
             raise PromptError(f"'{match.group(0)}' asks for an empty span; use [MASK:n] with n >= 1")
