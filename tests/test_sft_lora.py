@@ -206,3 +206,13 @@ def test_qlora_keeps_the_base_in_4_bits_resumes_exactly_and_merges_what_it_train
     x = torch.randint(0, cfg.model.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(load_model(full, "cpu").model(x), wrapped(x), atol=1e-5, rtol=0)
+
+
+def test_qlora_that_would_quantize_nothing_is_one_sentence():
+    from sunfish.config import SFTConfig
+    from sunfish.lora import check_qlora
+
+    net = torch.nn.Sequential(torch.nn.Linear(24, 20), torch.nn.Linear(64, 64))  # 480 weights: no 4-bit blocks
+    with pytest.raises(ValueError, match="would quantize nothing; use --lora alone"):
+        check_qlora(net, SFTConfig(lora=True, qlora=True, lora_targets="0"))
+    check_qlora(net, SFTConfig(lora=True, qlora=True, lora_targets="1"))  # 4,096 weights: 64 blocks of 64

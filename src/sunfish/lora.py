@@ -92,26 +92,45 @@ def quantize_base(module: nn.Module) -> int:
     torchao's NF4 tensor (CPU and CUDA; the matmul dequantises to the weight's dtype, the adapters stay in full
     precision). Returns the bytes the base weights no longer take. Checkpoints store these weights dequantised, and a
     resumed run rebuilds them from the base (`is_quantized`: load_weights leaves them alone)."""
+    to_nf4 = _nf4()
+    from peft.tuners.lora import LoraLayer
+
+    saved = 0
+    for layer in [m.get_base_layer() for m in module.modules() if isinstance(m, LoraLayer)]:
+        scaler_block = nf4_scaler_block(layer)
+        if scaler_block is None or is_quantized(layer.weight):
+            continue
+        weight, blocks = layer.weight, layer.weight.numel() // NF4_BLOCK
+        layer.weight = nn.Parameter(to_nf4(weight.detach().contiguous(), NF4_BLOCK, scaler_block), requires_grad=False)
+        saved += weight.numel() * weight.element_size() - weight.numel() // 2 - 4 * blocks // scaler_block - blocks
+    return saved
+
+
+def check_qlora(module: nn.Module, cfg: LoraSettings, frozen: frozenset[str] = frozenset()) -> None:
+    """Refuse --qlora in one sentence, before any work, where it cannot run or would quantize nothing."""
+    _nf4()
+    targets = {t.rsplit(".", 1)[-1] for t in lora_targets(module, cfg, frozen)}
+    if not any(name.rsplit(".", 1)[-1] in targets and nf4_scaler_block(m) for name, m in module.named_modules()):
+        raise ValueError(f"no layer named by --{cfg.SECTION}.lora_targets has a weight whose size is a multiple of "
+                         f"{NF4_BLOCK * 8} (4-bit blocks of {NF4_BLOCK}, their scales in blocks of 8 or more), so "
+                         f"--{cfg.SECTION}.qlora would quantize nothing; use --lora alone")
+
+
+def nf4_scaler_block(layer: nn.Module) -> int | None:
+    """The scale-block size NF4 uses for this linear layer's weight (256 as in QLoRA, or the largest of 128..8 that
+    divides its 64-weight blocks), or None where the weight does not fit 4-bit blocks."""
+    if not isinstance(layer, nn.Linear) or layer.weight.numel() % NF4_BLOCK:
+        return None
+    blocks = layer.weight.numel() // NF4_BLOCK
+    return next((s for s in (256, 128, 64, 32, 16, 8) if blocks % s == 0), None)
+
+
+def _nf4():
     try:
         from torchao.quantization import to_nf4
     except ImportError:
         raise ValueError("--sft.qlora needs the torchao package; install it with pip install 'sunfish[quantize]'") from None
-    from peft.tuners.lora import LoraLayer
-
-    saved, layers = 0, [m.get_base_layer() for m in module.modules() if isinstance(m, LoraLayer)]
-    for layer in layers:
-        weight, blocks = layer.weight, layer.weight.numel() // NF4_BLOCK
-        scaler_block = next((s for s in (256, 128, 64, 32, 16, 8) if blocks % s == 0), None)  # 256 in QLoRA
-        if not isinstance(layer, nn.Linear) or weight.numel() % NF4_BLOCK or scaler_block is None or is_quantized(weight):
-            continue
-        quantized = to_nf4(weight.detach().contiguous(), NF4_BLOCK, scaler_block)
-        saved += weight.numel() * weight.element_size() - weight.numel() // 2 - 4 * blocks // scaler_block - blocks
-        layer.weight = nn.Parameter(quantized, requires_grad=False)
-    if layers and not saved:
-        raise ValueError(f"no LoRA-wrapped layer has a weight whose size is a multiple of {NF4_BLOCK * 8} (4-bit "
-                         "blocks of 64 with their scales in blocks of 8 or more), so --sft.qlora would quantize nothing; "
-                         "use --lora")
-    return saved
+    return to_nf4
 
 
 def is_quantized(tensor: torch.Tensor) -> bool:

@@ -56,7 +56,7 @@ def chat_tokenizer(loaded):
 def check_lora(cfg: RunConfig, network: torch.nn.Module) -> None:
     """Refuse, in one sentence, LoRA settings this run cannot train with (`network`: BASE's, for the layer names)."""
     from sunfish.config import ParallelKind
-    from sunfish.lora import SFT_FROZEN, lora_targets
+    from sunfish.lora import SFT_FROZEN, check_qlora, lora_targets
 
     if cfg.sft.lora:
         lora_targets(network, cfg.sft, SFT_FROZEN)
@@ -66,6 +66,8 @@ def check_lora(cfg: RunConfig, network: torch.nn.Module) -> None:
     if cfg.sft.qlora and cfg.train.ema:
         raise ValueError("--sft.qlora keeps the base weights in 4 bits, which an EMA of the weights would copy in "
                          "full precision; drop --train.ema")
+    if cfg.sft.qlora:
+        check_qlora(network, cfg.sft, SFT_FROZEN)
     if cfg.sft.lora and cfg.train.parallel is ParallelKind.FSDP:
         raise ValueError("LoRA fine-tuning runs in one process or under --train.parallel=ddp; FSDP does not shard "
                          "adapter-wrapped networks yet")
