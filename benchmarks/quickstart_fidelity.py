@@ -27,13 +27,17 @@ from sunfish.data.synth import generate_stories
 from sunfish.eval.fidelity import CorpusNgrams
 from sunfish.training.loop import train
 
-VARIANTS = {  # name -> config overrides of the quickstart preset
-    "bpe 1024": {"data": {"bpe_vocab": 1024}},
-    "bpe 3072": {"data": {"bpe_vocab": 3072}},
-    "bpe 3072, block B=4": {"data": {"bpe_vocab": 3072}, "process": {"block_size": 4}, "model": {"time_cond": "none"}},
-    # the winner of benchmarks/plateau_study.py: next-token steps for the first 1/8 of the run, shifted layout
-    "bpe 3072, causal warm-up, shifted": {"data": {"bpe_vocab": 3072}, "process": {"causal_warmup": 0.125},
-                                          "model": {"layout": "shifted"}},
+PLAIN = {"causal_warmup": 0.0}  # the preset's recipe off: plain masked diffusion in the same layout
+# name -> (config overrides of the quickstart preset, tokens through the network per token: block diffusion runs
+# the noised and the clean copy together, so it gets half the steps at equal FLOPs)
+VARIANTS = {
+    "bpe 1024": ({"data": {"bpe_vocab": 1024}, "process": PLAIN, "model": {"layout": "same"}}, 1),
+    "bpe 3072": ({"data": {"bpe_vocab": 3072}, "process": PLAIN, "model": {"layout": "same"}}, 1),
+    "bpe 3072, block B=4": ({"data": {"bpe_vocab": 3072}, "process": {**PLAIN, "block_size": 4},
+                             "model": {"layout": "same", "time_cond": "none"}}, 2),
+    # the preset (benchmarks/plateau_study.py's winner): next-token steps for the first 1/8 of the run, shifted layout
+    "bpe 3072, causal warm-up, shifted": ({"data": {"bpe_vocab": 3072}, "process": {"causal_warmup": 0.125},
+                                           "model": {"layout": "shifted"}}, 1),
 }
 SAMPLERS = {"t=0.8": {"temperature": 0.8}, "t=0.5": {"temperature": 0.5}, "greedy": {"temperature": 0.0}}
 PROMPTS = {"en": "Once upon a time", "ru": "Жила-была"}
@@ -41,10 +45,10 @@ PROMPTS = {"en": "Once upon a time", "ru": "Жила-была"}
 
 def run_variant(name: str, seed: int, corpus: Path, out: Path, steps: int | None, threads: int) -> tuple[Path, float]:
     """Train (or reuse) one run of the quickstart preset under variant `name` and training seed `seed`."""
-    tree = {**VARIANTS[name], "train": {"seed": seed, "threads": threads, **({"steps": steps} if steps else {})}}
-    if name.endswith("B=4") and not steps:  # block diffusion runs two copies of the sequence: equal FLOPs
-        tree["train"]["steps"] = load_preset("quickstart").train.steps // 2
-    cfg = apply_tree(load_preset("quickstart"), tree)
+    overrides, factor = VARIANTS[name]
+    preset = load_preset("quickstart")
+    tree = {**overrides, "train": {"seed": seed, "threads": threads, "steps": (steps or preset.train.steps) // factor}}
+    cfg = apply_tree(preset, tree)
     run = out / f"{name.replace(' ', '_').replace(',', '').replace('=', '')}-seed{seed}"
     start = time.perf_counter()
     train(cfg, run_dir=run, data=[str(corpus)], resume=True, progress=False, log=lambda s: None)
