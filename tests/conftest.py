@@ -54,6 +54,23 @@ def run_metrics(run_dir: Path) -> list[dict]:
     return lines
 
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py imported as module NAME (the benchmarks folder on sys.path: they import each other)."""
+    import importlib.util
+    import sys
+
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
 def cli_error(capsys, argv: list[str]) -> str:
     """Run `sunfish ARGV`, check it failed with exit 2 and one `sunfish: error:` line, return that line."""
     from sunfish.cli import main

@@ -6,10 +6,8 @@ rewritten with the notes around it kept; and the helpers those columns come from
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,24 +18,16 @@ from sunfish.data.synth import generate_stories
 from sunfish.eval.likelihood import held_out
 from sunfish.tokenizer import train_tokenizer
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import load_benchmark
+
 NOTES = "# Results\n\nA note above.\n\n## Objectives\n\n<!-- {0}: begin -->\nold table\n<!-- {0}: end -->\n\nA note below.\n"
-
-
-def load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory) -> Path:
     """Built-in stories in the layout of ../shared/corpora."""
     root = tmp_path_factory.mktemp("corpora")
-    multiseed = load("multiseed")
+    multiseed = load_benchmark("multiseed")
     for lang, relative in multiseed.CORPUS_FILES.items():
         path = root / relative
         path.parent.mkdir(parents=True)
@@ -51,7 +41,7 @@ def corpora(tmp_path_factory) -> Path:
 def run(script: str, argv: list[str]) -> int:
     threads = torch.get_num_threads()
     try:
-        return load(script).main(argv)
+        return load_benchmark(script).main(argv)
     finally:
         torch.set_num_threads(threads)
 
@@ -104,7 +94,7 @@ def test_processes_over_two_seeds(corpora, tmp_path):
 
 
 def test_spread_and_plateau_helpers():
-    m = load("multiseed")
+    m = load_benchmark("multiseed")
     assert m.spread([1.0, 2.0, 6.0], ".1f") == "3.0 (1.0–6.0)"
     assert m.spread([2.5], ".2f", "x") == "2.50x" and m.spread([]) == "n/a"
     assert m.parse_seeds("0, 1,2") == [0, 1, 2]
@@ -117,7 +107,7 @@ def test_spread_and_plateau_helpers():
 
 
 def test_unigram_bits_per_byte_by_hand():
-    m = load("multiseed")
+    m = load_benchmark("multiseed")
     docs = generate_stories("en", 30, seed=5)
     tok = train_tokenizer("char", docs, 0)
     data = held_out(docs[20:], tok, 32)

@@ -3,24 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.py"
+from conftest import load_benchmark
+
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_study")
 
 
 @pytest.fixture(scope="module")

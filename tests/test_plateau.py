@@ -149,15 +149,9 @@ def test_the_presets_recipe_leaves_the_plateau_where_plain_nelbo_does_not(tmp_pa
 def test_the_study_script_runs_and_writes_its_block(tmp_path):
     """benchmarks/plateau_study.py at its smoke size: one table row per recipe and seed, the marked doc block, and
     a second call reuses the runs instead of training them again."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from conftest import load_benchmark
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "plateau_study.py"
-    spec = importlib.util.spec_from_file_location("plateau_study", script)
-    study = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = study  # its dataclass looks its module up while the file runs
-    spec.loader.exec_module(study)
+    study = load_benchmark("plateau_study")
     threads = torch.get_num_threads()
     doc = tmp_path / "results.md"
     argv = ["--size", "quick", "--steps", "12", "--seeds", "0,1", "--corpora", "stories", "--only",

@@ -3,28 +3,22 @@ errors (its figures are not checked: tests never assert on time)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from serving import needs_serve_extra
 
+from conftest import load_benchmark
+
 needs_serve_extra()
 pytest.importorskip("httpx", reason="the benchmark's client needs httpx (pip install -e .[dev])")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
 TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--model.context=64",
         "--train.batch_size=4", "--train.val_every=0", "--data.synth_docs=200", "--no-progress"]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("serve_load", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("serve_load")
 
 
 def table_rows(text: str) -> dict[str, dict[str, str]]:
