@@ -6,6 +6,8 @@
     print(out.text, out.steps, out.nfe, out.seconds)          # str(out) is the text; out.ids the new tokens
     reply = model.chat("Hi!", on_text=lambda piece: print(piece, end="", flush=True))  # streamed as committed
     filled = model.infill("Once upon a [MASK:4] there was a cat.")
+    model.train_commit_rule(length=64)                        # the learned commit rule's filter, then:
+    fast = model.generate("Once upon a time", rule="learned")  # (or commit_model="file.safetensors")
     scores = model.score(["The cat sat on the mat."])         # nats per token, perplexity, bits per byte
     result = sunfish.train("nano", out="runs/nano", steps=200)
 
@@ -21,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from sunfish.config import ConfigError, EvalConfig, RunConfig, SamplerConfig, apply_section, apply_tree, load_preset
+from sunfish.config import (CommitRule, ConfigError, EvalConfig, RunConfig, SamplerConfig, apply_section, apply_tree,
+                            load_preset)
 from sunfish.loading import LoadedModel, load_model
+from sunfish.sample.learned import FILE_NAME as COMMIT_FILE, check_filter, load_filter
 from sunfish.sample.text import Generation, generate, generate_batch, infill
 from sunfish.validate import check_sampler, validate
 
@@ -35,8 +39,30 @@ class Model(LoadedModel):
         """The checkpoint's sampler defaults with `settings` (SamplerConfig fields; strings are converted),
         refused in one sentence where this model's process or network cannot use them."""
         cfg = apply_section(self.cfg.sampler, "sampler", settings)
+        cfg = self._own_commit_model(cfg)
         check_sampler(self.spec, cfg, settings, self.unavailable)
+        if cfg.rule is CommitRule.LEARNED and self.spec.supports("rule"):
+            check_filter(load_filter(cfg.commit_model), cfg.commit_model, self.cfg.model.vocab_size, self.tokenizer.eos_id)
         return cfg
+
+    def _own_commit_model(self, cfg: SamplerConfig) -> SamplerConfig:
+        """The learned rule without a commit_model file takes the checkpoint's own commit_rule.safetensors."""
+        own = Path(self.path) / COMMIT_FILE
+        if cfg.rule is CommitRule.LEARNED and not cfg.commit_model and own.is_file():
+            return dataclasses.replace(cfg, commit_model=str(own))
+        return cfg
+
+    def train_commit_rule(self, prompts: Sequence[str] | None = None, *, out: str | Path | None = None,
+                          precision: float = 0.9, seed: int = 0, log: Callable[[str], Any] = lambda line: None,
+                          **settings: Any):
+        """Train the learned commit rule's filter (sample/commit_tune.py) on the exact sampler's decoding of
+        `prompts` (default: built-in story openings) with these sampler `settings` (length, block_length, cache,
+        ...) and write it to `out` (default: the checkpoint's own commit_rule.safetensors, which
+        `generate(..., rule="learned")` then finds); returns a CommitTuneResult with the figures."""
+        from sunfish.sample.commit_tune import train_commit_rule
+
+        return train_commit_rule(self, prompts, self.sampler(**settings), out=out, precision=precision, seed=seed,
+                                 log=log)
 
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int | None = None, *, seed: int = 0,
                  batch_size: int = 8, trace: str | Path | None = None, drift: bool = False,

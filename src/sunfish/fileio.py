@@ -27,6 +27,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def write_bytes_atomic(path: str | os.PathLike, body: bytes) -> None:
+    """`write_text_atomic` for bytes: a synced temporary file in the same folder, then `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def replace_folder(tmp: Path, final: Path) -> None:
     """Move the finished folder `tmp` to `final`, replacing what is there, and make the rename durable."""
     if final.exists():

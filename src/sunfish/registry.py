@@ -143,7 +143,7 @@ _DRAWING = frozenset({"temperature", "top_k", "top_p"})
 _INFO_GAIN = frozenset({"info_gain_candidates", "info_gain_temperature", "info_gain_weight", "info_gain_heuristic"})
 _UNMASKING = frozenset({"length", "steps", "policy", "rule", "threshold", "factor", "entropy_bound", "stop_at_eos",
                         "remask", "remask_eta", "remask_start", "remask_end", "fp64_confidence",
-                        "suppress_special"}) | _DRAWING | _INFO_GAIN
+                        "suppress_special", "commit_model"}) | _DRAWING | _INFO_GAIN
 _BIDIRECTIONAL = Need("model.attention", lambda v: v is AttentionKind.BIDIRECTIONAL,
                       "the {label} process needs bidirectional attention; set --model.attention=bidirectional")
 _ONE_BLOCK = Need("process.block_size", lambda v: v == 0,
@@ -155,7 +155,7 @@ MASKED = ProcessSpec(
     name="masked", label="masked diffusion", loss=masked_diffusion_loss, decode=_decode_masked,
     likelihood=Estimator("NELBO (masked diffusion)", masked_nats, exact=False), scores=masked_scores,
     process_fields=_MASKED_TRAIN | {"prompt_prob", "cond_dropout", "causal_warmup"},
-    sampler_fields=_UNMASKING | {"block_length", "cache", "guidance"},
+    sampler_fields=_UNMASKING | {"block_length", "cache", "refresh_bound", "guidance"},
     infill=True, parallel=True, sft=masked_sft_loss, train_flags={"process": {"kind": "masked", "block_size": 0}},
 )
 BLOCK = ProcessSpec(

@@ -6,11 +6,13 @@
 - a flag the user gave (`given`, dotted keys such as "sampler.guidance") that the process does not read,
   naming the processes that do;
 - a sampler flag that does nothing under the other settings (a threshold without the threshold rule, top-k
-  at temperature 0, remasking knobs without remasking, info_gain knobs without --policy info_gain, ...), a LoRA
+  at temperature 0, remasking knobs without remasking, info_gain knobs without --policy info_gain, a commit
+  model without the learned rule, a refresh bound without a cache, ...), a LoRA
   knob without --lora, and a curriculum's start without its length;
 - curriculum settings that cannot work (a mask curriculum starting below eps, a block curriculum starting
   above the block size);
-- info_gain settings that cannot run, whatever set them (info_gain as its own heuristic, with remasking).
+- info_gain settings that cannot run, whatever set them (info_gain as its own heuristic, with remasking);
+- the learned commit rule without its filter file or with remasking, and adaptive cache refresh under info_gain.
 Values that come from a preset or a saved checkpoint are not flags and are not refused for being unused.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from sunfish.config import CommitRule, ConfigError, Policy, RemaskKind, RunConfig, SamplerConfig, Solver
+from sunfish.config import CacheMode, CommitRule, ConfigError, Policy, RemaskKind, RunConfig, SamplerConfig, Solver
 from sunfish.registry import ProcessSpec, processes_using, spec_of
 
 # sampler field -> (the field it depends on, the values of that field under which it acts, what to say)
@@ -33,6 +35,9 @@ ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
     "remask_start": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
     "remask_end": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
     "eta": ("solver", (Solver.AUTO, Solver.DDIM), "the ddim solver (ddpm is eta = 1)"),
+    "commit_model": ("rule", (CommitRule.LEARNED,), "--sampler.rule=learned"),
+    "refresh_bound": ("cache", (CacheMode.PREFIX, CacheMode.DUAL), "an approximate cache (--sampler.cache prefix or "
+                      "dual): without one every step is a full pass already"),
     **{name: ("policy", (Policy.INFO_GAIN,), "--policy info_gain") for name in
        ("info_gain_candidates", "info_gain_temperature", "info_gain_weight", "info_gain_heuristic")},
 }
@@ -79,6 +84,7 @@ def check_sampler(spec: ProcessSpec, sampler: SamplerConfig, given: Iterable[str
     """Refuse sampler flags (field names in `given`) that do nothing for this process or under the other
     settings, and combinations that cannot run; `unavailable` maps fields the loaded network cannot do to the reason."""
     check_info_gain(spec, sampler)
+    check_learned(spec, sampler)
     for name in sorted(set(given)):
         if name not in spec.sampler_fields:
             raise ConfigError(f"sampler.{name} does nothing for {spec.label} models; it applies to "
@@ -102,6 +108,21 @@ def check_info_gain(spec: ProcessSpec, sampler: SamplerConfig) -> None:
         raise ConfigError("sampler.info_gain_heuristic cannot be info_gain itself; use confidence, margin, entropy or random")
     if sampler.remask is not RemaskKind.NONE and sampler.rule in (CommitRule.FIXED, CommitRule.ANCESTRAL_TOPK):
         raise ConfigError("the info_gain policy does not take committed tokens back; drop --remask or use another policy")
+
+
+def check_learned(spec: ProcessSpec, sampler: SamplerConfig) -> None:
+    """The learned commit rule and adaptive cache refresh settings that cannot run, whatever set them."""
+    if "rule" in spec.sampler_fields and sampler.rule is CommitRule.LEARNED:
+        if not sampler.commit_model:
+            raise ConfigError("the learned commit rule needs its filter: pass --sampler.commit_model FILE (written by "
+                              "`sunfish tune-commit CKPT`)")
+        if sampler.remask is not RemaskKind.NONE:
+            raise ConfigError("the learned commit rule does not take committed tokens back; drop --remask")
+    adaptive = "refresh_bound" in spec.sampler_fields and sampler.refresh_bound >= 0
+    if adaptive and sampler.cache is not CacheMode.NONE and sampler.policy is Policy.INFO_GAIN \
+            and sampler.rule in (CommitRule.FIXED, CommitRule.ANCESTRAL_TOPK):
+        raise ConfigError("adaptive cache refresh (refresh_bound) measures the block's own passes, which the info_gain "
+                          "lookahead replaces; drop --refresh-bound or use another policy")
 
 
 def validate(cfg: RunConfig, given: Iterable[str] = ()) -> ProcessSpec:

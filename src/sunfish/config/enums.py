@@ -103,6 +103,7 @@ class CommitRule(str, enum.Enum):
     THRESHOLD = "threshold"  # Fast-dLLM: every mask whose confidence reaches `threshold` (at least one)
     FACTOR = "factor"  # Fast-dLLM: the largest n with (n + 1)(1 - c_n) < `factor`, c sorted descending
     ENTROPY_BOUND = "entropy_bound"  # EB-sampler: lowest-entropy masks while sum H - max H <= `entropy_bound`
+    LEARNED = "learned"  # Learn2PD: the masks a small trained filter passes (`commit_model`), at least the most confident
 
 
 class CacheMode(str, enum.Enum):

@@ -152,7 +152,10 @@ class SamplerConfig(Section):
                                    "policy: no lookahead)", lo=0.0)
     info_gain_heuristic: Policy = knob(Policy.CONFIDENCE, "info_gain: the policy that ranks the first candidate and "
                                        "shapes the others: confidence | margin | entropy | random")
-    rule: CommitRule = knob(CommitRule.FIXED, "how many positions a step commits: fixed count, ancestral, threshold, factor, entropy_bound")
+    rule: CommitRule = knob(CommitRule.FIXED, "how many positions a step commits: fixed count, ancestral, threshold, "
+                            "factor, entropy_bound, learned (a filter from `sunfish tune-commit`, see commit_model)")
+    commit_model: str = knob("", "learned rule: the filter file written by `sunfish tune-commit` (.safetensors); \"\" = "
+                             "the checkpoint's own commit_rule.safetensors")
     block_length: int = knob(0, "semi-autoregressive block size in tokens; 0 = one block", lo=0)
     temperature: float = knob(0.0, "0 = greedy; > 0 samples with float64 Gumbel noise", lo=0.0)
     top_k: int = knob(0, "keep the k most likely tokens; 0 = all", lo=0)
@@ -165,7 +168,11 @@ class SamplerConfig(Section):
                                  "(default float32, as LLaDA's generate and Dream do)")
     suppress_special: bool = knob(True, "never write [MASK], PAD, BOS or UNK; false: draw from every token as "
                                   "LLaDA, Fast-dLLM and Dream do (a drawn [MASK] leaves its position masked)")
-    cache: CacheMode = knob(CacheMode.NONE, "approximate key/value cache, refreshed when a block completes")
+    cache: CacheMode = knob(CacheMode.NONE, "approximate key/value cache, refreshed when a block starts (and as "
+                            "refresh_bound says)")
+    refresh_bound: float = knob(-1.0, "with a cache: also refresh it within a block once the block's still-masked "
+                                "predictions have moved this far (largest total variation, in [0, 1]) from the last "
+                                "full pass; 0 = every step; negative (default -1) = off, only at block starts (Fast-dLLM)")
     stop_at_eos: bool = knob(True, "prompted generation: after a block holding EOS, fill the rest with EOS and stop")
     remask: RemaskKind = knob(RemaskKind.NONE, "ReMDM remasking of committed tokens")
     remask_eta: float = knob(0.1, "ReMDM eta: cap on sigma (cap, conf) or its multiplier (rescale), in [0, 1]", lo=0.0, hi=1.0)

@@ -33,3 +33,13 @@ def draw_tokens(logits: torch.Tensor, temperature: float, generator: Generators,
     u = uniform(tuple(logits.shape), generator, dtype=torch.float64, rows=rows)
     gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
     return (logits.double() / temperature + gumbel.to(logits.device)).argmax(-1)
+
+
+def draw_step(logits: torch.Tensor, candidates: torch.Tensor, cfg, generator: Generators):
+    """An unmasking step's draw: rows with masks (B,), filtered logits (B, n, V), drawn tokens (B, n) and
+    probabilities (B, n, V), float64 with `cfg.fp64_confidence` (Fast-dLLM), else float32 (LLaDA, Dream). Only
+    rows with masks (candidates (B, n)) draw noise. `cfg`: the SamplerConfig."""
+    rows = candidates.any(-1)  # (B,)
+    logits = filter_logits(logits, cfg.top_k, cfg.top_p)
+    drawn = draw_tokens(logits, cfg.temperature, generator, rows)  # (B, n)
+    return rows, logits, drawn, (logits.double() if cfg.fp64_confidence else logits).softmax(-1)

@@ -34,8 +34,9 @@ from sunfish.config import CacheMode, CommitRule, Policy, RemaskKind, SamplerCon
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.batch import Generators, Padding, uniform
-from sunfish.sample.draw import draw_tokens, filter_logits
+from sunfish.sample.draw import draw_step as _draw, filter_logits
 from sunfish.sample.info_gain import InfoGain
+from sunfish.sample.learned import LearnedRule
 from sunfish.sample.policies import ADAPTIVE, adaptive_count, policy_scores, top_ranked, transfer_counts
 from sunfish.sample.remask import remask
 
@@ -47,6 +48,8 @@ class StepInfo:
     masked: torch.Tensor  # (B, L) still masked
     revealed: torch.Tensor  # (B, L) committed in this step
     remasked: torch.Tensor | None = None  # (B, L) committed earlier and masked again in this step (ReMDM)
+    logits: torch.Tensor | None = None  # (B, hi - lo, V) the active block's logits this step chose from
+    block: tuple[int, int] | None = None  # the active block [lo, hi) of the canvas
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class SampleResult:
     steps: int  # denoising steps taken
     nfe: int  # network function evaluations (full or cached forward passes)
     drift: list[Drift] = field(default_factory=list)  # per cached step, when asked for
+    refreshes: list[int] = field(default_factory=list)  # per decoded block: full passes of the approximate cache
+    #                                                     (1 = at the block's start only); empty without one
 
 
 def _blocks(masked: torch.Tensor, block_length: int) -> list[tuple[int, int]]:
@@ -104,15 +109,26 @@ class _Predictor:
     passes = 1  # network evaluations per call
 
     def __init__(self, model, mask_id: int, schedule: MaskSchedule, mode: CacheMode, track_drift: bool,
-                 padding: Padding | None = None, banned: Sequence[int] = ()):
+                 padding: Padding | None = None, banned: Sequence[int] = (), refresh_bound: float = -1.0):
         self.model, self.mask_id, self.schedule, self.mode = model, mask_id, schedule, mode
         self.banned = list(banned)
         self.track_drift, self.padding = track_drift, padding
         self.cache: KVCache | None = None
         self.last_exact: torch.Tensor | None = None  # exact log-probs of the last cached step, for drift
+        cached = mode is not CacheMode.NONE
+        self.bound = refresh_bound if cached and refresh_bound >= 0 else None  # adaptive refresh (None: off)
+        self.refreshes: int | None = 0 if cached else None  # full passes that filled the cache
+        self.full = False  # the last call was a full pass
+        self.anchor: torch.Tensor | None = None  # (B, n, V) the block's probabilities at the last full pass
+        self.shift = 0.0  # the drift proxy at the last cached step: see _moved
 
     def refresh(self) -> None:
-        self.cache = None
+        self.cache, self.anchor, self.shift = None, None, 0.0
+
+    def stale(self) -> bool:
+        """Fill the cache anew on this call: at a block start, and under refresh_bound B once the proxy reached B
+        (so B = 0 refreshes before every step)."""
+        return self.cache is None or (self.bound is not None and self.shift >= self.bound)
 
     def scope(self, lo: int, hi: int, width: int) -> int:
         """End column of what a call for [lo, hi) can also return at no extra network cost (Info-Gain's lookahead
@@ -136,18 +152,26 @@ class _Predictor:
         """Raw logits (B, hi - lo, V) for the block [lo, hi) of canvas x (B, L)."""
         self.last_exact = None
         L = x.shape[1]
-        if self.mode is CacheMode.NONE or self.cache is None:
+        self.full = self.mode is CacheMode.NONE or self.stale()
+        if self.full:
             cache = None if self.mode is CacheMode.NONE else KVCache()
-            h = self._hidden(x, t, cache, 0, L)[:, lo:hi]
+            out = self.model.head(self._hidden(x, t, cache, 0, L)[:, lo:hi]).float()
             self.cache = cache
-        else:
-            first = max(lo - getattr(self.model, "shift", 0), 0)  # a shifted model predicts lo from lo - 1
-            span = (first, L) if self.mode is CacheMode.PREFIX else (first, hi)
-            self.cache.span = span
-            h = self._hidden(x[:, span[0] : span[1]], t, self.cache, first, L)[:, lo - first : hi - first]
-            if self.track_drift:
-                self.last_exact = self.model.head(self._hidden(x, t, None, 0, L)[:, lo:hi]).float().log_softmax(-1)
-        return self.model.head(h).float()
+            if cache is not None:
+                self.refreshes += 1
+                if self.bound is not None:
+                    self.anchor, self.shift = out.softmax(-1), 0.0
+            return out
+        first = max(lo - getattr(self.model, "shift", 0), 0)  # a shifted model predicts lo from lo - 1
+        span = (first, L) if self.mode is CacheMode.PREFIX else (first, hi)
+        self.cache.span = span
+        h = self._hidden(x[:, span[0] : span[1]], t, self.cache, first, L)[:, lo - first : hi - first]
+        if self.track_drift:
+            self.last_exact = self.model.head(self._hidden(x, t, None, 0, L)[:, lo:hi]).float().log_softmax(-1)
+        out = self.model.head(h).float()
+        if self.bound is not None:
+            self.shift = _moved(out, self.anchor, x[:, lo:hi] == self.mask_id)
+        return out
 
     def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """Logits (B, hi - lo, V) for the block [lo, hi) of canvas x (B, L); [MASK] is never predicted."""
@@ -170,12 +194,18 @@ class _Guided:
         self.cond.refresh()
         self.uncond.refresh()
 
+    @property
+    def refreshes(self) -> int | None:
+        return self.cond.refreshes
+
     def scope(self, lo: int, hi: int, width: int) -> int:
         return self.cond.scope(lo, hi, width)
 
     def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         t = self.cond.time(x)
         c = self.cond.logits(x, lo, hi, t)  # (B, n, V)
+        if self.cond.full:  # the unconditional pass refreshes its cache with the conditional one's
+            self.uncond.cache = None
         u = self.uncond.logits(x.masked_fill(self.prompt, self.cond.mask_id), lo, hi, t)
         logits = u + (1.0 + self.weight) * (c - u)
         logits[..., self.cond.banned] = float("-inf")
@@ -213,7 +243,11 @@ def unmask(
         raise ValueError("the drift report measures the unguided cache; drop --guidance or --drift")
     blocks = _blocks(masked, cfg.block_length)
     banned = banned_ids(mask_id, suppress, cfg.suppress_special)
-    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE, padding, banned)
+    if cfg.refresh_bound >= 0 and cfg.cache is not CacheMode.NONE and _uses_info_gain(cfg):
+        raise ValueError("adaptive cache refresh (refresh_bound) measures the block's own passes, which the info_gain "
+                         "lookahead replaces; drop --refresh-bound or use another policy")
+    predict = _Predictor(model, mask_id, schedule, cfg.cache, track_drift and cfg.cache is not CacheMode.NONE, padding,
+                         banned, cfg.refresh_bound)
     if cfg.guidance > 0:
         prompt = ~masked if padding is None else ~masked & padding.real(x.shape[1])
         uncond = _Predictor(model, mask_id, schedule, cfg.cache, False, padding, banned)
@@ -240,14 +274,18 @@ def denoise_blocks(
     (returned as their count, for the NFE). Only the positions masked on entry are ever written. Under the
     info_gain policy a step's lookahead passes count in the NFE and the chosen one's logits serve the next step."""
     ig = _info_gain(predict, cfg, generator, mask_id)
+    learned = LearnedRule.of(cfg, mask_id, eos_id, x.device)
     generated = x == mask_id  # (B, L)
     psi = torch.zeros(x.shape, device=x.device)  # confidence of each token when it was committed (ReMDM conf)
     sizes = [int((x[:, lo:hi] == mask_id).sum(1).max()) for lo, hi in blocks]
     total = cfg.steps if cfg.rule is CommitRule.ANCESTRAL_TOPK else min(cfg.steps, sum(sizes))  # see _Plan.start
     budget = [1] * len(blocks) if cfg.rule in ADAPTIVE else steps_per_block(total, sizes)
-    step, calls, extra, drift = 0, 0, 0, []
+    step, calls, extra, drift, refreshes = 0, 0, 0, [], []
     for (lo, hi), n_steps in zip(blocks, budget):
+        if not (x[:, lo:] == mask_id).any():  # every row ended early (the learned rule's end of text)
+            break
         predict.refresh()
+        filled = getattr(predict, "refreshes", None)  # full passes of an approximate cache so far
         plan, ahead = _Plan.start(x[:, lo:hi] == mask_id, n_steps, cfg), None
         while (x[:, lo:hi] == mask_id).any() and plan.more(cfg, hi - lo):
             if plan.idle(x[:, lo:hi] == mask_id, cfg, schedule):
@@ -257,8 +295,10 @@ def denoise_blocks(
                 logits, exact, calls = predict(x, lo, hi), getattr(predict, "last_exact", None), calls + 1
             else:  # the lookahead pass of the commits just made
                 logits, exact = ahead, None
-            block = x[:, lo:hi]
-            if ig is None:
+            block, tail = x[:, lo:hi], None
+            if learned is not None:
+                chosen, drawn, conf, remasked, tail = learned.choose(x, lo, hi, logits, cfg, generator)
+            elif ig is None:
                 chosen, drawn, conf, remasked = _choose(logits, block == mask_id, generated[:, lo:hi], psi[:, lo:hi],
                                                         cfg, plan, generator, schedule)
             else:
@@ -270,9 +310,14 @@ def denoise_blocks(
             x, psi = x.clone(), psi.clone()
             x[:, lo:hi] = torch.where(chosen, drawn, block.masked_fill(remasked, mask_id))
             psi[:, lo:hi] = torch.where(chosen, conf.to(psi.dtype), psi[:, lo:hi])
+            revealed = _widen(chosen, x, lo)
+            if tail is not None:  # the learned rule's end of text: the row's masks from its EOS on become EOS
+                x, revealed = x.masked_fill(tail, eos_id), revealed | tail
             if callback is not None:
-                callback(StepInfo(step=step, tokens=x, masked=x == mask_id, revealed=_widen(chosen, x, lo),
-                                  remasked=_widen(remasked, x, lo)))
+                callback(StepInfo(step=step, tokens=x, masked=x == mask_id, revealed=revealed,
+                                  remasked=_widen(remasked, x, lo), logits=logits, block=(lo, hi)))
+        if filled is not None:
+            refreshes.append(predict.refreshes - filled)
         if after_block is not None:
             extra += after_block(x, lo, hi)
         if eos_id is not None and cfg.stop_at_eos:
@@ -280,12 +325,17 @@ def denoise_blocks(
             if done:
                 break
     looked = 0 if ig is None else ig.passes
-    return SampleResult(tokens=x, steps=step, nfe=(calls + looked) * getattr(predict, "passes", 1) + extra, drift=drift)
+    return SampleResult(tokens=x, steps=step, nfe=(calls + looked) * getattr(predict, "passes", 1) + extra, drift=drift,
+                        refreshes=refreshes)
+
+
+def _uses_info_gain(cfg: SamplerConfig) -> bool:
+    return cfg.policy is Policy.INFO_GAIN and cfg.rule in (CommitRule.FIXED, CommitRule.ANCESTRAL_TOPK)
 
 
 def _info_gain(predict, cfg: SamplerConfig, generator, mask_id: int):
     """The Info-Gain chooser when the policy is info_gain and the rule ranks by policy; else None."""
-    if cfg.policy is not Policy.INFO_GAIN or cfg.rule not in (CommitRule.FIXED, CommitRule.ANCESTRAL_TOPK):
+    if not _uses_info_gain(cfg):
         return None
     if cfg.remask is not RemaskKind.NONE:
         raise ValueError("the info_gain policy does not take committed tokens back; drop --remask or use another policy")
@@ -345,16 +395,6 @@ def _widen(block_mask: torch.Tensor, x: torch.Tensor, lo: int) -> torch.Tensor:
     return out
 
 
-def _draw(logits, candidates, cfg: SamplerConfig, generator):
-    """The step's draw: rows with masks (B,), filtered logits (B, n, V), drawn tokens (B, n) and probabilities
-    (B, n, V), float64 with `cfg.fp64_confidence` (Fast-dLLM), else float32 (LLaDA, Dream). Only rows with masks
-    draw noise."""
-    rows = candidates.any(-1)  # (B,)
-    logits = filter_logits(logits, cfg.top_k, cfg.top_p)
-    drawn = draw_tokens(logits, cfg.temperature, generator, rows)  # (B, n)
-    return rows, logits, drawn, (logits.double() if cfg.fp64_confidence else logits).softmax(-1)
-
-
 def _choose(logits, candidates, generated, psi, cfg: SamplerConfig, plan: _Plan, generator, schedule):
     """One step on the active block: positions to commit (B, n), the drawn tokens (B, n), their confidences
     (B, n), and committed positions to mask again (B, n, ReMDM)."""
@@ -392,6 +432,16 @@ def _rule(probs, drawn, candidates, cfg: SamplerConfig, plan: _Plan, generator, 
     if cfg.rule is CommitRule.ANCESTRAL_TOPK:
         return scores, dream_count(candidates.sum(-1), k, n_steps, schedule)
     return scores, plan.counts[:, k].to(candidates.device)  # LLaDA's fixed counts
+
+
+def _moved(logits: torch.Tensor, anchor: torch.Tensor, masked: torch.Tensor) -> float:
+    """The adaptive refresh's drift proxy: the largest total variation 1/2 sum_v |p - q| between the block's
+    predictions p now (logits (B, n, V)) and q at the last full pass (anchor (B, n, V)), over the positions still
+    masked (B, n); 0 when none is. One softmax over the block: no network pass."""
+    if not bool(masked.any()):
+        return 0.0
+    tv = 0.5 * (logits.softmax(-1) - anchor).abs().sum(-1)  # (B, n)
+    return float(tv[masked].max())
 
 
 def _drift(step: int, cached: torch.Tensor, exact_logprobs: torch.Tensor, chosen: torch.Tensor) -> Drift:
