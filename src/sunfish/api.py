@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from sunfish.config import (CommitRule, ConfigError, EvalConfig, RunConfig, SamplerConfig, apply_section, apply_tree,
                             load_preset)
 from sunfish.loading import LoadedModel, load_model
-from sunfish.sample.learned import FILE_NAME as COMMIT_FILE, check_filter, load_filter
+from sunfish.sample.learned import FILE_NAME as COMMIT_FILE, load_filter
 from sunfish.sample.text import Generation, generate, generate_batch, infill
 from sunfish.validate import check_sampler, validate
 
@@ -42,7 +42,7 @@ class Model(LoadedModel):
         cfg = self._own_commit_model(cfg)
         check_sampler(self.spec, cfg, settings, self.unavailable)
         if cfg.rule is CommitRule.LEARNED and self.spec.supports("rule"):
-            check_filter(load_filter(cfg.commit_model), cfg.commit_model, self.cfg.model.vocab_size, self.tokenizer.eos_id)
+            load_filter(cfg.commit_model)  # a missing or foreign file is refused before any work
         return cfg
 
     def _own_commit_model(self, cfg: SamplerConfig) -> SamplerConfig:
@@ -51,18 +51,6 @@ class Model(LoadedModel):
         if cfg.rule is CommitRule.LEARNED and not cfg.commit_model and own.is_file():
             return dataclasses.replace(cfg, commit_model=str(own))
         return cfg
-
-    def train_commit_rule(self, prompts: Sequence[str] | None = None, *, out: str | Path | None = None,
-                          precision: float = 0.9, seed: int = 0, log: Callable[[str], Any] = lambda line: None,
-                          **settings: Any):
-        """Train the learned commit rule's filter (sample/commit_tune.py) on the exact sampler's decoding of
-        `prompts` (default: built-in story openings) with these sampler `settings` (length, block_length, cache,
-        ...) and write it to `out` (default: the checkpoint's own commit_rule.safetensors, which
-        `generate(..., rule="learned")` then finds); returns a CommitTuneResult with the figures."""
-        from sunfish.sample.commit_tune import train_commit_rule
-
-        return train_commit_rule(self, prompts, self.sampler(**settings), out=out, precision=precision, seed=seed,
-                                 log=log)
 
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int | None = None, *, seed: int = 0,
                  batch_size: int = 8, trace: str | Path | None = None, drift: bool = False,
@@ -120,6 +108,19 @@ class Model(LoadedModel):
                    for t in ([texts] if isinstance(texts, str) else texts)]
         return results[0] if isinstance(texts, str) else results
 
+
+    def train_commit_rule(self, prompts: Sequence[str] | None = None, *, out: str | Path | None = None,
+                          precision: float = 0.9, end_precision: float = 0.99, epochs: int = 300, seed: int = 0,
+                          reference: SamplerConfig | None = None, log: Callable[[str], Any] = lambda line: None,
+                          **settings: Any):
+        """Train the learned commit rule's filter (sample/commit_tune.py) on the exact sampler's decoding of
+        `prompts` (default: built-in story openings), or `reference`'s, for these sampler `settings` (length,
+        block_length, ...), and write it to `out` (default: the checkpoint's own commit_rule.safetensors, which
+        `generate(..., rule="learned")` then finds); returns a CommitTuneResult with the figures."""
+        from sunfish.sample.commit_tune import train_commit_rule
+
+        return train_commit_rule(self, prompts, self.sampler(**settings), out=out, reference=reference,
+                                 precision=precision, end_precision=end_precision, epochs=epochs, seed=seed, log=log)
 
 def _path(value: str | Path | None) -> Path | None:
     return None if value is None else Path(value)

@@ -18,7 +18,7 @@ from sunfish.flags import (Parser, UsageError, absorb_renamed, add_runtime, add_
 # `dispatch(args) -> int | None` (runs the verb if it is one of its own, else returns None).
 VERB_MODULES = (
     "sunfish.data.cli",  # data prepare, tokenizer train|extend|stats
-    "sunfish.sample.tools_cli",  # tune-sampler, bench sample
+    "sunfish.sample.tools_cli",  # tune-sampler, tune-commit, bench sample
     "sunfish.sample.chat_cli",  # chat
     "sunfish.adapt.cli",  # adapt, adapt cache-teacher|trajectories|export
     "sunfish.eval.cli",  # eval, compare, lm-eval

@@ -38,6 +38,7 @@ class Generation:
     drift: list = field(default_factory=list)  # per cached step (sample.unmask.Drift), when asked for
     ids: list[int] = field(default_factory=list)  # generated token ids (prompted: after the prompt, cut at EOS;
     #                                               infill: the ids written into the spans)
+    refreshes: list[int] = field(default_factory=list)  # full passes of the approximate cache per block (none without)
 
     def __str__(self) -> str:
         return self.text
@@ -45,6 +46,8 @@ class Generation:
     def as_json(self) -> dict:
         body = {"text": self.text, "steps": self.steps, "nfe": self.nfe,
                 "seconds": round(self.seconds, 4), "tokens_per_s": round(self.tokens_per_s, 1)}
+        if self.refreshes:
+            body["refreshes"] = self.refreshes
         if self.drift:
             body["drift"] = [dataclasses.asdict(d) for d in self.drift]
         return body
@@ -150,7 +153,7 @@ def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0
         stream.finish(text)
     return Generation(text=prompt + text, fills=[], steps=result.steps, nfe=result.nfe,
                       seconds=seconds, tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, drift=result.drift,
-                      ids=ids)
+                      ids=ids, refreshes=result.refreshes)
 
 
 def chat(loaded: LoadedModel, messages: list[dict], cfg: SamplerConfig, seed: int = 0,
@@ -172,7 +175,7 @@ def chat(loaded: LoadedModel, messages: list[dict], cfg: SamplerConfig, seed: in
     if stream is not None:
         stream.finish(text)
     return Generation(text=text, fills=[], steps=result.steps, nfe=result.nfe, seconds=seconds,
-                      tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, ids=ids)
+                      tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, ids=ids, refreshes=result.refreshes)
 
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
@@ -208,7 +211,7 @@ def generate_batch(loaded: LoadedModel, prompts: Sequence[str], cfg: SamplerConf
             ids = cut_at_eos(result.tokens[j, fill_start:].tolist(), tok.eos_id)
             out.append(Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
                                   seconds=seconds, tokens_per_s=len(chunk) * cfg.length / max(seconds, 1e-9),
-                                  trace=None, ids=ids))
+                                  trace=None, ids=ids, refreshes=result.refreshes))
     return out
 
 
@@ -231,4 +234,4 @@ def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, tr
     fills = [tok.decode([out[i] for i in span]) for span in spans]
     return Generation(text=tok.decode(out[1:]), fills=fills, steps=result.steps, nfe=result.nfe,
                       seconds=seconds, tokens_per_s=len(holes) / max(seconds, 1e-9), trace=written,
-                      ids=[out[i] for i in holes])
+                      ids=[out[i] for i in holes], refreshes=result.refreshes)

@@ -1,4 +1,4 @@
-"""Command-line verbs for sampler tooling: `sunfish tune-sampler` and `sunfish bench sample`.
+"""Command-line verbs for sampler tooling: `sunfish tune-sampler`, `sunfish tune-commit` and `sunfish bench sample`.
 
 `register(verbs)` adds them to the main parser's sub-commands (`sample` joins a `bench` group, created if
 no other module made one); `dispatch(args)` runs one of them and returns its exit code, or None for a
@@ -15,6 +15,7 @@ from sunfish.flags import add_runtime, add_section, given, subcommands
 
 # the sampler fields each tool takes (the others it sets itself for every setting it measures)
 TUNE_FIELDS = ("length", "policy", "remask", "remask_eta", "remask_start", "remask_end", "guidance")
+COMMIT_FIELDS = ("length", "block_length")
 BENCH_FIELDS = ("block_length", "threshold")
 BENCH_BLOCK, BENCH_THRESHOLD = 32, 0.9  # the benchmark's block length and threshold unless given
 THREADS_HELP = "CPU threads for torch (0 = torch's default; 1 is steadier on a busy machine)"
@@ -57,6 +58,30 @@ def _add_tune(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(tools_command="tune-sampler", config_sections={"sampler": TUNE_FIELDS})
 
 
+def _add_tune_commit(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("tune-commit", help="train the learned commit rule's filter (--sampler.rule learned) on the "
+                         "exact sampler's decoding of your prompts",
+                         description="Decodes the prompts with the exact sampler (one token per step, confidence order, "
+                                     "no cache, greedy), labels each step's masked positions by whether their prediction "
+                                     "already is the token the exact decoding writes there, and trains a ~2k-parameter "
+                                     "filter (sample/commit_tune.py).")
+    p.add_argument("path", help="masked or block diffusion run folder or checkpoint")
+    p.add_argument("--out", type=Path, help="filter file to write (default: the checkpoint's own commit_rule.safetensors, "
+                   "which --sampler.rule learned then uses without --sampler.commit_model)")
+    p.add_argument("--prompts", type=Path, help="UTF-8 text file, one prompt per line (or .jsonl with \"prompt\"); "
+                   "default: eight built-in story openings (more prompts, a steadier filter)")
+    p.add_argument("--precision", type=float, default=0.9, help="fraction of the filter's commits that must already be "
+                   "the exact output's token on held-out prompts; sets its threshold (default 0.9)")
+    p.add_argument("--end-precision", type=float, default=0.99, help="the same for the end-of-text head (default 0.99)")
+    p.add_argument("--epochs", type=int, default=300, help="full-batch Adam steps per head (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the filter's initialisation")
+    add_runtime(p)
+    p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
+    add_section(p, SamplerConfig, fields=COMMIT_FIELDS, short=COMMIT_FIELDS,
+                note="the setting the filter is trained for; defaults come from the checkpoint", defaults=False)
+    p.set_defaults(tools_command="tune-commit", config_sections={"sampler": COMMIT_FIELDS})
+
+
 def _add_bench(verbs: argparse._SubParsersAction) -> None:
     bench = verbs.choices.get("bench") or verbs.add_parser("bench", help="benchmarks")
     p = subcommands(bench, "bench_verb").add_parser(
@@ -81,6 +106,7 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
 
 def register(verbs: argparse._SubParsersAction) -> None:
     _add_tune(verbs)
+    _add_tune_commit(verbs)
     _add_bench(verbs)
 
 
@@ -89,6 +115,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
     command = getattr(args, "tools_command", None)
     if command == "tune-sampler":
         return cmd_tune(args)
+    if command == "tune-commit":
+        return cmd_tune_commit(args)
     if command == "bench-sample":
         return cmd_bench_sample(args)
     return None
@@ -146,6 +174,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     target, old = write_sampler_defaults(model.path, values)
     print(f"wrote sampler defaults {values} to {target} (old values {old}; previous file kept as {target.name}.bak)")
+    return 0
+
+
+def cmd_tune_commit(args: argparse.Namespace) -> int:
+    from sunfish.api import load
+    from sunfish.sample.bench import BenchError
+    from sunfish.sample.prompt import read_prompts
+
+    if args.epochs < 1:
+        raise BenchError(f"--epochs {args.epochs} is not a positive count; use e.g. --epochs 300")
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    model = load(args.path, device=args.device, dtype=args.dtype, quantize=args.quantize, threads=max(args.threads, 0))
+    r = model.train_commit_rule(prompts, out=args.out, precision=args.precision, end_precision=args.end_precision,
+                                epochs=args.epochs, seed=args.seed, log=lambda line: print(line, flush=True),
+                                **given(args).get("sampler", {}))
+    end = "none (no EOS evidence)" if r.spec.end_threshold is None else f"{r.spec.end_threshold:.4f}"
+    print(f"{r.positions} positions, {r.positive:.1%} already the exact output's token; threshold "
+          f"{r.spec.threshold:.4f} (held out: precision {r.precision:.3f}, recall {r.recall:.3f}); end threshold {end}")
+    print(f"check decode: {r.tokens_per_step:.2f} tokens per step (exact sampler: 1), agreement {r.agreement:.3f} "
+          f"with the exact output; {r.seconds:.1f} s in all")
+    use = "--sampler.rule learned" + ("" if args.out is None else f" --sampler.commit_model {r.path}")
+    print(f"wrote {r.path}; sample with {use}")
     return 0
 
 
