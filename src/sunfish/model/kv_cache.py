@@ -9,7 +9,8 @@ observes that keys and values outside the block being decoded barely change betw
 * prefix cache: the span is [block start, end of canvas), so only the prompt and finished blocks are reused;
 * dual cache: the span is the current block alone; the masked suffix is reused as well.
 
-The cache is refreshed (a full forward) whenever a block completes.
+The cache is refreshed (a full forward) whenever a block starts, and within a block when the sampler's adaptive
+refresh bound says so (sample/unmask.py, --sampler.refresh_bound).
 
 Block diffusion (BD3-LM) uses the same object exactly: the cache holds the clean prefix, a span forward
 on the next block (span starting at the cache's length) appends to it, and `commit` stores the finished

@@ -14,11 +14,17 @@ step the model predicts the masked positions of the active block and a rule comm
 * ANCESTRAL_TOPK (Dream, Ye et al. 2025): that step's expected count, truncated (`dream_count`), of the
   positions the policy ranks highest; steps that would commit nothing are skipped.
 * THRESHOLD, FACTOR, ENTROPY_BOUND: adaptive rules (see `policies.py`); the step count follows the text.
+* LEARNED (Learn2PD, ICLR 2026): the masks a tiny trained filter passes, at least the most confident; its end
+  head may end a row's text early (learned.py, trained by commit_tune.py).
 
 Context tokens are never touched, and committed tokens never change unless `cfg.remask` takes some back
 (ReMDM, see remask.py). Tokens are drawn with temperature, top-k and top-p through float64 Gumbel noise
 (low-precision Gumbel noise degrades samples, as LLaDA notes). With `cfg.cache` the approximate key/value
-cache of Fast-dLLM is used (model/kv_cache.py), refreshed when a block completes; with `cfg.guidance` the
+cache of Fast-dLLM is used (model/kv_cache.py), refreshed when a block starts and, with `cfg.refresh_bound` B >= 0,
+also within a block once the drift proxy reaches B: the largest total variation between the block's predictions
+at still-masked positions now and at the last full pass (`_moved`; one softmax over the block per cached step, no
+extra network pass). B = 0 refreshes before every step (the uncached sampler), a negative or infinite B never
+within a block (Fast-dLLM); a positive B refreshes at most every other step. With `cfg.guidance` the
 logits are classifier-free guided. Rows may carry their own generators and left padding (batch.py), so a
 batch decodes each row as a batch of one would. A callback receives a `StepInfo` after each step.
 """
@@ -277,9 +283,7 @@ def denoise_blocks(
     learned = LearnedRule.of(cfg, mask_id, eos_id, x.device)
     generated = x == mask_id  # (B, L)
     psi = torch.zeros(x.shape, device=x.device)  # confidence of each token when it was committed (ReMDM conf)
-    sizes = [int((x[:, lo:hi] == mask_id).sum(1).max()) for lo, hi in blocks]
-    total = cfg.steps if cfg.rule is CommitRule.ANCESTRAL_TOPK else min(cfg.steps, sum(sizes))  # see _Plan.start
-    budget = [1] * len(blocks) if cfg.rule in ADAPTIVE else steps_per_block(total, sizes)
+    budget = _budget(x, blocks, mask_id, cfg)
     step, calls, extra, drift, refreshes = 0, 0, 0, [], []
     for (lo, hi), n_steps in zip(blocks, budget):
         if not (x[:, lo:] == mask_id).any():  # every row ended early (the learned rule's end of text)
@@ -295,29 +299,20 @@ def denoise_blocks(
                 logits, exact, calls = predict(x, lo, hi), getattr(predict, "last_exact", None), calls + 1
             else:  # the lookahead pass of the commits just made
                 logits, exact = ahead, None
-            block, tail = x[:, lo:hi], None
-            if learned is not None:
-                chosen, drawn, conf, remasked, tail = learned.choose(x, lo, hi, logits, cfg, generator)
-            elif ig is None:
-                chosen, drawn, conf, remasked = _choose(logits, block == mask_id, generated[:, lo:hi], psi[:, lo:hi],
-                                                        cfg, plan, generator, schedule)
-            else:
-                chosen, drawn, conf, remasked, ahead = _choose_info_gain(ig, x, lo, hi, logits, cfg, plan, generator,
-                                                                         schedule)
+            block = x[:, lo:hi]
+            chosen, drawn, conf, remasked, ahead, tail = _step(ig, learned, x, lo, hi, logits, generated, psi, mask_id,
+                                                               cfg, plan, generator, schedule)
             step, plan.k = step + 1, plan.k + 1
             if exact is not None:
                 drift.append(_drift(step, logits, exact, chosen))
             x, psi = x.clone(), psi.clone()
             x[:, lo:hi] = torch.where(chosen, drawn, block.masked_fill(remasked, mask_id))
             psi[:, lo:hi] = torch.where(chosen, conf.to(psi.dtype), psi[:, lo:hi])
-            revealed = _widen(chosen, x, lo)
-            if tail is not None:  # the learned rule's end of text: the row's masks from its EOS on become EOS
-                x, revealed = x.masked_fill(tail, eos_id), revealed | tail
+            x, revealed = _end_rows(x, _widen(chosen, x, lo), tail, eos_id)
             if callback is not None:
                 callback(StepInfo(step=step, tokens=x, masked=x == mask_id, revealed=revealed,
                                   remasked=_widen(remasked, x, lo), logits=logits, block=(lo, hi)))
-        if filled is not None:
-            refreshes.append(predict.refreshes - filled)
+        refreshes += [] if filled is None else [predict.refreshes - filled]
         if after_block is not None:
             extra += after_block(x, lo, hi)
         if eos_id is not None and cfg.stop_at_eos:
@@ -327,6 +322,28 @@ def denoise_blocks(
     looked = 0 if ig is None else ig.passes
     return SampleResult(tokens=x, steps=step, nfe=(calls + looked) * getattr(predict, "passes", 1) + extra, drift=drift,
                         refreshes=refreshes)
+
+
+def _budget(x: torch.Tensor, blocks: list[tuple[int, int]], mask_id: int, cfg: SamplerConfig) -> list[int]:
+    """Steps per block: one each for the adaptive rules (they run until the block is full), else `cfg.steps`
+    shared among the blocks (see steps_per_block and _Plan.start)."""
+    sizes = [int((x[:, lo:hi] == mask_id).sum(1).max()) for lo, hi in blocks]
+    total = cfg.steps if cfg.rule is CommitRule.ANCESTRAL_TOPK else min(cfg.steps, sum(sizes))  # see _Plan.start
+    return [1] * len(blocks) if cfg.rule in ADAPTIVE else steps_per_block(total, sizes)
+
+
+def _step(ig, learned, x, lo: int, hi: int, logits, generated, psi, mask_id: int, cfg: SamplerConfig, plan: "_Plan",
+          generator, schedule):
+    """One step's choice on the block [lo, hi) by the configured chooser: (chosen, drawn, conf, remasked (B, n),
+    the next step's logits from the info_gain lookahead or None, canvas positions (B, L) that the learned rule
+    ends with EOS or None)."""
+    if learned is not None:
+        chosen, drawn, conf, remasked, tail = learned.choose(x, lo, hi, logits, cfg, generator)
+        return chosen, drawn, conf, remasked, None, tail
+    if ig is not None:
+        return *_choose_info_gain(ig, x, lo, hi, logits, cfg, plan, generator, schedule), None
+    masked = x[:, lo:hi] == mask_id
+    return *_choose(logits, masked, generated[:, lo:hi], psi[:, lo:hi], cfg, plan, generator, schedule), None, None
 
 
 def _uses_info_gain(cfg: SamplerConfig) -> bool:
@@ -386,6 +403,14 @@ def dream_count(masks: torch.Tensor, k: int, n_steps: int, schedule: MaskSchedul
         return masks
     times = torch.linspace(1.0, schedule.eps, n_steps + 1)
     return (masks.float() * schedule.reveal_fraction(times[k], times[k + 1]).to(masks.device)).long()
+
+
+def _end_rows(x: torch.Tensor, revealed: torch.Tensor, tail: torch.Tensor | None, eos_id: int | None):
+    """The learned rule's end of text: the `tail` positions (B, L; the masks after a row's ending EOS) become EOS
+    and count as revealed (B, L) in this step. Returns (canvas, revealed)."""
+    if tail is None:
+        return x, revealed
+    return x.masked_fill(tail, eos_id), revealed | tail
 
 
 def _widen(block_mask: torch.Tensor, x: torch.Tensor, lo: int) -> torch.Tensor:
