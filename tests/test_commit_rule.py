@@ -166,3 +166,23 @@ def test_refusals(run, tmp_path, capsys):
     foreign = hand_filter(tmp_path / "foreign.safetensors", vocab=7)
     err = cli_error(capsys, ["sample", str(out), "--prompt", "a", "--length", "8", "--rule", "learned", "--commit-model", str(foreign)])
     assert "was trained for a model with 7 tokens" in err
+
+
+def test_bench_sample_takes_the_learned_rule_and_adaptive_refresh(run, tmp_path, capsys):
+    from sunfish.loading import load_model
+
+    out, prompts = run
+    loaded = load_model(out, torch.device("cpu"))
+    one = hand_filter(tmp_path / "one.safetensors", eos_id=loaded.tokenizer.eos_id, vocab=loaded.cfg.model.vocab_size)
+    capsys.readouterr()
+    assert main(["bench", "sample", str(out), "--lengths", "8", "--batch", "1", "--repeats", "1", "--prompts",
+                 str(prompts), "--block-length", "4", "--sampler.commit_model", str(one),
+                 "--sampler.refresh_bound", "0"]) == 0
+    rows = {r[2]: r for r in ([c.strip() for c in line.strip("|").split("|")]
+                              for line in capsys.readouterr().out.splitlines()
+                              if line.startswith("| ") and not line.startswith("| length"))}
+    assert list(rows)[:4] == ["baseline: LLaDA 1 token/step", "+ threshold 0.9", "+ prefix cache", "+ dual cache"]
+    adaptive = [name for name in rows if name.startswith("+ dual cache, adaptive refresh 0 (")]
+    assert adaptive and "refreshes/block" in adaptive[0]
+    assert rows["learned commit rule"][4] == "1.000" and rows["learned commit rule"][6] == "1.000"  # the baseline
+    assert rows["learned commit rule, dual cache"][4] == "1.000"  # one token per pass

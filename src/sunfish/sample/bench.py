@@ -12,7 +12,8 @@ of tokens and two outputs can be compared position by position. Quality figures:
 
 The benchmark compares the plain LLaDA-style sampler (one token per step, semi-autoregressive blocks,
 no cache; the baseline measured in the same run) with threshold decoding, the prefix and dual caches,
-block diffusion with its exact cache, and a causal model with a key/value cache.
+block diffusion with its exact cache, and a causal model with a key/value cache; optionally the learned commit
+rule (a filter from `sunfish tune-commit`) and the dual cache with adaptive refresh.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Decoded:
     tokens: list[list[int]]  # generated ids per row, prompt excluded
     seconds: float  # wall-clock time of the decode
     nfe: int  # network function evaluations (one batched forward pass counts once)
+    refreshes: list[int] = dataclasses.field(default_factory=list)  # approximate cache's full passes per block
 
     @property
     def generated(self) -> int:
@@ -152,7 +154,7 @@ def decode(loaded: LoadedModel, rows: list[list[int]], cfg: SamplerConfig, seed:
     result = decode_canvas(loaded, canvas, P, cfg, generator, padding=padding)
     _sync(device)
     seconds = time.perf_counter() - began
-    return Decoded(tokens=result.tokens[:, P:].tolist(), seconds=seconds, nfe=result.nfe)
+    return Decoded(tokens=result.tokens[:, P:].tolist(), seconds=seconds, nfe=result.nfe, refreshes=result.refreshes)
 
 
 def agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
@@ -284,10 +286,13 @@ class BenchRow:
     agreement: float | None  # with the method's reference output (None: no reference)
     gen_ppl: float | None  # under the causal model, when there is one
     entropy: float  # unigram entropy of the output, nats
+    refreshes: float | None = None  # adaptive cache refresh rows: the cache's full passes per block
 
 
-def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: bool) -> list[Method]:
-    """The rows of the table, the baseline first."""
+def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: bool, commit_model: str = "",
+                  refresh_bound: float = -1.0) -> list[Method]:
+    """The rows of the table, the baseline first; with `commit_model` the learned rule's rows, with `refresh_bound`
+    >= 0 the dual cache's row with adaptive refresh."""
     base = one_per_step(SamplerConfig(block_length=block_length))
     fast = dataclasses.replace(base, rule=CommitRule.THRESHOLD, threshold=threshold)
     rows = [
@@ -296,6 +301,14 @@ def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: 
         Method("+ prefix cache", "diffusion", dataclasses.replace(fast, cache=CacheMode.PREFIX), "baseline: LLaDA 1 token/step"),
         Method("+ dual cache", "diffusion", dataclasses.replace(fast, cache=CacheMode.DUAL), "baseline: LLaDA 1 token/step"),
     ]
+    if refresh_bound >= 0:
+        rows.append(Method(f"+ dual cache, adaptive refresh {refresh_bound:g}", "diffusion",
+                           dataclasses.replace(fast, cache=CacheMode.DUAL, refresh_bound=refresh_bound), rows[0].name))
+    if commit_model:
+        learned = dataclasses.replace(base, rule=CommitRule.LEARNED, commit_model=commit_model)
+        rows += [Method("learned commit rule", "diffusion", learned, rows[0].name),
+                 Method("learned commit rule, dual cache", "diffusion", dataclasses.replace(learned, cache=CacheMode.DUAL),
+                        rows[0].name)]
     if has_block:
         rows += [Method("block diffusion 1 token/step, exact cache", "block", base, None),
                  Method(f"block diffusion threshold {threshold:g}, exact cache", "block", fast,
@@ -316,12 +329,13 @@ def _setting_for(method: Method, length: int) -> SamplerConfig:
 
 
 def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[int], batches: list[int],
-              repeats: int, block_length: int = 32, threshold: float = 0.9,
-              log=lambda line: None) -> list[BenchRow]:
+              repeats: int, block_length: int = 32, threshold: float = 0.9, commit_model: str = "",
+              refresh_bound: float = -1.0, log=lambda line: None) -> list[BenchRow]:
     """Measure every method at every (length, batch). `models` holds 'diffusion' and optionally
-    'block' and 'ar' (the causal model also scores generative perplexity)."""
+    'block' and 'ar' (the causal model also scores generative perplexity); `commit_model` and `refresh_bound`
+    add rows (bench_methods)."""
     ar = models.get("ar")
-    methods = bench_methods(block_length, threshold, "block" in models, ar is not None)
+    methods = bench_methods(block_length, threshold, "block" in models, ar is not None, commit_model, refresh_bound)
     ids = {name: prompt_ids(m, prompts, max(lengths)) for name, m in models.items()}
     for name, m in models.items():  # warm-up: first calls pay for allocation and kernel selection
         decode(m, batch_of(ids[name], 1), one_per_step(SamplerConfig(length=min(lengths))))
@@ -340,7 +354,8 @@ def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[
                                nfe_per_token=out.nfe_per_token, speedup=speed / base_speed,
                                agreement=agreement(out.tokens, ref_out) if ref_out is not None else None,
                                gen_ppl=generative_ppl(ar, prompt, out.tokens) if ar is not None else None,
-                               entropy=unigram_entropy(out.tokens))
+                               entropy=unigram_entropy(out.tokens),
+                               refreshes=_per_block(out) if method.cfg.refresh_bound >= 0 else None)
                 rows.append(row)
                 log(format_row(row))
     return rows
@@ -357,6 +372,10 @@ def _interleaved(models: dict[str, LoadedModel], methods: list[Method], prompts_
     return runs
 
 
+def _per_block(out: Decoded) -> float | None:
+    return sum(out.refreshes) / len(out.refreshes) if out.refreshes else None
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -366,7 +385,8 @@ HEADER = ("| length | batch | method | tokens/s | NFE/token | speed-up | agreeme
 
 
 def format_row(row: BenchRow) -> str:
-    return (f"| {row.length} | {row.batch} | {row.method} | {row.tokens_per_s:,.1f} | {row.nfe_per_token:.3f} | "
+    method = row.method if row.refreshes is None else f"{row.method} ({row.refreshes:.1f} refreshes/block)"
+    return (f"| {row.length} | {row.batch} | {method} | {row.tokens_per_s:,.1f} | {row.nfe_per_token:.3f} | "
             f"{row.speedup:.2f}x | {_fmt(row.agreement, '.3f')} | {_fmt(row.gen_ppl, '.2f')} | {row.entropy:.2f} |")
 
 

@@ -16,7 +16,7 @@ from sunfish.flags import add_runtime, add_section, given, subcommands
 # the sampler fields each tool takes (the others it sets itself for every setting it measures)
 TUNE_FIELDS = ("length", "policy", "remask", "remask_eta", "remask_start", "remask_end", "guidance")
 COMMIT_FIELDS = ("length", "block_length")
-BENCH_FIELDS = ("block_length", "threshold")
+BENCH_FIELDS = ("block_length", "threshold", "commit_model", "refresh_bound")
 BENCH_BLOCK, BENCH_THRESHOLD = 32, 0.9  # the benchmark's block length and threshold unless given
 THREADS_HELP = "CPU threads for torch (0 = torch's default; 1 is steadier on a busy machine)"
 
@@ -100,7 +100,9 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
     add_runtime(p)
     p.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     add_section(p, SamplerConfig, fields=BENCH_FIELDS, short=BENCH_FIELDS,
-                note=f"the diffusion rows' block length (bench default {BENCH_BLOCK}) and threshold (default {BENCH_THRESHOLD})")
+                note=f"the diffusion rows' block length (bench default {BENCH_BLOCK}) and threshold (default "
+                     f"{BENCH_THRESHOLD}); a commit model (`sunfish tune-commit`, at this block length) adds the learned "
+                     "rule's rows, a refresh bound a dual-cache row with adaptive refresh")
     p.set_defaults(tools_command="bench-sample", config_sections={"sampler": BENCH_FIELDS})
 
 
@@ -233,6 +235,10 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
     settings = given(args).get("sampler", {})
     block_length = int(settings.get("block_length", BENCH_BLOCK))
     threshold = float(settings.get("threshold", BENCH_THRESHOLD))
+    if settings.get("commit_model"):
+        from sunfish.sample.learned import load_filter
+
+        load_filter(settings["commit_model"])  # a missing or foreign file is refused before any work
     models = _bench_models(args, args.device, max(args.threads, 0))
     prompts = read_prompts(args.prompts) if args.prompts else encodable_prompts(models["diffusion"], list(DEFAULT_PROMPTS))
     lengths, skipped = fitting_lengths(models, prompts, args.lengths)
@@ -249,6 +255,7 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
           f"agreement with the row's reference output; gen. PPL under {'the causal model' if args.ar else '- (no --ar)'}\n")
     print(HEADER, flush=True)
     rows = run_bench(models, prompts, lengths, args.batch, args.repeats, block_length=block_length,
-                     threshold=threshold, log=lambda line: print(line, flush=True))
+                     threshold=threshold, commit_model=str(settings.get("commit_model", "")),
+                     refresh_bound=float(settings.get("refresh_bound", -1.0)), log=lambda line: print(line, flush=True))
     print("\n" + "\n".join(target_report(rows)))
     return 0
