@@ -186,3 +186,19 @@ def test_bench_sample_takes_the_learned_rule_and_adaptive_refresh(run, tmp_path,
     assert adaptive and "refreshes/block" in adaptive[0]
     assert rows["learned commit rule"][4] == "1.000" and rows["learned commit rule"][6] == "1.000"  # the baseline
     assert rows["learned commit rule, dual cache"][4] == "1.000"  # one token per pass
+
+
+def test_the_server_refuses_a_commit_model_path_from_a_client():
+    from types import SimpleNamespace
+
+    from sunfish.config import ServeConfig
+    from sunfish.serve.jobs import sampler_settings
+    from sunfish.serve.protocol import ApiError
+
+    request = SimpleNamespace(sunfish={"rule": "learned", "commit_model": "/etc/passwd"}, max_tokens=8,
+                              temperature=None, top_p=None)
+    with pytest.raises(ApiError, match="names a file on the server"):
+        sampler_settings(request, ServeConfig(), 8)
+    settings, _ = sampler_settings(SimpleNamespace(sunfish={"rule": "learned"}, max_tokens=8, temperature=None,
+                                                   top_p=None), ServeConfig(), 8)
+    assert settings["rule"] == "learned"

@@ -50,6 +50,10 @@ def sampler_settings(request, serve: ServeConfig, default_length: int) -> tuple[
         raise ApiError(400, "sunfish.stream_canvas must be true or false", param="sunfish.stream_canvas")
     if "length" in settings:
         raise ApiError(400, "give the length as max_tokens, not sunfish.length", param="sunfish.length")
+    if "commit_model" in settings:  # a path on the server: chosen by whoever starts it, not by a client
+        raise ApiError(400, "sunfish.commit_model names a file on the server; start the server with "
+                       "--sampler.commit_model FILE (or keep commit_rule.safetensors in the checkpoint)",
+                       param="sunfish.commit_model")
     limit = serve.max_tokens
     asked = getattr(request, "max_completion_tokens", None) or request.max_tokens
     if asked is not None and asked > limit:
