@@ -198,7 +198,8 @@ def train_commit_rule(loaded: LoadedModel, prompts: Sequence[str] | None, base: 
     began = time.perf_counter()
     prompts = list(prompts) if prompts else encodable_prompts(loaded, list(DEFAULT_PROMPTS))
     base = dataclasses.replace(base, temperature=0.0, top_k=0, top_p=1.0, stop_at_eos=False)
-    ref_cfg = reference or one_per_step(base)
+    ref_cfg = one_per_step(base) if reference is None else dataclasses.replace(
+        reference, length=base.length, temperature=0.0, top_k=0, top_p=1.0, stop_at_eos=False)
     ids = prompt_ids(loaded, prompts, base.length)
     states = _States([], [], [], [], [])
     ref_out: list[list[int]] = []
@@ -217,8 +218,8 @@ def train_commit_rule(loaded: LoadedModel, prompts: Sequence[str] | None, base: 
     log(f"wrote the filter to {path}")
     learned = dataclasses.replace(base, rule=CommitRule.LEARNED, commit_model=str(path))
     tokens, steps = [], 0
-    for i, row in enumerate(ids):  # one prompt at a time: each row's own step count
-        out_row, n = _record(loaded, [row], learned, i, _States([], [], [], [], []), None)
+    for row in ids:  # one prompt at a time: each row's own step count
+        out_row, n, _ = _decode_steps(loaded, [row], learned, lambda info, before: None)
         tokens, steps = tokens + out_row, steps + n
     return CommitTuneResult(path=path, spec=filt.spec, positions=positions,
                             positive=float(torch.cat(states.commit).mean()), precision=figures["precision"],
