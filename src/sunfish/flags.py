@@ -1,7 +1,7 @@
 """Command-line flags generated from the config dataclasses, the same way for every verb.
 
 `add_section(parser, cls)` gives each field of a config section a flag `--section.field=value` (help text from
-the field's declaration, choices from its enum) and, for the fields a verb names, a short alias
+the field's declaration, choices from its enum; a tuple field's flag repeats, one item each) and, for the fields a verb names, a short alias
 (`--temperature` for `--sampler.temperature`). Values stay strings until `sunfish.config` converts them, so a
 bad value is refused in one sentence that names the field and its choices. `given(args)` returns what the
 user set as a {section: {field: value}} tree; `check_leftovers` explains flags that belong to no section of
@@ -65,6 +65,10 @@ def add_section(parser: argparse.ArgumentParser, cls: type, *, fields: Iterable[
             if len(names) > 1:
                 group.add_argument(names[1], dest=f"{section}.{f.name}", action="store_const", const="true",
                                    help=f"= {names[0]}=true")
+            continue
+        if typing.get_origin(kind) is tuple:  # a list: each use of the flag adds one item (items may hold commas)
+            group.add_argument(*names, dest=f"{section}.{f.name}", default=None, action="append", metavar="TEXT",
+                               help=help_text)
             continue
         group.add_argument(*names, dest=f"{section}.{f.name}", default=None, metavar=_metavar(kind), help=help_text)
 

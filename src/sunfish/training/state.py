@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from sunfish.progress import PlainProgress
+    from sunfish.training.watch import RunWatch
 
 
 @dataclass
@@ -120,6 +121,7 @@ class RunState:
     guard: BadStepGuard
     meter: Throughput
     last_checkpoint: Path | None  # the newest checkpoint written or resumed from
+    watch: RunWatch  # system figures, GPU heat and notifications (training/watch.py)
     start: int = 0  # the step the run (re)started from
     step: int = 0
     lr: float = math.nan
