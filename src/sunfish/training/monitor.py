@@ -140,7 +140,7 @@ class HeatGuard:
             if reading is not None and reading.temperature is not None:
                 temperature = reading.temperature
             if temperature <= self.limit:
-                self.log(f"the GPU cooled to {temperature:.0f} C after {waited:.0f} s; training goes on")
+                self.log(f"the GPU cooled to {temperature:.0f} C after {waited:g} s; training goes on")
                 return None
         return (f"the GPU stayed at {temperature:.0f} C, above --train.max_gpu_temp={self.limit:g}, after a "
                 f"{waited:g} s pause")
