@@ -25,6 +25,7 @@ VERB_MODULES = (
     "sunfish.training.cli",  # export, estimate
     "sunfish.families.cli",  # convert
     "sunfish.serve.cli",  # serve
+    "sunfish.diagnose.cli",  # doctor
 )
 TRAIN_SECTIONS = ("model", "process", "optim", "train", "data", "sampler")
 TRAIN_SHORT = ("steps", "save_every", "seed", "notify")  # --steps is --train.steps, ...
