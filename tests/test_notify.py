@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from sunfish.checkpoint.export import export_checkpoint
 from sunfish.cli import build_parser, main, train_config
 from sunfish.config import ConfigError, apply_tree, load_preset
 from sunfish.process.masked import LossOutput
@@ -94,7 +95,9 @@ def test_completion_and_every_second_checkpoint_reach_a_json_webhook(tmp_path, c
     assert done["title"] == "Sunfish run 'run' finished"
     assert done["message"].startswith("10 steps in ")
     assert "final loss " in done["message"] and f"checkpoint {run / 'checkpoints' / 'step-000010'}" in done["message"]
-    assert "warning" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "warning" not in out
+    assert 'notify = ["json://..."]' in out and webhook.url not in out  # the printed config hides the URL's tokens
 
 
 def test_an_injected_failure_sends_its_reason_and_the_last_checkpoint(tmp_path, corpus, webhook, monkeypatch):
@@ -124,12 +127,16 @@ def test_non_finite_steps_that_stop_the_run_are_told(tmp_path, corpus, webhook, 
 
 def test_a_dead_notifier_costs_one_warning_line_and_never_stops_training(tmp_path, corpus):
     logs = []
-    result = train(tiny_cfg(steps=4, save_every=2, notify_every=1, notify=(dead_url(),)), run_dir=tmp_path / "run",
+    dead = dead_url()
+    result = train(tiny_cfg(steps=4, save_every=2, notify_every=1, notify=(dead,)), run_dir=tmp_path / "run",
                    data=[corpus], progress=False, log=logs.append)
     assert result.checkpoint.name == "step-000004"
     warnings = [line for line in logs if line.startswith("warning:")]
     assert len(warnings) == 2, warnings  # the checkpoint at step 2 and the end: one line each
     assert all("was not delivered" in w and "training goes on" in w and "\n" not in w for w in warnings)
+    assert json.loads((result.checkpoint / "config.json").read_text())["train"]["notify"] == [dead]  # kept on resume
+    export_checkpoint(tmp_path / "run", tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["train"]["notify"] == []  # never shared
 
 
 def test_notify_without_apprise_is_refused_in_one_sentence(tmp_path, corpus, monkeypatch, capsys):
