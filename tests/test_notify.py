@@ -2,9 +2,12 @@
 training runs: completion, checkpoints, an injected failure and a non-finite stop; a dead URL never stops a run."""
 
 import json
+import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
@@ -168,3 +171,26 @@ def test_notify_settings_that_cannot_work_are_refused(tmp_path, corpus, capsys, 
     code = main(["train", "--preset", "nano", "--data", corpus, "--steps", "2", *TINY, "--out", str(tmp_path / "r"),
                  *flags])
     assert code == 2 and sentence in capsys.readouterr().err
+
+
+def test_a_run_stopped_by_sigterm_says_so_with_its_checkpoint(tmp_path, corpus, webhook):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sunfish", "train", "--preset", "nano", "--data", corpus, "--steps", "100000", *TINY,
+           "--out", str(run), "--notify", webhook.url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    (message,) = webhook.received
+    assert message["type"] == "warning" and message["title"] == "Sunfish run 'run' stopped by a signal"
+    reason, last, _ = message["message"].splitlines()
+    step = int(reason.removeprefix("stopped after step "))
+    assert last == f"last checkpoint: {run / 'checkpoints' / f'step-{step:06d}'}"
