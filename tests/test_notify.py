@@ -194,3 +194,11 @@ def test_a_run_stopped_by_sigterm_says_so_with_its_checkpoint(tmp_path, corpus, 
     reason, last, _ = message["message"].splitlines()
     step = int(reason.removeprefix("stopped after step "))
     assert last == f"last checkpoint: {run / 'checkpoints' / f'step-{step:06d}'}"
+
+
+@pytest.mark.parametrize("verb", ["train", "sft", "adapt"])
+def test_every_training_verb_offers_notify(verb, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([verb, "--help"])  # also: a '%' in a setting's help text no longer breaks --help
+    assert done.value.code == 0
+    assert "--notify" in capsys.readouterr().out

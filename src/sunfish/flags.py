@@ -58,7 +58,7 @@ def add_section(parser: argparse.ArgumentParser, cls: type, *, fields: Iterable[
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = getattr(default, "value", default)
         kind = hints[f.name]
-        help_text = field_help(cls, f.name) + (f" (default {shown!r})" if defaults else "")
+        help_text = (field_help(cls, f.name) + (f" (default {shown!r})" if defaults else "")).replace("%", "%%")  # argparse formats help with %
         if kind is bool:  # --section.field alone means true; the short form is a plain switch
             group.add_argument(names[0], dest=f"{section}.{f.name}", default=None, nargs="?", const="true",
                                metavar="BOOL", help=help_text)
