@@ -123,3 +123,13 @@ def test_a_failing_gpu_reader_is_noted_once_and_never_stops_the_run(tmp_path, co
     assert [l for l in logs if "NVML lost the GPU" in l] == [
         "warning: reading the GPU's figures failed (RuntimeError: NVML lost the GPU); they are left out while it fails"]
     assert all(set(HOST_FIELDS) <= set(r) and "gpu_util" not in r for r in lines(tmp_path / "run"))
+
+
+def test_a_pause_for_a_hot_gpu_is_left_out_of_the_throughput(tmp_path, corpus):
+    run = tmp_path / "run"
+    train(tiny_cfg(steps=4, log_every=1, max_gpu_temp=80, cool_wait=2.0), run_dir=run, data=[corpus], progress=False,
+          log=lambda s: None, gpu_reader=FakeGpu(60.0, 60.0, 90.0, 60.0))
+    records = lines(run)  # step 3 read 90 C and paused 2 s before its figures were measured
+    assert [r["gpu_temp_c"] for r in records] == [60.0, 60.0, 90.0, 60.0]
+    others = [r["tokens_per_s"] for r in records if r["step"] != 3]
+    assert records[2]["tokens_per_s"] > min(others) / 4  # 2 s in a step of milliseconds would cut it 100-fold

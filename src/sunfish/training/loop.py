@@ -346,6 +346,7 @@ def _log_and_validate(state: RunState) -> float | None:
     validate = cfg.val_every > 0 and (step % cfg.val_every == 0 or step == total)
     logged = validate or step % cfg.log_every == 0 or step == total
     system = state.watch.on_step(step, logged)  # CPU/RAM/GPU figures when due; may pause a hot GPU
+    state.meter.pause(state.watch.paused)
     if not logged:
         if system and state.metrics and state.guard.in_a_row == 0:
             state.metrics.write({"step": step, **system})

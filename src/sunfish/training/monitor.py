@@ -123,10 +123,12 @@ class HeatGuard:
     def __init__(self, limit: float, wait: float, read: Callable[[], GpuReading | None], log: Callable[[str], None],
                  sleep: Callable[[float], None] = time.sleep):
         self.limit, self.wait, self.read, self.log, self.sleep = limit, wait, read, log, sleep
+        self.paused = 0.0  # seconds the latest check paused
 
     def check(self, reading: GpuReading | None) -> str | None:
         """None when the GPU is at or below the limit (at once, or after a pause); else the reason to stop."""
         temperature = reading.temperature if reading is not None else None
+        self.paused = 0.0
         if temperature is None or temperature <= self.limit:
             return None
         self.log(f"warning: the GPU is at {temperature:.0f} C, above --train.max_gpu_temp={self.limit:g}; pausing up "
@@ -136,6 +138,7 @@ class HeatGuard:
             pause = min(COOL_CHECK_S, self.wait - waited)
             self.sleep(pause)
             waited += pause
+            self.paused = waited
             reading = self.read()
             if reading is not None and reading.temperature is not None:
                 temperature = reading.temperature

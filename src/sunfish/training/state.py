@@ -87,6 +87,10 @@ class Throughput:
         """Count from now and `step` (after a pause that is not training, e.g. validation)."""
         self.tick, self.tick_step = time.perf_counter(), step
 
+    def pause(self, seconds: float) -> None:
+        """Leave `seconds` that were not training (a pause for a hot GPU) out of the next measurement."""
+        self.tick += seconds
+
     def measure(self, step: int) -> float:
         """Tokens/s over the steps since the previous measurement; starts the next one."""
         now = time.perf_counter()

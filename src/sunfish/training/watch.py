@@ -31,6 +31,7 @@ class RunWatch:
         self.cfg, self.run_dir, self.monitor, self.heat = cfg, run_dir, monitor, heat
         self.notifier, self.is_main = notifier, is_main
         self.stop_reason: str | None = None  # set when the GPU stayed too hot: the loop checkpoints and stops
+        self.paused = 0.0  # seconds the latest on_step paused for a hot GPU (not training time)
         self.checkpoints = 0  # checkpoints written by this process
 
     @classmethod
@@ -47,12 +48,14 @@ class RunWatch:
         the GPU's heat (which may pause here and set `stop_reason`). `logged`: a metric line is written."""
         every = self.cfg.monitor_every
         due = step % every == 0 if every else logged
+        self.paused = 0.0
         if not due:
             return {}
         reading = self.monitor.read_gpu() if self.heat is not None else None
         figures = self.monitor.figures(reading) if self.is_main else {}
         if self.heat is not None and self.stop_reason is None:
             self.stop_reason = self.heat.check(reading)
+            self.paused = self.heat.paused
         return figures
 
     def on_checkpoint(self, step: int, path: Path, loss: float, last: bool) -> None:
