@@ -141,6 +141,10 @@ class DataConfig(Section):
     synth_lang: str = knob("both", "built-in corpus language when no --data: en | ru | both")
     synth_docs: int = knob(4000, "built-in corpus size in stories", lo=2)
     val_fraction: float = knob(0.02, "documents held out for validation, in (0, 0.5)", lo=1e-06, hi=0.5)
+    mix: str = knob("", "streamed tar shards: weights by source or language, 'wiki=3,books=1', or stages from a step on, "
+                    "'0:wiki=1,books=1;5000:wiki=3,books=1'; '' = the manifest's weights; may change on --resume")
+    workers: int = knob(0, "streamed tar shards: DataLoader worker processes reading batches ahead; 0 = read in the "
+                        "training process (the next shard is still fetched in a background thread)", lo=0)
 
 
 @dataclass(frozen=True, kw_only=True)
