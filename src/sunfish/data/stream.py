@@ -63,7 +63,14 @@ class Location:
         if spec.endswith(".json"):
             spec, _, self.manifest_name = spec.rstrip("/").rpartition("/")
         self.base = spec.rstrip("/") or "/"
-        self.fs = _filesystem(self.base)
+        self._opened = (os.getpid(), _filesystem(self.base))  # a bad URL fails here
+
+    @property
+    def fs(self):
+        """The filesystem of this process: fsspec's HTTP client is not fork-safe, so a DataLoader worker opens its own."""
+        if self._opened[0] != os.getpid():
+            self._opened = (os.getpid(), _filesystem(self.base))
+        return self._opened[1]
 
     def url(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -86,11 +93,7 @@ class Location:
         raise AssertionError("unreachable")
 
     def __getstate__(self) -> dict:  # the filesystem is opened again in each DataLoader worker (spawn)
-        return {"base": self.base, "manifest_name": self.manifest_name}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.fs = _filesystem(self.base)
+        return {"base": self.base, "manifest_name": self.manifest_name, "_opened": (None, None)}
 
 
 def _filesystem(base: str):
