@@ -123,7 +123,8 @@ def train(config: RunConfig | str = "nano", *, out: str | Path, data: Sequence[s
 
     `config`: a RunConfig or a preset name; `overrides`: {section: {field: value}} applied on top;
     `train_settings`: TrainConfig fields (steps=, batch_size=, seed=, ...). `data`: .txt/.jsonl files or
-    folders, or a `sunfish data prepare` folder (default: the built-in story corpus). Settings the chosen
+    folders, a `sunfish data prepare` folder, or the folder or URL of tar shards (`data prepare --format tar`;
+    `overrides={"data": {"mix": ...}}` sets their weights) (default: the built-in story corpus). Settings the chosen
     process does not use are refused (sunfish/validate.py): those in `overrides` and `train_settings`, and
     the dotted keys in `given` (what the command line set in `config` already)."""
     from sunfish.flags import given_keys

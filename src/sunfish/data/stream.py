@@ -58,10 +58,14 @@ class Location:
     """Where a prepared tar folder lives: an fsspec filesystem and the folder's URL or path."""
 
     def __init__(self, spec: str):
-        spec = str(spec)
-        self.manifest_name = MANIFEST
-        if spec.endswith(".json"):
-            spec, _, self.manifest_name = spec.rstrip("/").rpartition("/")
+        spec, self.manifest_name = str(spec), MANIFEST
+        if not is_url(spec):  # a local folder or manifest: an absolute path (fsspec's local filesystem)
+            path = Path(spec).expanduser().resolve()
+            if path.suffix == ".json":
+                path, self.manifest_name = path.parent, path.name
+            spec = path.as_posix()
+        elif spec.endswith(".json"):
+            spec, _, self.manifest_name = spec.rpartition("/")
         self.base = spec.rstrip("/") or "/"
         self._opened = (os.getpid(), _filesystem(self.base))  # a bad URL fails here
 
