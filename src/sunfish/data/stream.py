@@ -183,6 +183,7 @@ class TarSplit:
         self.schedule = None  # mix.MixSchedule set by the corpus for the training split; None: the manifest's weights
         self.rows_per_step = 1  # micro-batch rows x gradient accumulation, per rank (the schedule counts steps)
         self.workers = 0  # DataLoader worker processes that read ahead; 0 = read in the training process
+        self.log = None  # where a reader of this split says that the weights changed
 
     def __len__(self) -> int:
         return sum(s.tokens for s in self.streams)

@@ -138,6 +138,7 @@ class StreamBatches:
         self.position = 0  # global samples consumed (all ranks)
         self.mix = LiveMix(seed, Segment(0, np.zeros(len(self._windows), np.int64), self.weights_at(0)))
         self._ahead: tuple[int, Iterator] | None = None  # (batch size, DataLoader iterator) with workers
+        self.log = split.log  # says when the weights change (None: silent)
 
     def _resolve(self, stages) -> list[tuple[int, np.ndarray]]:
         """[(first step, (S,) weights)]: the manifest's weights first, then each stage of the schedule."""
@@ -157,9 +158,13 @@ class StreamBatches:
 
     def plan(self, batch_size: int) -> list[tuple[int, int]]:
         """(stream, j) of each row of this rank's share of the next global batch; advances the position."""
-        want = self.weights_at(self.position // self.samples_per_step)
+        step = self.position // self.samples_per_step
+        want = self.weights_at(step)
         if not np.array_equal(want, self.mix.segment.weights):
             self.mix = self.mix.switch(self.position, want)
+            if self.log is not None:
+                shares = ", ".join(f"{s.name} {100 * w:.1f}%" for s, w in zip(self.split.streams, want))
+                self.log(f"data mix from step {step} (global sample {self.position:,}): {shares}")
         first = self.position + self.rank * batch_size
         rows = [self.mix.draw(i) for i in range(first, first + batch_size)]
         self.position += batch_size * self.world
@@ -195,6 +200,7 @@ class StreamBatches:
         from a copy of this reader's position; this reader does not move."""
         twin = StreamBatches(self.split, self.seq_len, self.seed, self.rank, self.world, workers=0)
         twin.restore(self.state())
+        twin.log = None  # the training process reports the changes
         for c in itertools.count():
             plan = twin.plan(batch_size)
             if c % workers == worker:

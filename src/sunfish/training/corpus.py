@@ -5,6 +5,7 @@ folder or URL with live mixing (`--data.mix`), with the tokenizer that goes with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from sunfish.config import RunConfig
 from sunfish.data.loader import TokenStream, split_documents
@@ -41,11 +42,12 @@ def build_corpus(cfg: RunConfig, docs: list[str], tokenizer: Tokenizer | None) -
     return Corpus(tokenizer=tokenizer, train=make(split.train), val=make(split.val))
 
 
-def open_corpus(cfg: RunConfig, data: list[str] | None, tokenizer: Tokenizer | None) -> Corpus:
+def open_corpus(cfg: RunConfig, data: list[str] | None, tokenizer: Tokenizer | None,
+                log: Callable[[str], None] | None = None) -> Corpus:
     """Tar shards (a folder or URL), a folder from `sunfish data prepare` (its shards and tokenizer), or
-    documents split and tokenized here."""
+    documents split and tokenized here. `log`: where streamed training data reports changes of its weights."""
     if data and len(data) == 1 and is_tar_data(data[0]):
-        return open_tar_corpus(cfg, data[0], tokenizer)
+        return open_tar_corpus(cfg, data[0], tokenizer, log)
     if cfg.data.mix or cfg.data.workers:
         raise DataError("--data.mix and --data.workers apply to streamed tar shards only; prepare the data with "
                         "`sunfish data prepare --format tar` or drop them")
@@ -58,7 +60,8 @@ def open_corpus(cfg: RunConfig, data: list[str] | None, tokenizer: Tokenizer | N
     return build_corpus(cfg, load_corpus_documents(cfg, data), tokenizer)
 
 
-def open_tar_corpus(cfg: RunConfig, spec: str, tokenizer: Tokenizer | None) -> Corpus:
+def open_tar_corpus(cfg: RunConfig, spec: str, tokenizer: Tokenizer | None,
+                    log: Callable[[str], None] | None = None) -> Corpus:
     """Streamed tar shards; the training split follows `--data.mix` (checked against the streams now, before any
     training) and reads ahead in `--data.workers` processes."""
     from sunfish.data.mix import parse_schedule
@@ -71,6 +74,7 @@ def open_tar_corpus(cfg: RunConfig, spec: str, tokenizer: Tokenizer | None) -> C
     train.set_schedule(parse_schedule(cfg.data.mix))
     train.rows_per_step = cfg.train.batch_size * cfg.train.grad_accum
     train.workers = cfg.data.workers
+    train.log = log
     return Corpus(tokenizer=own, train=train, val=val)
 
 

@@ -258,7 +258,7 @@ def _open_data(cfg: RunConfig, opts: RunOptions, resume_from: Path | None) -> tu
     corpus = opts.corpus
     if corpus is None:
         saved_tokenizer = Tokenizer.load(resume_from / "tokenizer.json") if resume_from else None
-        corpus = open_corpus(cfg, opts.data, saved_tokenizer)
+        corpus = open_corpus(cfg, opts.data, saved_tokenizer, opts.log)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=corpus.tokenizer.vocab_size))
     seq_len = seq_len_of(cfg)
     corpus.train.check_length(seq_len, "training")
