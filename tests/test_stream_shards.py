@@ -206,6 +206,13 @@ def test_bad_input_is_one_sentence(folders, tmp_path, capsys):
         open_corpus(small_cfg(2, "books=1,en=1"), [url], None)
     with pytest.raises(DataError, match="apply to streamed tar shards only"):
         open_corpus(small_cfg(2, "en=1,ru=1"), [str(root / "mmap")], None)
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "tar", copy)
+    split = TarData.open(copy / "manifest.json").split("train")
+    shard = copy / split.streams[0].shards[0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-1024])  # a cut download
+    with pytest.raises(DataError, match="does not match its manifest's checksum"):
+        split.fetcher.get(split.streams[0].shards[0])
     with pytest.raises(DataError, match="increasing steps"):
         parse_schedule("5:en=1,ru=1;2:en=1,ru=3")
     code = main(["train", "--data", f"{url}/no-such-folder", "--out", str(tmp_path / "x"), "--steps", "2", "--no-progress"])

@@ -2,9 +2,9 @@
 
 `--data` names the folder or its manifest.json: a plain path, `file://`, `https://`, `s3://` or `gs://` (any
 protocol `fsspec` knows; s3 and gs need `s3fs` / `gcsfs`). Shard paths in the manifest are relative to it.
-A shard is fetched whole (one GET), checked against the manifest's sample count, shape and dtype, and kept
-in a small cache while its samples are used; the next shard of a stream is fetched in a background thread
-while the current one is read (`ShardFetcher`). Failed fetches are retried with a growing wait before the
+A shard is fetched whole (one GET), checked against the manifest's SHA-256, sample count, shape and dtype,
+and kept in memory while its samples are used; the next shard of each stream is fetched in a background
+thread while the current one is read (`ShardFetcher`: two shards per stream in memory, per process). Failed fetches are retried with a growing wait before the
 run is stopped with one sentence.
 
 Which samples are read, and in what order, is decided by `sunfish.data.stream_batches` (live mixing,
@@ -33,7 +33,6 @@ URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://", "file://", "hf
 TIMEOUT_S = 60  # per HTTP request (total), seconds
 CONNECT_TIMEOUT_S = 10
 RETRIES = 3  # attempts per shard; waits 1 s, 2 s between them
-CACHE_SHARDS = 4  # decoded shards kept besides the ones being fetched (per process)
 
 
 def is_url(spec: str) -> bool:
@@ -138,8 +137,9 @@ class TarStream:
 class ShardFetcher:
     """Decoded shards by (stream, shard), fetched whole in background threads, a few kept in memory."""
 
-    def __init__(self, location: Location, seq_len: int, dtype: np.dtype):
+    def __init__(self, location: Location, seq_len: int, dtype: np.dtype, keep: int):
         self.location, self.seq_len, self.dtype = location, seq_len, dtype
+        self.keep = keep  # shards held in memory: each stream's current one and the next
         self._pid = None
 
     def _start(self) -> None:
@@ -151,8 +151,10 @@ class ShardFetcher:
             self._lock = threading.Lock()
 
     def _load(self, shard: dict) -> np.ndarray:
-        data = self.location.read(shard["file"], retries=RETRIES)
-        return read_tar_shard(data, shard["sequences"], self.seq_len, self.dtype, self.location.url(shard["file"]))
+        data, url = self.location.read(shard["file"], retries=RETRIES), self.location.url(shard["file"])
+        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            raise DataError(f"the shard '{url}' does not match its manifest's checksum; copy or prepare the data again")
+        return read_tar_shard(data, shard["sequences"], self.seq_len, self.dtype, url)
 
     def prefetch(self, shard: dict) -> None:
         self._start()
@@ -161,16 +163,18 @@ class ShardFetcher:
                 self._cache.move_to_end(shard["file"])
                 return
             self._cache[shard["file"]] = self._pool.submit(self._load, shard)
-            while len(self._cache) > CACHE_SHARDS:
+            while len(self._cache) > self.keep:
                 self._cache.popitem(last=False)
 
     def get(self, shard: dict) -> np.ndarray:
         """(sequences, seq_len) tokens of the shard."""
         self.prefetch(shard)
-        return self._cache[shard["file"]].result()
+        with self._lock:
+            pending = self._cache[shard["file"]]
+        return pending.result()
 
     def __getstate__(self) -> dict:
-        return {"location": self.location, "seq_len": self.seq_len, "dtype": self.dtype, "_pid": None}
+        return {**{k: v for k, v in self.__dict__.items() if not k.startswith("_")}, "_pid": None}
 
 
 class TarSplit:
@@ -253,7 +257,7 @@ class TarData:
         return Tokenizer(tokenizers.Tokenizer.from_str(raw.decode("utf-8")))
 
     def split(self, split: str) -> TarSplit:
-        fetcher = ShardFetcher(self.location, self.seq_len, self.dtype)
+        fetcher = ShardFetcher(self.location, self.seq_len, self.dtype, keep=2 * len(self.manifest["streams"]) + 2)
         streams = [TarStream(name=e["name"], weight=float(e["weight"]), shards=e[split]["shards"],
                              tokens=int(e[split]["tokens"])) for e in self.manifest["streams"]]
         return TarSplit(split, streams, self.seq_len, fetcher)
