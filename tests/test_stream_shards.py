@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import pickle
 import re
 import shutil
 import threading
@@ -191,6 +192,9 @@ def test_ranks_and_workers_read_disjoint_samples(folders):
     ahead, plain = split.batches(SEQ, seed=3, rank=1, world=2), StreamBatches(split, SEQ, 3, rank=1, world=2, workers=0)
     assert all(torch.equal(ahead.next_batch(size), plain.next_batch(size)) for _ in range(5))
     assert ahead.state() == plain.state()
+    split.log = print  # what a spawned worker (Windows, macOS) receives: a pickled reader, without the logger
+    spawned = pickle.loads(pickle.dumps(ahead))
+    assert spawned.log is None and torch.equal(spawned.read(spawned.plan(size)), plain.next_batch(size))
 
 
 def test_bad_input_is_one_sentence(folders, tmp_path, capsys):

@@ -192,6 +192,9 @@ class TarSplit:
     def __len__(self) -> int:
         return sum(s.tokens for s in self.streams)
 
+    def __getstate__(self) -> dict:  # a spawned DataLoader worker (Windows, macOS) gets no logger
+        return {**self.__dict__, "log": None}
+
     def fingerprint(self) -> str:
         return self._fingerprint
 

@@ -207,7 +207,7 @@ class StreamBatches:
                 yield plan
 
     def __getstate__(self) -> dict:  # a spawned DataLoader worker gets the reader without the parent's iterator
-        return {**self.__dict__, "_ahead": None}
+        return {**self.__dict__, "_ahead": None, "log": None}
 
     def state(self) -> dict:
         names = [s.name for s in self.split.streams]
