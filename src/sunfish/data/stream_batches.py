@@ -175,15 +175,19 @@ class StreamBatches:
         return self._orders[stream].locate(j)[:3]
 
     def read(self, plan: list[tuple[int, int]]) -> torch.Tensor:
-        """(B, L) int64 tokens of the planned rows."""
-        rows, fetcher = [], self.split.fetcher
-        for s, j in plan:
-            shard, sequence, part, following = self._orders[s].locate(j)
-            shards = self.split.streams[s].shards
-            fetcher.prefetch(shards[following])
-            row = fetcher.get(shards[shard])[sequence]  # (seq_len,)
-            rows.append(row[part * self.seq_len : (part + 1) * self.seq_len])
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
+        """(B, L) int64 tokens of the planned rows: each shard they need is asked for once, the shards that
+        follow them are fetched ahead."""
+        where = [(s, *self._orders[s].locate(j)) for s, j in plan]  # (stream, shard, sequence, part, following)
+        fetcher, streams = self.split.fetcher, self.split.streams
+        needed = {(s, shard) for s, shard, *_ in where}
+        for s, shard in sorted(needed):
+            fetcher.prefetch(streams[s].shards[shard])
+        for s, following in sorted({(s, following) for s, *_, following in where}):
+            fetcher.prefetch(streams[s].shards[following])
+        arrays = {key: fetcher.get(streams[key[0]].shards[key[1]]) for key in needed}  # (sequences, seq_len) each
+        rows = [arrays[s, shard][sequence, part * self.seq_len : (part + 1) * self.seq_len]
+                for s, shard, sequence, part, _ in where]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, L)
 
     def next_batch(self, batch_size: int) -> torch.Tensor:
         """(B, L) int64 token ids of this rank's share of the next global batch."""
