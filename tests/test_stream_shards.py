@@ -197,6 +197,29 @@ def test_ranks_and_workers_read_disjoint_samples(folders):
     assert spawned.log is None and torch.equal(spawned.read(spawned.plan(size)), plain.next_batch(size))
 
 
+def test_resuming_on_more_ranks_keeps_the_order_and_the_schedule(folders):
+    _, url = folders
+    split = TarData.open(url).split("train")
+    split.set_schedule(parse_schedule("0:en=1,ru=1;3:en=1,ru=3"))
+    split.rows_per_step = 16  # one process, 16 rows a step
+    one = split.batches(SEQ, seed=1)
+    reference = [one.plan(16) for _ in range(5)]
+    first = split.batches(SEQ, seed=1)
+    [first.plan(16) for _ in range(2)]
+    split.rows_per_step = 8  # resumed on 2 ranks of 8 rows: the same 16 samples a step
+    ranks = [split.batches(SEQ, seed=1, rank=r, world=2) for r in range(2)]
+    for reader in ranks:
+        reader.restore(json.loads(json.dumps(first.state())))
+    resumed = [ranks[0].plan(8) + ranks[1].plan(8) for _ in range(3)]
+    assert resumed == reference[2:]
+    assert ranks[0].state()["segment"]["start"] == one.state()["segment"]["start"] == 3 * 16  # the stage began at step 3
+    split.rows_per_step = 16  # resumed on 2 ranks of 16 rows: 32 samples a step from step 2 on
+    bigger = split.batches(SEQ, seed=1, rank=0, world=2)
+    bigger.restore(first.state())
+    [bigger.plan(16) for _ in range(2)]  # steps 2 and 3
+    assert bigger.state()["segment"]["start"] == 2 * 16 + 32 and bigger.state()["step"] == [4, 2 * 16 + 2 * 32]
+
+
 def test_bad_input_is_one_sentence(folders, tmp_path, capsys):
     root, url = folders
     free = ThreadingHTTPServer(("127.0.0.1", 0), QuietHandler)

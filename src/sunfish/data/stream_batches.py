@@ -136,6 +136,7 @@ class StreamBatches:
         self._orders = [StreamOrder(s.shards, i, seed, per) for i, s in enumerate(split.streams)]
         self._stages = self._resolve(split.schedule)
         self.position = 0  # global samples consumed (all ranks)
+        self._anchor = (0, 0)  # (step, position) the step count starts from: a resumed run may have another world size
         self.mix = LiveMix(seed, Segment(0, np.zeros(len(self._windows), np.int64), self.weights_at(0)))
         self._ahead: tuple[int, Iterator] | None = None  # (batch size, DataLoader iterator) with workers
         self.log = split.log  # says when the weights change (None: silent)
@@ -156,9 +157,13 @@ class StreamBatches:
         """(S,) the weights the config asks for at optimiser step `step` (0-based)."""
         return [w for first, w in self._stages if first <= step][-1]
 
+    def _step(self) -> int:
+        """The optimiser step (0-based) the next sample belongs to."""
+        return self._anchor[0] + (self.position - self._anchor[1]) // self.samples_per_step
+
     def plan(self, batch_size: int) -> list[tuple[int, int]]:
         """(stream, j) of each row of this rank's share of the next global batch; advances the position."""
-        step = self.position // self.samples_per_step
+        step = self._step()
         want = self.weights_at(step)
         if not np.array_equal(want, self.mix.segment.weights):
             self.mix = self.mix.switch(self.position, want)
@@ -216,12 +221,14 @@ class StreamBatches:
     def state(self) -> dict:
         names = [s.name for s in self.split.streams]
         segment = self.mix.segment
-        return {"position": self.position, "seed": self.seed, "segment": {
+        step = self._step()
+        began = self._anchor[1] + (step - self._anchor[0]) * self.samples_per_step  # the global sample the step began at
+        return {"position": self.position, "step": [step, began], "seed": self.seed, "segment": {
             "start": segment.start, "base": {n: int(b) for n, b in zip(names, segment.base)},
             "weights": {n: float(w) for n, w in zip(names, segment.weights)}}}
 
     def restore(self, state: Any) -> None:
-        if not isinstance(state, dict) or "segment" not in state:
+        if not isinstance(state, dict) or "segment" not in state or "step" not in state:
             raise DataError("the checkpoint's data position is not from streamed tar shards; resume with the --data it was trained on")
         if int(state["seed"]) != self.seed:
             raise DataError(f"the checkpoint's data order was seeded with {state['seed']}, not {self.seed}; resume with the same seed")
@@ -230,6 +237,8 @@ class StreamBatches:
         if sorted(segment["base"]) != sorted(names):
             raise DataError("the checkpoint's data position names other streams than the data; resume with the --data it was trained on")
         self.position = int(state["position"])
+        step, began = state["step"]
+        self._anchor = (int(step), int(began))
         self.mix = LiveMix(self.seed, Segment(int(segment["start"]), np.array([segment["base"][n] for n in names], np.int64),
                                               np.array([segment["weights"][n] for n in names], np.float64)))
         self._ahead = None
