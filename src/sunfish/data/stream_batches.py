@@ -24,9 +24,10 @@ same rule as `loader.ShardBatches`). With `--data.workers` n > 0, DataLoader wor
 the rank's batches c with c mod n == k (c counts batches since the reader started), and the DataLoader
 hands them back in order, so workers read disjoint samples and the batches are those of n = 0.
 
-The checkpointed position is {position, seed, segment}: restoring it repeats the uninterrupted run
-batch for batch; the same sampling design as `loader.ShardBatches` (samples a pure function of an
-integer position), extended with segments so the weights can change.
+The checkpointed position is {position, step (and the sample it began at), seed, segment}: restoring it
+repeats the uninterrupted run batch for batch, and schedule stages begin at the right step even when the
+resumed run has another number of ranks or batch size. It is the sampling design of `loader.ShardBatches`
+(samples a pure function of an integer position), extended with segments so the weights can change.
 """
 
 from __future__ import annotations
