@@ -30,7 +30,7 @@ from sunfish.data.sources import DataError
 from sunfish.data.tarshards import TAR_FORMAT, read_tar_shard
 
 URL_SCHEMES = ("http://", "https://", "s3://", "gs://", "gcs://", "file://", "hf://", "az://", "abfs://")
-TIMEOUT_S = 60  # per HTTP request (total), seconds
+READ_TIMEOUT_S = 60  # longest silence while an HTTP response is read, seconds (a large shard may take longer in all)
 CONNECT_TIMEOUT_S = 10
 RETRIES = 3  # attempts per shard; waits 1 s, 2 s between them
 
@@ -108,7 +108,8 @@ def _filesystem(base: str):
     if base.startswith(("http://", "https://")):
         import aiohttp
 
-        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=TIMEOUT_S, connect=CONNECT_TIMEOUT_S)}
+        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S,
+                                                                  sock_read=READ_TIMEOUT_S)}
     try:
         return fsspec.core.url_to_fs(base, **options)[0]
     except ImportError as err:
