@@ -106,8 +106,10 @@ def _filesystem(base: str):
         raise DataError("streaming tar shards needs fsspec; pip install 'sunfish[stream]'") from None
     options = {}
     if base.startswith(("http://", "https://")):
-        import aiohttp
-
+        try:
+            import aiohttp
+        except ImportError:
+            raise DataError("streaming over HTTP needs aiohttp; pip install 'sunfish[stream]'") from None
         options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S,
                                                                   sock_read=READ_TIMEOUT_S)}
     try:
