@@ -240,6 +240,10 @@ def test_bad_input_is_one_sentence(folders, tmp_path, capsys):
     shard.write_bytes(shard.read_bytes()[:-1024])  # a cut download
     with pytest.raises(DataError, match="does not match its manifest's checksum"):
         split.fetcher.get(split.streams[0].shards[0])
+    for shard in (copy / "train").iterdir():
+        shard.write_bytes(b"not a tar")
+    with pytest.raises(DataError, match=r"^the shard .* does not match its manifest's checksum; [^\n]*$"):
+        StreamBatches(split, SEQ, 0, workers=1).next_batch(4)  # from a DataLoader worker: the same one sentence
     with pytest.raises(DataError, match="increasing steps"):
         parse_schedule("5:en=1,ru=1;2:en=1,ru=3")
     code = main(["train", "--data", f"{url}/no-such-folder", "--out", str(tmp_path / "x"), "--steps", "2", "--no-progress"])

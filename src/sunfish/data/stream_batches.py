@@ -202,6 +202,8 @@ class StreamBatches:
         if self._ahead is None or self._ahead[0] != batch_size:
             self._ahead = (batch_size, iter(_read_ahead(self, batch_size)))
         batch = next(self._ahead[1])
+        if isinstance(batch, DataError):  # a worker's one-sentence error, raised here as it is
+            raise batch
         self.plan(batch_size)  # the position advances here, in the training process
         return batch
 
@@ -255,7 +257,11 @@ class _ReadAhead(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         for plan in self.batches.plans(self.batch_size, worker, workers):
-            yield self.batches.read(plan)
+            try:
+                yield self.batches.read(plan)
+            except DataError as err:  # the DataLoader would wrap it in a traceback; hand the sentence over instead
+                yield err
+                return
 
 
 def _read_ahead(batches: StreamBatches, batch_size: int) -> torch.utils.data.DataLoader:
