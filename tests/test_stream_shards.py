@@ -32,6 +32,8 @@ from sunfish.loading import load_model
 from sunfish.training.corpus import open_corpus
 from sunfish.training.loop import train
 
+from conftest import run_metrics
+
 SEQ = 32
 CYRILLIC = re.compile("[а-яА-ЯёЁ]")
 
@@ -114,9 +116,6 @@ def test_any_webdataset_reader_opens_the_shards(folders):
     assert samples[3]["json"] == {"stream": "ru.ru", "source": "ru", "lang": "ru", "shard": 0, "row": 3}
 
 
-def metrics(run):
-    return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "memory_gib")}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_streamed_training_over_http_resumes_at_the_exact_batch(folders, tmp_path):
@@ -128,7 +127,7 @@ def test_streamed_training_over_http_resumes_at_the_exact_batch(folders, tmp_pat
     shutil.copytree(full, part)
     shutil.rmtree(part / "checkpoints" / "step-000008")
     train(small_cfg(8, schedule, save_every=4), run_dir=part, data=[url], resume=True, progress=False, log=lambda s: None)
-    assert metrics(part) == metrics(full)
+    assert run_metrics(part) == run_metrics(full)
     a = load_model(full, torch.device("cpu")).model.state_dict()
     b = load_model(part, torch.device("cpu")).model.state_dict()
     assert all(torch.equal(v, b[k]) for k, v in a.items())

@@ -40,6 +40,8 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "quantize": ("--quantize int8|int4 and --sft.qlora (torchao)", ("torchao",)),
     "notify": ("--notify URL: messages when a run finishes, fails or stops", ("apprise",)),
     "monitor": ("CPU/RAM/GPU figures in the metrics and --train.max_gpu_temp", ("psutil", "pynvml")),
+    "stream": ("`data prepare --format tar` and streaming tar shards from folders and URLs (--data.mix)",
+               ("webdataset", "fsspec", "aiohttp")),
 }
 
 
