@@ -33,6 +33,7 @@ from sunfish.sample.batch import Generators, Padding
 from sunfish.sample.block import block_generate
 from sunfish.sample.continuous import continuous_generate
 from sunfish.sample.flow import flow_generate
+from sunfish.sample.pipeline import pipeline_generate
 from sunfish.sample.unmask import SampleResult, unmask
 
 
@@ -115,9 +116,10 @@ def _prompt_and_length(x: torch.Tensor, fill_start: int, mask_id: int, what: str
 
 def _decode_block(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
     prompt, length = _prompt_and_length(x, fill_start, job.mask_id, "a block-diffusion model")
-    return block_generate(model, prompt, length, job.mask_id, job.process.block_size, cfg, generator=job.generator,
-                          schedule=_schedule(job.process), callback=job.callback, eos_id=job.eos_id,
-                          suppress=job.suppress, padding=job.padding)
+    generate = block_generate if cfg.pipeline_start >= 1 else pipeline_generate  # several blocks in flight (D2F)
+    return generate(model, prompt, length, job.mask_id, job.process.block_size, cfg, generator=job.generator,
+                    schedule=_schedule(job.process), callback=job.callback, eos_id=job.eos_id,
+                    suppress=job.suppress, padding=job.padding)
 
 
 def _decode_ar(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
@@ -144,6 +146,7 @@ _INFO_GAIN = frozenset({"info_gain_candidates", "info_gain_temperature", "info_g
 _UNMASKING = frozenset({"length", "steps", "policy", "rule", "threshold", "factor", "entropy_bound", "stop_at_eos",
                         "remask", "remask_eta", "remask_start", "remask_end", "fp64_confidence",
                         "suppress_special"}) | _DRAWING | _INFO_GAIN
+_PIPELINE = frozenset({"pipeline_start", "pipeline_depth", "pipeline_activate", "pipeline_threshold"})
 _BIDIRECTIONAL = Need("model.attention", lambda v: v is AttentionKind.BIDIRECTIONAL,
                       "the {label} process needs bidirectional attention; set --model.attention=bidirectional")
 _ONE_BLOCK = Need("process.block_size", lambda v: v == 0,
@@ -161,7 +164,7 @@ MASKED = ProcessSpec(
 BLOCK = ProcessSpec(
     name="block", label="block diffusion", loss=block_diffusion_loss, decode=_decode_block,
     likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False), scores=block_scores,
-    process_fields=_MASKED_TRAIN | {"block_curriculum", "block_curriculum_start"}, sampler_fields=_UNMASKING,
+    process_fields=_MASKED_TRAIN | {"block_curriculum", "block_curriculum_start"}, sampler_fields=_UNMASKING | _PIPELINE,
     needs=(_SAME_LAYOUT, Need("model.time_cond", lambda v: v is TimeCond.NONE,
                               "the block process runs without time conditioning; set --model.time_cond=none"),
            Need("process.prompt_prob", lambda v: v == 0,

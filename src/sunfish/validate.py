@@ -34,6 +34,8 @@ ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
     "remask_start": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
     "remask_end": ("remask", tuple(k for k in RemaskKind if k is not RemaskKind.NONE), "remasking (--sampler.remask)"),
     "eta": ("solver", (Solver.AUTO, Solver.DDIM), "the ddim solver (ddpm is eta = 1)"),
+    **{name: ("pipeline_start", lambda v: v < 1, "pipelined decoding (--sampler.pipeline_start below 1)") for name in
+       ("pipeline_depth", "pipeline_activate", "pipeline_threshold")},
     **{name: ("policy", (Policy.INFO_GAIN,), "--policy info_gain") for name in
        ("info_gain_candidates", "info_gain_temperature", "info_gain_weight", "info_gain_heuristic")},
 }

@@ -185,6 +185,16 @@ class SamplerConfig(Section):
     remask_start: float = knob(0.5, "remask once this fraction of a block is decoded, in [0, 1]", lo=0.0, hi=1.0)
     remask_end: float = knob(1.0, "... and until this fraction, in [0, 1]", lo=0.0, hi=1.0)
     guidance: float = knob(0.0, "classifier-free guidance w: uncond + (1 + w)(cond - uncond); 0 = off", lo=0.0)
+    pipeline_start: float = knob(1.0, "block diffusion: pipelined decoding (D2F): the next block starts once this "
+                                 "fraction of the newest block in flight is committed, in (0, 1]; 1 = off (one "
+                                 "block at a time)", lo=1e-06, hi=1.0)
+    pipeline_depth: int = knob(4, "pipelined decoding: most blocks in flight at once, counted from the first "
+                               "unfinished one (>= 2)", lo=2)
+    pipeline_activate: float = knob(0.9, "pipelined decoding: a block decodes by sampler.rule once this fraction of "
+                                    "the block before it is committed; until then it commits only positions at "
+                                    "pipeline_threshold, in (0, 1]", lo=1e-06, hi=1.0)
+    pipeline_threshold: float = knob(0.9, "pipelined decoding: confidence a position of a block not yet activated "
+                                     "needs to be committed (none is forced), in (0, 1]", lo=1e-06, hi=1.0)
     solver: Solver = knob(Solver.AUTO, "continuous/flow models: ddim | ddpm (continuous), euler | heun (flow)")
     eta: float = knob(0.0, "DDIM noise scale: 0 deterministic, 1 = DDPM's posterior variance, in [0, 1]", lo=0.0, hi=1.0)
     rounding: Rounding = knob(Rounding.HEAD, "continuous: how an x0 estimate becomes tokens")
