@@ -20,7 +20,7 @@ TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--mode
         "--train.batch_size=4", "--train.val_every=0", "--data.val_fraction=0.2", "--no-progress"]
 METHODS = ["baseline: LLaDA 1 token/step", "+ threshold 0.9", "+ prefix cache", "+ dual cache",
            "block diffusion 1 token/step, exact cache", "block diffusion threshold 0.9, exact cache",
-           "causal model, KV cache"]
+           "block diffusion pipelined (D2F, start 0.5), threshold 0.9", "causal model, KV cache"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_table_has_every_row(runs, capsys):
         speed, nfe, tpf, speedup = float(r[3].replace(",", "")), float(r[4]), float(r[5]), float(r[6].rstrip("x"))
         assert speed > 0 and nfe >= 1.0 and speedup > 0  # 8 tokens need at least 8 passes in these settings
         assert tpf == pytest.approx(1 / nfe, abs=0.01)  # tokens per forward pass
-        if r[2] in METHODS[1:4] + METHODS[5:6]:
+        if r[2] in METHODS[1:4] + METHODS[5:7]:
             assert 0.0 <= float(r[7]) <= 1.0  # agreement with the row's reference output
         assert float(r[8]) > 1.0 and 0.0 <= float(r[9]) <= 1.0  # generative perplexity, distinct-2
     baseline = [r for r in rows if r[2] == METHODS[0]]

@@ -303,6 +303,9 @@ class BenchRow:
         return 1.0 / max(self.nfe_per_token, 1e-9)
 
 
+PIPELINE_START = 0.5  # the pipelined row's start ratio: the next block joins once half of the newest is committed
+
+
 def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: bool,
                   has_distilled: bool = False) -> list[Method]:
     """The rows of the table, the baseline first."""
@@ -317,6 +320,9 @@ def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: 
     if has_block:
         rows += [Method("block diffusion 1 token/step, exact cache", "block", base, None),
                  Method(f"block diffusion threshold {threshold:g}, exact cache", "block", fast,
+                        "block diffusion 1 token/step, exact cache"),
+                 Method(f"block diffusion pipelined (D2F, start {PIPELINE_START:g}), threshold {threshold:g}", "block",
+                        dataclasses.replace(fast, pipeline_start=PIPELINE_START, pipeline_threshold=threshold),
                         "block diffusion 1 token/step, exact cache")]
     if has_distilled:  # the distilled student (sunfish distill) against its own one-token-per-step output
         own = "distilled 1 token/step"
