@@ -132,6 +132,58 @@ def test_pipelining_cuts_forward_passes(tiny_model_cfg, kw):
     assert plain.steps == cfg.steps and piped.nfe <= cfg.steps // 2
 
 
+def cycle(g: torch.Generator, rows: int = 16, length: int = 32, period: int = 12) -> torch.Tensor:
+    """Sequences that count up modulo `period` (token ids from 4) from a random phase: any token fixes the rest."""
+    return (torch.randint(0, period, (rows, 1), generator=g) + torch.arange(length)) % period + 4
+
+
+@pytest.fixture(scope="module")
+def forced_model():
+    """A tiny block model (blocks of 4) trained on `cycle` with half the rows under diffusion forcing."""
+    from sunfish.config import ModelConfig
+    from sunfish.registry import training_loss
+
+    model = make_model(ModelConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=2, context=64)).train()
+    process, g = ProcessConfig(block_size=4, block_forcing=0.5), torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = training_loss(model, cycle(g), process, MASK, g).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("kw", [dict(steps=24), dict(rule=CommitRule.THRESHOLD, threshold=0.9)], ids=["1/step", "threshold"])
+def test_a_model_trained_with_diffusion_forcing_decodes_pipelined(forced_model, kw):
+    """Trained with forcing, the model is right about later blocks while earlier ones are partly masked: pipelined
+    decoding (one token per step at the active block) takes far fewer passes and still continues every cycle."""
+    prompt = cycle(torch.Generator().manual_seed(9), rows=4)[:, :5]
+    cfg = SamplerConfig(**kw)
+    plain = pipeline_generate(forced_model, prompt, 24, MASK, 4, cfg, generator=torch.Generator(), schedule=SCHEDULE)
+    piped = pipeline_generate(forced_model, prompt, 24, MASK, 4, dataclasses.replace(cfg, pipeline_start=0.25),
+                              generator=torch.Generator(), schedule=SCHEDULE)
+    continues = (piped.tokens[:, 1:] - 4) % 12 == (piped.tokens[:, :-1] - 3) % 12
+    assert continues.all() and torch.equal(piped.tokens, plain.tokens)
+    assert piped.nfe <= plain.nfe
+    if cfg.rule is CommitRule.FIXED:
+        assert plain.nfe == 24 and piped.nfe <= 12
+
+
+def test_forcing_of_one_block_is_mdlm(tiny_model_cfg):
+    """With one block per sequence and every row forced, the forcing loss is the masked-diffusion loss."""
+    from sunfish.registry import training_loss
+
+    model = make_model(tiny_model_cfg)
+    x0 = torch.randint(4, 32, (4, 24), generator=torch.Generator().manual_seed(0))
+    mdlm = training_loss(model, x0, ProcessConfig(), MASK, torch.Generator().manual_seed(7))
+    forced = training_loss(model, x0, ProcessConfig(block_size=24, block_forcing=1.0), MASK, torch.Generator().manual_seed(7))
+    assert forced.masked_tokens == mdlm.masked_tokens and torch.allclose(forced.loss, mdlm.loss, atol=1e-5)
+    bd3 = training_loss(model, x0, ProcessConfig(block_size=8), MASK, torch.Generator().manual_seed(7))
+    half = training_loss(model, x0, ProcessConfig(block_size=8, block_forcing=0.5), MASK, torch.Generator().manual_seed(7))
+    assert torch.isfinite(half.loss) and not torch.allclose(half.loss, bd3.loss)
+
+
 def alone_and_batched(decode, eos=None):
     alone = [decode(torch.tensor([p]), None, torch.Generator().manual_seed(s)).tokens[0] for p, s in zip(prompts(), SEEDS)]
     x, padding = left_pad(prompts(), PAD, "cpu")
@@ -175,6 +227,11 @@ def test_refusals(model):
     with pytest.raises(ConfigError, match="pipeline_depth does nothing with sampler.pipeline_start = 1.0"):
         check_sampler(block, SamplerConfig(pipeline_depth=3), ["pipeline_depth"])
     check_sampler(block, SamplerConfig(pipeline_start=0.5, pipeline_depth=3), ["pipeline_start", "pipeline_depth"])
+    from sunfish.config import RunConfig
+    from sunfish.validate import validate
+
+    with pytest.raises(ConfigError, match="process.block_forcing does nothing for masked diffusion models"):
+        validate(RunConfig(process=ProcessConfig(block_forcing=0.5)), ["process.block_forcing"])
 
 
 @pytest.fixture(scope="module")

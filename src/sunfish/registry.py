@@ -164,7 +164,8 @@ MASKED = ProcessSpec(
 BLOCK = ProcessSpec(
     name="block", label="block diffusion", loss=block_diffusion_loss, decode=_decode_block,
     likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False), scores=block_scores,
-    process_fields=_MASKED_TRAIN | {"block_curriculum", "block_curriculum_start"}, sampler_fields=_UNMASKING | _PIPELINE,
+    process_fields=_MASKED_TRAIN | {"block_curriculum", "block_curriculum_start", "block_forcing"},
+    sampler_fields=_UNMASKING | _PIPELINE,
     needs=(_SAME_LAYOUT, Need("model.time_cond", lambda v: v is TimeCond.NONE,
                               "the block process runs without time conditioning; set --model.time_cond=none"),
            Need("process.prompt_prob", lambda v: v == 0,

@@ -63,6 +63,10 @@ class ProcessConfig(Section):
                                   lo=0.0, hi=1.0)
     mask_curriculum_start: float = knob(0.2, "masked/block: the largest t drawn at the first step of the mask "
                                         "curriculum, in [0.01, 1]", lo=0.01, hi=1.0)
+    block_forcing: float = knob(0.0, "block: fraction of training sequences corrupted as in discrete diffusion "
+                                "forcing (D2F): every block masked, mask rates rising along the sequence, one "
+                                "block-causal copy; trains for pipelined decoding (sampler.pipeline_start < 1), "
+                                "in [0, 1]; 0 = BD3-LM alone", lo=0.0, hi=1.0)
     block_curriculum: float = knob(0.0, "block: fraction of train.steps over which the block size grows geometrically "
                                    "from block_curriculum_start to block_size, in [0, 1]; 0 = off", lo=0.0, hi=1.0)
     block_curriculum_start: int = knob(1, "block: block size at the first step of the block curriculum (1 = "
