@@ -245,7 +245,7 @@ def block_run(tmp_path_factory):
     corpus.write_text("\n\n".join(DOCS), encoding="utf-8")
     out = root / "bd3"
     assert main(["train", "--preset", "nano", "--data", str(corpus), "--out", str(out), "--steps", "3",
-                 "--process.block_size=4", *TINY]) == 0
+                 "--process.block_size=4", "--process.block_forcing=0.5", *TINY]) == 0
     return out
 
 
@@ -266,3 +266,10 @@ def test_cli_and_api(block_run, capsys):
                                       for i, p in enumerate(["the cat", "a dog ran"])]
     assert main(["sample", str(block_run), "--prompt", "the cat", "--sampler.pipeline_threshold", "0.5"]) != 0
     assert "pipeline_threshold does nothing" in capsys.readouterr().err
+
+
+def test_sft_refuses_forcing(block_run):
+    from sunfish.training.sft import sft_config
+
+    with pytest.raises(ValueError, match="process.block_forcing applies to `sunfish train`"):
+        sft_config(block_run, {"process": {"block_forcing": 0.5}})
