@@ -123,6 +123,7 @@ class _Pipeline:
                 continue
             self._skip_idle(x, b)
             while row.front < row.added and self.finished(x, b, row.front):
+                row.plans.pop(row.front, None)
                 row.front += 1
             if self.eos_id is not None and row.front > 0:
                 filled, stop = _finish_after_eos(x[b : b + 1], self.blocks[row.front - 1][1], self.eos_id, self.mask_id)
