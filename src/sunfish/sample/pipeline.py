@@ -94,20 +94,36 @@ class _Pipeline:
         self.blocks, self.budget, self.mask_id, self.cfg, self.schedule = blocks, budget, mask_id, cfg, schedule
         self.eos_id = eos_id if cfg.stop_at_eos else None
         self.rows = [_Row() for _ in range(rows)]
+        self.left: dict[int, list[int]] = {}  # block -> masks left in each row, counted once a step
 
-    def committed(self, x: torch.Tensor, b: int, i: int) -> float:
+    def count(self, x: torch.Tensor, rows: range | list[int] | None = None) -> None:
+        """Count the masks left in the blocks any row has in flight or starts next (one sync per block)."""
+        live = [r for r in self.rows if not r.done] or self.rows
+        first, last = min(r.front for r in live), min(max(r.added for r in live), len(self.blocks) - 1)
+        if rows is None:
+            self.left = {i: (x[:, lo:hi] == self.mask_id).sum(1).tolist()
+                         for i, (lo, hi) in enumerate(self.blocks[first : last + 1], start=first)}
+            return
+        for b in rows:
+            for i in self.left:
+                lo, hi = self.blocks[i]
+                self.left[i][b] = int((x[b, lo:hi] == self.mask_id).sum())
+
+    def committed(self, b: int, i: int) -> float:
         """Fraction of row b's block i that is committed."""
         lo, hi = self.blocks[i]
-        return float((x[b, lo:hi] != self.mask_id).float().mean())
+        return 1.0 - self.left[i][b] / (hi - lo)
 
-    def finished(self, x: torch.Tensor, b: int, i: int) -> bool:
+    def finished(self, b: int, i: int) -> bool:
         """No masks left, or (planned rules under remasking) no steps left."""
         lo, hi = self.blocks[i]
         plan = self.rows[b].plans.get(i)
-        return not bool((x[b, lo:hi] == self.mask_id).any()) or (plan is not None and not plan.more(self.cfg, hi - lo))
+        return self.left[i][b] == 0 or (plan is not None and not plan.more(self.cfg, hi - lo))
 
     def _skip_idle(self, x: torch.Tensor, b: int) -> None:
         """Steps that would commit nothing are skipped without a pass, as block decoding does (ancestral_topk)."""
+        if self.cfg.rule is not CommitRule.ANCESTRAL_TOPK:
+            return
         for i, plan in self.rows[b].plans.items():
             lo, hi = self.blocks[i]
             masked = x[b : b + 1, lo:hi] == self.mask_id  # (1, n)
@@ -118,37 +134,40 @@ class _Pipeline:
         """Before a step: move each row's front past its finished blocks, stop rows at EOS, start and activate
         blocks. May write EOS into x (B, L) in place."""
         cfg, n = self.cfg, len(self.blocks)
+        self.count(x)
         for b, row in enumerate(self.rows):
             if row.done:
                 continue
             self._skip_idle(x, b)
-            while row.front < row.added and self.finished(x, b, row.front):
+            while row.front < row.added and self.finished(b, row.front):
                 row.plans.pop(row.front, None)
                 row.front += 1
             if self.eos_id is not None and row.front > 0:
                 filled, stop = _finish_after_eos(x[b : b + 1], self.blocks[row.front - 1][1], self.eos_id, self.mask_id)
-                x[b] = filled[0]
+                if not torch.equal(filled[0], x[b]):
+                    x[b] = filled[0]
+                    self.count(x, [b])
                 row.done = stop
             if row.done or row.front == n:
                 row.done, row.front = True, n
                 continue
             newest = row.added - 1
             if row.added < n and row.added - row.front < cfg.pipeline_depth and (
-                    row.added == row.front or self.committed(x, b, newest) >= cfg.pipeline_start):
+                    row.added == row.front or self.committed(b, newest) >= cfg.pipeline_start):
                 row.added += 1
             for i in range(row.front, row.added):
-                if i not in row.plans and (i == row.front or self.committed(x, b, i - 1) >= cfg.pipeline_activate):
+                if i not in row.plans and (i == row.front or self.committed(b, i - 1) >= cfg.pipeline_activate):
                     lo, hi = self.blocks[i]
                     row.plans[i] = _Plan.start(x[b : b + 1, lo:hi] == self.mask_id, self.budget[i], cfg)
             self._skip_idle(x, b)
 
-    def groups(self, x: torch.Tensor, i: int) -> tuple[list[int], dict[tuple[int, int], list[int]]]:
+    def groups(self, i: int) -> tuple[list[int], dict[tuple[int, int], list[int]]]:
         """Rows that decode block i this step: the semi-activated ones, and the fully activated ones by plan state
         (step k, steps n), which a batched `_choose` call must share."""
         semi: list[int] = []
         full: dict[tuple[int, int], list[int]] = {}
         for b, row in enumerate(self.rows):
-            if row.done or not row.front <= i < row.added or self.finished(x, b, i):
+            if row.done or not row.front <= i < row.added or self.finished(b, i):
                 continue
             plan = row.plans.get(i)
             if plan is None:
@@ -199,7 +218,7 @@ def _decode_block(canvas: _Canvas, pipe: _Pipeline, i: int, logits: torch.Tensor
     lo, hi = pipe.blocks[i]
     mask_id = pipe.mask_id
     candidates = canvas.x[:, lo:hi] == mask_id  # (B, n)
-    semi, full = pipe.groups(canvas.x, i)
+    semi, full = pipe.groups(i)
     if semi:
         r = torch.tensor(semi, device=logits.device)
         _, _, drawn, probs = _draw(logits[r], candidates[r], cfg, _rows_of(generator, semi))
