@@ -103,6 +103,37 @@ def test_cached_logits_equal_uncached(model, monkeypatch, padded):
         assert torch.allclose(cached[finite], exact[finite], atol=1e-5)
 
 
+def test_blocks_that_never_activate_or_commit_leave_block_decoding(model):
+    """Blocks join early but commit nothing below pipeline_threshold (1: never, on this model) and activate only
+    once the block before is finished: greedy decoding is then block decoding's, in as many passes."""
+    for kw in (dict(steps=8), dict(rule=CommitRule.THRESHOLD, threshold=0.2)):
+        cfg = SamplerConfig(**kw)
+        never = dataclasses.replace(cfg, pipeline_start=0.2, pipeline_activate=1.0, pipeline_threshold=1.0)
+        for p in prompts():
+            plain = run(block_generate, model, torch.tensor([p]), cfg, 4, torch.Generator())
+            piped = run(pipeline_generate, model, torch.tensor([p]), never, 4, torch.Generator())
+            assert torch.equal(piped.tokens, plain.tokens) and piped.steps == plain.steps
+
+
+def test_depth_bounds_the_blocks_in_flight(tiny_model_cfg, monkeypatch):
+    spans = []
+    inner = pipeline._CachedSpan.__call__
+
+    def record(self, x, first, last, keep):
+        spans.append(last - keep + 1)  # blocks from the first unfinished one to the last in flight
+        return inner(self, x, first, last, keep)
+
+    monkeypatch.setattr(pipeline._CachedSpan, "__call__", record)
+    model, prompt = confident_model(tiny_model_cfg), torch.tensor([[1, 9, 10, 11]])
+    nfe = {}
+    for depth in (2, 4):
+        spans.clear()
+        cfg = SamplerConfig(steps=32, pipeline_start=0.25, pipeline_depth=depth)
+        nfe[depth] = pipeline_generate(model, prompt, 32, MASK, 4, cfg, generator=torch.Generator(), schedule=SCHEDULE).nfe
+        assert max(spans) == depth
+    assert nfe[4] < nfe[2] < 32
+
+
 def confident_model(cfg, token: int = 7):
     """A model sure of `token` everywhere: attention and MLPs write nothing, every embedding is one vector v and the
     head scores `token` by v."""
