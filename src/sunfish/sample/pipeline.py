@@ -18,7 +18,7 @@ Each step is one forward pass over the columns from the first block not in the c
 block-causal inside that span and attending to the whole cache. The blocks every row had finished (with all blocks
 before them) before the pass are clean in it, so the keys and values it computes for them are exact: they stay in
 the cache and are never recomputed. That append rides on the step's pass, as in D2F, instead of a pass of its own,
-so `nfe` = `steps` = forward passes.
+so `nfe` = `steps` = forward passes (besides the prompt's one pass, which block decoding does not count either).
 
 Rows are scheduled independently, so a row of a batch (one generator per row, left padding: batch.py) decodes as it
 would alone; with EOS, a row stops at its first finished block that holds an EOS (its masks after the EOS become
