@@ -11,7 +11,8 @@
   without what they act on (--notify, --train.max_gpu_temp);
 - curriculum settings that cannot work (a mask curriculum starting below eps, a block curriculum starting
   above the block size);
-- info_gain settings that cannot run, whatever set them (info_gain as its own heuristic, with remasking).
+- info_gain settings that cannot run, whatever set them (info_gain as its own heuristic, with remasking);
+- speculative decoding with what it cannot verify (another rule, info_gain, remasking, guidance; sample/speculate.py).
 Values that come from a preset or a saved checkpoint are not flags and are not refused for being unused.
 """
 
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from sunfish.config import CommitRule, ConfigError, Policy, RemaskKind, RunConfig, SamplerConfig, Solver
+from sunfish.config import CommitRule, ConfigError, Policy, RemaskKind, RunConfig, SamplerConfig, Solver, Speculate
 from sunfish.registry import ProcessSpec, processes_using, spec_of
+from sunfish.sample.speculate import speculation_problem
 
 # sampler field -> (the field it depends on, the values of that field under which it acts, what to say)
 ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
@@ -36,6 +38,8 @@ ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
     "eta": ("solver", (Solver.AUTO, Solver.DDIM), "the ddim solver (ddpm is eta = 1)"),
     **{name: ("pipeline_start", lambda v: v < 1, "pipelined decoding (--sampler.pipeline_start below 1)") for name in
        ("pipeline_depth", "pipeline_activate", "pipeline_threshold")},
+    "draft": ("speculate", (Speculate.DRAFT,), "--sampler.speculate draft"),
+    "draft_len": ("speculate", (Speculate.SELF, Speculate.DRAFT), "speculative decoding (--sampler.speculate)"),
     **{name: ("policy", (Policy.INFO_GAIN,), "--policy info_gain") for name in
        ("info_gain_candidates", "info_gain_temperature", "info_gain_weight", "info_gain_heuristic")},
 }
@@ -85,6 +89,9 @@ def check_sampler(spec: ProcessSpec, sampler: SamplerConfig, given: Iterable[str
     """Refuse sampler flags (field names in `given`) that do nothing for this process or under the other
     settings, and combinations that cannot run; `unavailable` maps fields the loaded network cannot do to the reason."""
     check_info_gain(spec, sampler)
+    problem = speculation_problem(sampler, set(given)) if "speculate" in spec.sampler_fields else None
+    if problem:
+        raise ConfigError(problem)
     for name in sorted(set(given)):
         if name not in spec.sampler_fields:
             raise ConfigError(f"sampler.{name} does nothing for {spec.label} models; it applies to "

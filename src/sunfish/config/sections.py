@@ -13,7 +13,7 @@ from typing import Any
 from sunfish.config.base import Section, knob
 from sunfish.config.enums import (SFTPad, AttentionKind, BaseKind, CacheMode, CommitRule, EmbedMode, FlowLoss, FlowNoise,
                                   Layout, LogKind, LossKind, MaskScheduleKind, MLPKind, NoiseSchedule, ParallelKind,
-                                  Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, Solver, TimeCond,
+                                  Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, Solver, Speculate, TimeCond,
                                   TokenizerChoice)
 
 
@@ -188,6 +188,11 @@ class SamplerConfig(Section):
     remask_eta: float = knob(0.1, "ReMDM eta: cap on sigma (cap, conf) or its multiplier (rescale), in [0, 1]", lo=0.0, hi=1.0)
     remask_start: float = knob(0.5, "remask once this fraction of a block is decoded, in [0, 1]", lo=0.0, hi=1.0)
     remask_end: float = knob(1.0, "... and until this fraction, in [0, 1]", lo=0.0, hi=1.0)
+    speculate: Speculate = knob(Speculate.NONE, "lossless speculative decoding of the one-commit-per-step fixed rule: "
+                                "none | self (drafts from the model's own predictions) | draft (a small draft model, "
+                                "sampler.draft); greedy output equals the exact sampler's, sampling keeps its law")
+    draft: str = knob("", "speculate=draft: the draft model's run or checkpoint folder (same tokenizer as the model)")
+    draft_len: int = knob(4, "speculate: commits drafted and verified per target pass (1 = no speculation)", lo=1)
     guidance: float = knob(0.0, "classifier-free guidance w: uncond + (1 + w)(cond - uncond); 0 = off", lo=0.0)
     pipeline_start: float = knob(1.0, "block diffusion: pipelined decoding (D2F): the next block starts once this "
                                  "fraction of the newest block in flight is committed, in (0, 1]; 1 = off (one "

@@ -65,6 +65,10 @@ class SampleResult:
     steps: int  # denoising steps taken
     nfe: int  # network function evaluations (full or cached forward passes)
     drift: list[Drift] = field(default_factory=list)  # per cached step, when asked for
+    draft_nfe: int = 0  # speculative decoding (speculate.py): draft-model forward passes
+    accepted: int = 0  # ... drafted commits the target accepted
+    proposed: int = 0  # ... drafted commits put to the target (acceptance rate = accepted / proposed)
+    canvases: int = 0  # ... canvases the target evaluated (a verification pass over K canvases counts K)
 
 
 def _blocks(masked: torch.Tensor, block_length: int) -> list[tuple[int, int]]:
