@@ -23,6 +23,7 @@ VERB_MODULES = (
     "sunfish.adapt.cli",  # adapt, adapt cache-teacher|trajectories|export
     "sunfish.eval.cli",  # eval, compare, lm-eval
     "sunfish.training.cli",  # export, estimate
+    "sunfish.training.draft_cli",  # draft (speculative decoding's draft model)
     "sunfish.families.cli",  # convert
     "sunfish.serve.cli",  # serve
     "sunfish.diagnose.cli",  # doctor
