@@ -51,8 +51,10 @@ from sunfish.sample.step_law import deterministic, greedy_choice, sample_law, st
 from sunfish.sample.unmask import SampleResult, StepInfo, _blocks, _finish_after_eos, _Predictor, banned_ids
 
 
-def speculation_problem(cfg: SamplerConfig, given: set[str] | frozenset[str] = frozenset()) -> str | None:
-    """Why these settings cannot be decoded speculatively (one sentence), or None."""
+def speculation_problem(cfg: SamplerConfig, given: set[str] | frozenset[str] = frozenset(), *,
+                        draft_given: bool = False) -> str | None:
+    """Why these settings cannot be decoded speculatively (one sentence), or None; `draft_given`: a draft model
+    comes with the call (no sampler.draft path needed)."""
     if cfg.speculate is Speculate.NONE:
         return None
     if cfg.rule is not CommitRule.FIXED:
@@ -71,7 +73,7 @@ def speculation_problem(cfg: SamplerConfig, given: set[str] | frozenset[str] = f
     if "steps" in given:
         return ("sampler.steps does nothing under speculative decoding, which reproduces one commit per step; "
                 "drop --sampler.steps")
-    if cfg.speculate is Speculate.DRAFT and not cfg.draft:
+    if cfg.speculate is Speculate.DRAFT and not cfg.draft and not draft_given:
         return "--sampler.speculate draft needs --sampler.draft PATH, the run folder of a draft model"
     return None
 
@@ -93,7 +95,7 @@ def speculative_decode(model, canvas: torch.Tensor, fill_start: int, cfg: Sample
                        schedule: MaskSchedule) -> SampleResult:
     """Fill the masks of canvas (B, L) (from `fill_start` on) as the exact sampler would (see the module docstring);
     `block_size` > 0: a block-diffusion model with its exact cache; `job` a registry.DecodeJob."""
-    problem = speculation_problem(cfg)
+    problem = speculation_problem(cfg, draft_given=job.draft is not None)
     if problem:
         raise ValueError(problem)
     if job.drift:

@@ -1,0 +1,162 @@
+"""Speculative decoding (sample/speculate.py): greedy outputs equal the exact one-commit-per-step sampler's, token
+for token; sampling keeps its law (chi-square, fixed seeds); a draft that always agrees is always accepted; the
+distilled draft (training/draft.py) learns; and what cannot be verified is refused."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sunfish.config import CacheMode, ConfigError, MaskScheduleKind, ModelConfig, ProcessConfig, RunConfig, SamplerConfig, TimeCond
+from sunfish.registry import AR, MASKED, DecodeJob, build_network, decode
+from sunfish.sample.step_law import step_law
+from sunfish.sample.unmask import _Predictor
+from sunfish.process.schedules import MaskSchedule
+
+MASK, SUPPRESS, V = 31, (28, 29, 30), 32
+
+
+def tiny(seed: int, *, block: int = 0, causal: bool = False, scale: float = 30.0, width: int = 32) -> torch.nn.Module:
+    """An untrained tiny network with sharpened weights (peaked, distinct predictions)."""
+    cfg = ModelConfig(vocab_size=V, d_model=width, n_layers=2, n_heads=2, context=64,
+                      time_cond=TimeCond.NONE, attention="causal" if causal else "bidirectional")
+    torch.manual_seed(seed)
+    model = build_network(cfg, ProcessConfig(block_size=block)).eval()
+    for p in model.parameters():
+        p.data *= scale
+    return model
+
+
+def as_draft(model, causal: bool = False):
+    """What `open_draft` returns, for a network built here."""
+    return SimpleNamespace(model=model, spec=AR if causal else MASKED, cfg=RunConfig())
+
+
+def canvas(seed: int, prompt: int, length: int, rows: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randint(0, 28, (1, prompt), generator=g), torch.full((1, length), MASK)], 1).repeat(rows, 1)
+
+
+def run(model, x, fill_start: int, block: int = 0, draft=None, seed: int = 0, **settings):
+    job = DecodeJob(mask_id=MASK, process=ProcessConfig(block_size=block), suppress=SUPPRESS, draft=draft,
+                    generator=torch.Generator().manual_seed(seed))
+    return decode(model, x, fill_start, SamplerConfig(**settings), job)
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_self_speculative_greedy_equals_the_exact_sampler(cache):
+    model = tiny(0)
+    for seed, (prompt, length) in enumerate([(3, 12), (6, 9), (1, 14)]):
+        x = canvas(seed, prompt, length)
+        for block_length, policy in [(0, "confidence"), (4, "margin"), (5, "entropy"), (3, "confidence")]:
+            base = dict(length=length, block_length=block_length, cache=cache, policy=policy)
+            exact = run(model, x, prompt, steps=length, **base)
+            for k in (2, 4, 7):
+                fast = run(model, x, prompt, speculate="self", draft_len=k, **base)
+                assert torch.equal(fast.tokens, exact.tokens), (seed, block_length, policy, k)
+                assert fast.accepted <= fast.proposed and fast.nfe <= exact.nfe
+    one = run(model, x, 1, speculate="self", draft_len=1, length=14)
+    assert one.nfe == 14 and one.proposed == 0  # draft_len 1 is the exact sampler itself
+
+
+def test_block_diffusion_greedy_equals_the_exact_sampler_with_its_exact_cache():
+    for block in (2, 4, 5):
+        model = tiny(1, block=block)
+        for seed, (prompt, length) in enumerate([(3, 10), (5, 8)]):
+            x = canvas(seed, prompt, length)
+            exact = run(model, x, prompt, block=block, steps=length, length=length)
+            for k in (2, 3, 6):
+                fast = run(model, x, prompt, block=block, speculate="self", draft_len=k, length=length)
+                assert torch.equal(fast.tokens, exact.tokens), (block, seed, k)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_draft_model_greedy_equals_the_exact_sampler(causal):
+    draft = as_draft(tiny(7, causal=causal, width=16), causal)
+    for block in (0, 4):
+        model = tiny(2, block=block)
+        for seed, (prompt, length) in enumerate([(3, 10), (6, 8)]):
+            x = canvas(seed, prompt, length)
+            for block_length, cache in [(0, "none"), (4, "dual")] if not block else [(0, "none")]:
+                base = dict(length=length, **({"block_length": block_length, "cache": cache} if not block else {}))
+                exact = run(model, x, prompt, block=block, steps=length, **base)
+                fast = run(model, x, prompt, block=block, draft=draft, speculate="draft", draft_len=3, **base)
+                assert torch.equal(fast.tokens, exact.tokens), (causal, block, seed)
+                assert fast.draft_nfe == fast.proposed > 0
+
+
+def test_a_draft_that_always_agrees_is_always_accepted_once_per_verification():
+    model = tiny(3)
+    x = canvas(0, 4, 12)
+    for temperature in (0.0, 1.0):
+        out = run(model, x, 4, draft=as_draft(model), speculate="draft", draft_len=4, length=12, temperature=temperature)
+        assert out.accepted == out.proposed == 9  # three rounds of 1 + 3 drafted commits
+        assert out.nfe == 1 + out.steps == 4 and out.draft_nfe == 9  # one verification pass per draft
+
+
+def _chi_square(a: collections.Counter, b: collections.Counter) -> float:
+    """p-value of the two-sample chi-square test that a and b count draws from one law."""
+    keys = sorted(set(a) | set(b))
+    x = torch.tensor([[a[k], b[k]] for k in keys], dtype=torch.float64)  # (categories, 2)
+    expected = x.sum(1, keepdim=True) * x.sum(0, keepdim=True) / x.sum()
+    stat = ((x - expected) ** 2 / expected).sum()
+    return float(torch.special.gammaincc(torch.tensor((len(keys) - 1) / 2, dtype=torch.float64), stat / 2))
+
+
+def test_step_law_is_the_law_of_the_samplers_step():
+    """pi(i, v) of step_law against 6000 draws of one step of the exact sampler (goodness of fit)."""
+    model = tiny(4, scale=8.0)
+    x = canvas(1, 3, 4)
+    with torch.no_grad():
+        logits = _Predictor(model, MASK, MaskSchedule(MaskScheduleKind.LINEAR, 1e-3), CacheMode.NONE, False, None,
+                            [MASK, *SUPPRESS])(x, 3, 7)  # (1, 4, V)
+    for policy in ("confidence", "margin", "random"):
+        cfg = SamplerConfig(length=4, steps=4, temperature=1.0, top_k=4, policy=policy)
+        law = step_law(logits, torch.ones(1, 4, dtype=torch.bool), cfg)[0]  # (4, V)
+        first = run_first_step(model, x, policy)
+        pos, tok = torch.tensor(first).T  # (2, n)
+        counts = torch.zeros_like(law).index_put_((pos, tok), torch.ones(len(first), dtype=law.dtype), accumulate=True)
+        seen = law > 0
+        assert counts[~seen].sum() == 0
+        expected = law[seen] * len(first)
+        stat = ((counts[seen] - expected) ** 2 / expected).sum()
+        p = torch.special.gammaincc(torch.tensor((int(seen.sum()) - 1) / 2, dtype=torch.float64), stat / 2)
+        assert float(p) > 1e-3, (policy, float(p))
+
+
+def run_first_step(model, x, policy: str, n: int = 6000) -> list[tuple[int, int]]:
+    """(position in the block, token) of the first commit of n independent runs of the exact sampler."""
+    first: list[tuple[int, int]] = []
+
+    class Done(Exception):
+        pass
+
+    def record(info) -> None:  # the first step's commits, then stop: the later steps are not needed
+        cols = info.revealed.long().argmax(1)  # (n,)
+        first.extend(zip((cols - 3).tolist(), info.tokens.gather(1, cols[:, None])[:, 0].tolist()))
+        raise Done
+
+    job = DecodeJob(mask_id=MASK, process=ProcessConfig(), suppress=SUPPRESS, callback=record,
+                    generator=torch.Generator().manual_seed(11))
+    with pytest.raises(Done):
+        decode(model, x.repeat(n, 1), 3, SamplerConfig(length=4, steps=4, temperature=1.0, top_k=4, policy=policy), job)
+    return first
+
+
+@pytest.mark.parametrize("speculate,policy", [("self", "confidence"), ("draft", "confidence"), ("self", "random")])
+def test_sampling_keeps_the_exact_samplers_law(speculate, policy):
+    """The filled canvases of 500 speculative runs and 2000 exact ones: one law (two-sample chi-square)."""
+    model = tiny(5, scale=8.0)
+    draft = as_draft(tiny(8, scale=8.0, width=16)) if speculate == "draft" else None
+    x = canvas(2, 4, 3)
+    settings = dict(length=3, temperature=1.0, top_k=3, policy=policy)
+    exact = run(model, x.repeat(2000, 1), 4, seed=1, steps=3, **settings).tokens[:, 4:]
+    fast = run(model, x.repeat(500, 1), 4, seed=2, draft=draft, speculate=speculate, draft_len=3, **settings)
+    assert fast.proposed > 0 and fast.accepted < fast.proposed  # the residual path ran
+    p = _chi_square(collections.Counter(map(tuple, exact.tolist())), collections.Counter(map(tuple, fast.tokens[:, 4:].tolist())))
+    assert p > 1e-3, p
