@@ -160,3 +160,79 @@ def test_sampling_keeps_the_exact_samplers_law(speculate, policy):
     assert fast.proposed > 0 and fast.accepted < fast.proposed  # the residual path ran
     p = _chi_square(collections.Counter(map(tuple, exact.tolist())), collections.Counter(map(tuple, fast.tokens[:, 4:].tolist())))
     assert p > 1e-3, p
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny masked target, a draft distilled from it by `sunfish draft` and an all-but-untrained one."""
+    import sunfish
+    from sunfish.cli import main
+
+    root = tmp_path_factory.mktemp("speculate")
+    quiet = dict(progress=False, log=lambda s: None)
+    tiny_run = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "context": 64}, "data": {"synth_docs": 60}}
+    sunfish.train("nano", out=root / "target", steps=40, batch_size=16, overrides=tiny_run, **quiet)
+    assert main(["draft", str(root / "target"), "--out", str(root / "draft"), "--steps", "60", "--train.batch_size",
+                 "16", "--data.val_fraction", "0.05", "--no-progress"]) == 0
+    sunfish.train_draft(root / "target", out=root / "untrained", steps=1, batch_size=16, **quiet)
+    return root
+
+
+def test_the_distilled_draft_learns_and_is_accepted_more_often(runs):
+    import sunfish
+
+    losses = [json.loads(line)["loss"] for line in (runs / "draft" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert losses[-1] < 0.5 * losses[0]
+    model = sunfish.load(runs / "target", device="cpu")
+    rates = {}
+    for name in ("draft", "untrained"):
+        accepted = proposed = 0
+        greedy = model.generate("The cat", max_new_tokens=16, speculate="draft", draft=str(runs / name), draft_len=4)
+        assert greedy.text == model.generate("The cat", max_new_tokens=16, steps=16).text
+        for seed, prompt in enumerate(("Once upon a time", "The cat", "One day")):  # acceptance sum min(p, q) at T = 1
+            out = model.generate(prompt, max_new_tokens=24, speculate="draft", draft=str(runs / name), draft_len=4,
+                                 temperature=1.0, seed=seed)
+            accepted, proposed = accepted + out.speculation["accepted"], proposed + out.speculation["proposed"]
+            assert out.speculation["draft_nfe"] == out.speculation["proposed"]
+        rates[name] = accepted / proposed
+    assert rates["draft"] > rates["untrained"], rates
+
+
+def test_cli_and_api_speculate_and_refuse_what_they_cannot_verify(runs, capsys):
+    import sunfish
+    from sunfish.cli import main
+
+    run = str(runs / "target")
+    capsys.readouterr()
+    assert main(["sample", run, "--prompt", "One day", "--length", "16", "--sampler.speculate", "self",
+                 "--sampler.draft_len", "4", "--json"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert main(["sample", run, "--prompt", "One day", "--length", "16", "--steps", "16", "--json"]) == 0
+    exact = json.loads(capsys.readouterr().out)
+    assert fast["text"] == exact["text"] and fast["nfe"] < exact["nfe"] and fast["proposed"] > 0
+    model = sunfish.load(run, device="cpu")
+    refused = {
+        "the fixed rule": dict(speculate="self", rule="threshold"),
+        "info_gain": dict(speculate="self", policy="info_gain"),
+        "--sampler.remask": dict(speculate="self", remask="cap"),
+        "guidance": dict(speculate="self", guidance=1.0),
+        "needs --sampler.draft PATH": dict(speculate="draft"),
+        "sampler.draft does nothing with sampler.speculate = self": dict(speculate="self", draft=run),
+        "sampler.draft_len does nothing with sampler.speculate = none": dict(draft_len=3),
+        "sampler.steps does nothing under speculative": dict(speculate="self", steps=8),
+        "draft_len": dict(speculate="self", draft_len=0),
+    }
+    for why, settings in refused.items():
+        with pytest.raises(ConfigError, match=why):
+            model.generate("One day", **settings)
+    with pytest.raises(ValueError, match="drift"):
+        model.generate("One day", max_new_tokens=8, speculate="self", cache="prefix", drift=True)
+    other = runs / "other"
+    sunfish.train("nano", out=other, steps=1, batch_size=4, progress=False, log=lambda s: None,
+                  overrides={"model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context": 64},
+                             "data": {"synth_docs": 20, "synth_lang": "ru"}})
+    with pytest.raises(ValueError, match="another tokenizer"):
+        model.generate("One day", max_new_tokens=8, speculate="draft", draft=str(other))
+    assert main(["sample", run, "--length", "8", "--sampler.speculate", "draft", "--sampler.draft", str(other)]) == 2
+    assert "a draft must share its vocabulary" in capsys.readouterr().err
