@@ -16,7 +16,7 @@ import torch
 
 from sunfish.config import RemaskKind, SamplerConfig
 from sunfish.registry import DecodeJob, decode
-from sunfish.sample.drafter import open_draft
+from sunfish.sample.draft_model import open_draft
 from sunfish.sample.batch import Generators, Padding, left_pad, row_generators
 from sunfish.sample.prompt import Canvas, PromptError, cut_at_eos, ids_canvas, infill_canvas, prompt_canvas, to_batch
 from sunfish.sample.stream import FinalText
