@@ -150,13 +150,13 @@ def run_first_step(model, x, policy: str, n: int = 6000) -> list[tuple[int, int]
 
 @pytest.mark.parametrize("speculate,policy", [("self", "confidence"), ("draft", "confidence"), ("self", "random")])
 def test_sampling_keeps_the_exact_samplers_law(speculate, policy):
-    """The filled canvases of 500 speculative runs and 2000 exact ones: one law (two-sample chi-square)."""
+    """The filled canvases of 400 speculative runs and 2000 exact ones: one law (two-sample chi-square)."""
     model = tiny(5, scale=8.0)
     draft = as_draft(tiny(8, scale=8.0, width=16)) if speculate == "draft" else None
     x = canvas(2, 4, 3)
     settings = dict(length=3, temperature=1.0, top_k=3, policy=policy)
     exact = run(model, x.repeat(2000, 1), 4, seed=1, steps=3, **settings).tokens[:, 4:]
-    fast = run(model, x.repeat(500, 1), 4, seed=2, draft=draft, speculate=speculate, draft_len=3, **settings)
+    fast = run(model, x.repeat(400, 1), 4, seed=2, draft=draft, speculate=speculate, draft_len=3, **settings)
     assert fast.proposed > 0 and fast.accepted < fast.proposed  # the residual path ran
     p = _chi_square(collections.Counter(map(tuple, exact.tolist())), collections.Counter(map(tuple, fast.tokens[:, 4:].tolist())))
     assert p > 1e-3, p
@@ -236,3 +236,21 @@ def test_cli_and_api_speculate_and_refuse_what_they_cannot_verify(runs, capsys):
         model.generate("One day", max_new_tokens=8, speculate="draft", draft=str(other))
     assert main(["sample", run, "--length", "8", "--sampler.speculate", "draft", "--sampler.draft", str(other)]) == 2
     assert "a draft must share its vocabulary" in capsys.readouterr().err
+
+
+def test_bench_rows_for_self_and_draft_speculation(runs, tmp_path, capsys):
+    from sunfish.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\nThe cat\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["bench", "sample", str(runs / "target"), "--draft", str(runs / "draft"), "--draft-len", "3",
+                 "--lengths", "12", "--batch", "1", "--repeats", "1", "--prompts", str(prompts),
+                 "--block-length", "4"]) == 0
+    rows = {r[2]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in
+                              capsys.readouterr().out.splitlines() if line.startswith("| 12 "))}
+    for name in ("self-speculative K=3", "draft-speculative K=3"):
+        assert rows[name][6] == "1.000" and 0.0 <= float(rows[name][9]) <= 1.0  # the baseline's output exactly
+        assert float(rows[name][4]) <= float(rows["baseline: LLaDA 1 token/step"][4])  # never more target passes
+    assert float(rows["self-speculative K=3"][4]) < 1.0 and rows["self-speculative K=3"][10] == "-"
+    assert float(rows["draft-speculative K=3"][10]) > 0  # draft forward passes per token

@@ -16,7 +16,9 @@ of tokens and two outputs can be compared position by position. Quality figures:
 The benchmark compares the plain LLaDA-style sampler (one token per step, semi-autoregressive blocks,
 no cache; the baseline measured in the same run) with threshold decoding, the prefix and dual caches,
 block diffusion with its exact cache, a distilled student (`sunfish distill`) against its own one-token-per-step
-output, and a causal model with a key/value cache. The verdicts on the targets are in bench_targets.py.
+output, a causal model with a key/value cache, and speculative decoding of the baseline (self-drafted, and with a
+draft model when one is given), whose output must equal the baseline's. The verdicts on the targets are in
+bench_targets.py.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 
 from typing import TYPE_CHECKING
 
-from sunfish.config import CacheMode, CommitRule, SamplerConfig
+from sunfish.config import CacheMode, CommitRule, SamplerConfig, Speculate
 from sunfish.eval.generative import diversity
 from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.batch import left_pad
@@ -67,6 +69,9 @@ class Decoded:
     tokens: list[list[int]]  # generated ids per row, prompt excluded
     seconds: float  # wall-clock time of the decode
     nfe: int  # network function evaluations (one batched forward pass counts once)
+    accepted: int = 0  # speculative decoding: drafted commits accepted ...
+    proposed: int = 0  # ... of those proposed
+    draft_nfe: int = 0  # ... and the draft model's forward passes
 
     @property
     def generated(self) -> int:
@@ -157,7 +162,8 @@ def decode(loaded: LoadedModel, rows: list[list[int]], cfg: SamplerConfig, seed:
     result = decode_canvas(loaded, canvas, P, cfg, generator, padding=padding)
     _sync(device)
     seconds = time.perf_counter() - began
-    return Decoded(tokens=result.tokens[:, P:].tolist(), seconds=seconds, nfe=result.nfe)
+    return Decoded(tokens=result.tokens[:, P:].tolist(), seconds=seconds, nfe=result.nfe, accepted=result.accepted,
+                   proposed=result.proposed, draft_nfe=result.draft_nfe)
 
 
 def agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
@@ -296,10 +302,12 @@ class BenchRow:
     entropy: float  # unigram entropy of the output, nats
     distinct: float | None = None  # distinct-2 of the output's words (eval/generative.py: diversity)
     reference: str | None = None  # the same model's one-token-per-step row (the few-step target's baseline)
+    acceptance: float | None = None  # speculative rows: accepted / proposed drafted commits
+    draft_nfe_per_token: float | None = None  # draft-model speculative rows: draft forward passes per token
 
     @property
     def tpf(self) -> float:
-        """Tokens committed per forward pass, per row (a batch shares its passes)."""
+        """Tokens committed per forward pass of the model, per row (a batch shares its passes)."""
         return 1.0 / max(self.nfe_per_token, 1e-9)
 
 
@@ -307,7 +315,7 @@ PIPELINE_START = 0.5  # the pipelined row's start ratio: the next block joins on
 
 
 def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: bool,
-                  has_distilled: bool = False) -> list[Method]:
+                  has_distilled: bool = False, draft: str | None = None, draft_len: int = 4) -> list[Method]:
     """The rows of the table, the baseline first."""
     base = one_per_step(SamplerConfig(block_length=block_length))
     fast = dataclasses.replace(base, rule=CommitRule.THRESHOLD, threshold=threshold)
@@ -332,6 +340,20 @@ def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: 
                         dataclasses.replace(fast, cache=CacheMode.DUAL), own)]
     if has_ar:
         rows.append(Method("causal model, KV cache", "ar", base, None))
+    return rows + speculative_methods(base, has_block, draft, draft_len)
+
+
+def speculative_methods(base: SamplerConfig, has_block: bool, draft: str | None, draft_len: int) -> list[Method]:
+    """Speculative decoding of the one-token-per-step baseline (sample/speculate.py): its output is the baseline's,
+    so agreement must read 1.000; NFE/token counts target passes, a verification over K canvases as one."""
+    self_ = dataclasses.replace(base, speculate=Speculate.SELF, draft_len=draft_len)
+    rows = [Method(f"self-speculative K={draft_len}", "diffusion", self_, "baseline: LLaDA 1 token/step")]
+    if draft:
+        rows.append(Method(f"draft-speculative K={draft_len}", "diffusion",
+                           dataclasses.replace(self_, speculate=Speculate.DRAFT, draft=draft), "baseline: LLaDA 1 token/step"))
+    if has_block:
+        rows.append(Method(f"block diffusion self-speculative K={draft_len}", "block", self_,
+                           "block diffusion 1 token/step, exact cache"))
     return rows
 
 
@@ -347,13 +369,16 @@ def _setting_for(method: Method, length: int) -> SamplerConfig:
 
 def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[int], batches: list[int],
               repeats: int, block_length: int = 32, threshold: float = 0.9,
-              log=lambda line: None) -> list[BenchRow]:
+              log=lambda line: None, draft_len: int = 4) -> list[BenchRow]:
     """Measure every method at every (length, batch). `models` holds 'diffusion' and optionally 'block', 'ar',
-    'distilled' (a masked student of 'diffusion') and 'reference' (a causal model, larger than the others, that
-    scores generative perplexity; without it the same-size causal model 'ar' scores)."""
-    scorer = models.get("reference", models.get("ar"))
-    models = {name: m for name, m in models.items() if name != "reference"}
-    methods = bench_methods(block_length, threshold, "block" in models, "ar" in models, "distilled" in models)
+    'distilled' (a masked student of 'diffusion'), 'draft' (speculative decoding's) and 'reference' (a causal model,
+    larger than the others, that scores generative perplexity; without it the same-size causal model 'ar' scores)."""
+    scorer, draft = models.get("reference", models.get("ar")), models.get("draft")
+    if draft is not None:  # the draft row's sampler opens it by path: hand it the one loaded
+        models["diffusion"].drafts[str(draft.path)] = draft
+    models = {name: m for name, m in models.items() if name not in ("reference", "draft")}
+    methods = bench_methods(block_length, threshold, "block" in models, "ar" in models, "distilled" in models,
+                            None if draft is None else str(draft.path), draft_len)
     ids = {name: prompt_ids(m, prompts, max(lengths)) for name, m in models.items()}
     for name, m in models.items():  # warm-up: first calls pay for allocation and kernel selection
         decode(m, batch_of(ids[name], 1), one_per_step(SamplerConfig(length=min(lengths))))
@@ -373,7 +398,9 @@ def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[
                                agreement=agreement(out.tokens, ref_out) if ref_out is not None else None,
                                gen_ppl=generative_ppl(scorer, prompt, out.tokens) if scorer is not None else None,
                                entropy=unigram_entropy(out.tokens), reference=method.reference,
-                               distinct=distinct_words(models[method.model], out.tokens))
+                               distinct=distinct_words(models[method.model], out.tokens),
+                               acceptance=out.accepted / out.proposed if out.proposed else None,
+                               draft_nfe_per_token=out.draft_nfe / max(len(out.tokens[0]), 1) if out.draft_nfe else None)
                 rows.append(row)
                 log(format_row(row))
     return rows
@@ -394,11 +421,12 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-HEADER = ("| length | batch | method | tokens/s | NFE/token | TPF | speed-up | agreement | gen. PPL | distinct-2 | entropy |\n"
-          "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+HEADER = ("| length | batch | method | tokens/s | NFE/token | TPF | speed-up | agreement | gen. PPL | distinct-2 | entropy "
+          "| acceptance | draft NFE/token |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
 
 def format_row(row: BenchRow) -> str:
     return (f"| {row.length} | {row.batch} | {row.method} | {row.tokens_per_s:,.1f} | {row.nfe_per_token:.3f} | "
             f"{row.tpf:.2f} | {row.speedup:.2f}x | {_fmt(row.agreement, '.3f')} | {_fmt(row.gen_ppl, '.2f')} | "
-            f"{_fmt(row.distinct, '.3f')} | {row.entropy:.2f} |")
+            f"{_fmt(row.distinct, '.3f')} | {row.entropy:.2f} | {_fmt(row.acceptance, '.3f')} | "
+            f"{_fmt(row.draft_nfe_per_token, '.3f')} |")

@@ -69,6 +69,9 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
                    "in place of --ar, so no row is scored by itself")
     p.add_argument("--distilled", help="masked student distilled from PATH (sunfish distill): rows against its own "
                    "one-token-per-step output")
+    p.add_argument("--draft", help="draft model (masked or causal, same tokenizer; e.g. from `sunfish draft`): a "
+                   "draft-speculative row beside the self-speculative one")
+    p.add_argument("--draft-len", type=int, default=4, help="speculative rows: commits drafted per verification (default 4)")
     p.add_argument("--lengths", type=_numbers(int), help="generation lengths (default 64,256,1024, those that fit the "
                    "models' context; longer ones are skipped with a note)")
     p.add_argument("--batch", type=_numbers(int), default=[1, 8], help="batch sizes (default 1,8)")
@@ -182,6 +185,11 @@ def _bench_models(args: argparse.Namespace, device: str, threads: int) -> dict:
             models[role] = load(getattr(args, role), device=device)
             for other in [m for name, m in models.items() if name not in ("ar", "reference")]:
                 check_reference(models[role], other)
+    if args.draft:
+        from sunfish.sample.draft_model import open_draft
+
+        open_draft(models["diffusion"], SamplerConfig(speculate="draft", draft=args.draft))  # refuses what cannot draft
+        models["draft"] = models["diffusion"].drafts[args.draft]
     return models
 
 
@@ -201,6 +209,8 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
     _positive("--batch", args.batch)
     if args.repeats < 1:
         raise BenchError(f"--repeats {args.repeats} is not a positive count; use e.g. --repeats 3")
+    if args.draft_len < 1:
+        raise BenchError(f"--draft-len {args.draft_len} is not a positive count; use e.g. --draft-len 4")
     settings = given(args).get("sampler", {})
     block_length = int(settings.get("block_length", BENCH_BLOCK))
     threshold = float(settings.get("threshold", BENCH_THRESHOLD))
@@ -220,6 +230,6 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
           f"agreement with the row's reference output; gen. PPL under {_scorer(args)}\n")
     print(HEADER, flush=True)
     rows = run_bench(models, prompts, lengths, args.batch, args.repeats, block_length=block_length,
-                     threshold=threshold, log=lambda line: print(line, flush=True))
+                     threshold=threshold, log=lambda line: print(line, flush=True), draft_len=args.draft_len)
     print("\n" + "\n".join(target_report(rows)))
     return 0
