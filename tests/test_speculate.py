@@ -5,14 +5,14 @@ distilled draft (training/draft.py) learns; and what cannot be verified is refus
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from sunfish.config import CacheMode, ConfigError, MaskScheduleKind, ModelConfig, ProcessConfig, RunConfig, SamplerConfig, TimeCond
+from sunfish.config import (CacheMode, ConfigError, MaskScheduleKind, ModelConfig, ProcessConfig, RunConfig,
+                            SamplerConfig, TimeCond)
 from sunfish.registry import AR, MASKED, DecodeJob, build_network, decode
 from sunfish.sample.step_law import step_law
 from sunfish.sample.unmask import _Predictor
@@ -158,7 +158,8 @@ def test_sampling_keeps_the_exact_samplers_law(speculate, policy):
     exact = run(model, x.repeat(2000, 1), 4, seed=1, steps=3, **settings).tokens[:, 4:]
     fast = run(model, x.repeat(400, 1), 4, seed=2, draft=draft, speculate=speculate, draft_len=3, **settings)
     assert fast.proposed > 0 and fast.accepted < fast.proposed  # the residual path ran
-    p = _chi_square(collections.Counter(map(tuple, exact.tolist())), collections.Counter(map(tuple, fast.tokens[:, 4:].tolist())))
+    counts = [collections.Counter(map(tuple, tokens.tolist())) for tokens in (exact, fast.tokens[:, 4:])]
+    p = _chi_square(*counts)
     assert p > 1e-3, p
 
 

@@ -40,7 +40,7 @@ from typing import Callable
 
 import torch
 
-from sunfish.config import CacheMode, CommitRule, Policy, RemaskKind, SamplerConfig, Speculate
+from sunfish.config import CommitRule, Policy, RemaskKind, SamplerConfig, Speculate
 from sunfish.model.kv_cache import KVCache
 from sunfish.process.block import prefix_mask
 from sunfish.process.schedules import MaskSchedule

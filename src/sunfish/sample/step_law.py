@@ -39,7 +39,8 @@ def _greedy_scores(logits: torch.Tensor, candidates: torch.Tensor, cfg: SamplerC
     return drawn, policy_scores(probs, drawn, cfg.policy, None, rows)
 
 
-def greedy_choice(logits: torch.Tensor, candidates: torch.Tensor, cfg: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_choice(logits: torch.Tensor, candidates: torch.Tensor,
+                  cfg: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The commit of the exact greedy step on each of K canvases: positions (K,) in the block and tokens (K,).
     logits (K, n, V), candidates (K, n) bool (each row has at least one)."""
     drawn, scores = _greedy_scores(logits, candidates, cfg)
@@ -48,7 +49,8 @@ def greedy_choice(logits: torch.Tensor, candidates: torch.Tensor, cfg: SamplerCo
     return pos, drawn.gather(-1, pos[:, None]).squeeze(-1)
 
 
-def greedy_order(logits: torch.Tensor, candidates: torch.Tensor, cfg: SamplerConfig, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def greedy_order(logits: torch.Tensor, candidates: torch.Tensor, cfg: SamplerConfig,
+                 count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `count` commits the greedy rule would make if these predictions (n, V) never changed: the
     candidates (n,) by descending score, ties to the lower position. Positions (count,), tokens (count,)."""
     drawn, scores = _greedy_scores(logits[None], candidates[None], cfg)
