@@ -255,3 +255,16 @@ def test_bench_rows_for_self_and_draft_speculation(runs, tmp_path, capsys):
         assert float(rows[name][4]) <= float(rows["baseline: LLaDA 1 token/step"][4])  # never more target passes
     assert float(rows["self-speculative K=3"][4]) < 1.0 and rows["self-speculative K=3"][10] == "-"
     assert float(rows["draft-speculative K=3"][10]) > 0  # draft forward passes per token
+
+
+def test_batches_of_mixed_prompts_and_infilling_equal_the_exact_sampler(runs):
+    import sunfish
+
+    model = sunfish.load(runs / "target", device="cpu")
+    prompts = ["Once upon a time", "The cat", "One"]
+    fast = model.generate(prompts, max_new_tokens=12, speculate="self", draft_len=4, batch_size=3)
+    assert [g.text for g in fast] == [model.generate(p, max_new_tokens=12, steps=12, seed=i).text
+                                      for i, p in enumerate(prompts)]
+    text = "Once upon a [MASK:6] there was a [MASK:3] cat."
+    filled = model.infill(text, speculate="self", draft_len=3, block_length=4)
+    assert filled.text == model.infill(text, steps=9, block_length=4).text and filled.speculation["proposed"] > 0

@@ -244,4 +244,4 @@ def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, tr
     fills = [tok.decode([out[i] for i in span]) for span in spans]
     return Generation(text=tok.decode(out[1:]), fills=fills, steps=result.steps, nfe=result.nfe,
                       seconds=seconds, tokens_per_s=len(holes) / max(seconds, 1e-9), trace=written,
-                      ids=[out[i] for i in holes])
+                      ids=[out[i] for i in holes], speculation=speculation_of(result))
