@@ -10,6 +10,8 @@ the stable ranking of policies.top_ranked) commits its token. Its law pi(i, v) =
   each factor the mass of s_k on the tokens w whose confidence c_k(w) lies below c_i(v) (independent draws);
 * margin, entropy (scores that do not depend on the draw): pi(i*, v) = s_i*(v) at the best position i*;
 * random (i.i.d. uniform scores): pi(i, v) = s_i(v) / |C|.
+The confidence law costs n sorted look-ups of n V queries per canvas (n = block width): cheap for small blocks and
+vocabularies, noticeable for LLaDA-sized ones at T > 0 (the greedy path never computes it).
 
 Speculative decoding (speculate.py) needs this law for the target and for the drafter: a drafted commit d is
 accepted with probability min(1, pi_target(d) / pi_draft(d)) (Leviathan et al. 2023, arXiv 2211.17192; Chen et
