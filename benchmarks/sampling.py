@@ -1,7 +1,8 @@
 """Sampling speed and quality: the fast samplers against the plain one-token-per-step baseline.
 
     python benchmarks/sampling.py [--quick] [--lengths 64,256,1024] [--batch 1,8] [--repeats 3]
-                                  [--diffusion CKPT] [--block CKPT] [--ar CKPT] [--workdir runs/bench-sampling] [--threads N]
+                                  [--diffusion CKPT] [--block CKPT] [--ar CKPT] [--reference CKPT] [--distilled CKPT]
+                                  [--workdir runs/bench-sampling] [--threads N]
                                   [--corpus tinystories|builtin] [--train-steps N|kind=N,...] [--train-batch N] [--context N]
 
 For each generation length and batch size, in one run: the plain LLaDA-style sampler (one token per step
@@ -11,10 +12,13 @@ of the same size decoding with a key/value cache. Figures: tokens/s (median of -
 all its rows), forward passes per generated token, speed-up over the baseline, agreement with the
 reference output (the baseline's for the diffusion rows, the block model's own one-token-per-step output
 for the threshold block row), generative perplexity of the output under the causal model, and the
-output's unigram entropy (a diversity figure to read beside the perplexity). Then the targets of the
-issue: >= 8x the baseline at length 256 and >= 20x at 1024, each with quality within 2% (generative
-perplexity at most 1.02x the baseline's), and the fastest diffusion row within that quality against the
-causal model. Decoding is greedy over the whole canvas (no EOS stop), so every row generates the same
+output's distinct-2 and unigram entropy (diversity figures to read beside the perplexity). The scorer is a
+causal model larger than those compared (--reference; 6 x 192 when trained here), so no row is scored by
+itself. With --distilled, the rows of a student distilled from the masked model (`sunfish distill`), each
+against the student's own one-token-per-step output. Then the targets (sample/bench_targets.py): >= 8x
+the baseline at length 256 and >= 20x at 1024 within 2% quality; >= 4 tokens per forward pass (TPF) within
+5% of the row's own one-token-per-step perplexity; a diffusion row as fast as the causal model with its
+KV cache at perplexity no worse than its. Decoding is greedy over the whole canvas (no EOS stop), so every row generates the same
 number of tokens. Batches hold distinct prompts, right-aligned with hidden left padding (sample/batch.py).
 
 Models: pass checkpoints, or let the script train the three models itself (same character vocabulary,
@@ -43,8 +47,8 @@ from sunfish.config import apply_tree, load_preset
 from sunfish.data.synth import generate_stories
 from sunfish.model.transformer import count_parameters
 from sunfish.runtime import setup_runtime
-from sunfish.sample.bench import (HEADER, check_reference, confidence_profile, format_confidence, run_bench,
-                                  target_report)
+from sunfish.sample.bench import HEADER, check_reference, confidence_profile, format_confidence, run_bench
+from sunfish.sample.bench_targets import target_report
 from sunfish.checkpoint.files import list_checkpoints
 from sunfish.loading import load_model
 from sunfish.registry import SPECS
@@ -57,8 +61,11 @@ FULL = {"model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "context": 1056},
 QUICK = {"model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "context": 320},
          "train": {"steps": 30, "batch_size": 8, "log_every": 10, "val_every": 0},
          "optim": {"lr": 2e-3, "warmup_steps": 5}}
-KINDS = {"diffusion": {}, "block": {"process": {"block_size": 16}},
-         "ar": {"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}}}
+CAUSAL = {"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}}
+KINDS = {"diffusion": {}, "block": {"process": {"block_size": 16}}, "ar": CAUSAL,
+         # the generative-perplexity scorer: causal, larger than the models compared (6 x 192; quick 2 x 48)
+         "reference": {"process": CAUSAL["process"], "model": {**CAUSAL["model"], "d_model": 192, "n_layers": 6, "n_heads": 6}}}
+QUICK_REFERENCE = {"d_model": 48, "n_layers": 2, "n_heads": 2}
 
 
 def _csv(value: str) -> list[int]:
@@ -121,6 +128,8 @@ def trained(kind: str, workdir: Path, data: Path, quick: bool, steps: int | None
     tree = json.loads(json.dumps(QUICK if quick else FULL))
     for section, values in KINDS[kind].items():
         tree.setdefault(section, {}).update(values)
+    if quick and kind == "reference":
+        tree["model"].update(QUICK_REFERENCE)
     if steps:
         tree["train"]["steps"] = steps
     if context:
@@ -144,6 +153,9 @@ def main() -> None:
     p.add_argument("--diffusion", help="masked diffusion checkpoint (default: train one)")
     p.add_argument("--block", help="block-diffusion checkpoint (default: train one)")
     p.add_argument("--ar", help="causal checkpoint of the same size (default: train one)")
+    p.add_argument("--reference", help="larger causal checkpoint that scores generative perplexity (default: train one)")
+    p.add_argument("--distilled", help="masked student distilled from --diffusion (sunfish distill): rows against its "
+                   "own one-token-per-step output (default: none)")
     p.add_argument("--corpus", choices=["tinystories", "builtin"], default="tinystories",
                    help="training text and prompts of the models trained here (default tinystories)")
     p.add_argument("--docs", type=int, default=40000, help="built-in stories to train on (--corpus builtin; default 40000)")
@@ -163,19 +175,23 @@ def main() -> None:
     workdir = args.workdir / ("quick" if args.quick else "full")
     if args.corpus == "builtin":
         workdir = workdir.with_name(workdir.name + "-builtin")
-    paths = {"diffusion": args.diffusion, "block": args.block, "ar": args.ar}
+    paths = {"diffusion": args.diffusion, "block": args.block, "ar": args.ar, "reference": args.reference}
     if not all(paths.values()):
         data = corpus_file(args.corpus, workdir, args.docs)
         paths = {k: v or trained(k, workdir, data, args.quick, args.train_steps.get(k), args.threads, args.context,
                                  args.train_batch)
                  for k, v in paths.items()}
     rt = setup_runtime(args.device, threads=args.threads)
+    if args.distilled:
+        paths["distilled"] = args.distilled
     models = {k: load_model(v, rt.device) for k, v in paths.items()}
-    for name, expected in (("diffusion", "masked"), ("block", "block"), ("ar", "ar")):
-        if models[name].spec.name != expected:
+    for name, expected in (("diffusion", "masked"), ("block", "block"), ("ar", "ar"), ("reference", "ar"),
+                           ("distilled", "masked")):
+        if name in models and models[name].spec.name != expected:
             sys.exit(f"--{name} {paths[name]} is a {models[name].spec.label} model, not {SPECS[expected].label}")
-    check_reference(models["ar"], models["diffusion"])
-    check_reference(models["ar"], models["block"])
+    for name in models:
+        if name != "reference":
+            check_reference(models["reference"], models[name])
     context = min(m.cfg.model.context for m in models.values())
     room = context - 1 - max(lengths)  # [BOS] + prompt + generation
     if room < 1:

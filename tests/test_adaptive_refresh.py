@@ -82,3 +82,10 @@ def test_refresh_bound_through_the_cli_reports_refreshes(capsys, tmp_path):
     assert sum(body["refreshes"]) == body["steps"] and len(body["refreshes"]) <= 2
     err = cli_error(capsys, ["sample", str(run_dir), "--prompt", "the cat", "--refresh-bound", "0.1"])
     assert "refresh_bound does nothing with sampler.cache = none" in err
+
+
+def test_refresh_bound_is_refused_under_speculative_decoding():
+    from sunfish.config import Speculate
+
+    with pytest.raises(ConfigError, match="speculative decoding refreshes its cache at block starts only"):
+        check_sampler(MASKED, SamplerConfig(refresh_bound=0.1, cache=CacheMode.DUAL, speculate=Speculate.SELF), [])

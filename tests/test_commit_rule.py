@@ -184,7 +184,7 @@ def test_bench_sample_takes_the_learned_rule_and_adaptive_refresh(run, tmp_path,
     assert list(rows)[:4] == ["baseline: LLaDA 1 token/step", "+ threshold 0.9", "+ prefix cache", "+ dual cache"]
     adaptive = [name for name in rows if name.startswith("+ dual cache, adaptive refresh 0 (")]
     assert adaptive and "refreshes/block" in adaptive[0]
-    assert rows["learned commit rule"][4] == "1.000" and rows["learned commit rule"][6] == "1.000"  # the baseline
+    assert rows["learned commit rule"][4] == "1.000" and rows["learned commit rule"][7] == "1.000"  # the baseline
     assert rows["learned commit rule, dual cache"][4] == "1.000"  # one token per pass
 
 

@@ -10,6 +10,8 @@
     fast = model.generate("Once upon a time", rule="learned")  # (or commit_model="file.safetensors")
     scores = model.score(["The cat sat on the mat."])         # nats per token, perplexity, bits per byte
     result = sunfish.train("nano", out="runs/nano", steps=200)
+    sunfish.train_draft("runs/micro", out="runs/micro-draft", steps=300)  # then generate(..., speculate="draft",
+    #                                                                       draft="runs/micro-draft", draft_len=4)
 
 Sampler settings are the fields of `SamplerConfig` (steps, rule, temperature, cache, ...), given as keyword
 arguments; the checkpoint's own defaults (tune-sampler's choice) apply to the rest. A setting the model's
@@ -150,7 +152,8 @@ def train(config: RunConfig | str = "nano", *, out: str | Path, data: Sequence[s
 
     `config`: a RunConfig or a preset name; `overrides`: {section: {field: value}} applied on top;
     `train_settings`: TrainConfig fields (steps=, batch_size=, seed=, ...). `data`: .txt/.jsonl files or
-    folders, or a `sunfish data prepare` folder (default: the built-in story corpus). Settings the chosen
+    folders, a `sunfish data prepare` folder, or the folder or URL of tar shards (`data prepare --format tar`;
+    `overrides={"data": {"mix": ...}}` sets their weights) (default: the built-in story corpus). Settings the chosen
     process does not use are refused (sunfish/validate.py): those in `overrides` and `train_settings`, and
     the dotted keys in `given` (what the command line set in `config` already)."""
     from sunfish.flags import given_keys
@@ -164,3 +167,18 @@ def train(config: RunConfig | str = "nano", *, out: str | Path, data: Sequence[s
     validate(cfg, [*given, *given_keys(tree)])
     return run_training(cfg, run_dir=Path(out), data=list(data) if data else None, resume=resume, progress=progress,
                         log=log)
+
+
+def train_draft(target: str | Path, *, out: str | Path, size: str = "half", data: Sequence[str] | None = None,
+                resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+                overrides: dict[str, dict[str, Any]] | None = None, **train_settings: Any):
+    """Distil the masked diffusion run `target` into a small draft model for speculative decoding in the run folder
+    `out` (training/draft.py); `size`: half | quarter | a preset name; `train_settings`: TrainConfig fields
+    (steps=, batch_size=, ...), `overrides`: {section: {field: value}}. Returns the trainer's TrainResult."""
+    from sunfish.training.draft import train_draft as run_draft
+
+    tree = {section: dict(values) for section, values in (overrides or {}).items()}
+    if train_settings:
+        tree.setdefault("train", {}).update(train_settings)
+    return run_draft(target, out, size=size, data=list(data) if data else None, tree=tree, resume=resume,
+                     progress=progress, log=log)

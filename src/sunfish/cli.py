@@ -23,11 +23,13 @@ VERB_MODULES = (
     "sunfish.adapt.cli",  # adapt, adapt cache-teacher|trajectories|export
     "sunfish.eval.cli",  # eval, compare, lm-eval
     "sunfish.training.cli",  # export, estimate
+    "sunfish.training.draft_cli",  # draft (speculative decoding's draft model)
     "sunfish.families.cli",  # convert
     "sunfish.serve.cli",  # serve
+    "sunfish.diagnose.cli",  # doctor
 )
 TRAIN_SECTIONS = ("model", "process", "optim", "train", "data", "sampler")
-TRAIN_SHORT = ("steps", "save_every", "seed")  # --steps is --train.steps, ...
+TRAIN_SHORT = ("steps", "save_every", "seed", "notify")  # --steps is --train.steps, ...
 INFILL_IGNORES = ("length", "stop_at_eos")  # infill's canvas is the text; it never stops at EOS
 
 
@@ -40,7 +42,8 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
 
     t = verbs.add_parser("train", help="train a diffusion LM (or its AR baseline)", epilog="Any config field: --section.field=value")
     t.add_argument("--preset", default="nano", help="preset name (see `sunfish presets`)")
-    t.add_argument("--data", nargs="+", help=".txt/.jsonl files or folders, or a `sunfish data prepare` shard folder (default: the built-in story corpus)")
+    t.add_argument("--data", nargs="+", help=".txt/.jsonl files or folders, a `sunfish data prepare` shard folder, or the folder or URL (https://, "
+                   "s3://, gs://, file://) of tar shards from `data prepare --format tar` (default: the built-in story corpus)")
     t.add_argument("--out", type=Path, help="run folder (default runs/PRESET)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.add_argument("--process", choices=list(SPECS), help="generative process: sets the config fields it needs "

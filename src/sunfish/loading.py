@@ -47,6 +47,7 @@ class LoadedModel:
     mixed_batches: bool = True  # the network takes left-padded batches of mixed-length prompts
     step: int | None = None  # training steps of the checkpoint; None for a public model's folder
     hf_config: dict | None = None  # a public model's original config.json (its folder, or a converted checkpoint)
+    drafts: dict = field(default_factory=dict)  # draft models opened for speculative decoding, by path (drafter.py)
 
     def __post_init__(self) -> None:
         self.spec = spec_of(self.cfg.process)

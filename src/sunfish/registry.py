@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from sunfish.config import AttentionKind, Layout, ModelConfig, ProcessConfig, ProcessKind, SamplerConfig, TimeCond
+from sunfish.config import (AttentionKind, Layout, ModelConfig, ProcessConfig, ProcessKind, SamplerConfig, Speculate,
+                            TimeCond)
 from sunfish.model.transformer import Transformer, build_model
 from sunfish.process.autoregressive import causal_nats, causal_warmup_loss, next_token_loss
 from sunfish.process.block import block_diffusion_loss, block_nats, block_scores
@@ -33,6 +34,8 @@ from sunfish.sample.batch import Generators, Padding
 from sunfish.sample.block import block_generate
 from sunfish.sample.continuous import continuous_generate
 from sunfish.sample.flow import flow_generate
+from sunfish.sample.pipeline import pipeline_generate
+from sunfish.sample.speculate import speculative_decode
 from sunfish.sample.unmask import SampleResult, unmask
 
 
@@ -57,6 +60,7 @@ class DecodeJob:
     eos_id: int | None = None  # stop at EOS (prompted generation)
     suppress: Sequence[int] = ()  # token ids never drawn besides [MASK] (PAD, BOS, UNK)
     drift: bool = False  # report cached-vs-exact drift (approximate caches only)
+    draft: Any = None  # the loaded draft model of speculative decoding (sample/drafter.py: open_draft)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ def _schedule(p: ProcessConfig) -> MaskSchedule:
 
 
 def _decode_masked(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
+    if cfg.speculate is not Speculate.NONE:
+        return speculative_decode(model, x, fill_start, cfg, job, block_size=0, schedule=_schedule(job.process))
     return unmask(model, x, job.mask_id, cfg, generator=job.generator, schedule=_schedule(job.process),
                   callback=job.callback, eos_id=job.eos_id, track_drift=job.drift, suppress=job.suppress,
                   padding=job.padding)
@@ -115,9 +121,13 @@ def _prompt_and_length(x: torch.Tensor, fill_start: int, mask_id: int, what: str
 
 def _decode_block(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
     prompt, length = _prompt_and_length(x, fill_start, job.mask_id, "a block-diffusion model")
-    return block_generate(model, prompt, length, job.mask_id, job.process.block_size, cfg, generator=job.generator,
-                          schedule=_schedule(job.process), callback=job.callback, eos_id=job.eos_id,
-                          suppress=job.suppress, padding=job.padding)
+    if cfg.speculate is not Speculate.NONE:
+        return speculative_decode(model, x, fill_start, cfg, job, block_size=job.process.block_size,
+                                  schedule=_schedule(job.process))
+    generate = block_generate if cfg.pipeline_start >= 1 else pipeline_generate  # several blocks in flight (D2F)
+    return generate(model, prompt, length, job.mask_id, job.process.block_size, cfg, generator=job.generator,
+                    schedule=_schedule(job.process), callback=job.callback, eos_id=job.eos_id,
+                    suppress=job.suppress, padding=job.padding)
 
 
 def _decode_ar(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
@@ -141,9 +151,11 @@ _MASKED_TRAIN = frozenset({"mask_schedule", "discrete_steps", "loss", "antitheti
 _TIME_DRAWS = frozenset({"discrete_steps", "antithetic", "eps", "prompt_prob"})
 _DRAWING = frozenset({"temperature", "top_k", "top_p"})
 _INFO_GAIN = frozenset({"info_gain_candidates", "info_gain_temperature", "info_gain_weight", "info_gain_heuristic"})
+_SPECULATE = frozenset({"speculate", "draft", "draft_len"})
 _UNMASKING = frozenset({"length", "steps", "policy", "rule", "threshold", "factor", "entropy_bound", "stop_at_eos",
                         "remask", "remask_eta", "remask_start", "remask_end", "fp64_confidence",
-                        "suppress_special", "commit_model"}) | _DRAWING | _INFO_GAIN
+                        "suppress_special", "commit_model"}) | _DRAWING | _INFO_GAIN | _SPECULATE
+_PIPELINE = frozenset({"pipeline_start", "pipeline_depth", "pipeline_activate", "pipeline_threshold"})
 _BIDIRECTIONAL = Need("model.attention", lambda v: v is AttentionKind.BIDIRECTIONAL,
                       "the {label} process needs bidirectional attention; set --model.attention=bidirectional")
 _ONE_BLOCK = Need("process.block_size", lambda v: v == 0,
@@ -161,7 +173,8 @@ MASKED = ProcessSpec(
 BLOCK = ProcessSpec(
     name="block", label="block diffusion", loss=block_diffusion_loss, decode=_decode_block,
     likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False), scores=block_scores,
-    process_fields=_MASKED_TRAIN | {"block_curriculum", "block_curriculum_start"}, sampler_fields=_UNMASKING,
+    process_fields=_MASKED_TRAIN | {"block_curriculum", "block_curriculum_start", "block_forcing"},
+    sampler_fields=_UNMASKING | _PIPELINE,
     needs=(_SAME_LAYOUT, Need("model.time_cond", lambda v: v is TimeCond.NONE,
                               "the block process runs without time conditioning; set --model.time_cond=none"),
            Need("process.prompt_prob", lambda v: v == 0,

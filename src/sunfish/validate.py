@@ -7,11 +7,13 @@
   naming the processes that do;
 - a sampler flag that does nothing under the other settings (a threshold without the threshold rule, top-k
   at temperature 0, remasking knobs without remasking, info_gain knobs without --policy info_gain, a commit
-  model without the learned rule, a refresh bound without a cache, ...), a LoRA
-  knob without --lora, and a curriculum's start without its length;
+  model without the learned rule, a refresh bound without a cache, ...), a LoRA knob without --lora, a
+  curriculum's start without its length, and --train.notify_every or --train.cool_wait without what they act on
+  (--notify, --train.max_gpu_temp);
 - curriculum settings that cannot work (a mask curriculum starting below eps, a block curriculum starting
   above the block size);
 - info_gain settings that cannot run, whatever set them (info_gain as its own heuristic, with remasking);
+- speculative decoding with what it cannot verify (another rule, info_gain, remasking, guidance; sample/speculate.py);
 - the learned commit rule without its filter file or with remasking, and adaptive cache refresh under info_gain.
 Values that come from a preset or a saved checkpoint are not flags and are not refused for being unused.
 """
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from sunfish.config import CacheMode, CommitRule, ConfigError, Policy, RemaskKind, RunConfig, SamplerConfig, Solver
+from sunfish.config import (CacheMode, CommitRule, ConfigError, Policy, RemaskKind, RunConfig, SamplerConfig, Solver,
+                            Speculate)
 from sunfish.registry import ProcessSpec, processes_using, spec_of
+from sunfish.sample.speculate import speculation_problem
 
 # sampler field -> (the field it depends on, the values of that field under which it acts, what to say)
 ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
@@ -38,12 +42,19 @@ ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
     "commit_model": ("rule", (CommitRule.LEARNED,), "--sampler.rule=learned"),
     "refresh_bound": ("cache", (CacheMode.PREFIX, CacheMode.DUAL), "an approximate cache (--sampler.cache prefix or "
                       "dual): without one every step is a full pass already"),
+    **{name: ("pipeline_start", lambda v: v < 1, "pipelined decoding (--sampler.pipeline_start below 1)") for name in
+       ("pipeline_depth", "pipeline_activate", "pipeline_threshold")},
+    "draft": ("speculate", (Speculate.DRAFT,), "--sampler.speculate draft"),
+    "draft_len": ("speculate", (Speculate.SELF, Speculate.DRAFT), "speculative decoding (--sampler.speculate)"),
     **{name: ("policy", (Policy.INFO_GAIN,), "--policy info_gain") for name in
        ("info_gain_candidates", "info_gain_temperature", "info_gain_weight", "info_gain_heuristic")},
 }
 # a setting that acts only while a switch is on -> that switch (LoRA knobs of `sunfish adapt` and `sunfish sft`)
 SWITCHED: dict[str, str] = {f"{section}.{name}": f"{section}.lora" for section in ("adapt", "sft")
                             for name in ("lora_rank", "lora_alpha", "lora_targets", "qlora")}
+# a training setting that acts only when another is set -> (that setting, the flag that sets it)
+ACTS_WITH: dict[str, tuple[str, str]] = {"train.notify_every": ("train.notify", "--notify URL"),
+                                         "train.cool_wait": ("train.max_gpu_temp", "--train.max_gpu_temp=C")}
 # a curriculum's start -> the share of the run that turns the curriculum on (process/curriculum.py)
 CURRICULA: dict[str, str] = {"process.mask_curriculum_start": "process.mask_curriculum",
                              "process.block_curriculum_start": "process.block_curriculum"}
@@ -85,6 +96,9 @@ def check_sampler(spec: ProcessSpec, sampler: SamplerConfig, given: Iterable[str
     settings, and combinations that cannot run; `unavailable` maps fields the loaded network cannot do to the reason."""
     check_info_gain(spec, sampler)
     check_learned(spec, sampler)
+    problem = speculation_problem(sampler, set(given)) if "speculate" in spec.sampler_fields else None
+    if problem:
+        raise ConfigError(problem)
     for name in sorted(set(given)):
         if name not in spec.sampler_fields:
             raise ConfigError(f"sampler.{name} does nothing for {spec.label} models; it applies to "
@@ -123,6 +137,9 @@ def check_learned(spec: ProcessSpec, sampler: SamplerConfig) -> None:
             and sampler.rule in (CommitRule.FIXED, CommitRule.ANCESTRAL_TOPK):
         raise ConfigError("adaptive cache refresh (refresh_bound) measures the block's own passes, which the info_gain "
                           "lookahead replaces; drop --refresh-bound or use another policy")
+    if adaptive and sampler.cache is not CacheMode.NONE and sampler.speculate is not Speculate.NONE:
+        raise ConfigError("speculative decoding refreshes its cache at block starts only; drop --refresh-bound or "
+                          "--sampler.speculate")
 
 
 def validate(cfg: RunConfig, given: Iterable[str] = ()) -> ProcessSpec:
@@ -139,6 +156,8 @@ def validate(cfg: RunConfig, given: Iterable[str] = ()) -> ProcessSpec:
             raise ConfigError("process.time_warp_after does nothing without process.time_warp=true")
         if key in CURRICULA and not _value(cfg, CURRICULA[key]):
             raise ConfigError(f"{key} does nothing without {CURRICULA[key]} > 0 (the curriculum's share of the run)")
+        if key in ACTS_WITH and not _value(cfg, ACTS_WITH[key][0]):
+            raise ConfigError(f"{key} does nothing without {ACTS_WITH[key][1]}; add it or leave {key} out")
         if key in SWITCHED and not _value(cfg, SWITCHED[key]):
             switch = SWITCHED[key].partition(".")[2]
             raise ConfigError(f"{key} does nothing without --{switch} ({SWITCHED[key]}=true); add --{switch} or leave it out")

@@ -14,7 +14,7 @@ Precedence (../shared/STYLE.md): dataclass defaults, then a preset file from `su
 from sunfish.config.base import INF, ConfigError, Section, choices, coerce, field_help, knob
 from sunfish.config.enums import (AttentionKind, BaseKind, CacheMode, CommitRule, EmbedMode, FlowLoss, FlowNoise,
                                   Layout, LogKind, LossKind, MaskScheduleKind, MLPKind, NoiseSchedule, ParallelKind,
-                                  Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, SFTPad, Solver,
+                                  Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, SFTPad, Solver, Speculate,
                                   TimeCond, TokenizerChoice)
 from sunfish.config.sections import (SECTIONS, AdaptConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig,
                                      ProcessConfig, RunConfig, SamplerConfig, ServeConfig, SFTConfig, TrainConfig)
@@ -24,7 +24,7 @@ from sunfish.config.tree import (RENAMED, apply_section, apply_tree, check_key, 
 __all__ = [
     "INF", "ConfigError", "Section", "choices", "coerce", "field_help", "knob",
     "AttentionKind", "BaseKind", "CacheMode", "CommitRule", "EmbedMode", "FlowLoss", "FlowNoise", "Layout", "LogKind",
-    "LossKind", "MaskScheduleKind", "MLPKind", "NoiseSchedule", "ParallelKind", "Parameterisation", "Policy",
+    "LossKind", "MaskScheduleKind", "MLPKind", "NoiseSchedule", "ParallelKind", "Parameterisation", "Policy", "Speculate",
     "ProcessKind", "RemaskKind", "Rounding", "SFTPad", "Solver", "TimeCond", "TokenizerChoice",
     "SECTIONS", "AdaptConfig", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig", "ProcessConfig", "RunConfig",
     "SamplerConfig", "ServeConfig", "SFTConfig", "TrainConfig",

@@ -112,6 +112,12 @@ class CacheMode(str, enum.Enum):
     DUAL = "dual"  # Fast-dLLM dual cache: also reuse the masked suffix; recompute only the active block
 
 
+class Speculate(str, enum.Enum):
+    NONE = "none"  # one commit per step as the rule decides, no speculation
+    SELF = "self"  # lossless self-speculative decoding: the model drafts from its own stale predictions
+    DRAFT = "draft"  # lossless speculative decoding with a small draft model (sampler.draft)
+
+
 class RemaskKind(str, enum.Enum):
     NONE = "none"  # committed tokens are final
     CAP = "cap"  # ReMDM max-capped: sigma = min(eta, sigma_max)

@@ -13,7 +13,7 @@ from typing import Any
 from sunfish.config.base import Section, knob
 from sunfish.config.enums import (SFTPad, AttentionKind, BaseKind, CacheMode, CommitRule, EmbedMode, FlowLoss, FlowNoise,
                                   Layout, LogKind, LossKind, MaskScheduleKind, MLPKind, NoiseSchedule, ParallelKind,
-                                  Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, Solver, TimeCond,
+                                  Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, Solver, Speculate, TimeCond,
                                   TokenizerChoice)
 
 
@@ -63,6 +63,10 @@ class ProcessConfig(Section):
                                   lo=0.0, hi=1.0)
     mask_curriculum_start: float = knob(0.2, "masked/block: the largest t drawn at the first step of the mask "
                                         "curriculum, in [0.01, 1]", lo=0.01, hi=1.0)
+    block_forcing: float = knob(0.0, "block: fraction of training sequences corrupted as in discrete diffusion "
+                                "forcing (D2F): every block masked, mask rates rising along the sequence, one "
+                                "block-causal copy; trains for pipelined decoding (sampler.pipeline_start < 1), "
+                                "in [0, 1]; 0 = BD3-LM alone", lo=0.0, hi=1.0)
     block_curriculum: float = knob(0.0, "block: fraction of train.steps over which the block size grows geometrically "
                                    "from block_curriculum_start to block_size, in [0, 1]; 0 = off", lo=0.0, hi=1.0)
     block_curriculum_start: int = knob(1, "block: block size at the first step of the block curriculum (1 = "
@@ -121,6 +125,15 @@ class TrainConfig(Section):
     log: LogKind = knob(LogKind.JSONL, "metrics sink besides metrics.jsonl: jsonl | tensorboard | wandb")
     ema: float = knob(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0 = off", lo=0.0, hi=0.999999)
     peak_tflops: float = knob(0.0, "per-device peak TFLOP/s for MFU; 0 = look up the GPU (no MFU on CPU)", lo=0.0)
+    notify: tuple[str, ...] = knob((), "apprise URLs told when the run finishes, fails or stops (repeat --notify URL; "
+                                   "json://, ntfy://, tgram://, discord://, slack://, mailto://, ...); needs apprise")
+    notify_every: int = knob(0, "with notify: also a message at every N-th checkpoint written; 0 = none", lo=0)
+    monitor_every: int = knob(0, "steps between CPU/RAM/GPU figures in the metrics; 0 = with every metric line "
+                              "(log_every)", lo=0)
+    max_gpu_temp: float = knob(0.0, "CUDA: above this GPU temperature (deg C) the run pauses to cool, then stops with "
+                               "a checkpoint if it stays hot; 0 = off", lo=0.0)
+    cool_wait: float = knob(300.0, "with max_gpu_temp: seconds a hot GPU may pause (re-read every 10 s) before the "
+                            "run stops", lo=0.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +145,10 @@ class DataConfig(Section):
     synth_lang: str = knob("both", "built-in corpus language when no --data: en | ru | both")
     synth_docs: int = knob(4000, "built-in corpus size in stories", lo=2)
     val_fraction: float = knob(0.02, "documents held out for validation, in (0, 0.5)", lo=1e-06, hi=0.5)
+    mix: str = knob("", "streamed tar shards: weights by source or language, 'wiki=3,books=1', or stages from a step on, "
+                    "'0:wiki=1,books=1;5000:wiki=3,books=1'; '' = the manifest's weights; may change on --resume")
+    workers: int = knob(0, "streamed tar shards: DataLoader worker processes reading batches ahead; 0 = read in the "
+                        "training process (the next shard is still fetched in a background thread)", lo=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,7 +195,22 @@ class SamplerConfig(Section):
     remask_eta: float = knob(0.1, "ReMDM eta: cap on sigma (cap, conf) or its multiplier (rescale), in [0, 1]", lo=0.0, hi=1.0)
     remask_start: float = knob(0.5, "remask once this fraction of a block is decoded, in [0, 1]", lo=0.0, hi=1.0)
     remask_end: float = knob(1.0, "... and until this fraction, in [0, 1]", lo=0.0, hi=1.0)
+    speculate: Speculate = knob(Speculate.NONE, "lossless speculative decoding of the one-commit-per-step fixed rule: "
+                                "none | self (drafts from the model's own predictions) | draft (a small draft model, "
+                                "sampler.draft); greedy output equals the exact sampler's, sampling keeps its law")
+    draft: str = knob("", "speculate=draft: the draft model's run or checkpoint folder (same tokenizer as the model)")
+    draft_len: int = knob(4, "speculate: commits drafted and verified per target pass (1 = no speculation)", lo=1)
     guidance: float = knob(0.0, "classifier-free guidance w: uncond + (1 + w)(cond - uncond); 0 = off", lo=0.0)
+    pipeline_start: float = knob(1.0, "block diffusion: pipelined decoding (D2F): the next block starts once this "
+                                 "fraction of the newest block in flight is committed, in (0, 1]; 1 = off (one "
+                                 "block at a time)", lo=1e-06, hi=1.0)
+    pipeline_depth: int = knob(4, "pipelined decoding: most blocks in flight at once, counted from the first "
+                               "unfinished one (>= 2)", lo=2)
+    pipeline_activate: float = knob(0.9, "pipelined decoding: a block decodes by sampler.rule once this fraction of "
+                                    "the block before it is committed; until then it commits only positions at "
+                                    "pipeline_threshold, in (0, 1]", lo=1e-06, hi=1.0)
+    pipeline_threshold: float = knob(0.9, "pipelined decoding: confidence a position of a block not yet activated "
+                                     "needs to be committed (none is forced), in (0, 1]", lo=1e-06, hi=1.0)
     solver: Solver = knob(Solver.AUTO, "continuous/flow models: ddim | ddpm (continuous), euler | heun (flow)")
     eta: float = knob(0.0, "DDIM noise scale: 0 deterministic, 1 = DDPM's posterior variance, in [0, 1]", lo=0.0, hi=1.0)
     rounding: Rounding = knob(Rounding.HEAD, "continuous: how an x0 estimate becomes tokens")

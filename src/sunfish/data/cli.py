@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sunfish.data.pack import PackConfig
 from sunfish.data.sources import DataError
+from sunfish.data.tarshards import ShardFormat
 from sunfish.flags import add_section, given, subcommands
 
 
@@ -40,6 +41,8 @@ def _add_prepare(group: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per CPU)")
     p.add_argument("--keep-rejects", action="store_true", help="write removed documents to OUT/rejects/REASON.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--format", choices=[f.value for f in ShardFormat], default=ShardFormat.MMAP.value, dest="shard_format",
+                   help="mmap: memory-mapped shards (default); tar: WebDataset tar shards to stream from a folder or URL")
     add_section(p, PackConfig, short=("seq_len", "val_fraction", "seed", "shard_tokens"))
     p.set_defaults(config_sections={"pack": None})
 
@@ -121,9 +124,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     pack = apply_section(PackConfig(), "pack", given(args, ("pack",)).get("pack", {}))
     result = prepare(args.inputs, args.out, clean=clean, pack=pack, tokenizer=args.tokenizer,
                      train_vocab=args.train_tokenizer or 32768, mix=parse_mix(args.mix), text_field=args.text_field,
-                     workers=args.workers, keep_rejects=args.keep_rejects, progress=not args.no_progress)
+                     workers=args.workers, keep_rejects=args.keep_rejects, progress=not args.no_progress,
+                     shard_format=args.shard_format)
     print(result.report)
-    print(f"\nwrote {result.out / 'manifest.json'}; train with: sunfish train --data {result.out}")
+    where = f"{result.out} (or the URL you serve it from)" if args.shard_format == "tar" else result.out
+    print(f"\nwrote {result.out / 'manifest.json'}; train with: sunfish train --data {where}")
     return 0
 
 

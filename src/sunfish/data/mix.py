@@ -8,6 +8,10 @@ The sampler applies the weights in blocks of `BLOCK` samples: each block holds e
 round(w_s * BLOCK) samples of stream s (largest-remainder rounding), in a seeded random order. So the
 realised proportions match the weights to 1/BLOCK in every block, a sample's stream is computable from
 its index alone (random access, O(1) state for resuming), and streams never drift.
+
+Streamed tar shards (`sunfish.data.stream_batches`) take weights that change during a run: `--data.mix`
+is either one set of weights, `wiki=3,books=1` (from the first step), or a schedule of stages,
+`0:wiki=1,books=1;5000:wiki=3,books=1` (each from its step on), parsed by `parse_schedule`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,32 @@ def parse_mix(args: list[str] | None) -> dict[str, float] | None:
     if sum(weights.values()) <= 0:
         raise DataError("the mix weights sum to zero; give at least one source or language a positive weight")
     return weights
+
+
+@dataclass(frozen=True)
+class MixStage:
+    step: int  # first optimiser step (0-based) these weights apply to
+    weights: dict[str, float]  # source or language -> weight >= 0
+
+
+def parse_schedule(text: str) -> list[MixStage]:
+    """'wiki=3,books=1' -> one stage from step 0; '0:a=1,b=1;500:a=3,b=1' -> stages in step order; '' -> []."""
+    stages: list[MixStage] = []
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        step_text, colon, weights = part.rpartition(":") if ":" in part.split("=")[0] else ("0", ":", part)
+        try:
+            step = int(step_text)
+        except ValueError:
+            step = -1
+        if step < 0:
+            raise DataError(f"cannot read the mix stage '{part}'; write STEP:SOURCE=WEIGHT,SOURCE=WEIGHT with a step >= 0")
+        if stages and step <= stages[-1].step:
+            raise DataError(f"the mix stages must start at increasing steps; {step} follows {stages[-1].step}")
+        parsed = parse_mix([w.strip() for w in weights.split(",") if w.strip()])
+        if parsed is None:
+            raise DataError(f"the mix stage '{part}' gives no weights; write STEP:SOURCE=WEIGHT,SOURCE=WEIGHT")
+        stages.append(MixStage(step, parsed))
+    return stages
 
 
 def check_keys(mix: dict[str, float] | None, sources: list[str], langs: tuple[str, ...]) -> None:

@@ -155,7 +155,12 @@ class StreamSplit:
 
 
 class ShardWriter:
-    """Appends tokens and writes whole sequences to shards `<prefix>-NNNNN.bin` under `folder`."""
+    """Appends tokens and writes whole sequences to shards `<prefix>-NNNNN.bin` under `folder`.
+
+    Subclasses change the shard's layout through `SUFFIX`, `_write_rows`, `_end_file` and `_digest`
+    (`sunfish.data.tarshards.TarShardWriter` writes one tar member per sequence)."""
+
+    SUFFIX = ".bin"
 
     def __init__(self, root: Path, prefix: str, seq_len: int, shard_tokens: int, dtype: np.dtype):
         self.root, self.prefix, self.seq_len, self.dtype = root, prefix, seq_len, dtype
@@ -176,9 +181,8 @@ class ShardWriter:
             if self._file is None:
                 self._open()
             take = min(len(rows), self.per_shard - self._in_shard)
-            block = np.ascontiguousarray(rows[:take])
-            self._file.write(block.tobytes())
-            self._hash.update(block.tobytes())
+            block = np.ascontiguousarray(rows[:take])  # (take, L)
+            self._write_rows(block)
             self._in_shard += take
             self.result.tokens += block.size
             rows = rows[take:]
@@ -194,7 +198,7 @@ class ShardWriter:
         return self.result
 
     def _name(self) -> str:
-        return f"{self.prefix}-{len(self.result.shards):05d}.bin"
+        return f"{self.prefix}-{len(self.result.shards):05d}{self.SUFFIX}"
 
     def _open(self) -> None:
         final = self.root / self._name()
@@ -204,11 +208,24 @@ class ShardWriter:
         self._hash = hashlib.sha256()
         self._in_shard = 0
 
+    def _write_rows(self, block: np.ndarray) -> None:
+        """Write (n, L) whole sequences to the open shard."""
+        self._file.write(block.tobytes())
+        self._hash.update(block.tobytes())
+
+    def _end_file(self) -> None:
+        """Anything the layout writes after the last sequence (nothing for a raw array)."""
+
+    def _digest(self) -> str:
+        return self._hash.hexdigest()
+
     def _close(self) -> None:
         name = self._name()
+        self._end_file()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        digest = self._digest()
         os.replace(self._tmp, self.root / name)
-        self.result.shards.append(ShardInfo(file=name, sequences=self._in_shard, sha256=self._hash.hexdigest()))
+        self.result.shards.append(ShardInfo(file=name, sequences=self._in_shard, sha256=digest))
         self._file = None

@@ -11,6 +11,8 @@ each kept document to its stream (source x language) and split (train / val).
 Both give the same shards for the same tokenizer: each stream and split receives its documents in the
 order they were kept. The manifest is written last, under a temporary name and renamed: a folder
 without manifest.json is an unfinished preparation, and running the command again starts it over.
+`shard_format` chooses the container of the same sequences: memory-mapped `.bin` arrays (the default) or
+WebDataset tar shards for streaming (`sunfish.data.tarshards`, format "sunfish-tar/1" in the manifest).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sunfish.data import mix as mixing
 from sunfish.data.clean import CleanConfig, Deduplicator, clean_chunk, init_worker
 from sunfish.data.pack import PackConfig, ShardWriter, is_validation, token_dtype, tokenize_chunk
 from sunfish.data.shards import FORMAT, MANIFEST
+from sunfish.data.tarshards import TAR_FORMAT, TOKENS_FIELD, ShardFormat, TarShardWriter
 from sunfish.data.report import CleanReport, Reason, format_clean_report, table
 from sunfish.data.sources import DataError, Source, parse_sources
 from sunfish.data.workers import Workers, default_workers
@@ -168,8 +171,17 @@ def _clean_pass(sources: list[Source], out: Path, clean: CleanConfig, pack: Pack
     return dedup.report, work
 
 
+def _writer_class(shard_format: ShardFormat) -> type[ShardWriter]:
+    """The shard writer of the format; fails before any work when the tar writer's library is missing."""
+    if shard_format is ShardFormat.TAR:
+        TarShardWriter.check_available()
+        return TarShardWriter
+    return ShardWriter
+
+
 def _one_pass(sources: list[Source], out: Path, clean: CleanConfig, pack: PackConfig, tokenizer: Tokenizer,
-              workers: Workers, keep_rejects: bool, progress: bool, seconds: Counter) -> tuple[CleanReport, dict]:
+              workers: Workers, keep_rejects: bool, progress: bool, seconds: Counter,
+              writer_class: type[ShardWriter]) -> tuple[CleanReport, dict]:
     """Clean, tokenize and pack in one pass; returns the report and {(stream, split): StreamSplit}."""
     dedup = Deduplicator(clean)
     rejects = _Rejects(out / "rejects") if keep_rejects else None
@@ -181,7 +193,7 @@ def _one_pass(sources: list[Source], out: Path, clean: CleanConfig, pack: PackCo
             batches.setdefault(key, []).append(ids)
         for (stream, split), arrays in batches.items():
             if (stream, split) not in writers:
-                writers[stream, split] = ShardWriter(out / split, stream, pack.seq_len, pack.shard_tokens, dtype)
+                writers[stream, split] = writer_class(out / split, stream, pack.seq_len, pack.shard_tokens, dtype)
             writers[stream, split].append(np.concatenate(arrays), len(arrays))
         seconds["write shards"] += time.process_time() - start
     if rejects is not None:
@@ -218,7 +230,7 @@ def _train_tokenizer(work: WorkFiles, vocab: int, seconds: Counter, log) -> Toke
 
 
 def _pack_pass(work: WorkFiles, out: Path, tokenizer: Tokenizer, pack: PackConfig, workers: Workers,
-               progress: bool, seconds: Counter) -> dict:
+               progress: bool, seconds: Counter, writer_class: type[ShardWriter]) -> dict:
     """Tokenize every (stream, split) file into shards; returns {(stream, split): StreamSplit}."""
     dtype = token_dtype(tokenizer.vocab_size)
     file = str(out / "tokenizer.json")
@@ -234,7 +246,7 @@ def _pack_pass(work: WorkFiles, out: Path, tokenizer: Tokenizer, pack: PackConfi
             if writer is not None:
                 written[writer_key] = writer.finish()
             stream, split = key
-            writer, writer_key = ShardWriter(out / split, stream, pack.seq_len, pack.shard_tokens, dtype), key
+            writer, writer_key = writer_class(out / split, stream, pack.seq_len, pack.shard_tokens, dtype), key
         writer.append(tokens, docs)
         bar.update(docs)
         seconds["write shards"] += time.process_time() - start
@@ -314,9 +326,13 @@ def prepare(
     keep_rejects: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    shard_format: ShardFormat | str = ShardFormat.MMAP,
 ) -> PrepareResult:
-    """Clean, tokenize and pack `inputs` into OUT; returns the manifest and the printed report."""
+    """Clean, tokenize and pack `inputs` into OUT; returns the manifest and the printed report.
+    `shard_format`: "mmap" (memory-mapped arrays, the default) or "tar" (WebDataset shards for streaming)."""
     start = time.perf_counter()
+    shard_format = _shard_format(shard_format)
+    writer_class = _writer_class(shard_format)
     sources = parse_sources(inputs, text_field)
     mixing.check_keys(mix, [s.name for s in sources], clean.langs)
     given = Tokenizer.load(tokenizer) if tokenizer is not None else None  # a bad path fails now, not after cleaning
@@ -331,20 +347,27 @@ def prepare(
         if given is not None:
             tok = given
             tok.save_pretrained(out)  # the workers read it from there
-            report, written = _one_pass(sources, out, clean, pack, tok, pool, keep_rejects, progress, seconds)
+            report, written = _one_pass(sources, out, clean, pack, tok, pool, keep_rejects, progress, seconds, writer_class)
             _check_kept(report)
         else:
             report, work = _clean_pass(sources, out, clean, pack, pool, keep_rejects, progress, seconds)
             _check_kept(report)
             tok = _train_tokenizer(work, train_vocab, seconds, log)
             tok.save_pretrained(out)
-            written = _pack_pass(work, out, tok, pack, pool, progress, seconds)
+            written = _pack_pass(work, out, tok, pack, pool, progress, seconds, writer_class)
             shutil.rmtree(out / ".work")
-    manifest = _manifest(tok, pack, described, clean, report, written, mix)
+    manifest = _manifest(tok, pack, described, clean, report, written, mix, shard_format)
     _write_manifest(out, manifest)
     wall = time.perf_counter() - start
     return PrepareResult(out=out, manifest=manifest, report=format_report(manifest, report, seconds, wall),
                          seconds=seconds, wall_seconds=wall)
+
+
+def _shard_format(value: ShardFormat | str) -> ShardFormat:
+    try:
+        return ShardFormat(value)
+    except ValueError:
+        raise DataError(f"unknown shard format {value!r}; use {' or '.join(f.value for f in ShardFormat)}") from None
 
 
 def _check_kept(report: CleanReport) -> None:
@@ -354,12 +377,14 @@ def _check_kept(report: CleanReport) -> None:
 
 
 def _manifest(tok: Tokenizer, pack: PackConfig, sources: list[dict], clean: CleanConfig, report: CleanReport,
-              written: dict, mix: dict[str, float] | None) -> dict:
+              written: dict, mix: dict[str, float] | None, shard_format: ShardFormat) -> dict:
     """Everything a loader or a person needs to know about the output (no timings: it is deterministic)."""
     mix_info, weights, counts = _mix(written, mix)
     streams = _streams_manifest(written, weights, counts)
+    tar = shard_format is ShardFormat.TAR
     return {
-        "format": FORMAT,
+        "format": TAR_FORMAT if tar else FORMAT,
+        **({"sample": {"tokens": TOKENS_FIELD, "meta": "json", "layout": "webdataset"}} if tar else {}),
         "created_by": f"sunfish {_version()}",
         "seq_len": pack.seq_len,
         "dtype": token_dtype(tok.vocab_size).name,

@@ -49,3 +49,9 @@ class KVCache:
         if self.commit:
             self.keys[layer], self.values[layer] = k, v
         return k, v
+
+    def keep(self, length: int) -> None:
+        """Drop every cached position from `length` on (pipelined decoding, sample/pipeline.py: a span forward that
+        stored its finished blocks and the unfinished ones after them keeps only the finished)."""
+        self.keys = [k[:, :, :length] for k in self.keys]
+        self.values = [v[:, :, :length] for v in self.values]

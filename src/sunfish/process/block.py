@@ -7,6 +7,12 @@ both copies using positions 0..L-1) under one attention mask:
     clean block b   -> clean blocks <= b (block-causal).
 The loss is the masked-diffusion NELBO of each block given the clean blocks before it, normalised per
 token. B = L is MDLM; B = 1 computes the autoregressive chain rule (each masked token sees x_<i).
+
+Discrete diffusion forcing (D2F, Wang et al. 2025, arXiv 2508.09192), for a fraction `block_forcing` of the
+sequences: one copy, block-causal, every block corrupted with its own time and the times sorted to rise along the
+sequence, so each block learns to denoise given earlier blocks that are themselves partly masked, as they are when
+several blocks are decoded at once (sample/pipeline.py). D2F distils a bidirectional teacher into that student;
+here the same corruption trains the block model's own masked-diffusion loss.
 """
 
 from __future__ import annotations
@@ -53,20 +59,53 @@ def block_diffusion_loss(
     stage: Stage = FINAL,
 ) -> LossOutput:
     """NELBO (or masked CE) of BD3-LM on x0 (B, L) with block size cfg.block_size (the caller puts a block-size
-    curriculum's size there) and times up to the stage's t_max."""
+    curriculum's size there) and times up to the stage's t_max; a fraction cfg.block_forcing of the rows (drawn per
+    row; all of them at 1) is corrupted as in diffusion forcing instead (`_forcing_terms`)."""
+    B = x0.shape[0]
+    forced = torch.zeros(B, dtype=torch.bool, device=x0.device)
+    if cfg.block_forcing >= 1:
+        forced[:] = True
+    elif cfg.block_forcing > 0:
+        forced = (torch.rand(B, generator=generator, device=generator.device) < cfg.block_forcing).to(x0.device)
+    terms = [fn(model, x0[rows], cfg, mask_id, generator, stage.t_max)
+             for fn, rows in ((_bd3_terms, ~forced), (_forcing_terms, forced)) if rows.any()]
+    nll, weight = torch.cat([n for n, _ in terms]), torch.cat([w for _, w in terms])  # (N,), (N,)
+    loss = nelbo(nll, weight, x0.numel(), cfg.loss)
+    return LossOutput(loss=loss, masked_tokens=nll.numel(), nll_sum=nll.sum().detach())
+
+
+def _block_times(x0: torch.Tensor, cfg: ProcessConfig, generator: torch.Generator, t_max: float) -> torch.Tensor:
+    """One time per block of each row (B, n_blocks), up to t_max."""
+    n_blocks = -(-x0.shape[1] // cfg.block_size)
+    return sample_times(x0.shape[0] * n_blocks, cfg, generator, t_max).to(x0.device).view(x0.shape[0], n_blocks)
+
+
+def _bd3_terms(model, x0: torch.Tensor, cfg: ProcessConfig, mask_id: int, generator: torch.Generator,
+               t_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """BD3-LM: -log p of the masked tokens of x0 (B, L) and their weights w(t), both (N,): each noised block
+    given the clean copy's earlier blocks."""
     schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
-    B, L = x0.shape
-    n_blocks = -(-L // cfg.block_size)
-    t_block = sample_times(B * n_blocks, cfg, generator, stage.t_max).to(x0.device).view(B, n_blocks)  # (B, n_blocks)
-    t = t_block[:, block_ids(L, cfg.block_size, x0.device)]  # (B, L): each token's block time
+    L = x0.shape[1]
+    t = _block_times(x0, cfg, generator, t_max)[:, block_ids(L, cfg.block_size, x0.device)]  # (B, L): block times
     zt, masked = corrupt(x0, t, schedule, mask_id, generator)
     tokens = torch.cat([zt, x0], dim=1)  # (B, 2L)
     positions = torch.arange(L, device=x0.device).repeat(2)  # both copies at 0..L-1
     h = model.hidden(tokens, attn_mask=training_mask(L, cfg.block_size, x0.device), positions=positions)[:, :L]
     logits = model.head(h[masked]).float()  # (N, V)
-    nll = F.cross_entropy(logits, x0[masked], reduction="none")  # (N,)
-    loss = nelbo(nll, schedule.weight(t)[masked], B * L, cfg.loss)
-    return LossOutput(loss=loss, masked_tokens=int(masked.sum()), nll_sum=nll.sum().detach())
+    return F.cross_entropy(logits, x0[masked], reduction="none"), schedule.weight(t)[masked]
+
+
+def _forcing_terms(model, x0: torch.Tensor, cfg: ProcessConfig, mask_id: int, generator: torch.Generator,
+                   t_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diffusion forcing (D2F): as `_bd3_terms`, but one block-causal copy whose block times rise along each row
+    (sorted), so earlier blocks are partly masked too and each block is scored given them as they are."""
+    schedule = MaskSchedule(cfg.mask_schedule, cfg.eps)
+    ids = block_ids(x0.shape[1], cfg.block_size, x0.device)  # (L,)
+    t = _block_times(x0, cfg, generator, t_max).sort(dim=1).values[:, ids]  # (B, L): rising along the row
+    zt, masked = corrupt(x0, t, schedule, mask_id, generator)
+    h = model.hidden(zt, attn_mask=block_causal_mask(ids))  # (B, L, D)
+    logits = model.head(h[masked]).float()  # (N, V)
+    return F.cross_entropy(logits, x0[masked], reduction="none"), schedule.weight(t)[masked]
 
 
 def block_nats(model, x, cfg: ProcessConfig, mask_id: int, u: torch.Tensor, generator: torch.Generator,

@@ -54,6 +54,28 @@ class _CachedBlock:
         return 1
 
 
+def check_request(model: torch.nn.Module, prompt_length: int, length: int, cfg: SamplerConfig) -> None:
+    """Refuse, in one sentence, what block decoding cannot do."""
+    if prompt_length + length > model.cfg.context:
+        raise ValueError(f"the prompt ({prompt_length} tokens) plus {length} new tokens exceed the model's context of "
+                         f"{model.cfg.context}")
+    if cfg.guidance > 0:
+        raise ValueError("classifier-free guidance works with masked diffusion models, not block diffusion; drop --guidance")
+
+
+def encode_prompt(model: torch.nn.Module, prompt: torch.Tensor, block_size: int, padding: Padding | None = None) -> KVCache:
+    """The exact cache of the clean prompt (B, P): one block-causal pass over it (padding hidden, each row's
+    positions from its first real token)."""
+    cache, P = KVCache(), prompt.shape[1]
+    if padding is None:
+        model.hidden(prompt, None, cache, attn_mask=prefix_mask(P, block_size, prompt.device))
+    else:  # block-causal over each row's own positions, padding hidden
+        ids = padding.positions(0, P) // block_size  # (B, P)
+        model.hidden(prompt, None, cache, attn_mask=padding.square(ids[:, :, None] >= ids[:, None, :]),
+                     positions=padding.positions(0, P))
+    return cache
+
+
 @torch.no_grad()
 def block_generate(
     model: torch.nn.Module,
@@ -74,17 +96,8 @@ def block_generate(
     `padding`: the prompts' left padding, with `generator` one generator per row (batch.py);
     `suppress`: token ids never drawn besides [MASK]."""
     B, P = prompt.shape
-    if P + length > model.cfg.context:
-        raise ValueError(f"the prompt ({P} tokens) plus {length} new tokens exceed the model's context of {model.cfg.context}")
-    if cfg.guidance > 0:
-        raise ValueError("classifier-free guidance works with masked diffusion models, not block diffusion; drop --guidance")
-    cache = KVCache()
-    if padding is None:
-        model.hidden(prompt, None, cache, attn_mask=prefix_mask(P, block_size, prompt.device))
-    else:  # block-causal over each row's own positions, padding hidden
-        ids = padding.positions(0, P) // block_size  # (B, P)
-        model.hidden(prompt, None, cache, attn_mask=padding.square(ids[:, :, None] >= ids[:, None, :]),
-                     positions=padding.positions(0, P))
+    check_request(model, P, length, cfg)
+    cache = encode_prompt(model, prompt, block_size, padding)
     x = torch.cat([prompt, torch.full((B, length), mask_id, dtype=prompt.dtype, device=prompt.device)], dim=1)
     blocks = [(lo, min(lo + block_size, P + length)) for lo in range(P, P + length, block_size)]
     predict = _CachedBlock(model, cache, mask_id, padding, banned_ids(mask_id, suppress, cfg.suppress_special))

@@ -16,6 +16,7 @@ import torch
 
 from sunfish.config import RemaskKind, SamplerConfig
 from sunfish.registry import DecodeJob, decode
+from sunfish.sample.draft_model import open_draft
 from sunfish.sample.batch import Generators, Padding, left_pad, row_generators
 from sunfish.sample.prompt import Canvas, PromptError, cut_at_eos, ids_canvas, infill_canvas, prompt_canvas, to_batch
 from sunfish.sample.stream import FinalText
@@ -39,6 +40,7 @@ class Generation:
     ids: list[int] = field(default_factory=list)  # generated token ids (prompted: after the prompt, cut at EOS;
     #                                               infill: the ids written into the spans)
     refreshes: list[int] = field(default_factory=list)  # full passes of the approximate cache per block (none without)
+    speculation: dict = field(default_factory=dict)  # speculative decoding: draft_nfe, accepted, proposed, canvases
 
     def __str__(self) -> str:
         return self.text
@@ -48,6 +50,8 @@ class Generation:
                 "seconds": round(self.seconds, 4), "tokens_per_s": round(self.tokens_per_s, 1)}
         if self.refreshes:
             body["refreshes"] = self.refreshes
+        if self.speculation:
+            body |= self.speculation
         if self.drift:
             body["drift"] = [dataclasses.asdict(d) for d in self.drift]
         return body
@@ -135,7 +139,7 @@ def decode_canvas(loaded: LoadedModel, x: torch.Tensor, fill_start: int, cfg: Sa
     `fill_start` on may change."""
     job = DecodeJob(mask_id=loaded.tokenizer.mask_id, process=loaded.cfg.process, generator=generator,
                     padding=padding, callback=recorder, eos_id=eos_id, suppress=never_sampled(loaded.tokenizer),
-                    drift=drift)
+                    drift=drift, draft=open_draft(loaded, cfg))
     return decode(loaded.model, x, fill_start, cfg, job, mixed_batches=loaded.mixed_batches)
 
 
@@ -153,7 +157,7 @@ def generate(loaded: LoadedModel, prompt: str, cfg: SamplerConfig, seed: int = 0
         stream.finish(text)
     return Generation(text=prompt + text, fills=[], steps=result.steps, nfe=result.nfe,
                       seconds=seconds, tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, drift=result.drift,
-                      ids=ids, refreshes=result.refreshes)
+                      ids=ids, refreshes=result.refreshes, speculation=speculation_of(result))
 
 
 def chat(loaded: LoadedModel, messages: list[dict], cfg: SamplerConfig, seed: int = 0,
@@ -175,7 +179,16 @@ def chat(loaded: LoadedModel, messages: list[dict], cfg: SamplerConfig, seed: in
     if stream is not None:
         stream.finish(text)
     return Generation(text=text, fills=[], steps=result.steps, nfe=result.nfe, seconds=seconds,
-                      tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, ids=ids, refreshes=result.refreshes)
+                      tokens_per_s=cfg.length / max(seconds, 1e-9), trace=written, ids=ids,
+                      refreshes=result.refreshes, speculation=speculation_of(result))
+
+
+def speculation_of(result) -> dict:
+    """A speculative decode's counts (empty for the plain samplers)."""
+    if not (result.proposed or result.draft_nfe or result.canvases):
+        return {}
+    return {"draft_nfe": result.draft_nfe, "accepted": result.accepted, "proposed": result.proposed,
+            "canvases": result.canvases}
 
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
@@ -211,7 +224,8 @@ def generate_batch(loaded: LoadedModel, prompts: Sequence[str], cfg: SamplerConf
             ids = cut_at_eos(result.tokens[j, fill_start:].tolist(), tok.eos_id)
             out.append(Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
                                   seconds=seconds, tokens_per_s=len(chunk) * cfg.length / max(seconds, 1e-9),
-                                  trace=None, ids=ids, refreshes=result.refreshes))
+                                  trace=None, ids=ids, refreshes=result.refreshes,
+                                  speculation=speculation_of(result)))
     return out
 
 
@@ -234,4 +248,4 @@ def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, tr
     fills = [tok.decode([out[i] for i in span]) for span in spans]
     return Generation(text=tok.decode(out[1:]), fills=fills, steps=result.steps, nfe=result.nfe,
                       seconds=seconds, tokens_per_s=len(holes) / max(seconds, 1e-9), trace=written,
-                      ids=[out[i] for i in holes], refreshes=result.refreshes)
+                      ids=[out[i] for i in holes], refreshes=result.refreshes, speculation=speculation_of(result))

@@ -90,6 +90,13 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--ar", help="causal model of the same size (--objective ar, same tokenizer): "
                    "a row, and the generative-perplexity scorer")
     p.add_argument("--block", help="block-diffusion model (--process.block_size > 0, same tokenizer): rows with its exact cache")
+    p.add_argument("--reference", help="causal model larger than the others (same tokenizer): scores generative perplexity "
+                   "in place of --ar, so no row is scored by itself")
+    p.add_argument("--distilled", help="masked student distilled from PATH (sunfish distill): rows against its own "
+                   "one-token-per-step output")
+    p.add_argument("--draft", help="draft model (masked or causal, same tokenizer; e.g. from `sunfish draft`): a "
+                   "draft-speculative row beside the self-speculative one")
+    p.add_argument("--draft-len", type=int, default=4, help="speculative rows: commits drafted per verification (default 4)")
     p.add_argument("--lengths", type=_numbers(int), help="generation lengths (default 64,256,1024, those that fit the "
                    "models' context; longer ones are skipped with a note)")
     p.add_argument("--batch", type=_numbers(int), default=[1, 8], help="batch sizes (default 1,8)")
@@ -217,21 +224,45 @@ def _bench_models(args: argparse.Namespace, device: str, threads: int) -> dict:
                              "train one with --process block")
         if models["block"].tokenizer.sha256() != models["diffusion"].tokenizer.sha256():
             raise BenchError(f"--block '{args.block}' uses another tokenizer than '{args.path}'; train both on the same data")
-    if args.ar:
-        models["ar"] = load(args.ar, device=device)
-        check_reference(models["ar"], models["diffusion"])
+    if args.distilled:
+        models["distilled"] = load(args.distilled, device=device)
+        if not is_unmasking(models["distilled"]):
+            raise BenchError(f"--distilled '{args.distilled}' is a {models['distilled'].spec.label} model, not a masked "
+                             "diffusion model; pass the output of `sunfish distill`")
+        if models["distilled"].tokenizer.sha256() != models["diffusion"].tokenizer.sha256():
+            raise BenchError(f"--distilled '{args.distilled}' uses another tokenizer than '{args.path}'; "
+                             "distill from that model")
+    for role in ("ar", "reference"):
+        if getattr(args, role):
+            models[role] = load(getattr(args, role), device=device)
+            for other in [m for name, m in models.items() if name not in ("ar", "reference")]:
+                check_reference(models[role], other)
+    if args.draft:
+        from sunfish.sample.draft_model import open_draft
+
+        open_draft(models["diffusion"], SamplerConfig(speculate="draft", draft=args.draft))  # refuses what cannot draft
+        models["draft"] = models["diffusion"].drafts[args.draft]
     return models
+
+
+def _scorer(args: argparse.Namespace) -> str:
+    if args.reference:
+        return f"the reference model {args.reference}"
+    return "the same-size causal model (its own row is scored by itself)" if args.ar else "- (no --ar or --reference)"
 
 
 def cmd_bench_sample(args: argparse.Namespace) -> int:
     from sunfish.sample.bench import (DEFAULT_PROMPTS, HEADER, BenchError, confidence_profile,
-                                      encodable_prompts, fitting_lengths, format_confidence, run_bench, target_report)
+                                      encodable_prompts, fitting_lengths, format_confidence, run_bench)
+    from sunfish.sample.bench_targets import target_report
     from sunfish.sample.prompt import read_prompts
 
     _positive("--lengths", args.lengths)
     _positive("--batch", args.batch)
     if args.repeats < 1:
         raise BenchError(f"--repeats {args.repeats} is not a positive count; use e.g. --repeats 3")
+    if args.draft_len < 1:
+        raise BenchError(f"--draft-len {args.draft_len} is not a positive count; use e.g. --draft-len 4")
     settings = given(args).get("sampler", {})
     block_length = int(settings.get("block_length", BENCH_BLOCK))
     threshold = float(settings.get("threshold", BENCH_THRESHOLD))
@@ -252,10 +283,11 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
                              "give longer held-out text")
         print(f"the masked model on {len(texts)} held-out documents:\n\n{format_confidence(profile, threshold)}\n")
     print(f"device {models['diffusion'].device}; median of {args.repeats} runs; greedy, whole canvas (no EOS stop); "
-          f"agreement with the row's reference output; gen. PPL under {'the causal model' if args.ar else '- (no --ar)'}\n")
+          f"agreement with the row's reference output; gen. PPL under {_scorer(args)}\n")
     print(HEADER, flush=True)
     rows = run_bench(models, prompts, lengths, args.batch, args.repeats, block_length=block_length,
                      threshold=threshold, commit_model=str(settings.get("commit_model", "")),
-                     refresh_bound=float(settings.get("refresh_bound", -1.0)), log=lambda line: print(line, flush=True))
+                     refresh_bound=float(settings.get("refresh_bound", -1.0)), log=lambda line: print(line, flush=True),
+                     draft_len=args.draft_len)
     print("\n" + "\n".join(target_report(rows)))
     return 0

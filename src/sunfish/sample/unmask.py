@@ -76,6 +76,10 @@ class SampleResult:
     drift: list[Drift] = field(default_factory=list)  # per cached step, when asked for
     refreshes: list[int] = field(default_factory=list)  # per decoded block: full passes of the approximate cache
     #                                                     (1 = at the block's start only); empty without one
+    draft_nfe: int = 0  # speculative decoding (speculate.py): draft-model forward passes
+    accepted: int = 0  # ... drafted commits the target accepted
+    proposed: int = 0  # ... drafted commits put to the target (acceptance rate = accepted / proposed)
+    canvases: int = 0  # ... canvases the target evaluated (a verification pass over K canvases counts K)
 
 
 def _blocks(masked: torch.Tensor, block_length: int) -> list[tuple[int, int]]:

@@ -43,6 +43,9 @@ def sft_config(base: str | Path, tree: dict | None = None) -> tuple[RunConfig, o
     start = dataclasses.replace(loaded.cfg, adapt=dataclasses.replace(loaded.cfg.adapt, lora=False, qlora=False))
     cfg = apply_tree(start, {**(tree or {}), "sft": {**(tree or {}).get("sft", {}), "base": str(Path(base).resolve())}})
     validate(cfg, given_keys(tree or {}))
+    if "process.block_forcing" in given_keys(tree or {}):
+        raise ValueError("supervised fine-tuning trains block models with BD3-LM's loss on conversations; "
+                         "process.block_forcing applies to `sunfish train`")
     check_lora(cfg, loaded.model)
     return cfg, loaded
 
