@@ -251,10 +251,10 @@ def test_bench_rows_for_self_and_draft_speculation(runs, tmp_path, capsys):
     rows = {r[2]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in
                               capsys.readouterr().out.splitlines() if line.startswith("| 12 "))}
     for name in ("self-speculative K=3", "draft-speculative K=3"):
-        assert rows[name][6] == "1.000" and 0.0 <= float(rows[name][9]) <= 1.0  # the baseline's output exactly
+        assert rows[name][7] == "1.000" and 0.0 <= float(rows[name][11]) <= 1.0  # the baseline's output exactly
         assert float(rows[name][4]) <= float(rows["baseline: LLaDA 1 token/step"][4])  # never more target passes
-    assert float(rows["self-speculative K=3"][4]) < 1.0 and rows["self-speculative K=3"][10] == "-"
-    assert float(rows["draft-speculative K=3"][10]) > 0  # draft forward passes per token
+    assert float(rows["self-speculative K=3"][4]) < 1.0 and rows["self-speculative K=3"][12] == "-"
+    assert float(rows["draft-speculative K=3"][12]) > 0  # draft forward passes per token
 
 
 def test_batches_of_mixed_prompts_and_infilling_equal_the_exact_sampler(runs):
