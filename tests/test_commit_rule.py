@@ -202,3 +202,10 @@ def test_the_server_refuses_a_commit_model_path_from_a_client():
     settings, _ = sampler_settings(SimpleNamespace(sunfish={"rule": "learned"}, max_tokens=8, temperature=None,
                                                    top_p=None), ServeConfig(), 8)
     assert settings["rule"] == "learned"
+
+
+def test_pipelined_decoding_refuses_the_learned_rule():
+    from sunfish.sample.pipeline import check_pipeline
+
+    with pytest.raises(ValueError, match="pipelined decoding does not run the learned commit rule"):
+        check_pipeline(SamplerConfig(rule=CommitRule.LEARNED, commit_model="f.safetensors", pipeline_start=0.5))
