@@ -148,7 +148,7 @@ class Service:
         hints = typing.get_type_hints(SamplerConfig)
         fields = {}
         for f in dataclasses.fields(SamplerConfig):
-            if f.name == "length" or not self.model.spec.supports(f.name):
+            if f.name in ("length", "commit_model") or not self.model.spec.supports(f.name):  # a file: the server's
                 continue
             options = choices(hints[f.name])
             kind = "choice" if options else {int: "int", float: "float", bool: "bool"}.get(hints[f.name], "str")
