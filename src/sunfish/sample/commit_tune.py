@@ -191,8 +191,8 @@ def train_commit_rule(loaded: LoadedModel, prompts: Sequence[str] | None, base: 
     from sunfish.sample.bench import DEFAULT_PROMPTS, BenchError, agreement, encodable_prompts, one_per_step, prompt_ids
 
     if not loaded.spec.parallel or loaded.spec.causal:
-        raise BenchError(f"'{loaded.path}' is a {loaded.spec.label} model; the learned commit rule drives the unmasking "
-                         "samplers of masked and block diffusion models")
+        raise BenchError(f"'{loaded.path}' holds a model of the {loaded.spec.label} process; the learned commit rule "
+                         "drives the unmasking samplers of masked and block diffusion models")
     if not 0 < precision <= 1 or not 0 < end_precision <= 1:
         raise BenchError("--precision and --end-precision are fractions in (0, 1], e.g. 0.9")
     began = time.perf_counter()
