@@ -76,6 +76,13 @@ def test_commit_one_filter_equals_the_confidence_sampler_for_block_diffusion(tin
     assert out["learned"].nfe == out["exact"].nfe
 
 
+def test_the_learned_rule_runs_until_the_canvas_is_full_whatever_the_step_setting(tiny_model_cfg, tmp_path):
+    model = make_model(tiny_model_cfg)
+    path = hand_filter(tmp_path / "one.safetensors")
+    res = decode(model, canvas(gen=24), rule=CommitRule.LEARNED, commit_model=str(path), steps=4, block_length=8)
+    assert res.steps == 24 and not (res.tokens == MASK).any()
+
+
 def test_a_filter_passing_everything_commits_a_block_per_step(tiny_model_cfg, tmp_path):
     model = make_model(tiny_model_cfg)
     path = hand_filter(tmp_path / "all.safetensors", threshold=0.0)

@@ -16,7 +16,9 @@ import torch
 from sunfish.config import Policy, SamplerConfig, CommitRule
 from sunfish.sample.batch import Generators, uniform
 
-ADAPTIVE = (CommitRule.THRESHOLD, CommitRule.FACTOR, CommitRule.ENTROPY_BOUND)
+# rules whose step count follows the text (a block runs until it is full); the learned rule (learned.py) is one,
+# though it chooses through its own filter rather than adaptive_count
+ADAPTIVE = (CommitRule.THRESHOLD, CommitRule.FACTOR, CommitRule.ENTROPY_BOUND, CommitRule.LEARNED)
 
 
 def policy_scores(probs: torch.Tensor, drawn: torch.Tensor, policy: Policy, generator: Generators,
