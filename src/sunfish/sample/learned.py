@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from sunfish.fileio import write_bytes_atomic
+from sunfish.sample.draw import draw_step
 from sunfish.sample.policies import entropy, top_ranked
 
 FEATURES = ("confidence", "margin", "entropy", "position", "decoded", "nearness", "eos", "eos_after")
@@ -125,8 +126,6 @@ def step_features(x: torch.Tensor, lo: int, hi: int, logits: torch.Tensor, cfg, 
     """One step on the block [lo, hi) of canvas x (B, L) with the block's logits (B, n, V): its draw (as every rule
     draws, sample/draw.py) and the features of it. Returns features (B, n, F), drawn (B, n), their confidences
     (B, n) and the candidates (B, n): the masked positions."""
-    from sunfish.sample.draw import draw_step
-
     candidates = x[:, lo:hi] == mask_id  # (B, n)
     _, _, drawn, probs = draw_step(logits, candidates, cfg, generator)
     conf = probs.gather(-1, drawn[..., None]).squeeze(-1)  # (B, n)
