@@ -112,9 +112,8 @@ def _ended(y: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (y == eos_id).long().cummax(-1).values.bool()
 
 
-def _fit(filt: CommitFilter, head: str, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
-    """Train one head (commit or end) by binary cross-entropy, full batch, Adam."""
-    torch.manual_seed(seed)
+def _fit(filt: CommitFilter, head: str, x: torch.Tensor, y: torch.Tensor, epochs: int) -> None:
+    """Train one head (commit or end) by binary cross-entropy, full batch, Adam (no randomness)."""
     params = list(getattr(filt, head).parameters())
     opt = torch.optim.Adam(params, lr=1e-2)
     for _ in range(epochs):
@@ -153,29 +152,31 @@ def train_filter(states: _States, n_prompts: int, *, precision: float, end_preci
     fit, check = (~held, held) if held.any() else (torch.ones_like(held), torch.ones_like(held))
     spec = CommitSpec(features=FEATURES, hidden=hidden, threshold=1.0, end_threshold=None, eos_id=eos_id,
                       vocab_size=vocab_size)
-    filt = CommitFilter(spec)
+    with torch.random.fork_rng(devices=[]):  # the initialisation follows `seed`, the caller's RNG is left alone
+        torch.manual_seed(seed)
+        filt = CommitFilter(spec)
     filt.mean.copy_(x[fit].mean(0))
     filt.std.copy_(x[fit].std(0).clamp_min(1e-3) if int(fit.sum()) > 1 else torch.ones(x.shape[1]))
-    _fit(filt, "commit", x[fit], y[fit], epochs, seed)
+    _fit(filt, "commit", x[fit], y[fit], epochs)
     with torch.no_grad():
         scores = filt.logits(x[check])[0].sigmoid()
     threshold = _bar(scores, y[check], precision)
     passed = scores >= threshold if threshold < 1 else torch.zeros_like(scores, dtype=torch.bool)
     figures = {"precision": float(y[check][passed].mean()) if passed.any() else 1.0,
                "recall": float(passed[y[check] > 0].float().mean()) if (y[check] > 0).any() else 0.0}
-    end_threshold = _train_end(filt, states, end_precision, epochs, seed)
+    end_threshold = _train_end(filt, states, end_precision, epochs)
     filt.spec = dataclasses.replace(spec, threshold=threshold, end_threshold=end_threshold)
     return filt, figures
 
 
-def _train_end(filt: CommitFilter, states: _States, end_precision: float, epochs: int, seed: int) -> float | None:
+def _train_end(filt: CommitFilter, states: _States, end_precision: float, epochs: int) -> float | None:
     """Fit the end head on the EOS predictions; None (no end head) without both kinds of example."""
     if not states.end:
         return None
     x, y = torch.cat(states.end_feats), torch.cat(states.end)
     if x.shape[0] < 8 or y.sum() == 0 or y.sum() == len(y):
         return None
-    _fit(filt, "end", x, y, epochs, seed)
+    _fit(filt, "end", x, y, epochs)
     with torch.no_grad():
         scores = filt.logits(x)[1].sigmoid()
     bar = _bar(scores, y, end_precision)
