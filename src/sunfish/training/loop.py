@@ -3,9 +3,10 @@
 Everything random flows from `train.seed` through explicit generators (weights, data positions, noise),
 so a run resumed from a checkpoint logs exactly what the uninterrupted run would have, and W data-parallel
 ranks compute what one process with W times the micro-batches would. Steps with a non-finite loss or
-gradient are skipped; SIGTERM/SIGINT write a checkpoint and stop; a lock keeps a second run out. The run's
-watch (training/watch.py) adds system figures to the metric lines, pauses or stops a run whose GPU is too hot,
-and sends the notifications (--notify) of checkpoints, the end, a failure or a stop.
+gradient are skipped; SIGTERM/SIGINT (SIGBREAK on Windows) or a RUN_DIR/STOP file write a checkpoint and
+stop; a lock keeps a second run out. The run's watch (training/watch.py) adds system figures to the metric
+lines, pauses or stops a run whose GPU is too hot, and sends the notifications (--notify) of checkpoints, the
+end, a failure or a stop.
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ def train(
 def _train(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo, start_time: float) -> TrainResult:
     """Set the run up, then step, log and checkpoint until `train.steps` (or a stop request)."""
     state = _setup(cfg, opts, rt, info)
-    with StopRequest() as stop:
+    with StopRequest(opts.run_dir) as stop:
         while state.step < state.cfg.train.steps:
             _step(state)
             val_loss = _log_and_validate(state)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,6 +23,7 @@ import torch.nn as nn
 
 from sunfish.config import ParallelKind, TrainConfig
 from sunfish.model.transformer import Transformer
+from sunfish.portable import compiler_missing
 from sunfish.runtime import Runtime
 
 
@@ -152,13 +152,13 @@ def apply_activation_checkpointing(model: Transformer, every: int) -> int:
 def apply_compile(model: Transformer, log: Callable[[str], None] = print) -> bool:
     """torch.compile each block in place: static (B, L, D) shapes, fused elementwise work.
 
-    The loss's masked output head has a data-dependent shape and stays eager. On CPU, Inductor needs a
-    C++ compiler; without one the model stays uncompiled (with a note) rather than failing mid-run.
+    The loss's masked output head has a data-dependent shape and stays eager. Inductor needs a C++
+    compiler on the CPU and Triton on CUDA (sunfish/portable.py); without them the model stays uncompiled
+    (with a one-line note) rather than failing mid-run.
     """
-    device = next(model.parameters()).device
-    if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
-        log("note: torch.compile needs a C++ compiler on CPU and none was found; training uncompiled "
-            "(install g++ or pass --train.compile=false to silence this)")
+    missing = compiler_missing(next(model.parameters()).device)
+    if missing:
+        log(f"note: {missing}; training uncompiled (pass --train.compile=false to silence this)")
         return False
     for block in model.blocks:
         block.compile()
