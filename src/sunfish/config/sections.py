@@ -120,6 +120,8 @@ class TrainConfig(Section):
     parallel: ParallelKind = knob(ParallelKind.NONE, "none | ddp | fsdp (ddp and fsdp run under torchrun)")
     act_ckpt: int = knob(0, "activation checkpointing of every k-th block (1 = all blocks); 0 = off", lo=0)
     offload: bool = knob(False, "fsdp: keep parameters, gradients and optimizer state in CPU memory")
+    node_local: bool = knob(False, "ddp/fsdp on several nodes without a shared filesystem: each node keeps a complete "
+                            "run folder (--out on its own disk) and its checkpoints (docs/multinode.md)")
     keep_last: int = knob(0, "keep the newest K checkpoints (plus the best by validation loss); 0 = keep all", lo=0)
     max_bad_steps: int = knob(10, "abort after this many steps in a row with a non-finite loss or gradient", lo=1)
     log: LogKind = knob(LogKind.JSONL, "metrics sink besides metrics.jsonl: jsonl | tensorboard | wandb")

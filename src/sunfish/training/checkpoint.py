@@ -1,7 +1,8 @@
 """Saving checkpoints and resuming training from them (the layout: sunfish/checkpoint/files.py).
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a killed run never leaves
-a half checkpoint under a real name. Besides the weights it holds what a resume needs: the optimizer state
+a half checkpoint under a real name. With node-local run folders every node's folder receives the complete
+checkpoint before its rename (training/nodes.py). Besides the weights it holds what a resume needs: the optimizer state
 (AdamW moments by parameter name), the EMA weights, the generators' states and the data position.
 """
 
@@ -83,10 +84,12 @@ def save_checkpoint(
     """Write the checkpoint for `step` atomically and return its folder (every rank calls this)."""
     from sunfish.training.parallel import DistInfo, barrier
 
+    from sunfish.training.nodes import sync_folder
+
     info = info or DistInfo()
     final = checkpoint_dir(run_dir, step)
     tmp = final.parent / f".tmp-{final.name}"
-    if info.is_main:
+    if info.writes_files:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(info)
@@ -119,6 +122,8 @@ def save_checkpoint(
         save_config(cfg, tmp / "config.json")
         write_tokenizer(tokenizer, tmp)
         (tmp / "state.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    sync_folder(tmp, info)  # nodes with folders of their own: each receives the files another node wrote
+    if info.writes_files:
         write_manifest(tmp)
         replace_folder(tmp, final)
     barrier(info)

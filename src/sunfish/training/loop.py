@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from sunfish.config import ModelConfig, RunConfig, describe
+from sunfish.config import LogKind, ModelConfig, RunConfig, describe
 from sunfish.model.transformer import Transformer, build_model, count_parameters
 from sunfish.progress import progress as show_progress
 from sunfish.process.curriculum import FINAL, Stage, stage_at
@@ -45,6 +45,7 @@ from sunfish.training.parallel import (
     parallelize,
     reshard,
 )
+from sunfish.training.nodes import agree_config, resume_point
 from sunfish.training.robust import BadStepGuard, RunInUseError, RunLock, StopRequest, TrainingAborted
 from sunfish.training.monitor import GpuReader
 from sunfish.training.watch import RunWatch
@@ -166,9 +167,9 @@ def _resume_point(run_dir: Path, resume: bool, log: Callable[[str], None]) -> Pa
 
 
 def _lock(run_dir: Path, info: DistInfo, rt: Runtime, log: Callable[[str], None]) -> RunLock | None:
-    """Rank 0 takes the run folder's lock; every rank fails together when it is held by a live run."""
+    """The rank that writes the run folder takes its lock; every rank fails together when it is held by a live run."""
     lock, error = None, None
-    if info.is_main:
+    if info.writes_files:
         try:
             lock = RunLock(run_dir).acquire()
             if lock.took_over is not None:
@@ -208,7 +209,8 @@ def train(
 ) -> TrainResult:
     """Train (or resume) a model of the configured process and return where its final checkpoint is.
 
-    Under torchrun with --train.parallel=ddp|fsdp every rank calls this; rank 0 logs and holds the lock.
+    Under torchrun with --train.parallel=ddp|fsdp every rank calls this; rank 0 logs and holds the lock
+    (with --train.node_local=true each node's first rank holds its own folder's lock: training/nodes.py).
     `model_factory(model_cfg, device)` builds the network (default: a freshly initialised Transformer).
     `corpus` replaces the one read from `data` (`sunfish adapt` brings the base model's tokenizer).
     `gpu_reader` replaces the CUDA device's figures for the monitor and max_gpu_temp (training/monitor.py).
@@ -216,11 +218,12 @@ def train(
     start_time = time.perf_counter()
     validate(cfg)
     rt = setup_runtime(cfg.train.device, cfg.train.dtype, cfg.train.threads)
-    info = init_distributed(cfg.train.parallel, rt.device)
+    info = init_distributed(cfg.train.parallel, rt.device, cfg.train.node_local)
+    cfg = agree_config(cfg, info)  # node-local folders: a node may have resumed a config another lacks
     say = log if info.is_main else (lambda s: None)
     lock = None
     try:
-        if info.is_main:
+        if info.writes_files:
             run_dir.mkdir(parents=True, exist_ok=True)
         barrier(info)
         lock = _lock(run_dir, info, rt, say)
@@ -270,7 +273,7 @@ def _open_data(cfg: RunConfig, opts: RunOptions, resume_from: Path | None) -> tu
 def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> RunState:
     """Everything the run needs, restored from the checkpoint on resume, with the model in training mode."""
     log = opts.log
-    resume_from = _resume_point(opts.run_dir, opts.resume, log)
+    resume_from = resume_point(opts.run_dir, opts.resume, info, _resume_point, log)  # agreed by all nodes
     cfg, corpus, seq_len = _open_data(cfg, opts, resume_from)
     log(describe(cfg))
     model, parameters, trainer = _build_model(cfg, corpus.tokenizer.mask_id, opts, rt, info)
@@ -295,8 +298,9 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
         f"validation tokens; device {rt.device}; parallel {cfg.train.parallel.value} x {info.world}")
     val_source = corpus.val.batches(seq_len, cfg.train.seed + 2)  # the same batches on every rank
     state.val_batches = [val_source.next_batch(cfg.train.batch_size) for _ in range(cfg.train.val_batches)]
-    if info.is_main:
-        state.metrics = MetricsLog(opts.run_dir, state.start if resume_from else None, cfg.train.log, cfg.to_dict())
+    if info.writes_files:  # TensorBoard / W&B from rank 0 only; node-local folders get metrics.jsonl each
+        sink = cfg.train.log if info.is_main else LogKind.JSONL
+        state.metrics = MetricsLog(opts.run_dir, state.start if resume_from else None, sink, cfg.to_dict())
     state.bar = show_progress(total=cfg.train.steps, initial=state.start, desc="train", disable=not opts.progress,
                               every=cfg.train.log_every)
     meter.restart(state.start)

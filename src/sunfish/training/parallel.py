@@ -6,8 +6,11 @@ block, then on the root, so one block's full weights exist at a time). Multi-pro
 `torchrun`, which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address in the environment:
 
     torchrun --nproc_per_node=2 -m sunfish train --preset nano --train.parallel=fsdp
-    torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --nproc_per_node=8 \\
+    torchrun --nnodes=2 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --nproc_per_node=8 \\
         -m sunfish train --preset sunfish-1.4b --train.parallel=fsdp --train.offload=true
+
+Several nodes share one run folder on a shared filesystem, or keep one each with --train.node_local=true
+(training/nodes.py; docs/multinode.md).
 """
 
 from __future__ import annotations
@@ -35,23 +38,41 @@ class DistInfo:
     world: int = 1
     kind: ParallelKind = ParallelKind.NONE
     owns_group: bool = False  # this process created the process group (and destroys it at the end)
+    local_rank: int = 0  # this process's place on its node (torchrun's LOCAL_RANK)
+    node: int = 0  # this node's index (torchrun's GROUP_RANK)
+    nodes: int = 1  # nodes in the run (torchrun's GROUP_WORLD_SIZE)
+    node_local: bool = False  # each node keeps its own run folder (training/nodes.py); else one folder is shared
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     @property
+    def writes_files(self) -> bool:
+        """Whether this rank writes the run folder it sees: rank 0 of a shared folder, or each node's first rank."""
+        return self.is_main or (self.node_local and self.local_rank == 0)
+
+    @property
+    def separate_folders(self) -> bool:
+        """Nodes with folders of their own, which collectives keep in step (training/nodes.py)."""
+        return self.node_local and self.nodes > 1
+
+    @property
     def active(self) -> bool:
         return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(kind: ParallelKind, device: torch.device) -> DistInfo:
-    """Join the torchrun process group (gloo on CPU, NCCL on CUDA) for ddp/fsdp; check the launch fits the kind."""
+def init_distributed(kind: ParallelKind, device: torch.device, node_local: bool = False) -> DistInfo:
+    """Join the torchrun process group (gloo on CPU, NCCL on CUDA) for ddp/fsdp; check the launch fits the kind.
+    Node and local rank come from torchrun's GROUP_RANK / LOCAL_RANK (or SLURM-style RANK // LOCAL_WORLD_SIZE)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if kind is ParallelKind.NONE:
         if world > 1:
             raise ValueError(f"this process is one of {world} torchrun workers but --train.parallel=none; "
                              "pass --train.parallel=ddp or --train.parallel=fsdp")
+        if node_local:
+            raise ValueError("--train.node_local=true needs --train.parallel=ddp or fsdp (one process has one run "
+                             "folder); drop it to resume a multi-node run in one process")
         return DistInfo()
     if "RANK" not in os.environ:
         raise ValueError(f"--train.parallel={kind.value} runs under torchrun; start it as "
@@ -61,7 +82,12 @@ def init_distributed(kind: ParallelKind, device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
         owns = True
-    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), kind=kind, owns_group=owns)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return DistInfo(rank=rank, world=world, kind=kind, owns_group=owns,
+                    local_rank=int(os.environ.get("LOCAL_RANK", rank % per_node)),
+                    node=int(os.environ.get("GROUP_RANK", rank // per_node)),
+                    nodes=int(os.environ.get("GROUP_WORLD_SIZE", -(-world // per_node))), node_local=node_local)
 
 
 def close_distributed(info: DistInfo) -> None:

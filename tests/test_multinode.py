@@ -1,0 +1,162 @@
+"""Two nodes for real, on this machine: two torchrun agents (--nnodes=2 --nproc-per-node=1, c10d rendezvous on
+127.0.0.1, gloo), each node with its own run folder (--train.node_local=true, no shared files). DDP and FSDP
+log the same losses as one process with the same global batch, every node's folder holds complete, loadable
+checkpoints, node 1's folder resumes in one process equal to the uninterrupted run, and a one-process run
+resumed on two nodes ships its checkpoint to the node that lacks it."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from sunfish.checkpoint.files import list_checkpoints, verify_checkpoint
+from sunfish.config import apply_tree, load_preset
+from sunfish.loading import load_model
+from sunfish.training.loop import train
+
+from conftest import TINY_DOCS, run_metrics as metrics
+
+STEPS = 6
+TINY = ["--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2", "--model.context=32",
+        "--train.batch_size=2", "--train.log_every=1", "--train.val_every=3", "--train.val_batches=2",
+        "--optim.warmup_steps=2", "--data.val_fraction=0.2", "--train.ema=0.9"]
+# One process group per agent's worker, several `sunfish train` command lines in turn; "{node}" in an
+# argument becomes this node's index (GROUP_RANK), so each node writes its own folder.
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    import torch.distributed as dist
+    from sunfish.cli import main
+    dist.init_process_group("gloo")
+    node = os.environ["GROUP_RANK"]
+    for argv in json.loads(open(sys.argv[1]).read()):
+        code = main([a.replace("{node}", node) for a in argv])
+        assert code == 0, (argv, code)
+    dist.destroy_process_group()
+""")
+
+
+def tiny_cfg(**train):
+    tree = {"model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "context": 32},
+            "train": {"steps": STEPS, "batch_size": 2, "grad_accum": 2, "log_every": 1, "val_every": 3,
+                      "val_batches": 2, "ema": 0.9, "save_every": 3, **train},
+            "optim": {"warmup_steps": 2}, "data": {"val_fraction": 0.2}}
+    return apply_tree(load_preset("nano"), tree)
+
+
+def assert_same_metrics(a, b, rel=1e-5):
+    assert [l["step"] for l in a] == [l["step"] for l in b] == list(range(1, STEPS + 1))
+    for x, y in zip(a, b):
+        assert set(x) == set(y)
+        for key in x:
+            assert x[key] == pytest.approx(y[key], rel=rel, abs=1e-7), (x["step"], key)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes(tmp, jobs, timeout=240):
+    """Start two torchrun agents of one node each and wait for both (killed when past `timeout` seconds)."""
+    (tmp / "jobs.json").write_text(json.dumps(jobs))
+    (tmp / "worker.py").write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=sunfish-test", "--max-restarts=0",
+           str(tmp / "worker.py"), str(tmp / "jobs.json")]
+    agents = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True) for _ in range(2)]  # a group of its own: killed with its workers
+    try:
+        outputs = [a.communicate(timeout=timeout)[0] for a in agents]
+    finally:
+        for a in agents:  # whatever is left of an agent and its workers (nothing after a clean exit)
+            try:
+                os.killpg(a.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            a.wait()
+    for a, out in zip(agents, outputs):
+        assert a.returncode == 0, out[-4000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The one-process reference (2 micro-batches of 2 = 2 nodes x 2), then in one two-node launch: DDP, FSDP, and
+    the reference's step-3 checkpoint resumed on two nodes of which only node 0 holds it."""
+    tmp = tmp_path_factory.mktemp("multinode")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("\n\n".join(TINY_DOCS), encoding="utf-8")
+    train(tiny_cfg(), run_dir=tmp / "single", data=[str(corpus)], progress=False, log=lambda s: None)
+    shutil.copytree(tmp / "single", tmp / "node0" / "grow")
+    shutil.rmtree(tmp / "node0" / "grow" / "checkpoints" / f"step-{STEPS:06d}")
+    common = ["train", "--preset", "nano", "--data", str(corpus), "--steps", str(STEPS), "--save-every", "3",
+              "--no-progress", "--train.node_local=true", *TINY]
+    jobs = [[*common, "--out", str(tmp / "node{node}" / "ddp"), "--train.parallel=ddp"],
+            [*common, "--out", str(tmp / "node{node}" / "fsdp"), "--train.parallel=fsdp"],
+            [*common, "--out", str(tmp / "node{node}" / "grow"), "--train.parallel=fsdp", "--train.grad_accum=1",
+             "--resume"]]
+    two_nodes(tmp, jobs)
+    return tmp, corpus
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_two_nodes_equal_one_process_and_each_node_folder_holds_the_checkpoints(runs, kind):
+    tmp, _ = runs
+    reference = metrics(tmp / "single")
+    for node in (0, 1):
+        run = tmp / f"node{node}" / kind
+        assert_same_metrics(metrics(run), reference)
+        assert [p.name for p in list_checkpoints(run)] == ["step-000003", f"step-{STEPS:06d}"]
+        for ckpt in list_checkpoints(run):
+            verify_checkpoint(ckpt)
+        if kind == "fsdp":
+            assert len(list((list_checkpoints(run)[-1] / "state").iterdir())) == 2  # both ranks' shards, on each node
+        for ema in (False, True):
+            a = load_model(tmp / "single", torch.device("cpu"), ema=ema).model.state_dict()
+            b = load_model(run, torch.device("cpu"), ema=ema).model.state_dict()
+            assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), (node, ema)
+        assert not (run / ".lock.owner").exists()
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_node_1_folder_resumes_in_one_process_equal_to_the_uninterrupted_run(runs, kind):
+    tmp, corpus = runs
+    run = tmp / f"resumed-{kind}"
+    shutil.copytree(tmp / "node1" / kind, run)
+    shutil.rmtree(run / "checkpoints" / f"step-{STEPS:06d}")
+    logs = []
+    train(tiny_cfg(), run_dir=run, data=[str(corpus)], resume=True, progress=False, log=logs.append)
+    assert any("resuming from" in s and "step-000003" in s for s in logs)
+    assert_same_metrics(metrics(run), metrics(tmp / "single"))
+
+
+def test_a_node_without_the_checkpoint_receives_it_on_resume(runs):
+    tmp, _ = runs
+    reference = metrics(tmp / "single")
+    assert_same_metrics(metrics(tmp / "node0" / "grow"), reference)
+    logged = metrics(tmp / "node1" / "grow")  # node 1 logged from the resume on
+    assert [l["step"] for l in logged] == [4, 5, 6]
+    for x, y in zip(logged, reference[3:]):
+        assert x == pytest.approx(y, rel=1e-5)
+    for node in (0, 1):
+        run = tmp / f"node{node}" / "grow"
+        assert [p.name for p in list_checkpoints(run)] == ["step-000003", f"step-{STEPS:06d}"]
+        verify_checkpoint(list_checkpoints(run)[0])  # node 1's copy of the checkpoint it resumed from
+    assert not list((tmp / "node1" / "grow" / "checkpoints").glob(".*"))  # no staging folder left
+    one, two = (load_model(tmp / f"node{n}" / "grow", torch.device("cpu")).model.state_dict() for n in (0, 1))
+    assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_node_local_in_one_process_is_one_sentence(tmp_path):
+    from sunfish.cli import main
+
+    code = main(["train", "--out", str(tmp_path / "r"), "--train.node_local=true", "--steps", "1", "--no-progress"])
+    assert code == 2
