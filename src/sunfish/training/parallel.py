@@ -70,10 +70,7 @@ def init_distributed(kind: ParallelKind, device: torch.device, node_local: bool 
         if world > 1:
             raise ValueError(f"this process is one of {world} torchrun workers but --train.parallel=none; "
                              "pass --train.parallel=ddp or --train.parallel=fsdp")
-        if node_local:
-            raise ValueError("--train.node_local=true needs --train.parallel=ddp or fsdp (one process has one run "
-                             "folder); drop it to resume a multi-node run in one process")
-        return DistInfo()
+        return DistInfo()  # node_local (from a multi-node run's saved config) means nothing to one process
     if "RANK" not in os.environ:
         raise ValueError(f"--train.parallel={kind.value} runs under torchrun; start it as "
                          f"`torchrun --nproc_per_node=N -m sunfish train ... --train.parallel={kind.value}`")
