@@ -27,10 +27,11 @@ STEPS = 6
 TINY = ["--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2", "--model.context=32",
         "--train.batch_size=2", "--train.log_every=1", "--train.val_every=3", "--train.val_batches=2",
         "--optim.warmup_steps=2", "--data.val_fraction=0.2", "--train.ema=0.9"]
-# One process group per agent's worker, several `sunfish train` command lines in turn; "{node}" in an
-# argument becomes this node's index (GROUP_RANK), so each node writes its own folder.
+# One process group per agent's worker (PyTorch cannot reliably make a second one in a process), several
+# `sunfish train` command lines in turn; "{node}" in an argument becomes this node's index (GROUP_RANK).
 WORKER = textwrap.dedent("""
-    import json, os, sys
+    import faulthandler, json, os, sys
+    faulthandler.dump_traceback_later(200, exit=True)  # a hang prints where, and the worker still ends
     import torch.distributed as dist
     from sunfish.cli import main
     dist.init_process_group("gloo")
@@ -64,33 +65,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(tmp, jobs, timeout=240):
-    """Start two torchrun agents of one node each and wait for both (killed when past `timeout` seconds)."""
-    (tmp / "jobs.json").write_text(json.dumps(jobs))
-    (tmp / "worker.py").write_text(WORKER)
+def two_nodes(tails: list[list[str]]) -> list[list[str]]:
+    """torchrun command lines of two agents of one node each, meeting at a fresh port; tails[i] is agent i's
+    script and arguments."""
+    port = free_port()
+    return [[sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+             f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=sunfish-{port}", "--max-restarts=0", *tail]
+            for tail in tails]
+
+
+def run_all(commands: list[list[str]], timeout=240) -> None:
+    """Run the agents together and wait for all of them (killed, with their workers, past `timeout` seconds)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--rdzv-id=sunfish-test", "--max-restarts=0",
-           str(tmp / "worker.py"), str(tmp / "jobs.json")]
     agents = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True) for _ in range(2)]  # a group of its own: killed with its workers
+                               start_new_session=True) for cmd in commands]  # a group of its own: killed with it
     try:
         outputs = [a.communicate(timeout=timeout)[0] for a in agents]
     finally:
-        for a in agents:  # whatever is left of an agent and its workers (nothing after a clean exit)
-            try:
-                os.killpg(a.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            a.wait()
+        for a in agents:  # whatever is left (nothing after a clean exit): SIGTERM lets torchrun end its workers
+            for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
+                try:
+                    os.killpg(a.pid, sig)
+                    a.wait(timeout=grace)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
     for a, out in zip(agents, outputs):
         assert a.returncode == 0, out[-4000:]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The one-process reference (2 micro-batches of 2 = 2 nodes x 2), then in one two-node launch: DDP, FSDP, and
-    the reference's step-3 checkpoint resumed on two nodes of which only node 0 holds it."""
+    """The one-process reference (2 micro-batches of 2 = 2 nodes x 2), then two two-node launches at once:
+    `torchrun -m sunfish train` with DDP (each agent its own --out), and a worker that runs FSDP and the
+    reference's step-3 checkpoint resumed on two nodes of which only node 0 holds it."""
     tmp = tmp_path_factory.mktemp("multinode")
     corpus = tmp / "corpus.txt"
     corpus.write_text("\n\n".join(TINY_DOCS), encoding="utf-8")
@@ -99,20 +109,27 @@ def runs(tmp_path_factory):
     shutil.rmtree(tmp / "node0" / "grow" / "checkpoints" / f"step-{STEPS:06d}")
     common = ["train", "--preset", "nano", "--data", str(corpus), "--steps", str(STEPS), "--save-every", "3",
               "--no-progress", "--train.node_local=true", *TINY]
-    jobs = [[*common, "--out", str(tmp / "node{node}" / "ddp"), "--train.parallel=ddp"],
-            [*common, "--out", str(tmp / "node{node}" / "fsdp"), "--train.parallel=fsdp"],
+    jobs = [[*common, "--out", str(tmp / "node{node}" / "fsdp"), "--train.parallel=fsdp"],
             [*common, "--out", str(tmp / "node{node}" / "grow"), "--train.parallel=fsdp", "--train.grad_accum=1",
              "--resume"]]
-    two_nodes(tmp, jobs)
+    (tmp / "jobs.json").write_text(json.dumps(jobs))
+    (tmp / "worker.py").write_text(WORKER)
+    cli = two_nodes([["-m", "sunfish", *common, "--out", str(tmp / f"agent{i}" / "ddp"), "--train.parallel=ddp"]
+                     for i in range(2)])  # which agent becomes node 1 is the rendezvous' choice
+    worker = two_nodes([[str(tmp / "worker.py"), str(tmp / "jobs.json")]] * 2)
+    run_all(cli + worker)
     return tmp, corpus
+
+
+def node_folders(tmp, kind):
+    return [tmp / f"agent{i}" / kind for i in range(2)] if kind == "ddp" else [tmp / f"node{i}" / kind for i in range(2)]
 
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp"])
 def test_two_nodes_equal_one_process_and_each_node_folder_holds_the_checkpoints(runs, kind):
     tmp, _ = runs
     reference = metrics(tmp / "single")
-    for node in (0, 1):
-        run = tmp / f"node{node}" / kind
+    for node, run in enumerate(node_folders(tmp, kind)):
         assert_same_metrics(metrics(run), reference)
         assert [p.name for p in list_checkpoints(run)] == ["step-000003", f"step-{STEPS:06d}"]
         for ckpt in list_checkpoints(run):
@@ -130,7 +147,7 @@ def test_two_nodes_equal_one_process_and_each_node_folder_holds_the_checkpoints(
 def test_node_1_folder_resumes_in_one_process_equal_to_the_uninterrupted_run(runs, kind):
     tmp, corpus = runs
     run = tmp / f"resumed-{kind}"
-    shutil.copytree(tmp / "node1" / kind, run)
+    shutil.copytree(node_folders(tmp, kind)[1], run)
     shutil.rmtree(run / "checkpoints" / f"step-{STEPS:06d}")
     if kind == "ddp":
         logs = []
