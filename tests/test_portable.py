@@ -15,7 +15,7 @@ import pytest
 
 import sunfish
 from sunfish.cli import main
-from sunfish.portable import compiler_missing, peak_rss_gib, stop_signals, worker_start_method
+from sunfish.portable import compiler_missing, peak_rss_gib, readable_output, stop_signals, worker_start_method
 
 from conftest import run_metrics as metrics
 
@@ -134,6 +134,22 @@ def test_portable_helpers_on_this_system():
     import torch
 
     assert compiler_missing(torch.device("meta")) is None
+
+
+@pytest.mark.parametrize("windows", [True, False])
+def test_a_redirected_output_in_a_code_page_prints_russian_text(monkeypatch, windows):
+    import io
+
+    import sunfish.portable as portable
+
+    monkeypatch.setattr(portable, "WINDOWS", windows)
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="cp1252")  # what Windows gives a pipe or a file
+    readable_output((stream,))
+    stream.write("Маша нашла мяч")
+    stream.flush()
+    assert raw.getvalue().decode("utf-8" if windows else "ascii") == (
+        "Маша нашла мяч" if windows else "\\u041c\\u0430\\u0448\\u0430 \\u043d\\u0430\\u0448\\u043b\\u0430 \\u043c\\u044f\\u0447")
 
 
 def test_compile_without_a_compiler_is_skipped_with_one_note(monkeypatch):

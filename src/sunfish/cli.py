@@ -225,6 +225,9 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sunfish.portable import readable_output
+
+    readable_output()  # Windows: a redirected stdout prints Russian text as UTF-8, not an encoding error
     try:
         args, extra = build_parser().parse_known_args(argv)
         return dispatch(args, extra)

@@ -7,12 +7,15 @@
   a Python process (`os.kill(pid, SIGTERM)` there ends it at once, like `kill -9`);
 - whether `torch.compile` can work: Inductor emits C++ on the CPU (g++/clang++, or MSVC's `cl` on
   Windows) and Triton kernels on CUDA;
-- the start method of worker processes: the one the program chose, else fork on Linux, else spawn.
+- the start method of worker processes: the one the program chose, else fork on Linux, else spawn;
+- text output: Windows writes a redirected stdout (a pipe, a file, an SSH session) in the ANSI code page
+  (cp1252, cp866, ...), in which Russian or Chinese text cannot be printed; Sunfish writes UTF-8 there.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import multiprocessing
 import shutil
 import signal
@@ -89,3 +92,16 @@ def worker_start_method() -> str:
     if chosen is not None:
         return chosen
     return "fork" if sys.platform.startswith("linux") else "spawn"  # macOS: fork is unsafe with its system libraries
+
+
+def readable_output(streams: tuple[io.TextIOBase, ...] | None = None) -> None:
+    """Make stdout and stderr able to print any text: UTF-8 on Windows where they are not already, and
+    elsewhere, under an encoding the user chose (PYTHONIOENCODING), escapes for what it cannot encode."""
+    for stream in streams if streams is not None else (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if encoding == "utf8" or not hasattr(stream, "reconfigure"):
+            continue
+        if WINDOWS:
+            stream.reconfigure(encoding="utf-8")
+        else:
+            stream.reconfigure(errors="backslashreplace")
