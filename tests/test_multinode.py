@@ -29,16 +29,21 @@ TINY = ["--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2", "--mode
         "--optim.warmup_steps=2", "--data.val_fraction=0.2", "--train.ema=0.9"]
 # One process group per agent's worker (PyTorch cannot reliably make a second one in a process), several
 # `sunfish train` command lines in turn; "{node}" in an argument becomes this node's index (GROUP_RANK).
+# A job that is a string names a folder each node removes.
 WORKER = textwrap.dedent("""
-    import faulthandler, json, os, sys
+    import faulthandler, json, os, shutil, sys
     faulthandler.dump_traceback_later(200, exit=True)  # a hang prints where, and the worker still ends
     import torch.distributed as dist
     from sunfish.cli import main
     dist.init_process_group("gloo")
     node = os.environ["GROUP_RANK"]
-    for argv in json.loads(open(sys.argv[1]).read()):
-        code = main([a.replace("{node}", node) for a in argv])
-        assert code == 0, (argv, code)
+    for job in json.loads(open(sys.argv[1]).read()):
+        if isinstance(job, str):  # a folder this node removes (then waits for the other node)
+            shutil.rmtree(job.replace("{node}", node))
+            dist.barrier()
+            continue
+        code = main([a.replace("{node}", node) for a in job])
+        assert code == 0, (job, code)
     dist.destroy_process_group()
 """)
 
@@ -99,8 +104,9 @@ def run_all(commands: list[list[str]], timeout=240) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The one-process reference (2 micro-batches of 2 = 2 nodes x 2), then two two-node launches at once:
-    `torchrun -m sunfish train` with DDP (each agent its own --out), and a worker that runs FSDP and the
-    reference's step-3 checkpoint resumed on two nodes of which only node 0 holds it."""
+    `torchrun -m sunfish train` with DDP (each agent its own --out), and a worker that runs FSDP (once
+    resumed from step 3 on both nodes), and the reference's step-3 checkpoint resumed on two nodes of which
+    only node 0 holds it."""
     tmp = tmp_path_factory.mktemp("multinode")
     corpus = tmp / "corpus.txt"
     corpus.write_text("\n\n".join(TINY_DOCS), encoding="utf-8")
@@ -109,7 +115,10 @@ def runs(tmp_path_factory):
     shutil.rmtree(tmp / "node0" / "grow" / "checkpoints" / f"step-{STEPS:06d}")
     common = ["train", "--preset", "nano", "--data", str(corpus), "--steps", str(STEPS), "--save-every", "3",
               "--no-progress", "--train.node_local=true", *TINY]
-    jobs = [[*common, "--out", str(tmp / "node{node}" / "fsdp"), "--train.parallel=fsdp"],
+    jobs = [[*common, "--out", str(tmp / "node{node}" / "fsdp-resumed"), "--train.parallel=fsdp"],
+            str(tmp / "node{node}" / "fsdp-resumed" / "checkpoints" / f"step-{STEPS:06d}"),
+            [*common, "--out", str(tmp / "node{node}" / "fsdp-resumed"), "--train.parallel=fsdp", "--resume"],
+            [*common, "--out", str(tmp / "node{node}" / "fsdp"), "--train.parallel=fsdp"],
             [*common, "--out", str(tmp / "node{node}" / "grow"), "--train.parallel=fsdp", "--train.grad_accum=1",
              "--resume"]]
     (tmp / "jobs.json").write_text(json.dumps(jobs))
@@ -159,6 +168,15 @@ def test_node_1_folder_resumes_in_one_process_equal_to_the_uninterrupted_run(run
         assert main(["train", "--out", str(run), "--data", str(corpus), "--resume", "--train.parallel=none",
                      "--train.grad_accum=2", "--no-progress"]) == 0
     assert_same_metrics(metrics(run), metrics(tmp / "single"))
+
+
+def test_two_nodes_resume_from_their_own_folders(runs):
+    tmp, _ = runs
+    for node in (0, 1):
+        run = tmp / f"node{node}" / "fsdp-resumed"
+        assert_same_metrics(metrics(run), metrics(tmp / "single"))
+        assert [p.name for p in list_checkpoints(run)] == ["step-000003", f"step-{STEPS:06d}"]
+        assert not list((run / "checkpoints").glob(".*"))  # no temporary folder left
 
 
 def test_a_node_without_the_checkpoint_receives_it_on_resume(runs):

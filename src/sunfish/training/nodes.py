@@ -70,10 +70,8 @@ def _broadcast_file(path: Path, size: int, source: int, info: DistInfo, receive:
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = path.open("wb")
     try:
-        for start in range(0, max(size, 1), PIECE):
+        for start in range(0, size, PIECE):  # an empty file: created, nothing sent
             n = min(PIECE, size - start)
-            if n <= 0:
-                break
             if reader is not None:
                 piece = torch.frombuffer(bytearray(reader.read(n)), dtype=torch.uint8).to(comm)  # (n,)
             else:
@@ -130,13 +128,14 @@ def resume_point(run_dir: Path, resume: bool, info: DistInfo,
     if lacking:  # receive into a temporary folder, renamed into place once whole
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-    holders = _gather(info.rank if info.writes_files and step == newest else None, info)
-    source = min(r for r in holders if r is not None)
-    _ship(target if info.rank == source else staging, info, source, lacking)
-    if lacking:
-        replace_folder(staging, target)
-        log(f"node {info.node}: received checkpoint {target.name} from rank {source}")
-    barrier(info)
+    status = _gather((info.writes_files and step == newest, lacking), info)  # (holds it, lacks it) per rank
+    if any(lacks for _, lacks in status):
+        source = min(r for r, (holds, _) in enumerate(status) if holds)
+        _ship(target if info.rank == source else staging, info, source, lacking)
+        if lacking:
+            replace_folder(staging, target)
+            log(f"node {info.node}: received checkpoint {target.name} from rank {source}")
+        barrier(info)
     return target
 
 
