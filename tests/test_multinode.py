@@ -88,6 +88,10 @@ def run_all(commands: list[list[str]], timeout=240) -> None:
         outputs = [a.communicate(timeout=timeout)[0] for a in agents]
     finally:
         for a in agents:  # whatever is left (nothing after a clean exit): SIGTERM lets torchrun end its workers
+            if not hasattr(os, "killpg"):  # Windows
+                a.kill()
+                a.wait()
+                continue
             for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
                 try:
                     os.killpg(a.pid, sig)

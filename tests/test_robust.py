@@ -41,6 +41,7 @@ def weights(run_dir):
     return load_model(run_dir, torch.device("cpu")).model.state_dict()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="kill -9 and SIGTERM from outside are Unix signals")
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, corpus):
     steps = 18
     argv = ["train", "--preset", "nano", "--data", corpus, "--steps", str(steps), "--save-every", "3", "--no-progress", *TINY]
