@@ -117,7 +117,8 @@ def test_cli_prepares_trains_resumes_and_samples_under_spawn_without_unix_module
     assert [l["step"] for l in a] == list(range(1, 7)) == [l["step"] for l in b]
     for x, y in zip(a, b):
         assert x == pytest.approx(y, rel=1e-6)
-    assert all(l["memory_gib"] == 0.0 for l in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()))
+    if sys.platform != "win32":  # without `resource` no peak memory is known here (Windows asks its own API)
+        assert all(l["memory_gib"] == 0.0 for l in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()))
     assert json.loads(done.stdout.strip().splitlines()[-1])["text"]
 
 
