@@ -1,7 +1,8 @@
 """Windows conditions, as far as Linux can show them: every module imports with the Unix-only modules made
-unimportable, and the CLI prepares data with worker processes, trains, resumes and samples under the `spawn`
-start method (Windows' only one) with those modules gone, in the parent and in every spawned worker; the
-resumed run equals an uninterrupted one trained here under normal conditions. The CI workflow that runs the
+unimportable, and the CLI prepares tar shards with worker processes, trains from them with DataLoader
+workers, resumes and samples under the `spawn` start method (Windows' only one) with those modules gone, in
+the parent and in every spawned worker; the resumed run equals an uninterrupted one trained here under normal
+conditions. The CI workflow that runs the
 suite on Linux, Windows and macOS is valid YAML with one job per system running scripts/test.sh."""
 
 import json
@@ -93,24 +94,24 @@ def test_cli_prepares_trains_resumes_and_samples_under_spawn_without_unix_module
 
     corpus = tmp_path / "stories.jsonl"
     write_documents(corpus, generate_stories("both", 120, 0))
-    prepare = ["data", "prepare", str(corpus), "--train-tokenizer", "400", "--seq-len", "64", "--min-words", "5",
-               "--no-progress"]
-    # Here, normally: one worker; the reference run of 6 steps.
+    prepare = ["data", "prepare", str(corpus), "--format", "tar", "--train-tokenizer", "400", "--seq-len", "64",
+               "--min-words", "5", "--no-progress"]
+    # Here, normally: one worker prepares tar shards; the reference run of 6 steps reads them in this process.
     assert main([*prepare, "--out", str(tmp_path / "prep1"), "--workers", "1"]) == 0
     train = ["train", "--preset", "nano", "--data", str(tmp_path / "prep1"), *TINY, "--save-every", "3"]
-    assert main([*train, "--out", str(tmp_path / "reference"), "--steps", "6"]) == 0
-    # Windows conditions, in one interpreter: two spawned workers prepare the same shards; 6 steps, a resume
-    # from step 3's checkpoint, and a sample.
+    assert main([*train, "--out", str(tmp_path / "reference"), "--steps", "6", "--data.workers=0"]) == 0
+    # Windows conditions, in one interpreter: two spawned workers prepare the same shards; 6 steps with two
+    # spawned DataLoader workers streaming the shards, a resume from step 3's checkpoint, and a sample.
     run_dir = tmp_path / "run"
     jobs = [[*prepare, "--out", str(tmp_path / "prep2"), "--workers", "2"],
-            [*train, "--out", str(run_dir), "--steps", "6"],
+            [*train, "--out", str(run_dir), "--steps", "6", "--data.workers=2"],
             {"remove": str(run_dir / "checkpoints" / "step-000006")},  # as if stopped after step 3's checkpoint
-            [*train, "--out", str(run_dir), "--steps", "6", "--resume"],
+            [*train, "--out", str(run_dir), "--steps", "6", "--data.workers=2", "--resume"],
             ["sample", str(run_dir), "--prompt", "the cat", "--length", "16", "--steps", "4", "--json"]]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs), encoding="utf-8")
     done = run("-c", JOBS, str(tmp_path / "jobs.json"), timeout=300)
     spawned = [l for l in log.read_text().splitlines() if "--multiprocessing-fork" in l]
-    assert len(spawned) >= 2  # the workers were spawned interpreters (which ran the same blocking bootstrap)
+    assert len(spawned) >= 6  # 2 prepare and 2 x 2 DataLoader workers were spawned interpreters (blocking alike)
     manifests = [json.loads((tmp_path / p / "manifest.json").read_text(encoding="utf-8")) for p in ("prep1", "prep2")]
     assert manifests[0]["streams"] == manifests[1]["streams"]  # shard files by SHA-256
     a, b = metrics(run_dir), metrics(tmp_path / "reference")
