@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import multiprocessing
+import os
 import shutil
 import signal
 import sys
@@ -69,6 +70,16 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     return tuple(found)
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler Inductor would use: $CXX when set, else the first of cl/clang-cl (Windows) or
+    c++/g++/clang++ on the PATH; None when there is none."""
+    given = os.environ.get("CXX")
+    if given:
+        return shutil.which(given)
+    names = ("cl", "clang-cl") if WINDOWS else ("c++", "g++", "clang++")
+    return next((found for found in map(shutil.which, names) if found), None)
+
+
 def compiler_missing(device: torch.device) -> str | None:
     """Why `torch.compile` cannot work on `device` here (one sentence), or None when it can."""
     if device.type == "cuda":
@@ -77,8 +88,7 @@ def compiler_missing(device: torch.device) -> str | None:
                     + (" (on Windows: pip install triton-windows)" if WINDOWS else " (pip install triton)"))
         return None
     if device.type == "cpu":
-        names = ("cl",) if WINDOWS else ("c++", "g++", "clang++")
-        if not any(shutil.which(n) for n in names):
+        if cxx_compiler() is None:
             where = ("MSVC's cl.exe (run from a Visual Studio developer prompt)" if WINDOWS
                      else "a C++ compiler (g++ or clang++)")
             return f"torch.compile needs {where} on the CPU and none was found"
