@@ -6,8 +6,10 @@ caches, remasking, batches of mixed-length prompts, temperature / top-k / top-p)
 `spec_of(cfg.process)` and reads the entry; it never tests the process kind itself. Adding a process is one
 entry here. (torchtitan's TrainSpec registry and vLLM's model registry are the models.)
 
-Five processes: masked diffusion (MDLM / LLaDA), block diffusion (BD3-LM: masked with process.block_size > 0),
-the autoregressive baseline, Gaussian diffusion over embeddings and flow matching on the simplex.
+Six processes: masked diffusion (MDLM / LLaDA), block diffusion (BD3-LM: masked with process.block_size > 0),
+the autoregressive baseline, Gaussian diffusion over embeddings, flow matching on the simplex and latent
+diffusion over a frozen LM's compressed states (LDLM; its network is built around the frozen base by
+`sunfish.adapt.latent`, since loading a base needs the checkpoint code that imports this module).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from sunfish.config import AttentionKind, Layout, ModelConfig, ProcessConfig, ProcessKind, SamplerConfig, TimeCond
+from sunfish.config import (AttentionKind, Layout, ModelConfig, Parameterisation, ProcessConfig, ProcessKind, SamplerConfig,
+                            TimeCond)
 from sunfish.model.transformer import Transformer, build_model
 from sunfish.process.autoregressive import causal_nats, causal_warmup_loss, next_token_loss
 from sunfish.process.block import block_diffusion_loss, block_nats, block_scores
 from sunfish.process.continuous import continuous_loss, continuous_nats
 from sunfish.process.flow import flow_loss
 from sunfish.process.layers import continuous_layers, flow_layers
+from sunfish.process.ldlm import ldlm_loss, reconstruction
 from sunfish.process.curriculum import FINAL, Stage, stage_process
 from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_nats, masked_scores
 from sunfish.process.schedules import MaskSchedule
@@ -33,6 +37,7 @@ from sunfish.sample.batch import Generators, Padding
 from sunfish.sample.block import block_generate
 from sunfish.sample.continuous import continuous_generate
 from sunfish.sample.flow import flow_generate
+from sunfish.sample.ldlm import ldlm_generate
 from sunfish.sample.unmask import SampleResult, unmask
 
 
@@ -75,6 +80,9 @@ class ProcessSpec:
     loss: Callable[..., LossOutput]  # (model, x0 (B, L), process cfg, mask id, generator, curriculum Stage)
     decode: Callable[..., SampleResult]  # (model, canvas (B, L), fill_start, sampler cfg, DecodeJob)
     likelihood: Estimator | None  # None: no likelihood estimator is known
+    reconstruction: Callable[..., tuple[int, int]] | None = None  # (model, x (B, L)) -> (correct, total) tokens
+    # read back from their own latents; what evaluation reports for a latent model without a likelihood
+    frozen_base: bool = False  # trains around a frozen LM (process.base); sunfish.adapt.latent builds and loads it
     scores: Callable[..., torch.Tensor] | None = None  # (model, z, x, t, where, process cfg) -> -log p (N,) of the
     # tokens of x at `where` given the masked z (B, L) at times t (B,); None: not a masking process (training/plateau.py)
     layers: Callable | None = None  # (model, process cfg): attaches model.process_io
@@ -128,6 +136,11 @@ def _decode_ar(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) ->
 
 def _decode_continuous(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
     return continuous_generate(model, x, job.mask_id, cfg, job.process, generator=job.generator, callback=job.callback)
+
+
+def _decode_ldlm(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
+    return ldlm_generate(model, x, fill_start, job.mask_id, cfg, job.process, generator=job.generator,
+                         suppress=job.suppress, callback=job.callback)
 
 
 def _decode_flow(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
@@ -203,8 +216,25 @@ FLOW = ProcessSpec(
     infill=True, mixed_batches=False, final_commits=False, wants_time=True,
     train_flags={"process": {"kind": "flow"}, "model": {"layout": "same"}},
 )
-SPECS: dict[str, ProcessSpec] = {s.name: s for s in (MASKED, BLOCK, AR, CONTINUOUS, FLOW)}
-_BY_KIND = {ProcessKind.MASKED: MASKED, ProcessKind.AR: AR, ProcessKind.CONTINUOUS: CONTINUOUS, ProcessKind.FLOW: FLOW}
+LDLM = ProcessSpec(
+    name="ldlm", label="latent diffusion (LDLM)", loss=lambda model, x0, cfg, mask_id, generator, stage:
+    ldlm_loss(model, x0, cfg, generator), decode=_decode_ldlm, likelihood=None, reconstruction=reconstruction,
+    process_fields=_TIME_DRAWS | {"noise_schedule", "param", "base", "latents", "latent_dim", "perceiver_layers",
+                                  "diffusion_warmup", "adaptive_t", "decoder_noise", "hidden_weight"},
+    sampler_fields=frozenset({"length", "steps", "solver", "eta"}),
+    needs=(Need("process.base", bool, "the {label} process compresses a frozen causal LM's states; pass --process.base "
+                "PATH (a `sunfish train --objective ar` run or a local Hugging Face causal LM folder)"),
+           Need("process.param", lambda v: v is not Parameterisation.SOFTMAX, "the {label} process predicts latents "
+                "(x0, eps or v), not token probabilities; set --process.param=v"),
+           Need("model.time_cond", lambda v: v is TimeCond.ADALN, "the {label} denoiser is a DiT with adaLN time "
+                "conditioning; set --model.time_cond=adaln"), _BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT),
+    mixed_batches=False, final_commits=False, frozen_base=True,
+    train_flags={"process": {"kind": "ldlm", "param": "v", "block_size": 0},
+                 "model": {"time_cond": "adaln", "attention": "bidirectional", "layout": "same"}},
+)
+SPECS: dict[str, ProcessSpec] = {s.name: s for s in (MASKED, BLOCK, AR, CONTINUOUS, FLOW, LDLM)}
+_BY_KIND = {ProcessKind.MASKED: MASKED, ProcessKind.AR: AR, ProcessKind.CONTINUOUS: CONTINUOUS, ProcessKind.FLOW: FLOW,
+            ProcessKind.LDLM: LDLM}
 
 
 def spec_of(process: ProcessConfig) -> ProcessSpec:
@@ -229,6 +259,9 @@ def attach_layers(model: torch.nn.Module, process: ProcessConfig) -> None:
 
 def build_network(model_cfg: ModelConfig, process: ProcessConfig, device: torch.device | str = "cpu") -> Transformer:
     """The backbone with the layers its process adds."""
+    if spec_of(process).frozen_base:
+        raise ValueError(f"a {spec_of(process).label} network is built around its frozen base; open the run with "
+                         "sunfish.loading.load_model (or any sunfish verb), not as a plain network")
     model = build_model(model_cfg, device)
     attach_layers(model, process)
     return model

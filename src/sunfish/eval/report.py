@@ -61,7 +61,7 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
     from sunfish.eval.generative import generation_suite, load_reference
     from sunfish.eval.infill import InfillUnsupported, infill_suite
     from sunfish.eval.instruct import instruct_suite, read_rows
-    from sunfish.eval.likelihood import UnsupportedProcess, evaluate_likelihood, held_out
+    from sunfish.eval.likelihood import UnsupportedProcess, evaluate_likelihood, held_out, reconstruction_suite
     from sunfish.eval.translation import TranslationUnsupported, read_pairs, translation_suite
     from sunfish.api import load
     from sunfish.runtime import setup_runtime
@@ -88,7 +88,11 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
         began = time.perf_counter()
         log(f"[{suite}]")
         try:
-            if suite == "likelihood":
+            if suite == "likelihood" and loaded.spec.reconstruction is not None:
+                body["suites"][suite] = reconstruction_suite(loaded.model, loaded.cfg.process, windows, cfg.batch_size)
+                log(f"  {body['suites'][suite]['no_likelihood']}: "
+                    f"{body['suites'][suite]['reconstruction_accuracy']:.4f}")
+            elif suite == "likelihood":
                 result = evaluate_likelihood(loaded.model, loaded.cfg.process, loaded.tokenizer.mask_id, windows, cfg,
                                              autocast=rt.autocast)
                 log("  " + result.line())
@@ -123,7 +127,10 @@ def summary_rows(body: dict) -> list[tuple[str, str]]:
                                    ("process", body["process"] + (f", block {body['block_size']}" if body.get("block_size") else ""))]
     suites = body["suites"]
     lik = suites.get("likelihood")
-    if lik and "skipped" not in lik:
+    if lik and "no_likelihood" in lik:
+        rows.append(("likelihood", lik["no_likelihood"]))
+        rows.append(("reconstruction", f"token accuracy {lik['reconstruction_accuracy']:.4f} over {lik['tokens']:,} tokens"))
+    elif lik and "skipped" not in lik:
         how = lik["method"] if lik["exact"] else f"{lik['method']}, {lik['rounds']} rounds"
         pm = "" if lik["exact"] else f" ± {lik['perplexity_se']:.3f}"
         bound = "" if lik["exact"] else "<= "

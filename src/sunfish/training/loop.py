@@ -344,6 +344,9 @@ def _log_and_validate(state: RunState) -> float | None:
     if state.meter.peak:
         record["mfu"] = round(state.meter.mfu(tps), 4)
     record["memory_gib"] = round(peak_memory_gib(state.rt.device), 3)
+    take_terms = getattr(state.model, "take_terms", None)  # a loss of several terms logs each (process/ldlm.py)
+    if take_terms is not None:
+        record |= take_terms()
     val_loss = None
     if validate:
         val_loss = _validate(state)
