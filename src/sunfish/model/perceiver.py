@@ -152,13 +152,13 @@ class LatentDiT(nn.Module):
     """The denoiser: raw prediction (x0, eps or v) (B, K, d_latent) of noisy latents z_t at times t (B,), given
     optional prompt states (B, P, D_base) of which the first `prompt_len` (B,) rows are real."""
 
-    def __init__(self, cfg: ModelConfig, base_dim: int, latents: int, latent_dim: int):
+    def __init__(self, cfg: ModelConfig, base_dim: int, latents: int, latent_dim: int, prompts: bool):
         super().__init__()
         cfg = dataclasses.replace(cfg, attention=AttentionKind.BIDIRECTIONAL, time_cond=TimeCond.ADALN)
         self.latents = latents
         self.time = TimeEmbedding(cfg)
         self.inp = nn.Linear(latent_dim, cfg.d_model, bias=False)
-        self.prompt = nn.Linear(base_dim, cfg.d_model, bias=False)
+        self.prompt = nn.Linear(base_dim, cfg.d_model, bias=False) if prompts else None  # only when trained with prompts
         self.stack = _Stack(cfg, cfg.n_layers, latents + cfg.context)
         self.final_adaln = AdaLNModulation(cfg.d_model, chunks=2)
         self.out = nn.Linear(cfg.d_model, latent_dim, bias=False)

@@ -11,8 +11,8 @@ parts are trained jointly on
 
 with the paper's recipe (implemented from its description):
 * MSE decoder loss: the decoder regresses the frozen LM's hidden states (`process.hidden_weight`), and a
-  trainable readout R (D_base -> V, initialised to the base's input embedding, read as a tied output layer)
-  names the token at each position (CE). The frozen LM's own head is not used: it predicts the *next* token
+  trainable readout R (D_base -> V, initialised to the base's RMS-normalised input embedding, read as a tied
+  output layer, applied to the RMS-normalised decoded state) names the token at each position (CE). The frozen LM's own head is not used: it predicts the *next* token
   from h_i, which would cap reconstruction at the base's next-token accuracy; prefix-conditioning the frozen
   LM instead would make decoding autoregressive, one base pass per token, losing the parallel decoding that
   latent diffusion is for;
@@ -60,12 +60,12 @@ class LatentLM(nn.Module):
         d, K = process.latent_dim, process.latents
         self.encoder = PerceiverEncoder(cfg, base.width, K, d, process.perceiver_layers)
         self.decoder = PerceiverDecoder(cfg, base.width, K, d, process.perceiver_layers)
-        self.denoiser = LatentDiT(cfg, base.width, K, d)
+        self.denoiser = LatentDiT(cfg, base.width, K, d, prompts=process.prompt_prob > 0)
         embedding = base.embedding().weight  # (V_base, D_base)
         self.readout = nn.Linear(base.width, embedding.shape[0], bias=False)  # token readout of decoded states
         init_weights(self, cfg.init_std)
-        with torch.no_grad():  # starts as the base's own embedding, read as a tied output layer
-            self.readout.weight.copy_(embedding.detach().float())
+        with torch.no_grad():  # starts as the base's own embedding rows (unit RMS), read as a tied output layer
+            self.readout.weight.copy_(F.rms_norm(embedding.detach().float(), (base.width,)))
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # training batches counted
         self.register_buffer("t_loss", torch.ones(T_BINS))  # running diffusion loss per time bin
         self.terms: dict[str, float] = {}  # sums of the loss terms since `take_terms`, for metrics.jsonl
@@ -86,7 +86,7 @@ class LatentLM(nn.Module):
 
     def logits(self, z: torch.Tensor, length: int) -> torch.Tensor:
         """Token logits (B, L, V) of latents z (B, K, d): the decoder's states read out."""
-        return self.readout(self.decoder(z, length))
+        return read_tokens(self, self.decoder(z, length))
 
     def take_terms(self) -> dict[str, float]:
         """Mean of each loss term over the training batches since the last call (then forgets them)."""
@@ -100,6 +100,12 @@ class LatentLM(nn.Module):
         for k, v in terms.items():
             self.terms[k] = self.terms.get(k, 0.0) + float(v)
         self.term_batches += 1
+
+
+def read_tokens(model: LatentLM, h_hat: torch.Tensor) -> torch.Tensor:
+    """Logits (B, L, V) of decoded states (B, L, D_base): the readout of their RMS-normalised direction (unit-RMS
+    rows against unit-RMS states give logits up to D_base from the start, not the base's tiny init scale)."""
+    return model.readout(F.rms_norm(h_hat, (h_hat.shape[-1],)))
 
 
 def draw_times(model: LatentLM, batch: int, cfg: ProcessConfig, generator: torch.Generator) -> torch.Tensor:
@@ -157,7 +163,7 @@ def ldlm_loss(model: LatentLM, tokens: torch.Tensor, cfg: ProcessConfig, generat
     s = torch.rand(B, generator=generator, device=generator.device).to(z) * cfg.decoder_noise  # (B,)
     noise = torch.randn(z.shape, generator=generator, device=generator.device).to(z)
     h_hat = model.decoder(z + s[:, None, None] * noise, L)  # (B, L, D_base)
-    logits = model.readout(h_hat).float()  # (B, L, V)
+    logits = read_tokens(model, h_hat).float()  # (B, L, V)
     ce = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none")  # (B L,)
     hidden = (h_hat.float() - h).square().mean()
     diffusion = diffusion_term(model, z, h, cfg, generator).mean()

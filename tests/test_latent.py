@@ -1,0 +1,151 @@
+"""Latent diffusion (LDLM, process/ldlm.py) over a tiny frozen Sunfish AR base: reconstruction, the diffusion loss,
+a bit-identical frozen base, sampling and traces from the CLI, resume, evaluation and refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sunfish.cli import main
+
+from conftest import TINY_DOCS, cli_error, run_metrics
+
+BASE = ["--preset", "nano", "--objective", "ar", "--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2",
+        "--model.context=64", "--train.batch_size=4", "--train.seq_len=32", "--train.val_every=0", "--no-progress"]
+# one latent per token (K = L = 8): the tiny corpus reads back exactly after a few hundred steps
+LATENT = ["--preset", "nano", "--process", "ldlm", "--model.d_model=64", "--model.n_layers=1", "--model.n_heads=2",
+          "--train.batch_size=8", "--train.seq_len=8", "--process.latents=8", "--process.latent_dim=32",
+          "--process.perceiver_layers=0", "--optim.lr=5e-3", "--optim.warmup_steps=5",
+          "--optim.grad_clip=0", "--optim.weight_decay=0", "--process.hidden_weight=0", "--process.decoder_noise=0",
+          "--train.val_every=0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("latent")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(TINY_DOCS), encoding="utf-8")
+    base = root / "ar"
+    assert main(["train", *BASE, "--data", str(corpus), "--out", str(base), "--steps", "20"]) == 0
+    return {"root": root, "corpus": corpus, "base": base}
+
+
+@pytest.fixture(scope="module")
+def run(world):
+    out = world["root"] / "ldlm"
+    assert main(["train", *LATENT, "--process.base", str(world["base"]), "--data", str(world["corpus"]), "--out",
+                 str(out), "--steps", "320", "--train.log_every=40", "--process.diffusion_warmup=100000"]) == 0
+    return out
+
+
+def test_round_trip_is_near_exact_and_the_diffusion_loss_falls(world, run):
+    from sunfish.adapt.windows import adapt_corpus
+    from sunfish.loading import load_model
+
+    loaded = load_model(run)
+    corpus = adapt_corpus(loaded.cfg, [str(world["corpus"])], loaded.tokenizer)
+    windows = corpus.train.windows(8)
+    correct, total = loaded.spec.reconstruction(loaded.model, windows)
+    assert correct / total >= 0.99, correct / total
+    logged = run_metrics(run)
+    assert all({"recon_ce", "hidden_mse", "diffusion_mse", "recon_acc"} <= set(m) for m in logged)
+    assert logged[-1]["diffusion_mse"] < 0.7 * logged[0]["diffusion_mse"]
+    assert logged[-1]["recon_ce"] < logged[0]["recon_ce"]
+
+
+def test_frozen_base_stays_bit_identical(world):
+    from sunfish.adapt.latent import build_latent, latent_config
+    from sunfish.checkpoint.files import read_config, resolve_checkpoint
+    from sunfish.config import apply_tree
+    from sunfish.process.ldlm import ldlm_loss
+    from sunfish.training.optim import build_optimizer
+
+    cfg = apply_tree(read_config(resolve_checkpoint(world["base"])), {
+        "process": {"kind": "ldlm", "base": str(world["base"]), "latents": 4, "latent_dim": 8, "param": "v",
+                    "diffusion_warmup": 0}, "model": {"time_cond": "adaln", "attention": "bidirectional"},
+        "train": {"seq_len": 8}})
+    cfg = latent_config(cfg)
+    torch.manual_seed(0)
+    model = build_latent(cfg, "cpu").train()
+    before = {k: v.clone() for k, v in model.base.state_dict().items()}
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not any(p.requires_grad for p in model.base.parameters())
+    assert not set(map(id, model.base.parameters())) & set(map(id, model.parameters()))  # not in the optimiser
+    optimizer = build_optimizer(model, cfg.optim)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 40, (4, 8), generator=g)
+    for _ in range(3):
+        ldlm_loss(model, x, cfg.process, g).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(before[k], v) for k, v in model.base.state_dict().items())
+    assert not model.base.training
+    assert any(not torch.equal(trained[k], v) for k, v in model.state_dict().items())
+    assert "base" not in " ".join(model.state_dict())  # checkpoints hold the trained parts only
+
+
+def test_sample_trace_and_eval_from_the_cli(world, run, capsys, tmp_path):
+    capsys.readouterr()
+    assert main(["sample", str(run), "--length", "7", "--steps", "6", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["nfe"] == 6 and isinstance(body["text"], str)
+    trace = tmp_path / "t.gif"
+    assert main(["sample", str(run), "--length", "7", "--steps", "4", "--trace", str(trace)]) == 0
+    assert trace.is_file() and trace.stat().st_size > 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(world["corpus"]), "--suite", "likelihood", "--json",
+                 "--out", str(tmp_path / "eval")]) == 0
+    lik = json.loads(capsys.readouterr().out)["suites"]["likelihood"]
+    assert lik["no_likelihood"].startswith("no likelihood bound exists for latent diffusion (LDLM) models")
+    assert lik["reconstruction_accuracy"] > 0.9
+
+
+def test_trace_decodes_every_step(run):
+    from sunfish.config import SamplerConfig
+    from sunfish.loading import load_model
+    from sunfish.registry import DecodeJob, decode
+
+    loaded = load_model(run)
+    tok, steps = loaded.tokenizer, []
+    canvas = torch.full((1, 8), tok.mask_id)
+    canvas[0, 0] = tok.bos_id
+    job = DecodeJob(mask_id=tok.mask_id, process=loaded.cfg.process, generator=torch.Generator().manual_seed(0),
+                    callback=steps.append)
+    out = decode(loaded.model, canvas, 1, SamplerConfig(steps=5), job)
+    assert [s.step for s in steps] == [1, 2, 3, 4, 5] and torch.equal(steps[-1].tokens, out.tokens)
+    assert int(out.tokens[0, 0]) == tok.bos_id and not (out.tokens == tok.mask_id).any()
+
+
+def test_resume_equals_an_uninterrupted_run(world):
+    common = [*LATENT, "--process.base", str(world["base"]), "--data", str(world["corpus"]), "--train.log_every=1",
+              "--save-every", "3", "--process.diffusion_warmup=4"]
+    whole, parts = world["root"] / "whole", world["root"] / "parts"
+    assert main(["train", *common, "--out", str(whole), "--steps", "6"]) == 0
+    shutil.copytree(whole, parts)  # the same run, stopped after the checkpoint of step 3
+    shutil.rmtree(parts / "checkpoints" / "step-000006")
+    assert main(["train", *common, "--out", str(parts), "--steps", "6", "--resume"]) == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "memory_gib")} for r in rows]
+    assert strip(run_metrics(whole)) == strip(run_metrics(parts))
+    from safetensors.torch import load_file
+
+    a, b = (load_file(r / "checkpoints" / "step-000006" / "model.safetensors") for r in (whole, parts))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refusals(world, run, capsys):
+    err = cli_error(capsys, ["train", "--process", "ldlm", "--out", str(world["root"] / "nobase"), "--steps", "1",
+                             "--no-progress"])
+    assert "pass --process.base PATH" in err
+    err = cli_error(capsys, ["train", "--process", "ldlm", "--process.base", str(run), "--out",
+                             str(world["root"] / "notcausal"), "--steps", "1", "--no-progress"])
+    assert "a latent model's base is a causal LM" in err
+    err = cli_error(capsys, ["sample", str(run), "--temperature", "0.5"])
+    assert "sampler.temperature does nothing for latent diffusion (LDLM) models" in err
+    err = cli_error(capsys, ["sample", str(run), "--prompt", "the", "--length", "3"])
+    assert "trained without prompts" in err
+    err = cli_error(capsys, ["train", "--process", "masked", "--process.latents=4", "--out",
+                             str(world["root"] / "masked"), "--steps", "1", "--no-progress"])
+    assert "process.latents does nothing for masked diffusion models" in err
