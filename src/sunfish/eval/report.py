@@ -61,7 +61,7 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
     from sunfish.eval.generative import generation_suite, load_reference
     from sunfish.eval.infill import InfillUnsupported, infill_suite
     from sunfish.eval.instruct import instruct_suite, read_rows
-    from sunfish.eval.likelihood import UnsupportedProcess, evaluate_likelihood, held_out, reconstruction_suite
+    from sunfish.eval.likelihood import UnsupportedProcess, held_out
     from sunfish.eval.translation import TranslationUnsupported, read_pairs, translation_suite
     from sunfish.api import load
     from sunfish.runtime import setup_runtime
@@ -88,15 +88,8 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
         began = time.perf_counter()
         log(f"[{suite}]")
         try:
-            if suite == "likelihood" and loaded.spec.reconstruction is not None:
-                body["suites"][suite] = reconstruction_suite(loaded.model, loaded.cfg.process, windows, cfg.batch_size)
-                log(f"  {body['suites'][suite]['no_likelihood']}: "
-                    f"{body['suites'][suite]['reconstruction_accuracy']:.4f}")
-            elif suite == "likelihood":
-                result = evaluate_likelihood(loaded.model, loaded.cfg.process, loaded.tokenizer.mask_id, windows, cfg,
-                                             autocast=rt.autocast)
-                log("  " + result.line())
-                body["suites"][suite] = result.as_json()
+            if suite == "likelihood":
+                body["suites"][suite] = _likelihood(loaded, windows, cfg, rt, log)
             elif suite == "generation":
                 ref = load_reference(ref_model, rt.device) if ref_model else None
                 if ref is None:
@@ -117,6 +110,21 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
         if isinstance(body["suites"][suite], dict):
             body["suites"][suite]["seconds"] = round(time.perf_counter() - began, 2)
     return body
+
+
+def _likelihood(loaded, windows, cfg: EvalConfig, rt, log: Callable[[str], None]) -> dict:
+    """The likelihood suite: the process's estimator, or for a latent model (no bound exists) the sentence that
+    says so with its reconstruction token accuracy."""
+    from sunfish.eval.likelihood import evaluate_likelihood, reconstruction_suite
+
+    if loaded.spec.reconstruction is not None:
+        result = reconstruction_suite(loaded.model, loaded.cfg.process, windows, cfg.batch_size)
+        log(f"  {result['no_likelihood']}: {result['reconstruction_accuracy']:.4f}")
+        return result
+    estimate = evaluate_likelihood(loaded.model, loaded.cfg.process, loaded.tokenizer.mask_id, windows, cfg,
+                                   autocast=rt.autocast)
+    log("  " + estimate.line())
+    return estimate.as_json()
 
 
 # ---- tables ----------------------------------------------------------------------------------------------
