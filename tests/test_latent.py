@@ -149,3 +149,18 @@ def test_refusals(world, run, capsys):
     err = cli_error(capsys, ["train", "--process", "masked", "--process.latents=4", "--out",
                              str(world["root"] / "masked"), "--steps", "1", "--no-progress"])
     assert "process.latents does nothing for masked diffusion models" in err
+
+
+def test_a_hugging_face_base_trains_and_samples(world, capsys):
+    pytest.importorskip("transformers")
+    from test_adapt_helpers import make_hf_model
+
+    base = make_hf_model(world["root"] / "gpt2", "gpt2")
+    out = world["root"] / "hf_ldlm"
+    assert main(["train", "--preset", "nano", "--process", "ldlm", "--process.base", str(base), "--data",
+                 str(world["corpus"]), "--out", str(out), "--steps", "3", "--train.seq_len=8", "--process.latents=4",
+                 "--process.latent_dim=8", "--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2",
+                 "--train.batch_size=4", "--train.val_every=0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--length", "7", "--steps", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nfe"] == 3
