@@ -1,9 +1,10 @@
-"""Latent diffusion LMs around a frozen base (LDLM, arXiv 2605.07933; process/ldlm.py): loading the base,
-building the network around it, training through Sunfish's loop and opening a run for inference.
+"""Networks trained around a frozen base (LDLM, arXiv 2605.07933, process/ldlm.py; the VFM noise adapter,
+process/vfm.py): loading the base, building the network around it (the registry's `network`), training through
+Sunfish's loop and opening a run for inference.
 
 The base is a `sunfish train --objective ar` run or a local Hugging Face causal LM folder, loaded with
 `sunfish adapt`'s own code (adapt/model.py) and kept frozen: no gradient, eval mode, not in the optimiser and
-not in the checkpoints (a checkpoint holds the encoder, decoder and DiT; the config keeps the base's absolute
+not in the checkpoints (a checkpoint holds the trained parts; the config keeps the base's absolute
 path, from which every verb loads it again, so the base folder must stay where it was). The text is cut into
 fixed windows of `train.seq_len` tokens with the base's tokenizer (adapt/windows.py); `model.context` is set
 to that length, the longest text the decoder writes.
@@ -23,13 +24,13 @@ from sunfish.adapt.windows import adapt_corpus
 from sunfish.checkpoint.files import read_config, resolve_checkpoint
 from sunfish.checkpoint.weights import load_merged
 from sunfish.config import AdaptConfig, BaseKind, RunConfig, apply_tree
-from sunfish.process.ldlm import LatentLM
 
 DEFAULT_SEQ_LEN = 64  # tokens per text when neither --train.seq_len nor a shorter context decides
 
 
 class FrozenBase(nn.Module):
-    """A causal LM's final hidden states (causal attention, as it was trained) and its input embedding; frozen."""
+    """A causal LM's final hidden states (causal attention, as it was trained), its input embedding, its states
+    of given input embeddings under bidirectional attention (VFM's flow map) and its head; frozen."""
 
     def __init__(self, backbone: HFBackbone | SunfishBackbone):
         super().__init__()
@@ -46,6 +47,21 @@ class FrozenBase(nn.Module):
 
     def embedding(self) -> nn.Embedding:
         return self.backbone.embedding()
+
+    def flow(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Final states (B, L, D) of input embeddings (B, L, D) under bidirectional attention, moved one position
+        right so that index i holds the state from which the causal head names token i (position 0 reads itself)."""
+        B, L, _ = embeds.shape
+        if isinstance(self.backbone, SunfishBackbone):
+            h = self.backbone.model.hidden(None, embeds=embeds, attn_mask=torch.ones(L, L, dtype=torch.bool,
+                                                                                      device=embeds.device))
+        else:
+            mask = torch.ones(B, 1, L, L, dtype=torch.bool, device=embeds.device)
+            h = self.backbone.hf.get_decoder()(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        return torch.cat([h[:, :1], h[:, :-1]], dim=1)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.backbone.logits(h)
 
 
 def _sunfish_checkpoint(base: str) -> Path:
@@ -90,8 +106,8 @@ def latent_config(cfg: RunConfig) -> RunConfig:
     """`cfg` with the base's absolute path, the text length (train.seq_len) and model.context set to it."""
     base = cfg.process.base
     if not base:
-        raise ValueError("the latent diffusion (LDLM) process compresses a frozen causal LM's states; pass "
-                         "--process.base PATH (a `sunfish train --objective ar` run or a local Hugging Face causal LM folder)")
+        raise ValueError(f"the {cfg.process.kind.value} process works on a frozen causal LM; pass --process.base PATH "
+                         "(a `sunfish train --objective ar` run or a local Hugging Face causal LM folder)")
     base = str(Path(base).resolve())
     limit = base_context(base)
     seq_len = cfg.train.seq_len or min(limit, DEFAULT_SEQ_LEN)
@@ -100,11 +116,14 @@ def latent_config(cfg: RunConfig) -> RunConfig:
     return apply_tree(cfg, {"process": {"base": base}, "train": {"seq_len": seq_len}, "model": {"context": seq_len}})
 
 
-def build_latent(cfg: RunConfig, device: torch.device | str) -> LatentLM:
-    """The frozen base of cfg.process.base with freshly initialised encoder, decoder and DiT, on `device`."""
+def build_latent(cfg: RunConfig, device: torch.device | str) -> nn.Module:
+    """The frozen base of cfg.process.base with the process's network (registry: `network`) freshly initialised
+    around it, on `device`."""
+    from sunfish.registry import spec_of
+
     base = load_base(cfg.process.base)
     with torch.device(device):
-        model = LatentLM(cfg.model, cfg.process, base)
+        model = spec_of(cfg.process).network(cfg.model, cfg.process, base)
     return model.to(device)
 
 
@@ -117,10 +136,10 @@ def latent_train(cfg: RunConfig, *, run_dir: Path, data: list[str] | None = None
     tokenizer = base_tokenizer(cfg.process.base)
     corpus = adapt_corpus(cfg, data, tokenizer)
 
-    def factory(model_cfg, device: torch.device) -> LatentLM:
+    def factory(model_cfg, device: torch.device) -> nn.Module:
         model = build_latent(dataclasses.replace(cfg, model=model_cfg), device)
         base = sum(p.numel() for p in model.base.parameters())
-        log(f"latent model over the frozen base {cfg.process.base} ({base:,} frozen parameters, width {model.base.width})")
+        log(f"{cfg.process.kind.value} model over the frozen base {cfg.process.base} ({base:,} frozen parameters, width {model.base.width})")
         return model
 
     return train(cfg, run_dir=Path(run_dir), data=data, resume=resume, progress=progress, log=log, corpus=corpus,

@@ -75,8 +75,8 @@ class ProcessConfig(Section):
     flow_loss: FlowLoss = knob(FlowLoss.CE, "flow: cross-entropy on p(x1) or velocity squared error")
     time_warp: bool = knob(False, "continuous/flow: warp noise levels by a learned monotone network (CDCD time warping)")
     time_warp_after: int = knob(0, "continuous/flow: training batches on the plain noise levels before the warp trains and is used", lo=0)
-    base: str = knob("", "ldlm: the frozen causal LM whose hidden states are compressed: a `sunfish train --objective ar` "
-                     "run or a local Hugging Face causal LM folder")
+    base: str = knob("", "ldlm/vfm: the frozen causal LM (ldlm compresses its states, vfm uses it as a one-step flow "
+                     "map): a `sunfish train --objective ar` run or a local Hugging Face causal LM folder")
     latents: int = knob(16, "ldlm: K, the latent vectors a text is compressed into", lo=1)
     latent_dim: int = knob(32, "ldlm: width of each latent vector", lo=1)
     perceiver_layers: int = knob(2, "ldlm: self-attention blocks of the Perceiver encoder and of the decoder (each)", lo=0)
@@ -87,6 +87,12 @@ class ProcessConfig(Section):
     decoder_noise: float = knob(0.1, "ldlm: largest std of the Gaussian noise added to the decoder's input latents in "
                                 "training (decoder-input noise), [0, 1]", lo=0.0, hi=1.0)
     hidden_weight: float = knob(1.0, "ldlm: weight of the decoder's MSE to the frozen LM's hidden states", lo=0.0)
+    adapter_layers: int = knob(2, "vfm: transformer blocks of the noise adapter (width model.d_model)", lo=1)
+    vfm_tau: float = knob(1.0, "vfm: tau, the data term's weight is 1 / (2 tau^2) and the std of the pure noise mixed in",
+                          lo=1e-3)
+    vfm_sigma: float = knob(1.0, "vfm: sigma, the observation (prompt) term's weight is 1 / (2 sigma^2)", lo=1e-3)
+    vfm_alpha: float = knob(0.5, "vfm: share of training rows that draw their noise from the adapter (the rest draw "
+                            "N(0, tau^2)), [0, 1]", lo=0.0, hi=1.0)
     prompt_prob: float = knob(0.0, "fraction of sequences whose random-length prefix is kept clean as a prompt, [0, 1]", lo=0.0, hi=1.0)
     cond_dropout: float = knob(0.0, "fraction of those prompts replaced by [MASK] (classifier-free guidance), [0, 1]", lo=0.0, hi=1.0)
 

@@ -86,7 +86,7 @@ class CrossBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class _Stack(nn.Module):
+class Stack(nn.Module):
     """Self-attention blocks with RoPE over a sequence of at most `length` rows, then a final norm."""
 
     def __init__(self, cfg: ModelConfig, depth: int, length: int):
@@ -119,7 +119,7 @@ class PerceiverEncoder(nn.Module):
         self.positions = nn.Embedding(cfg.context, cfg.d_model)
         self.inp = nn.Linear(base_dim, cfg.d_model, bias=False)
         self.cross = CrossBlock(cfg, latents, cfg.context)
-        self.stack = _Stack(cfg, depth, latents)
+        self.stack = Stack(cfg, depth, latents)
         self.out = nn.Linear(cfg.d_model, latent_dim, bias=False)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
@@ -139,7 +139,7 @@ class PerceiverDecoder(nn.Module):
         self.positions = nn.Embedding(cfg.context, cfg.d_model)
         self.inp = nn.Linear(latent_dim, cfg.d_model, bias=False)
         self.cross = CrossBlock(cfg, cfg.context, latents)
-        self.stack = _Stack(cfg, depth, cfg.context)
+        self.stack = Stack(cfg, depth, cfg.context)
         self.out = nn.Linear(cfg.d_model, base_dim, bias=False)
 
     def forward(self, z: torch.Tensor, length: int) -> torch.Tensor:
@@ -159,7 +159,7 @@ class LatentDiT(nn.Module):
         self.time = TimeEmbedding(cfg)
         self.inp = nn.Linear(latent_dim, cfg.d_model, bias=False)
         self.prompt = nn.Linear(base_dim, cfg.d_model, bias=False) if prompts else None  # only when trained with prompts
-        self.stack = _Stack(cfg, cfg.n_layers, latents + cfg.context)
+        self.stack = Stack(cfg, cfg.n_layers, latents + cfg.context)
         self.final_adaln = AdaLNModulation(cfg.d_model, chunks=2)
         self.out = nn.Linear(cfg.d_model, latent_dim, bias=False)
 

@@ -48,15 +48,42 @@ UNIFORM_MIX = 0.2  # share of the uniform density in the adaptive sampler
 LOSS_DECAY = 0.9  # running-mean decay of each bin's diffusion loss
 
 
-class LatentLM(nn.Module):
+class OverBase(nn.Module):
+    """A network trained around a frozen base. The base is not a submodule: it is not trained, saved or counted,
+    but it follows the network's device and dtype. A loss of several terms records them (`record_terms`); the
+    loop adds their means since the last log line (`take_terms`) to metrics.jsonl."""
+
+    def __init__(self, cfg: ModelConfig, base: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        object.__setattr__(self, "base", base)
+        self.terms: dict[str, float] = {}  # sums of the loss terms since `take_terms`
+        self.term_batches = 0
+
+    def _apply(self, fn, recurse: bool = True):
+        self.base._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def take_terms(self) -> dict[str, float]:
+        """Mean of each loss term over the training batches since the last call (then forgets them)."""
+        out = {k: round(v / max(self.term_batches, 1), 6) for k, v in self.terms.items()}
+        self.terms, self.term_batches = {}, 0
+        return out
+
+    def record_terms(self, **terms: torch.Tensor) -> None:
+        if not self.training:
+            return
+        for k, v in terms.items():
+            self.terms[k] = self.terms.get(k, 0.0) + float(v)
+        self.term_batches += 1
+
+
+class LatentLM(OverBase):
     """Encoder, decoder, readout and DiT over a frozen base (`base`: `.states(tokens)` (B, L, D_base),
-    `.embedding()` and `.width`, D_base). The base is not a submodule: it is not trained, saved or counted, but it follows the
-    network's device and dtype."""
+    `.embedding()` and `.width`, D_base)."""
 
     def __init__(self, cfg: ModelConfig, process: ProcessConfig, base: nn.Module):
-        super().__init__()
-        self.cfg = cfg  # sizes of the DiT (and the Perceivers' width); context = longest text
-        object.__setattr__(self, "base", base)
+        super().__init__(cfg, base)  # cfg: sizes of the DiT (and the Perceivers' width); context = longest text
         d, K = process.latent_dim, process.latents
         self.encoder = PerceiverEncoder(cfg, base.width, K, d, process.perceiver_layers)
         self.decoder = PerceiverDecoder(cfg, base.width, K, d, process.perceiver_layers)
@@ -68,12 +95,6 @@ class LatentLM(nn.Module):
             self.readout.weight.copy_(F.rms_norm(embedding.detach().float(), (base.width,)))
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # training batches counted
         self.register_buffer("t_loss", torch.ones(T_BINS))  # running diffusion loss per time bin
-        self.terms: dict[str, float] = {}  # sums of the loss terms since `take_terms`, for metrics.jsonl
-        self.term_batches = 0
-
-    def _apply(self, fn, recurse: bool = True):
-        self.base._apply(fn)
-        return super()._apply(fn, recurse)
 
     @property
     def needs_time(self) -> bool:
@@ -88,18 +109,6 @@ class LatentLM(nn.Module):
         """Token logits (B, L, V) of latents z (B, K, d): the decoder's states read out."""
         return read_tokens(self, self.decoder(z, length))
 
-    def take_terms(self) -> dict[str, float]:
-        """Mean of each loss term over the training batches since the last call (then forgets them)."""
-        out = {k: round(v / max(self.term_batches, 1), 6) for k, v in self.terms.items()}
-        self.terms, self.term_batches = {}, 0
-        return out
-
-    def _record(self, **terms: torch.Tensor) -> None:
-        if not self.training:
-            return
-        for k, v in terms.items():
-            self.terms[k] = self.terms.get(k, 0.0) + float(v)
-        self.term_batches += 1
 
 
 def read_tokens(model: LatentLM, h_hat: torch.Tensor) -> torch.Tensor:
@@ -170,7 +179,7 @@ def ldlm_loss(model: LatentLM, tokens: torch.Tensor, cfg: ProcessConfig, generat
     loss = ce.mean() + cfg.hidden_weight * hidden + diffusion
     with torch.no_grad():
         accuracy = (logits.argmax(-1) == tokens).float().mean()
-    model._record(recon_ce=ce.mean().detach(), hidden_mse=hidden.detach(), diffusion_mse=diffusion.detach(),
+    model.record_terms(recon_ce=ce.mean().detach(), hidden_mse=hidden.detach(), diffusion_mse=diffusion.detach(),
                   recon_acc=accuracy)
     if model.training:
         model.seen += 1
