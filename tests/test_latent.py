@@ -56,20 +56,25 @@ def test_round_trip_is_near_exact_and_the_diffusion_loss_falls(world, run):
     assert logged[-1]["recon_ce"] < logged[0]["recon_ce"]
 
 
-def test_frozen_base_stays_bit_identical(world):
+@pytest.mark.parametrize("kind, extra", [
+    ("ldlm", {"latents": 4, "latent_dim": 8, "param": "v", "diffusion_warmup": 0, "prompt_prob": 0.5}),
+    ("vfm", {"adapter_layers": 1, "prompt_prob": 0.5}),
+])
+def test_frozen_base_stays_bit_identical(world, kind, extra):
     from sunfish.adapt.latent import build_latent, latent_config
     from sunfish.checkpoint.files import read_config, resolve_checkpoint
     from sunfish.config import apply_tree
-    from sunfish.process.ldlm import ldlm_loss
+    from sunfish.registry import spec_of, training_loss
     from sunfish.training.optim import build_optimizer
 
     cfg = apply_tree(read_config(resolve_checkpoint(world["base"])), {
-        "process": {"kind": "ldlm", "base": str(world["base"]), "latents": 4, "latent_dim": 8, "param": "v",
-                    "diffusion_warmup": 0}, "model": {"time_cond": "adaln", "attention": "bidirectional"},
+        "process": {"kind": kind, "base": str(world["base"]), **extra},
+        "model": {"time_cond": "adaln" if kind == "ldlm" else "none", "attention": "bidirectional"},
         "train": {"seq_len": 8}})
     cfg = latent_config(cfg)
     torch.manual_seed(0)
     model = build_latent(cfg, "cpu").train()
+    assert spec_of(cfg.process).frozen_base
     before = {k: v.clone() for k, v in model.base.state_dict().items()}
     trained = {k: v.clone() for k, v in model.state_dict().items()}
     assert not any(p.requires_grad for p in model.base.parameters())
@@ -78,13 +83,15 @@ def test_frozen_base_stays_bit_identical(world):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 40, (4, 8), generator=g)
     for _ in range(3):
-        ldlm_loss(model, x, cfg.process, g).loss.backward()
+        training_loss(model, x, cfg.process, -1, g).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     assert all(torch.equal(before[k], v) for k, v in model.base.state_dict().items())
     assert not model.base.training
     assert any(not torch.equal(trained[k], v) for k, v in model.state_dict().items())
-    assert "base" not in " ".join(model.state_dict())  # checkpoints hold the trained parts only
+    assert not any(k.startswith("base.") for k in model.state_dict())  # checkpoints hold the trained parts only
+    assert set(model.take_terms()) == ({"recon_ce", "hidden_mse", "diffusion_mse", "recon_acc"} if kind == "ldlm"
+                                       else {"data_ce", "obs_ce", "kl"})
 
 
 def test_sample_trace_and_eval_from_the_cli(world, run, capsys, tmp_path):
@@ -164,3 +171,27 @@ def test_a_hugging_face_base_trains_and_samples(world, capsys):
     capsys.readouterr()
     assert main(["sample", str(out), "--length", "7", "--steps", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["nfe"] == 3
+
+
+def test_vfm_trains_resumes_samples_and_traces(world, capsys, tmp_path):
+    common = ["--preset", "nano", "--process", "vfm", "--process.base", str(world["base"]), "--data",
+              str(world["corpus"]), "--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2",
+              "--process.adapter_layers=1", "--train.batch_size=8", "--train.seq_len=16", "--optim.lr=3e-3",
+              "--train.log_every=1", "--save-every", "4", "--train.val_every=0", "--no-progress"]
+    whole, parts = world["root"] / "vfm_whole", world["root"] / "vfm_parts"
+    assert main(["train", *common, "--out", str(whole), "--steps", "8"]) == 0
+    shutil.copytree(whole, parts)
+    shutil.rmtree(parts / "checkpoints" / "step-000008")
+    assert main(["train", *common, "--out", str(parts), "--steps", "8", "--resume"]) == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "memory_gib")} for r in rows]
+    logged = run_metrics(whole)
+    assert strip(logged) == strip(run_metrics(parts))
+    assert all({"data_ce", "obs_ce", "kl"} <= set(m) for m in logged)
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    capsys.readouterr()
+    trace = tmp_path / "vfm.gif"
+    assert main(["sample", str(whole), "--prompt", "the cat", "--length", "6", "--json", "--trace", str(trace)]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["text"].startswith("the cat") and body["nfe"] == 1 and trace.is_file()
+    err = cli_error(capsys, ["sample", str(whole), "--steps", "4"])
+    assert "sampler.steps does nothing for noise-adapter flow map (VFM) models" in err
