@@ -1,5 +1,6 @@
-"""Latent diffusion (LDLM, process/ldlm.py) over a tiny frozen Sunfish AR base: reconstruction, the diffusion loss,
-a bit-identical frozen base, sampling and traces from the CLI, resume, evaluation and refusals."""
+"""Processes around a tiny frozen Sunfish AR base (LDLM, process/ldlm.py; Cola, process/cola.py; VFM, process/vfm.py):
+reconstruction, the diffusion loss, a bit-identical frozen base, sampling and traces from the CLI, resume equal to an
+uninterrupted run, evaluation and refusals."""
 
 from __future__ import annotations
 
@@ -195,3 +196,25 @@ def test_vfm_trains_resumes_samples_and_traces(world, capsys, tmp_path):
     assert body["text"].startswith("the cat") and body["nfe"] == 1 and trace.is_file()
     err = cli_error(capsys, ["sample", str(whole), "--steps", "4"])
     assert "sampler.steps does nothing for noise-adapter flow map (VFM) models" in err
+
+
+def test_cola_trains_a_vae_with_free_bits_and_samples(world, capsys):
+    from sunfish.loading import load_model
+
+    out = world["root"] / "cola"
+    assert main(["train", "--preset", "nano", "--process", "cola", "--process.base", str(world["base"]), "--data",
+                 str(world["corpus"]), "--out", str(out), "--steps", "40", "--model.d_model=64", "--model.n_layers=1",
+                 "--model.n_heads=2", "--train.batch_size=8", "--train.seq_len=8", "--process.latents=8",
+                 "--process.latent_dim=16", "--process.perceiver_layers=0", "--optim.lr=5e-3", "--train.log_every=10",
+                 "--train.val_every=0", "--process.free_bits=0.5", "--no-progress"]) == 0
+    logged = run_metrics(out)
+    assert all("kl" in m for m in logged) and logged[-1]["recon_ce"] < 0.5 * logged[0]["recon_ce"]
+    capsys.readouterr()
+    assert main(["sample", str(out), "--length", "7", "--steps", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nfe"] == 3
+    model = load_model(out).model  # free bits: a posterior equal to the prior still costs free_bits per dimension
+    with torch.no_grad():
+        model.encoder.out.weight.zero_()
+        model.log_var.bias.zero_()
+    _, kl = model.latents(torch.randn(2, 8, model.base.width), None)
+    assert kl.item() == pytest.approx(16 * 0.5)

@@ -6,10 +6,10 @@ caches, remasking, batches of mixed-length prompts, temperature / top-k / top-p)
 `spec_of(cfg.process)` and reads the entry; it never tests the process kind itself. Adding a process is one
 entry here. (torchtitan's TrainSpec registry and vLLM's model registry are the models.)
 
-Seven processes: masked diffusion (MDLM / LLaDA), block diffusion (BD3-LM: masked with process.block_size > 0),
+Eight processes: masked diffusion (MDLM / LLaDA), block diffusion (BD3-LM: masked with process.block_size > 0),
 the autoregressive baseline, Gaussian diffusion over embeddings, flow matching on the simplex, latent
-diffusion over a frozen LM's compressed states (LDLM) and a noise adapter in front of a frozen LM (VFM); the
-last two name the network they train around the frozen base, which `sunfish.adapt.latent` loads (loading a
+diffusion over a frozen LM's compressed states (LDLM, or over a VAE's latents: Cola) and a noise adapter in front of a frozen LM (VFM); the
+last three name the network they train around the frozen base, which `sunfish.adapt.latent` loads (loading a
 base needs the checkpoint code that imports this module).
 """
 
@@ -28,6 +28,7 @@ from sunfish.process.block import block_diffusion_loss, block_nats, block_scores
 from sunfish.process.continuous import continuous_loss, continuous_nats
 from sunfish.process.flow import flow_loss
 from sunfish.process.layers import continuous_layers, flow_layers
+from sunfish.process.cola import ColaLM
 from sunfish.process.ldlm import LatentLM, ldlm_loss, reconstruction
 from sunfish.process.vfm import NoiseAdapterLM, vfm_loss
 from sunfish.process.curriculum import FINAL, Stage, stage_process
@@ -232,20 +233,28 @@ FLOW = ProcessSpec(
     infill=True, mixed_batches=False, final_commits=False, wants_time=True,
     train_flags={"process": {"kind": "flow"}, "model": {"layout": "same"}},
 )
-LDLM = ProcessSpec(
-    name="ldlm", label="latent diffusion (LDLM)", loss=lambda model, x0, cfg, mask_id, generator, stage:
-    ldlm_loss(model, x0, cfg, generator), decode=_decode_ldlm, likelihood=None, reconstruction=reconstruction,
-    process_fields=_TIME_DRAWS | {"noise_schedule", "param", "base", "latents", "latent_dim", "perceiver_layers",
-                                  "diffusion_warmup", "adaptive_t", "decoder_noise", "hidden_weight"},
-    sampler_fields=frozenset({"length", "steps", "solver", "eta"}),
-    needs=(_BASE, Need("process.param", lambda v: v is not Parameterisation.SOFTMAX, "the {label} process predicts latents "
-                "(x0, eps or v), not token probabilities; set --process.param=v"),
-           Need("model.time_cond", lambda v: v is TimeCond.ADALN, "the {label} denoiser is a DiT with adaLN time "
-                "conditioning; set --model.time_cond=adaln"), _BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT),
-    mixed_batches=False, final_commits=False, network=LatentLM,
-    train_flags={"process": {"kind": "ldlm", "param": "v", "block_size": 0},
-                 "model": {"time_cond": "adaln", "attention": "bidirectional", "layout": "same"}},
-)
+_LATENT_FIELDS = _TIME_DRAWS | {"noise_schedule", "param", "base", "latents", "latent_dim", "perceiver_layers",
+                                "diffusion_warmup", "adaptive_t", "decoder_noise", "hidden_weight"}
+_LATENT_NEEDS = (_BASE, Need("process.param", lambda v: v is not Parameterisation.SOFTMAX, "the {label} process predicts "
+                             "latents (x0, eps or v), not token probabilities; set --process.param=v"),
+                 Need("model.time_cond", lambda v: v is TimeCond.ADALN, "the {label} denoiser is a DiT with adaLN time "
+                      "conditioning; set --model.time_cond=adaln"), _BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT)
+
+
+def _latent(name: str, label: str, network: Callable, fields: frozenset[str]) -> ProcessSpec:
+    """A latent diffusion process over a frozen LM's states: LDLM's loss, sampler and reconstruction."""
+    return ProcessSpec(
+        name=name, label=label, loss=lambda model, x0, cfg, mask_id, generator, stage: ldlm_loss(model, x0, cfg, generator),
+        decode=_decode_ldlm, likelihood=None, reconstruction=reconstruction, process_fields=fields,
+        sampler_fields=frozenset({"length", "steps", "solver", "eta"}), needs=_LATENT_NEEDS, mixed_batches=False,
+        final_commits=False, network=network,
+        train_flags={"process": {"kind": name, "param": "v", "block_size": 0},
+                     "model": {"time_cond": "adaln", "attention": "bidirectional", "layout": "same"}},
+    )
+
+
+LDLM = _latent("ldlm", "latent diffusion (LDLM)", LatentLM, _LATENT_FIELDS)
+COLA = _latent("cola", "VAE latent diffusion (Cola)", ColaLM, _LATENT_FIELDS | {"kl_weight", "free_bits"})
 VFM = ProcessSpec(
     name="vfm", label="noise-adapter flow map (VFM)", loss=lambda model, x0, cfg, mask_id, generator, stage:
     vfm_loss(model, x0, cfg, generator), decode=_decode_vfm, likelihood=None,
@@ -258,9 +267,10 @@ VFM = ProcessSpec(
     train_flags={"process": {"kind": "vfm", "block_size": 0, "prompt_prob": 0.5},
                  "model": {"time_cond": "none", "attention": "bidirectional", "layout": "same"}},
 )
-SPECS: dict[str, ProcessSpec] = {s.name: s for s in (MASKED, BLOCK, AR, CONTINUOUS, FLOW, LDLM, VFM)}
+SPECS: dict[str, ProcessSpec] = {s.name: s for s in (MASKED, BLOCK, AR, CONTINUOUS, FLOW, LDLM, COLA, VFM)}
 _BY_KIND = {ProcessKind.MASKED: MASKED, ProcessKind.AR: AR, ProcessKind.CONTINUOUS: CONTINUOUS, ProcessKind.FLOW: FLOW,
-            ProcessKind.LDLM: LDLM, ProcessKind.VFM: VFM}
+            ProcessKind.LDLM: LDLM, ProcessKind.COLA: COLA,
+            ProcessKind.VFM: VFM}
 
 
 def spec_of(process: ProcessConfig) -> ProcessSpec:

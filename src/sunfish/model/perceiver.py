@@ -122,11 +122,15 @@ class PerceiverEncoder(nn.Module):
         self.stack = Stack(cfg, depth, latents)
         self.out = nn.Linear(cfg.d_model, latent_dim, bias=False)
 
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
+    def features(self, states: torch.Tensor) -> torch.Tensor:
+        """The K queries (B, K, D) after reading the states and attending to each other."""
         L = states.shape[1]
         ctx = self.inp(states) + self.positions.weight[:L]  # (B, L, D)
         x = self.queries.expand(states.shape[0], -1, -1).to(ctx.dtype)  # (B, K, D)
-        z = self.out(self.stack(self.cross(x, ctx)))  # (B, K, d_latent)
+        return self.stack(self.cross(x, ctx))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        z = self.out(self.features(states))  # (B, K, d_latent)
         return F.rms_norm(z.float(), (z.shape[-1],)).to(z.dtype)
 
 

@@ -105,6 +105,11 @@ class LatentLM(OverBase):
         with torch.no_grad():
             return self.base.states(tokens).detach()
 
+    def latents(self, h: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(latents (B, K, d) of states h (B, L, D_base), the KL term or None): here the encoder's unit-RMS latents
+        and no KL (a VAE encoder draws them with `generator`, or takes the mean without one: process/cola.py)."""
+        return self.encoder(h), None
+
     def logits(self, z: torch.Tensor, length: int) -> torch.Tensor:
         """Token logits (B, L, V) of latents z (B, K, d): the decoder's states read out."""
         return read_tokens(self, self.decoder(z, length))
@@ -168,7 +173,7 @@ def ldlm_loss(model: LatentLM, tokens: torch.Tensor, cfg: ProcessConfig, generat
     """The joint loss on tokens (B, L); see the module docstring. Terms go to metrics.jsonl apart."""
     B, L = tokens.shape
     h = model.states(tokens).float()  # (B, L, D_base)
-    z = model.encoder(h)  # (B, K, d)
+    z, kl = model.latents(h, generator)  # (B, K, d)
     s = torch.rand(B, generator=generator, device=generator.device).to(z) * cfg.decoder_noise  # (B,)
     noise = torch.randn(z.shape, generator=generator, device=generator.device).to(z)
     h_hat = model.decoder(z + s[:, None, None] * noise, L)  # (B, L, D_base)
@@ -179,8 +184,12 @@ def ldlm_loss(model: LatentLM, tokens: torch.Tensor, cfg: ProcessConfig, generat
     loss = ce.mean() + cfg.hidden_weight * hidden + diffusion
     with torch.no_grad():
         accuracy = (logits.argmax(-1) == tokens).float().mean()
-    model.record_terms(recon_ce=ce.mean().detach(), hidden_mse=hidden.detach(), diffusion_mse=diffusion.detach(),
-                  recon_acc=accuracy)
+    terms = {"recon_ce": ce.mean().detach(), "hidden_mse": hidden.detach(), "diffusion_mse": diffusion.detach(),
+             "recon_acc": accuracy}
+    if kl is not None:  # a VAE encoder's KL, weighted (process/cola.py)
+        loss = loss + cfg.kl_weight * kl
+        terms["kl"] = kl.detach()
+    model.record_terms(**terms)
     if model.training:
         model.seen += 1
     return LossOutput(loss=loss, masked_tokens=B * L, nll_sum=ce.sum().detach())
@@ -189,7 +198,7 @@ def ldlm_loss(model: LatentLM, tokens: torch.Tensor, cfg: ProcessConfig, generat
 @torch.no_grad()
 def reconstruction(model: LatentLM, tokens: torch.Tensor) -> tuple[int, int]:
     """(correct, total) tokens of w (B, L) read back by argmax from the decoder of its clean latents."""
-    z = model.encoder(model.states(tokens).float())
+    z, _ = model.latents(model.states(tokens).float(), None)
     guess = model.logits(z, tokens.shape[1]).argmax(-1)
     return int((guess == tokens).sum()), tokens.numel()
 
