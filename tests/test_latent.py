@@ -127,6 +127,27 @@ def test_trace_decodes_every_step(run):
     assert int(out.tokens[0, 0]) == tok.bos_id and not (out.tokens == tok.mask_id).any()
 
 
+def test_a_prompted_ldlm_conditions_on_the_prompt_and_keeps_it(world):
+    from sunfish.adapt.latent import build_latent, latent_config
+    from sunfish.checkpoint.files import read_config, resolve_checkpoint
+    from sunfish.config import SamplerConfig, apply_tree
+    from sunfish.sample.ldlm import ldlm_generate
+
+    cfg = latent_config(apply_tree(read_config(resolve_checkpoint(world["base"])), {
+        "process": {"kind": "ldlm", "base": str(world["base"]), "latents": 4, "latent_dim": 8, "prompt_prob": 0.5,
+                    "param": "v"}, "model": {"time_cond": "adaln", "attention": "bidirectional"}, "train": {"seq_len": 8}}))
+    torch.manual_seed(0)
+    model = build_latent(cfg, "cpu").eval()
+    canvas = torch.full((1, 8), 49)
+    canvas[0, :3] = torch.tensor([1, 7, 9])
+    out = ldlm_generate(model, canvas, 3, 49, SamplerConfig(steps=3), cfg.process, generator=torch.Generator().manual_seed(0))
+    assert out.tokens[0, :3].tolist() == [1, 7, 9] and not (out.tokens == 49).any()
+    seen = []
+    model.denoiser.prompt.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    ldlm_generate(model, canvas, 3, 49, SamplerConfig(steps=2), cfg.process, generator=torch.Generator().manual_seed(0))
+    assert seen == [(1, 3, model.base.width)] * 2  # the DiT reads the frozen LM's states of the 3 prompt tokens
+
+
 def test_resume_equals_an_uninterrupted_run(world):
     common = [*LATENT, "--process.base", str(world["base"]), "--data", str(world["corpus"]), "--train.log_every=1",
               "--save-every", "3", "--process.diffusion_warmup=4"]

@@ -80,8 +80,9 @@ class ProcessConfig(Section):
     latents: int = knob(16, "ldlm/cola: K, the latent vectors a text is compressed into", lo=1)
     latent_dim: int = knob(32, "ldlm/cola: width of each latent vector", lo=1)
     perceiver_layers: int = knob(2, "ldlm/cola: self-attention blocks of the Perceiver encoder and of the decoder (each)", lo=0)
-    diffusion_warmup: int = knob(0, "ldlm/cola: training batches over which the diffusion loss's gradient into the encoder "
-                                 "rises linearly from 0 to 1 (diffusion-to-encoder warm-up); 0 = full from the start", lo=0)
+    diffusion_warmup: int = knob(1000, "ldlm/cola: training batches over which the diffusion loss's gradient into the "
+                                 "encoder rises linearly from 0 to 1 (diffusion-to-encoder warm-up); 0 = full from the "
+                                 "start", lo=0)
     adaptive_t: bool = knob(True, "ldlm/cola: draw diffusion times in proportion to the running diffusion loss of each "
                             "time bin (adaptive timestep sampling) instead of uniformly")
     decoder_noise: float = knob(0.1, "ldlm/cola: largest std of the Gaussian noise added to the decoder's input latents in "
