@@ -171,6 +171,9 @@ def test_refusals(world, run, capsys):
     err = cli_error(capsys, ["train", "--process", "ldlm", "--process.base", str(run), "--out",
                              str(world["root"] / "notcausal"), "--steps", "1", "--no-progress"])
     assert "a latent model's base is a causal LM" in err
+    err = cli_error(capsys, ["train", "--process", "vfm", "--process.base", str(world["base"]), "--train.compile=true",
+                             "--out", str(world["root"] / "compiled"), "--steps", "1", "--no-progress"])
+    assert "does not compile its network yet" in err
     err = cli_error(capsys, ["sample", str(run), "--temperature", "0.5"])
     assert "sampler.temperature does nothing for latent diffusion (LDLM) models" in err
     err = cli_error(capsys, ["sample", str(run), "--prompt", "the", "--length", "3"])

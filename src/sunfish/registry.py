@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from sunfish.config import (AttentionKind, Layout, ModelConfig, Parameterisation, ProcessConfig, ProcessKind, SamplerConfig,
-                            TimeCond)
+from sunfish.config import (AttentionKind, Layout, ModelConfig, ParallelKind, Parameterisation, ProcessConfig, ProcessKind,
+                            SamplerConfig, TimeCond)
 from sunfish.model.transformer import Transformer, build_model
 from sunfish.process.autoregressive import causal_nats, causal_warmup_loss, next_token_loss
 from sunfish.process.block import block_diffusion_loss, block_nats, block_scores
@@ -178,6 +178,13 @@ _ONE_BLOCK = Need("process.block_size", lambda v: v == 0,
                   "the {label} process has no block variant; set --process.block_size=0")
 _BASE = Need("process.base", bool, "the {label} process works on a frozen causal LM; pass --process.base PATH (a `sunfish "
              "train --objective ar` run or a local Hugging Face causal LM folder)")
+# a network around a frozen base has no `blocks` to shard, compile or checkpoint one by one (training/parallel.py)
+_WHOLE = (Need("train.parallel", lambda v: v is not ParallelKind.FSDP, "the {label} process trains a small network "
+               "around a frozen base and runs without FSDP; use --train.parallel=ddp or none"),
+          Need("train.compile", lambda v: not v, "the {label} process does not compile its network yet; drop "
+               "--train.compile"),
+          Need("train.act_ckpt", lambda v: v == 0, "the {label} process has no activation checkpointing; set "
+               "--train.act_ckpt=0"))
 _SAME_LAYOUT = Need("model.layout", lambda v: v is Layout.SAME,
                     "the {label} process reads the output at each position for that position; set --model.layout=same")
 
@@ -238,7 +245,7 @@ _LATENT_FIELDS = _TIME_DRAWS | {"noise_schedule", "param", "base", "latents", "l
 _LATENT_NEEDS = (_BASE, Need("process.param", lambda v: v is not Parameterisation.SOFTMAX, "the {label} process predicts "
                              "latents (x0, eps or v), not token probabilities; set --process.param=v"),
                  Need("model.time_cond", lambda v: v is TimeCond.ADALN, "the {label} denoiser is a DiT with adaLN time "
-                      "conditioning; set --model.time_cond=adaln"), _BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT)
+                      "conditioning; set --model.time_cond=adaln"), _BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT, *_WHOLE)
 
 
 def _latent(name: str, label: str, network: Callable, fields: frozenset[str]) -> ProcessSpec:
@@ -262,7 +269,7 @@ VFM = ProcessSpec(
     sampler_fields=frozenset({"length", "temperature"}),
     needs=(_BASE, _ONE_BLOCK, _SAME_LAYOUT, _BIDIRECTIONAL,
            Need("model.time_cond", lambda v: v is TimeCond.NONE, "the {label} adapter takes no time; set "
-                "--model.time_cond=none")),
+                "--model.time_cond=none"), *_WHOLE),
     mixed_batches=False, network=NoiseAdapterLM,
     train_flags={"process": {"kind": "vfm", "block_size": 0, "prompt_prob": 0.5},
                  "model": {"time_cond": "none", "attention": "bidirectional", "layout": "same"}},
