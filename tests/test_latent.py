@@ -242,3 +242,30 @@ def test_cola_trains_a_vae_with_free_bits_and_samples(world, capsys):
         model.log_var.bias.zero_()
     _, kl = model.latents(torch.randn(2, 8, model.base.width), None)
     assert kl.item() == pytest.approx(16 * 0.5)
+
+
+def test_warm_up_and_adaptive_timesteps(world):
+    from sunfish.adapt.latent import build_latent, latent_config
+    from sunfish.checkpoint.files import read_config, resolve_checkpoint
+    from sunfish.config import apply_tree
+    from sunfish.process.ldlm import T_BINS, diffusion_term, draw_times, warmup_weight
+
+    cfg = latent_config(apply_tree(read_config(resolve_checkpoint(world["base"])), {
+        "process": {"kind": "ldlm", "base": str(world["base"]), "latents": 4, "latent_dim": 8, "param": "v",
+                    "diffusion_warmup": 10}, "model": {"time_cond": "adaln", "attention": "bidirectional"},
+        "train": {"seq_len": 8}}))
+    torch.manual_seed(0)
+    model = build_latent(cfg, "cpu").train()
+    h = model.states(torch.randint(0, 40, (4, 8))).float()
+    for seen, share in ((0, 0.0), (5, 0.5), (20, 1.0)):
+        model.seen.fill_(seen)
+        assert warmup_weight(model, cfg.process) == share
+    model.seen.fill_(0)  # no diffusion gradient reaches the encoder at the start of the warm-up
+    diffusion_term(model, model.encoder(h), h, cfg.process, torch.Generator().manual_seed(0)).mean().backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.encoder.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.denoiser.parameters())
+    model.t_loss.fill_(1.0)
+    model.t_loss[5] = 10.0  # a hard time bin is drawn in proportion to its running loss
+    t = draw_times(model, 4000, cfg.process, torch.Generator().manual_seed(0))
+    share = ((t * T_BINS).long() == 5).float().mean().item()
+    assert share == pytest.approx(0.8 * 10 / 29 + 0.2 / T_BINS, abs=0.03)
