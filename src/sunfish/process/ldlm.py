@@ -2,7 +2,7 @@
 
 A text w (B, L) is read by a frozen causal LM into final hidden states h (B, L, D_base). A Perceiver encoder
 E compresses h into K latents z = E(h) (B, K, d), a Perceiver decoder G maps latents back to states
-h_hat = G(z) (B, L, D_base), and the frozen LM's own output head turns those into token logits. A DiT f over
+h_hat = G(z) (B, L, D_base), and a readout R turns those into token logits. A DiT f over
 the K latents learns them with Gaussian diffusion (variance preserving, q(z_t | z) = N(sqrt(abar_t) z,
 (1 - abar_t) I), abar from `process.noise_schedule`; f predicts x0, eps or v, `process.param`). The three
 parts are trained jointly on
@@ -11,11 +11,11 @@ parts are trained jointly on
 
 with the paper's recipe (implemented from its description):
 * MSE decoder loss: the decoder regresses the frozen LM's hidden states (`process.hidden_weight`), and a
-  trainable readout R (D_base -> V, initialised to the base's RMS-normalised input embedding, read as a tied
-  output layer, applied to the RMS-normalised decoded state) names the token at each position (CE). The frozen LM's own head is not used: it predicts the *next* token
-  from h_i, which would cap reconstruction at the base's next-token accuracy; prefix-conditioning the frozen
-  LM instead would make decoding autoregressive, one base pass per token, losing the parallel decoding that
-  latent diffusion is for;
+  trainable readout R (D_base -> V, initialised to the base's RMS-normalised input embedding, read as a
+  tied output layer, applied to the RMS-normalised decoded state) names the token at each position (CE).
+  The frozen LM's own head is not used: it predicts the *next* token from h_i, which would cap
+  reconstruction at the base's next-token accuracy; prefix-conditioning the frozen LM instead would make
+  decoding autoregressive, one base pass per token, losing the parallel decoding latent diffusion is for;
 * diffusion-to-encoder warm-up: the diffusion term's gradient into the encoder is scaled by w rising
   linearly from 0 to 1 over `process.diffusion_warmup` training batches (z_d = w z + (1 - w) sg(z));
 * adaptive timestep sampling (`process.adaptive_t`): t is drawn from a histogram over T_BINS time bins
@@ -25,8 +25,8 @@ with the paper's recipe (implemented from its description):
   so it learns to decode the imperfect latents the diffusion will produce.
 
 Prompts (`process.prompt_prob` > 0): a random-length prefix of the text is given to the DiT as extra
-tokens (the frozen LM's states of the prefix) that the latents attend to; the latents still describe the
-whole text, and at sampling the prompt's positions are kept as written.
+tokens (the frozen LM's causal states of the prefix, which see nothing after it) that the latents attend to;
+the latents still describe the whole text, and at sampling the prompt's positions are kept as written.
 
 Likelihood: a latent model has no tractable bound on -log p(w) (the decoder is not a density over the
 latents' posterior), so none is offered; evaluation reports reconstruction token accuracy instead.
@@ -113,7 +113,6 @@ class LatentLM(OverBase):
     def logits(self, z: torch.Tensor, length: int) -> torch.Tensor:
         """Token logits (B, L, V) of latents z (B, K, d): the decoder's states read out."""
         return read_tokens(self, self.decoder(z, length))
-
 
 
 def read_tokens(model: LatentLM, h_hat: torch.Tensor) -> torch.Tensor:
