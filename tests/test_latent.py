@@ -104,11 +104,14 @@ def test_sample_trace_and_eval_from_the_cli(world, run, capsys, tmp_path):
     assert main(["sample", str(run), "--length", "7", "--steps", "4", "--trace", str(trace)]) == 0
     assert trace.is_file() and trace.stat().st_size > 0
     capsys.readouterr()
-    assert main(["eval", str(run), "--data", str(world["corpus"]), "--suite", "likelihood", "--json",
-                 "--out", str(tmp_path / "eval")]) == 0
-    lik = json.loads(capsys.readouterr().out)["suites"]["likelihood"]
+    assert main(["eval", str(run), "--data", str(world["corpus"]), "--suite", "likelihood,generation", "--json",
+                 "--ref-model", str(world["base"]), "--eval.sample_length=7", "--eval.sample_steps=4",
+                 "--eval.samples=2", "--out", str(tmp_path / "eval")]) == 0
+    suites = json.loads(capsys.readouterr().out)["suites"]
+    lik = suites["likelihood"]
     assert lik["no_likelihood"].startswith("no likelihood bound exists for latent diffusion (LDLM) models")
     assert lik["reconstruction_accuracy"] > 0.9
+    assert suites["generation"][0]["gen_perplexity"] > 1  # generative perplexity under the causal base
 
 
 def test_trace_decodes_every_step(run):
