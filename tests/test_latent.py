@@ -91,6 +91,8 @@ def test_frozen_base_stays_bit_identical(world, kind, extra):
     assert not model.base.training
     assert any(not torch.equal(trained[k], v) for k, v in model.state_dict().items())
     assert not any(k.startswith("base.") for k in model.state_dict())  # checkpoints hold the trained parts only
+    base_params = sum(p.numel() for p in model.base.parameters())  # MFU counts the base's passes
+    assert model.frozen_flops_per_token == (2 if kind == "ldlm" else 4) * base_params
     assert set(model.take_terms()) == ({"recon_ce", "hidden_mse", "diffusion_mse", "recon_acc"} if kind == "ldlm"
                                        else {"data_ce", "obs_ce", "kl"})
 
@@ -177,6 +179,8 @@ def test_refusals(world, run, capsys):
     err = cli_error(capsys, ["train", "--process", "vfm", "--process.base", str(world["base"]), "--train.compile=true",
                              "--out", str(world["root"] / "compiled"), "--steps", "1", "--no-progress"])
     assert "does not compile its network yet" in err
+    err = cli_error(capsys, ["infill", str(run), "--text", "the [MASK:2] sat"])
+    assert "generates only after a prompt; infilling needs a model that fills masks anywhere (masked diffusion" in err
     err = cli_error(capsys, ["sample", str(run), "--temperature", "0.5"])
     assert "sampler.temperature does nothing for latent diffusion (LDLM) models" in err
     err = cli_error(capsys, ["sample", str(run), "--prompt", "the", "--length", "3"])

@@ -64,6 +64,14 @@ class OverBase(nn.Module):
         self.base._apply(fn)
         return super()._apply(fn, recurse)
 
+    BASE_FLOPS_PER_PARAM = 2.0  # per token: the base's forward only (its states are read without gradients)
+
+    @property
+    def frozen_flops_per_token(self) -> float:
+        """The frozen base's FLOPs per training token, BASE_FLOPS_PER_PARAM x N: what MFU and equal-FLOPs
+        comparisons add to the trained network's 6 N (training/observe.py)."""
+        return self.BASE_FLOPS_PER_PARAM * sum(p.numel() for p in self.base.parameters())
+
     def take_terms(self) -> dict[str, float]:
         """Mean of each loss term over the training batches since the last call (then forgets them)."""
         out = {k: round(v / max(self.term_batches, 1), 6) for k, v in self.terms.items()}

@@ -64,6 +64,8 @@ class NoiseAdapterLM(OverBase):
     """The adapter and the flow map's input projection over a frozen base (`.embedding()`, `.width`,
     `.flow(embeds)` (B, L, D_base) -> aligned states, `.head(h)`)."""
 
+    BASE_FLOPS_PER_PARAM = 4.0  # the base's forward and the backward through its activations to the adapter
+
     def __init__(self, cfg: ModelConfig, process: ProcessConfig, base: nn.Module):
         super().__init__(cfg, base)
         self.adapter = NoiseAdapter(cfg, base.width, process.adapter_layers)

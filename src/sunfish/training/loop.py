@@ -271,7 +271,8 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
     batches = corpus.train.batches(seq_len, cfg.train.seed, rank=info.rank, world=info.world)
     streams = Streams.create(cfg.train.seed, cfg.train.grad_accum, info, rt)
     meter = Throughput(tokens_per_step=cfg.train.batch_size * cfg.train.grad_accum * seq_len * info.world,
-                       flops_per_token=flops_per_token(parameters, cfg.model.n_layers, cfg.model.d_model, seq_len),
+                       flops_per_token=flops_per_token(parameters, cfg.model.n_layers, cfg.model.d_model, seq_len)
+                       + getattr(model, "frozen_flops_per_token", 0.0),  # a frozen base's forward (process/ldlm.py)
                        peak=peak_flops(rt.device, cfg.train.peak_tflops), world=info.world)
     state = RunState(cfg=cfg, run_dir=opts.run_dir, rt=rt, info=info, log=log, corpus=corpus, seq_len=seq_len,
                      model=model, parameters=parameters, trainer=trainer, optimizer=optimizer, ema=ema,
