@@ -44,12 +44,14 @@ def corpus(tmp_path) -> str:
 
 
 def run_metrics(run_dir: Path) -> list[dict]:
-    """A run's metrics.jsonl without the machine-dependent figures (throughput, memory, MFU)."""
+    """A run's metrics.jsonl without the machine-dependent figures (throughput, memory, MFU, system monitoring)."""
     import json
+
+    from sunfish.training.monitor import SYSTEM_FIELDS
 
     lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for line in lines:
-        for key in ("tokens_per_s", "memory_gib", "mfu"):
+        for key in ("tokens_per_s", "memory_gib", "mfu", *SYSTEM_FIELDS):
             line.pop(key, None)
     return lines
 

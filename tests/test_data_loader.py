@@ -101,9 +101,9 @@ def test_training_on_prepared_shards_resumes_exactly(prepared, tmp_path):
     shutil.copytree(full, part)
     shutil.rmtree(part / "checkpoints" / "step-000008")
     train(small_cfg(8, save_every=4), run_dir=part, data=[str(prepared)], resume=True, progress=False, log=lambda s: None)
-    lines = lambda run: [{k: v for k, v in json.loads(l).items() if k not in ("tokens_per_s", "memory_gib")}
-                         for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert lines(part) == lines(full)
+    from conftest import run_metrics
+
+    assert run_metrics(part) == run_metrics(full)
     a = load_model(full, torch.device("cpu"))
     b = load_model(part, torch.device("cpu")).model.state_dict()
     assert all(torch.equal(v, b[k]) for k, v in a.model.state_dict().items())

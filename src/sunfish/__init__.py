@@ -9,9 +9,10 @@ The names below are imported on first use, so `import sunfish` (and `sunfish --h
 
 from __future__ import annotations
 
-__all__ = ["load", "train", "Model", "Generation", "RunConfig", "SamplerConfig", "load_preset"]
+__all__ = ["load", "train", "doctor", "Model", "Generation", "RunConfig", "SamplerConfig", "load_preset"]
 
-_WHERE = {"load": "sunfish.api", "train": "sunfish.api", "Model": "sunfish.api", "Generation": "sunfish.sample.text",
+_WHERE = {"load": "sunfish.api", "train": "sunfish.api", "doctor": "sunfish.diagnose", "Model": "sunfish.api",
+          "Generation": "sunfish.sample.text",
           "RunConfig": "sunfish.config", "SamplerConfig": "sunfish.config", "load_preset": "sunfish.config"}
 
 

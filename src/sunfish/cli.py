@@ -25,9 +25,10 @@ VERB_MODULES = (
     "sunfish.training.cli",  # export, estimate
     "sunfish.families.cli",  # convert
     "sunfish.serve.cli",  # serve
+    "sunfish.diagnose.cli",  # doctor
 )
 TRAIN_SECTIONS = ("model", "process", "optim", "train", "data", "sampler")
-TRAIN_SHORT = ("steps", "save_every", "seed")  # --steps is --train.steps, ...
+TRAIN_SHORT = ("steps", "save_every", "seed", "notify")  # --steps is --train.steps, ...
 INFILL_IGNORES = ("length", "stop_at_eos")  # infill's canvas is the text; it never stops at EOS
 
 

@@ -1,7 +1,7 @@
 """Command-line flags generated from the config dataclasses, the same way for every verb.
 
 `add_section(parser, cls)` gives each field of a config section a flag `--section.field=value` (help text from
-the field's declaration, choices from its enum) and, for the fields a verb names, a short alias
+the field's declaration, choices from its enum; a tuple field's flag repeats, one item each) and, for the fields a verb names, a short alias
 (`--temperature` for `--sampler.temperature`). Values stay strings until `sunfish.config` converts them, so a
 bad value is refused in one sentence that names the field and its choices. `given(args)` returns what the
 user set as a {section: {field: value}} tree; `check_leftovers` explains flags that belong to no section of
@@ -58,13 +58,17 @@ def add_section(parser: argparse.ArgumentParser, cls: type, *, fields: Iterable[
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = getattr(default, "value", default)
         kind = hints[f.name]
-        help_text = field_help(cls, f.name) + (f" (default {shown!r})" if defaults else "")
+        help_text = (field_help(cls, f.name) + (f" (default {shown!r})" if defaults else "")).replace("%", "%%")  # argparse formats help with %
         if kind is bool:  # --section.field alone means true; the short form is a plain switch
             group.add_argument(names[0], dest=f"{section}.{f.name}", default=None, nargs="?", const="true",
                                metavar="BOOL", help=help_text)
             if len(names) > 1:
                 group.add_argument(names[1], dest=f"{section}.{f.name}", action="store_const", const="true",
                                    help=f"= {names[0]}=true")
+            continue
+        if typing.get_origin(kind) is tuple:  # a list: each use of the flag adds one item (items may hold commas)
+            group.add_argument(*names, dest=f"{section}.{f.name}", default=None, action="append", metavar="TEXT",
+                               help=help_text)
             continue
         group.add_argument(*names, dest=f"{section}.{f.name}", default=None, metavar=_metavar(kind), help=help_text)
 

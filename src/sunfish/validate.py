@@ -7,7 +7,8 @@
   naming the processes that do;
 - a sampler flag that does nothing under the other settings (a threshold without the threshold rule, top-k
   at temperature 0, remasking knobs without remasking, info_gain knobs without --policy info_gain, ...), a LoRA
-  knob without --lora, and a curriculum's start without its length;
+  knob without --lora, a curriculum's start without its length, and --train.notify_every or --train.cool_wait
+  without what they act on (--notify, --train.max_gpu_temp);
 - curriculum settings that cannot work (a mask curriculum starting below eps, a block curriculum starting
   above the block size);
 - info_gain settings that cannot run, whatever set them (info_gain as its own heuristic, with remasking).
@@ -39,6 +40,9 @@ ACTS_WHEN: dict[str, tuple[str, Any, str]] = {
 # a setting that acts only while a switch is on -> that switch (LoRA knobs of `sunfish adapt` and `sunfish sft`)
 SWITCHED: dict[str, str] = {f"{section}.{name}": f"{section}.lora" for section in ("adapt", "sft")
                             for name in ("lora_rank", "lora_alpha", "lora_targets", "qlora")}
+# a training setting that acts only when another is set -> (that setting, the flag that sets it)
+ACTS_WITH: dict[str, tuple[str, str]] = {"train.notify_every": ("train.notify", "--notify URL"),
+                                         "train.cool_wait": ("train.max_gpu_temp", "--train.max_gpu_temp=C")}
 # a curriculum's start -> the share of the run that turns the curriculum on (process/curriculum.py)
 CURRICULA: dict[str, str] = {"process.mask_curriculum_start": "process.mask_curriculum",
                              "process.block_curriculum_start": "process.block_curriculum"}
@@ -118,6 +122,8 @@ def validate(cfg: RunConfig, given: Iterable[str] = ()) -> ProcessSpec:
             raise ConfigError("process.time_warp_after does nothing without process.time_warp=true")
         if key in CURRICULA and not _value(cfg, CURRICULA[key]):
             raise ConfigError(f"{key} does nothing without {CURRICULA[key]} > 0 (the curriculum's share of the run)")
+        if key in ACTS_WITH and not _value(cfg, ACTS_WITH[key][0]):
+            raise ConfigError(f"{key} does nothing without {ACTS_WITH[key][1]}; add it or leave {key} out")
         if key in SWITCHED and not _value(cfg, SWITCHED[key]):
             switch = SWITCHED[key].partition(".")[2]
             raise ConfigError(f"{key} does nothing without --{switch} ({SWITCHED[key]}=true); add --{switch} or leave it out")

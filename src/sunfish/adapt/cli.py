@@ -19,7 +19,7 @@ from sunfish.flags import add_section, given, given_keys
 
 ACTIONS = ("cache-teacher", "trajectories", "export")
 ADAPT_SECTIONS = ("model", "process", "optim", "train", "data", "sampler", "adapt")
-SHORT = {"adapt": ("lora", "lora_rank", "qlora", "layout"), "train": ("steps", "save_every", "seed")}
+SHORT = {"adapt": ("lora", "lora_rank", "qlora", "layout"), "train": ("steps", "save_every", "seed", "notify")}
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

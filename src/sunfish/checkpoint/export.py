@@ -11,6 +11,7 @@ earlier export.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import os
@@ -43,7 +44,8 @@ class Exported:
 def _write_sunfish(loaded, folder: Path) -> None:
     """Sunfish's checkpoint layout; a public model keeps its tokenizer files and its config.json (hf_config.json)."""
     save_model(loaded.model, str(folder / "model.safetensors"))
-    save_config(loaded.cfg, folder / "config.json")
+    private = dataclasses.replace(loaded.cfg.train, notify=())  # notification URLs carry tokens: never shared
+    save_config(dataclasses.replace(loaded.cfg, train=private), folder / "config.json")
     write_tokenizer(loaded.tokenizer, folder)
     body = {"step": loaded.step or 0, "data_fingerprint": "", "exported_from": str(loaded.path)}
     (folder / "state.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")

@@ -142,6 +142,15 @@ class TrainConfig(Section):
     log: LogKind = knob(LogKind.JSONL, "metrics sink besides metrics.jsonl: jsonl | tensorboard | wandb")
     ema: float = knob(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0 = off", lo=0.0, hi=0.999999)
     peak_tflops: float = knob(0.0, "per-device peak TFLOP/s for MFU; 0 = look up the GPU (no MFU on CPU)", lo=0.0)
+    notify: tuple[str, ...] = knob((), "apprise URLs told when the run finishes, fails or stops (repeat --notify URL; "
+                                   "json://, ntfy://, tgram://, discord://, slack://, mailto://, ...); needs apprise")
+    notify_every: int = knob(0, "with notify: also a message at every N-th checkpoint written; 0 = none", lo=0)
+    monitor_every: int = knob(0, "steps between CPU/RAM/GPU figures in the metrics; 0 = with every metric line "
+                              "(log_every)", lo=0)
+    max_gpu_temp: float = knob(0.0, "CUDA: above this GPU temperature (deg C) the run pauses to cool, then stops with "
+                               "a checkpoint if it stays hot; 0 = off", lo=0.0)
+    cool_wait: float = knob(300.0, "with max_gpu_temp: seconds a hot GPU may pause (re-read every 10 s) before the "
+                            "run stops", lo=0.0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -118,10 +118,13 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 
 def describe(cfg: RunConfig) -> str:
-    """The resolved config as TOML-like text, printed at the start of a run."""
+    """The resolved config as TOML-like text, printed at the start of a run (notification URLs shown by their
+    service only: they carry tokens and passwords)."""
     lines = [f"# preset: {cfg.preset or '(none)'}"]
     for section, values in cfg.to_dict().items():
         if isinstance(values, dict):
+            if section == "train":
+                values = {**values, "notify": [url.partition("://")[0] + "://..." for url in values["notify"]]}
             lines.append(f"[{section}]")
             lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     return "\n".join(lines)

@@ -30,7 +30,7 @@ def _add_sft(verbs: argparse._SubParsersAction) -> None:
     s.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, fields in SFT_SECTIONS.items():
-        add_section(s, SECTIONS[name], fields=fields, short=("steps", "save_every", "seed", "pad", "lora") if name in ("train", "sft") else (),
+        add_section(s, SECTIONS[name], fields=fields, short=("steps", "save_every", "seed", "notify", "pad", "lora") if name in ("train", "sft") else (),
                     defaults=name == "sft", note="defaults come from BASE" if name != "sft" else "")
     s.set_defaults(config_sections=SFT_SECTIONS)
 

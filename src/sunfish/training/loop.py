@@ -3,7 +3,9 @@
 Everything random flows from `train.seed` through explicit generators (weights, data positions, noise),
 so a run resumed from a checkpoint logs exactly what the uninterrupted run would have, and W data-parallel
 ranks compute what one process with W times the micro-batches would. Steps with a non-finite loss or
-gradient are skipped; SIGTERM/SIGINT write a checkpoint and stop; a lock keeps a second run out.
+gradient are skipped; SIGTERM/SIGINT write a checkpoint and stop; a lock keeps a second run out. The run's
+watch (training/watch.py) adds system figures to the metric lines, pauses or stops a run whose GPU is too hot,
+and sends the notifications (--notify) of checkpoints, the end, a failure or a stop.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from sunfish.training.parallel import (
     parallelize,
     reshard,
 )
-from sunfish.training.robust import BadStepGuard, RunInUseError, RunLock, StopRequest
+from sunfish.training.robust import BadStepGuard, RunInUseError, RunLock, StopRequest, TrainingAborted
+from sunfish.training.monitor import GpuReader
+from sunfish.training.watch import RunWatch
 from sunfish.training.corpus import Corpus, open_corpus, seq_len_of
 from sunfish.training.state import RunState, Streams, Throughput, restore, save
 
@@ -186,6 +190,7 @@ class RunOptions:
     log: Callable[[str], None]  # rank 0's log; a no-op on the other ranks
     model_factory: Callable[[ModelConfig, torch.device], Transformer]
     corpus: Corpus | None  # replaces the corpus read from `data`
+    watch: RunWatch  # system figures, GPU heat, notifications
 
 
 def train(
@@ -198,12 +203,14 @@ def train(
     log: Callable[[str], None] = print,
     model_factory: Callable[[ModelConfig, torch.device], Transformer] = build_model,
     corpus: Corpus | None = None,
+    gpu_reader: GpuReader | None = None,
 ) -> TrainResult:
     """Train (or resume) a model of the configured process and return where its final checkpoint is.
 
     Under torchrun with --train.parallel=ddp|fsdp every rank calls this; rank 0 logs and holds the lock.
     `model_factory(model_cfg, device)` builds the network (default: a freshly initialised Transformer).
     `corpus` replaces the one read from `data` (`sunfish adapt` brings the base model's tokenizer).
+    `gpu_reader` replaces the CUDA device's figures for the monitor and max_gpu_temp (training/monitor.py).
     """
     start_time = time.perf_counter()
     validate(cfg)
@@ -216,9 +223,10 @@ def train(
             run_dir.mkdir(parents=True, exist_ok=True)
         barrier(info)
         lock = _lock(run_dir, info, rt, say)
+        watch = RunWatch.open(cfg.train, run_dir, rt.device, info.is_main, say, gpu_reader)
         opts = RunOptions(run_dir=run_dir, data=data, resume=resume, progress=progress and info.is_main, log=say,
-                          model_factory=model_factory, corpus=corpus)
-        return _train(cfg, opts, rt, info, start_time)
+                          model_factory=model_factory, corpus=corpus, watch=watch)
+        return watch.run(lambda: _train(cfg, opts, rt, info, start_time))
     finally:
         if lock is not None:
             lock.release()
@@ -277,7 +285,7 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
     state = RunState(cfg=cfg, run_dir=opts.run_dir, rt=rt, info=info, log=log, corpus=corpus, seq_len=seq_len,
                      model=model, parameters=parameters, trainer=trainer, optimizer=optimizer, ema=ema,
                      batches=batches, streams=streams, guard=BadStepGuard(cfg.train.max_bad_steps), meter=meter,
-                     last_checkpoint=resume_from)
+                     last_checkpoint=resume_from, watch=opts.watch)
     if resume_from is not None:
         restore(state, resume_from)
     state.spec = spec_of(cfg.process)
@@ -337,7 +345,12 @@ def _log_and_validate(state: RunState) -> float | None:
     Returns the validation loss measured at this step, or None."""
     cfg, step, total = state.cfg.train, state.step, state.cfg.train.steps
     validate = cfg.val_every > 0 and (step % cfg.val_every == 0 or step == total)
-    if not (validate or step % cfg.log_every == 0 or step == total):
+    logged = validate or step % cfg.log_every == 0 or step == total
+    system = state.watch.on_step(step, logged)  # CPU/RAM/GPU figures when due; may pause a hot GPU
+    state.meter.pause(state.watch.paused)
+    if not logged:
+        if system and state.metrics and state.guard.in_a_row == 0:
+            state.metrics.write({"step": step, **system})
         return None
     tps = state.meter.measure(step)
     record = {"step": step, "loss": round(state.loss, 6), "lr": state.lr, "grad_norm": round(state.grad_norm, 6),
@@ -345,6 +358,7 @@ def _log_and_validate(state: RunState) -> float | None:
     if state.meter.peak:
         record["mfu"] = round(state.meter.mfu(tps), 4)
     record["memory_gib"] = round(peak_memory_gib(state.rt.device), 3)
+    record |= system
     take_terms = getattr(state.model, "take_terms", None)  # a loss of several terms logs each (process/ldlm.py)
     if take_terms is not None:
         record |= take_terms()
@@ -395,12 +409,19 @@ def _probes(state: RunState) -> bool:
 
 
 def _checkpoint_or_stop(state: RunState, val_loss: float | None, stop: StopRequest) -> None:
-    """Save every `save_every` steps, at the last step and when any rank was asked to stop; then, on a stop
-    request, close the logs and raise TrainingInterrupted."""
+    """Save every `save_every` steps, at the last step and when any rank was asked to stop (a signal, or a GPU
+    that stayed too hot); then, on a stop, close the logs and raise TrainingInterrupted or TrainingAborted."""
     cfg, step = state.cfg.train, state.step
     stopping = any_rank(stop.requested, state.info, state.rt.device)
-    if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stopping:
+    hot = any_rank(state.watch.stop_reason is not None, state.info, state.rt.device) if cfg.max_gpu_temp else False
+    if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stopping or hot:
         state.last_checkpoint = save(state, val_loss)
+        state.watch.on_checkpoint(step, state.last_checkpoint, state.loss, step == cfg.steps or stopping or hot)
+    if hot and not stopping:
+        _close(state)
+        why = state.watch.stop_reason or "a GPU of another rank stayed above --train.max_gpu_temp"
+        raise TrainingAborted(f"training stopped after step {step}: {why}; checkpoint {state.last_checkpoint}; let the "
+                              "machine cool, then --resume")
     if stopping:
         _close(state)
         state.log(f"stopped by {stop.name or 'a signal on another rank'} after step {step}; checkpoint "

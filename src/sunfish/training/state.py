@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
     from sunfish.progress import PlainProgress
+    from sunfish.training.watch import RunWatch
 
 
 @dataclass
@@ -86,6 +87,10 @@ class Throughput:
         """Count from now and `step` (after a pause that is not training, e.g. validation)."""
         self.tick, self.tick_step = time.perf_counter(), step
 
+    def pause(self, seconds: float) -> None:
+        """Leave `seconds` that were not training (a pause for a hot GPU) out of the next measurement."""
+        self.tick += seconds
+
     def measure(self, step: int) -> float:
         """Tokens/s over the steps since the previous measurement; starts the next one."""
         now = time.perf_counter()
@@ -120,6 +125,7 @@ class RunState:
     guard: BadStepGuard
     meter: Throughput
     last_checkpoint: Path | None  # the newest checkpoint written or resumed from
+    watch: RunWatch  # system figures, GPU heat and notifications (training/watch.py)
     start: int = 0  # the step the run (re)started from
     step: int = 0
     lr: float = math.nan
