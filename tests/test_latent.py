@@ -102,6 +102,12 @@ def test_sample_trace_and_eval_from_the_cli(world, run, capsys, tmp_path):
     assert main(["sample", str(run), "--length", "7", "--steps", "6", "--json"]) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["nfe"] == 6 and isinstance(body["text"], str)
+    export = tmp_path / "export"  # Sunfish's own layout: the trained parts, the base still named by its path
+    assert main(["export", str(run), "--out", str(export)]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(export), "--length", "7", "--steps", "6", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["text"], again["nfe"]) == (body["text"], body["nfe"])  # same seed, same text
     trace = tmp_path / "t.gif"
     assert main(["sample", str(run), "--length", "7", "--steps", "4", "--trace", str(trace)]) == 0
     assert trace.is_file() and trace.stat().st_size > 0
@@ -181,6 +187,8 @@ def test_refusals(world, run, capsys):
     assert "does not compile its network yet" in err
     err = cli_error(capsys, ["infill", str(run), "--text", "the [MASK:2] sat"])
     assert "generates only after a prompt; infilling needs a model that fills masks anywhere (masked diffusion" in err
+    err = cli_error(capsys, ["export", str(run), "--out", str(world["root"] / "hf_export"), "--format", "hf"])
+    assert "is a network around a frozen base; export it with --format sunfish" in err
     err = cli_error(capsys, ["sample", str(run), "--temperature", "0.5"])
     assert "sampler.temperature does nothing for latent diffusion (LDLM) models" in err
     err = cli_error(capsys, ["sample", str(run), "--prompt", "the", "--length", "3"])
