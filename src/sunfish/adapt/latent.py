@@ -103,7 +103,8 @@ def base_context(base: str) -> int:
 
 
 def latent_config(cfg: RunConfig) -> RunConfig:
-    """`cfg` with the base's absolute path, the text length (train.seq_len) and model.context set to it."""
+    """`cfg` with the base's absolute path, the text length (train.seq_len) and model.context set to it, and a
+    sampler length that fits (after BOS) when the configured one does not."""
     base = cfg.process.base
     if not base:
         raise ValueError(f"the {cfg.process.kind.value} process works on a frozen causal LM; pass --process.base PATH "
@@ -113,7 +114,10 @@ def latent_config(cfg: RunConfig) -> RunConfig:
     seq_len = cfg.train.seq_len or min(limit, DEFAULT_SEQ_LEN)
     if seq_len > limit:
         raise ValueError(f"--train.seq_len {seq_len} exceeds the base's context of {limit} tokens; lower it")
-    return apply_tree(cfg, {"process": {"base": base}, "train": {"seq_len": seq_len}, "model": {"context": seq_len}})
+    tree = {"process": {"base": base}, "train": {"seq_len": seq_len}, "model": {"context": seq_len}}
+    if cfg.sampler.length + 1 > seq_len:  # the saved sampler default must fit BOS and the text in the context
+        tree["sampler"] = {"length": seq_len - 1}
+    return apply_tree(cfg, tree)
 
 
 def build_latent(cfg: RunConfig, device: torch.device | str) -> nn.Module:
