@@ -57,7 +57,8 @@ class FrozenBase(nn.Module):
                                                                                       device=embeds.device))
         else:
             mask = torch.ones(B, 1, L, L, dtype=torch.bool, device=embeds.device)
-            h = self.backbone.hf.get_decoder()(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+            decoder = self.backbone.hf.get_decoder()
+            h = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         return torch.cat([h[:, :1], h[:, :-1]], dim=1)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
@@ -143,7 +144,8 @@ def latent_train(cfg: RunConfig, *, run_dir: Path, data: list[str] | None = None
     def factory(model_cfg, device: torch.device) -> nn.Module:
         model = build_latent(dataclasses.replace(cfg, model=model_cfg), device)
         base = sum(p.numel() for p in model.base.parameters())
-        log(f"{cfg.process.kind.value} model over the frozen base {cfg.process.base} ({base:,} frozen parameters, width {model.base.width})")
+        log(f"{cfg.process.kind.value} model over the frozen base {cfg.process.base} ({base:,} frozen parameters, "
+            f"width {model.base.width})")
         return model
 
     return train(cfg, run_dir=Path(run_dir), data=data, resume=resume, progress=progress, log=log, corpus=corpus,
