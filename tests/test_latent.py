@@ -159,6 +159,19 @@ def test_a_prompted_ldlm_conditions_on_the_prompt_and_keeps_it(world):
     assert seen == [(1, 3, model.base.width)] * 2  # the DiT reads the frozen LM's states of the 3 prompt tokens
 
 
+def test_bf16_inference(world, run):
+    """The frozen base's float states meet a bf16 network (what `auto` picks on CUDA): sampling and reconstruction."""
+    from sunfish.api import load
+    from sunfish.adapt.windows import adapt_corpus
+
+    model = load(str(run), device="cpu", dtype="bf16")
+    assert next(model.model.base.parameters()).dtype == torch.bfloat16
+    assert isinstance(model.generate("", length=7, steps=3).text, str)
+    windows = adapt_corpus(model.cfg, [str(world["corpus"])], model.tokenizer).train.windows(8)
+    correct, total = model.spec.reconstruction(model.model, windows)
+    assert correct / total > 0.9
+
+
 def test_resume_equals_an_uninterrupted_run(world):
     common = [*LATENT, "--process.base", str(world["base"]), "--data", str(world["corpus"]), "--train.log_every=1",
               "--save-every", "3", "--process.diffusion_warmup=4"]

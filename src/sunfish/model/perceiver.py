@@ -125,7 +125,7 @@ class PerceiverEncoder(nn.Module):
     def features(self, states: torch.Tensor) -> torch.Tensor:
         """The K queries (B, K, D) after reading the states and attending to each other."""
         L = states.shape[1]
-        ctx = self.inp(states) + self.positions.weight[:L]  # (B, L, D)
+        ctx = self.inp(states.to(self.inp.weight.dtype)) + self.positions.weight[:L]  # (B, L, D)
         x = self.queries.expand(states.shape[0], -1, -1).to(ctx.dtype)  # (B, K, D)
         return self.stack(self.cross(x, ctx))
 
@@ -147,7 +147,7 @@ class PerceiverDecoder(nn.Module):
         self.out = nn.Linear(cfg.d_model, base_dim, bias=False)
 
     def forward(self, z: torch.Tensor, length: int) -> torch.Tensor:
-        ctx = self.inp(z)  # (B, K, D)
+        ctx = self.inp(z.to(self.inp.weight.dtype))  # (B, K, D)
         x = self.positions.weight[:length].expand(z.shape[0], -1, -1).to(ctx.dtype)  # (B, L, D)
         return self.out(self.stack(self.cross(x, ctx)))  # (B, L, D_base)
 
@@ -174,7 +174,7 @@ class LatentDiT(nn.Module):
         c = self.time(t).to(x.dtype)  # (B, D)
         mask = None
         if prompt is not None:
-            x = torch.cat([x, self.prompt(prompt).to(x.dtype)], dim=1)  # (B, K + P, D)
+            x = torch.cat([x, self.prompt(prompt.to(self.prompt.weight.dtype)).to(x.dtype)], dim=1)  # (B, K + P, D)
             keys = torch.arange(x.shape[1], device=x.device)
             real = (keys[None, :] < K) | (keys[None, :] - K < prompt_len[:, None])  # (B, K + P)
             mask = real[:, None, None, :]  # (B, 1, 1, K + P): every query sees the latents and the real prompt

@@ -55,6 +55,7 @@ class NoiseAdapter(nn.Module):
 
     def forward(self, embeds: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         L = embeds.shape[1]
+        embeds = embeds.to(self.inp.weight.dtype)  # float states into a bf16 network at inference
         x = self.inp(torch.where(prompt[..., None], embeds, torch.zeros_like(embeds))) + self.positions.weight[:L]
         h = self.stack(x)  # (B, L, D)
         return self.mu(h), self.log_s(h).clamp(LOG_S_MIN, LOG_S_MAX)
