@@ -11,8 +11,8 @@ parts are trained jointly on
 
 with the paper's recipe (implemented from its description):
 * MSE decoder loss: the decoder regresses the frozen LM's hidden states (`process.hidden_weight`), and a
-  trainable readout R (D_base -> V, initialised to the base's RMS-normalised input embedding, read as a
-  tied output layer, applied to the RMS-normalised decoded state) names the token at each position (CE).
+  trainable readout R (D_base -> V, initialised to the base's input embedding with rows of RMS 1 / sqrt(D_base),
+  read as a tied output layer, applied to the RMS-normalised decoded state) names each position's token (CE).
   The frozen LM's own head is not used: it predicts the *next* token from h_i, which would cap
   reconstruction at the base's next-token accuracy; prefix-conditioning the frozen LM instead would make
   decoding autoregressive, one base pass per token, losing the parallel decoding latent diffusion is for;
@@ -99,8 +99,8 @@ class LatentLM(OverBase):
         embedding = base.embedding().weight  # (V_base, D_base)
         self.readout = nn.Linear(base.width, embedding.shape[0], bias=False)  # token readout of decoded states
         init_weights(self, cfg.init_std)
-        with torch.no_grad():  # starts as the base's own embedding rows (unit RMS), read as a tied output layer
-            self.readout.weight.copy_(F.rms_norm(embedding.detach().float(), (base.width,)))
+        with torch.no_grad():  # the base's embedding rows as a tied output layer, unit RMS / sqrt(D): O(1) first logits
+            self.readout.weight.copy_(F.rms_norm(embedding.detach().float(), (base.width,)) / base.width**0.5)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # training batches counted
         self.register_buffer("t_loss", torch.ones(T_BINS))  # running diffusion loss per time bin
 
@@ -124,8 +124,8 @@ class LatentLM(OverBase):
 
 
 def read_tokens(model: LatentLM, h_hat: torch.Tensor) -> torch.Tensor:
-    """Logits (B, L, V) of decoded states (B, L, D_base): the readout of their RMS-normalised direction (unit-RMS
-    rows against unit-RMS states give logits up to D_base from the start, not the base's tiny init scale)."""
+    """Logits (B, L, V) of decoded states (B, L, D_base): the readout of their RMS-normalised direction, so the
+    logits' scale is the readout's own (up to sqrt(D_base) at the start), not the decoder's or the base's."""
     return model.readout(F.rms_norm(h_hat, (h_hat.shape[-1],)))
 
 
