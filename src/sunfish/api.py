@@ -137,7 +137,12 @@ def train(config: RunConfig | str = "nano", *, out: str | Path, data: Sequence[s
     if train_settings:
         tree.setdefault("train", {}).update(train_settings)
     cfg = apply_tree(cfg, tree)
-    validate(cfg, [*given, *given_keys(tree)])
+    spec = validate(cfg, [*given, *given_keys(tree)])
+    if spec.frozen_base:  # a latent model around a frozen LM: its corpus and network come from the base
+        from sunfish.adapt.latent import latent_train
+
+        return latent_train(cfg, run_dir=Path(out), data=list(data) if data else None, resume=resume,
+                            progress=progress, log=log)
     return run_training(cfg, run_dir=Path(out), data=list(data) if data else None, resume=resume, progress=progress,
                         log=log)
 

@@ -48,7 +48,8 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.add_argument("--process", choices=list(SPECS), help="generative process: sets the config fields it needs "
                    "(ar: causal attention; block: block_size 16, no time conditioning; continuous and flow models "
-                   "without time conditioning get --model.time_cond=sinusoidal)")
+                   "without time conditioning get --model.time_cond=sinusoidal; ldlm, cola and vfm train around the "
+                   "frozen causal LM of --process.base)")
     t.add_argument("--objective", choices=["diffusion", "ar"], help="ar: the same as --process ar")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name in TRAIN_SECTIONS:

@@ -71,14 +71,35 @@ class ProcessConfig(Section):
                                    "from block_curriculum_start to block_size, in [0, 1]; 0 = off", lo=0.0, hi=1.0)
     block_curriculum_start: int = knob(1, "block: block size at the first step of the block curriculum (1 = "
                                        "autoregressive)", lo=1)
-    noise_schedule: NoiseSchedule = knob(NoiseSchedule.COSINE, "continuous: alpha_bar(t) of the Gaussian process")
-    param: Parameterisation = knob(Parameterisation.X0, "continuous: what the network predicts (x0 | eps | v)")
+    noise_schedule: NoiseSchedule = knob(NoiseSchedule.COSINE, "continuous/ldlm/cola: alpha_bar(t) of the Gaussian process")
+    param: Parameterisation = knob(Parameterisation.X0, "continuous/ldlm/cola: what the network predicts (x0 | eps | v)")
     embed: EmbedMode = knob(EmbedMode.NORMALIZED, "continuous: how token embeddings (the data x0) are kept")
     self_cond: bool = knob(False, "continuous: feed the previous x0 estimate back in (Chen et al. 2022), 50% in training")
     flow_noise: FlowNoise = knob(FlowNoise.DIRICHLET, "flow: the noise point on the simplex")
     flow_loss: FlowLoss = knob(FlowLoss.CE, "flow: cross-entropy on p(x1) or velocity squared error")
     time_warp: bool = knob(False, "continuous/flow: warp noise levels by a learned monotone network (CDCD time warping)")
     time_warp_after: int = knob(0, "continuous/flow: training batches on the plain noise levels before the warp trains and is used", lo=0)
+    base: str = knob("", "ldlm/cola/vfm: the frozen causal LM (ldlm and cola compress its states, vfm uses it as a one-step flow "
+                     "map): a `sunfish train --objective ar` run or a local Hugging Face causal LM folder")
+    latents: int = knob(16, "ldlm/cola: K, the latent vectors a text is compressed into", lo=1)
+    latent_dim: int = knob(32, "ldlm/cola: width of each latent vector", lo=1)
+    perceiver_layers: int = knob(2, "ldlm/cola: self-attention blocks of the Perceiver encoder and of the decoder (each)", lo=0)
+    diffusion_warmup: int = knob(1000, "ldlm/cola: training batches over which the diffusion loss's gradient into the "
+                                 "encoder rises linearly from 0 to 1 (diffusion-to-encoder warm-up); 0 = full from the "
+                                 "start", lo=0)
+    adaptive_t: bool = knob(True, "ldlm/cola: draw diffusion times in proportion to the running diffusion loss of each "
+                            "time bin (adaptive timestep sampling) instead of uniformly")
+    decoder_noise: float = knob(0.1, "ldlm/cola: largest std of the Gaussian noise added to the decoder's input latents in "
+                                "training (decoder-input noise), [0, 1]", lo=0.0, hi=1.0)
+    hidden_weight: float = knob(1.0, "ldlm/cola: weight of the decoder's MSE to the frozen LM's hidden states", lo=0.0)
+    kl_weight: float = knob(1e-3, "cola: weight of the VAE encoder's KL to N(0, I)", lo=0.0)
+    free_bits: float = knob(0.1, "cola: nats per latent dimension the KL leaves free (free bits)", lo=0.0)
+    adapter_layers: int = knob(2, "vfm: transformer blocks of the noise adapter (width model.d_model)", lo=1)
+    vfm_tau: float = knob(1.0, "vfm: tau, the data term's weight is 1 / (2 tau^2) and the std of the pure noise mixed in",
+                          lo=1e-3)
+    vfm_sigma: float = knob(1.0, "vfm: sigma, the observation (prompt) term's weight is 1 / (2 sigma^2)", lo=1e-3)
+    vfm_alpha: float = knob(0.5, "vfm: share of training rows that draw their noise from the adapter (the rest draw "
+                            "N(0, tau^2)), [0, 1]", lo=0.0, hi=1.0)
     prompt_prob: float = knob(0.0, "fraction of sequences whose random-length prefix is kept clean as a prompt, [0, 1]", lo=0.0, hi=1.0)
     cond_dropout: float = knob(0.0, "fraction of those prompts replaced by [MASK] (classifier-free guidance), [0, 1]", lo=0.0, hi=1.0)
 

@@ -283,7 +283,8 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
     batches = corpus.train.batches(seq_len, cfg.train.seed, rank=info.rank, world=info.world)
     streams = Streams.create(cfg.train.seed, cfg.train.grad_accum, info, rt)
     meter = Throughput(tokens_per_step=cfg.train.batch_size * cfg.train.grad_accum * seq_len * info.world,
-                       flops_per_token=flops_per_token(parameters, cfg.model.n_layers, cfg.model.d_model, seq_len),
+                       flops_per_token=flops_per_token(parameters, cfg.model.n_layers, cfg.model.d_model, seq_len)
+                       + getattr(model, "frozen_flops_per_token", 0.0),  # a frozen base's forward (process/ldlm.py)
                        peak=peak_flops(rt.device, cfg.train.peak_tflops), world=info.world)
     state = RunState(cfg=cfg, run_dir=opts.run_dir, rt=rt, info=info, log=log, corpus=corpus, seq_len=seq_len,
                      model=model, parameters=parameters, trainer=trainer, optimizer=optimizer, ema=ema,
@@ -363,6 +364,9 @@ def _log_and_validate(state: RunState) -> float | None:
         record["mfu"] = round(state.meter.mfu(tps), 4)
     record["memory_gib"] = round(peak_memory_gib(state.rt.device), 3)
     record |= system
+    take_terms = getattr(state.model, "take_terms", None)  # a loss of several terms logs each (process/ldlm.py)
+    if take_terms is not None:
+        record |= take_terms()
     val_loss = None
     if validate:
         val_loss = _validate(state)
