@@ -67,6 +67,21 @@ def _save_rng(rng: dict[str, Any], folder: Path, body: dict) -> None:
     body["rng_json"] = {k: v for k, v in rng.items() if not isinstance(v, torch.Tensor)}
 
 
+def _write_sharded(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   ema: dict[str, torch.Tensor] | None) -> None:
+    """Every rank writes its shards of the weights, moments and EMA (torch.distributed.checkpoint) under tmp."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    aliases = tied_aliases(model)  # safetensors stores a shared tensor once
+    body = {"model": {k: v for k, v in get_model_state_dict(model, options=state_dict_options(False)).items() if k not in aliases},
+            "optim": _optimizer_state(model, optimizer, full=False)}
+    if ema is not None:
+        body["ema"] = ema
+    dcp.save(body, storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDED), save_distributed=True))
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -82,9 +97,8 @@ def save_checkpoint(
     info=None,
 ) -> Path:
     """Write the checkpoint for `step` atomically and return its folder (every rank calls this)."""
-    from sunfish.training.parallel import DistInfo, barrier
-
     from sunfish.training.nodes import sync_folder
+    from sunfish.training.parallel import DistInfo, barrier
 
     info = info or DistInfo()
     final = checkpoint_dir(run_dir, step)
@@ -94,16 +108,7 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier(info)
     if sharded:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import HuggingFaceStorageWriter
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        aliases = tied_aliases(model)  # safetensors stores a shared tensor once
-        body = {"model": {k: v for k, v in get_model_state_dict(model, options=state_dict_options(False)).items() if k not in aliases},
-                "optim": _optimizer_state(model, optimizer, full=False)}
-        if ema is not None:
-            body["ema"] = ema
-        dcp.save(body, storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDED), save_distributed=True))
+        _write_sharded(tmp, model, optimizer, ema)
     else:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
