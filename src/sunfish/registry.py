@@ -24,7 +24,7 @@ from sunfish.config import (AttentionKind, Layout, ModelConfig, ParallelKind, Pa
                             SamplerConfig, Speculate, TimeCond)
 from sunfish.model.transformer import Transformer, build_model
 from sunfish.process.autoregressive import causal_nats, causal_warmup_loss, next_token_loss
-from sunfish.process.block import block_diffusion_loss, block_nats, block_scores
+from sunfish.process.block import block_diffusion_loss, block_hidden, block_nats, block_scores
 from sunfish.process.continuous import continuous_loss, continuous_nats
 from sunfish.process.flow import flow_loss
 from sunfish.process.layers import continuous_layers, flow_layers
@@ -32,7 +32,7 @@ from sunfish.process.cola import ColaLM
 from sunfish.process.ldlm import LatentLM, ldlm_loss, reconstruction
 from sunfish.process.vfm import NoiseAdapterLM, vfm_loss
 from sunfish.process.curriculum import FINAL, Stage, stage_process
-from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_nats, masked_scores
+from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_hidden, masked_nats, masked_scores
 from sunfish.process.schedules import MaskSchedule
 from sunfish.process.sft import ar_sft_loss, block_sft_loss, masked_sft_loss
 from sunfish.sample.ar import ar_generate
@@ -93,6 +93,9 @@ class ProcessSpec:
     # trained around a frozen LM (process.base); sunfish.adapt.latent loads the base and builds it
     scores: Callable[..., torch.Tensor] | None = None  # (model, z, x, t, where, process cfg) -> -log p (N,) of the
     # tokens of x at `where` given the masked z (B, L) at times t (B,); None: not a masking process (training/plateau.py)
+    denoiser: Callable[..., torch.Tensor] | None = None  # (model, z, x, t, process cfg) -> hidden states (B, L, D) of
+    # the masked z (B, L) at times t (B,), given the clean x (B, L) where the process conditions on it (block: the
+    # earlier blocks); None: not a masking process (`sunfish distill` needs one)
     layers: Callable | None = None  # (model, process cfg): attaches model.process_io
     process_fields: frozenset[str] = frozenset()  # ProcessConfig fields the process reads (besides kind)
     sampler_fields: frozenset[str] = frozenset()  # SamplerConfig fields its sampler reads
@@ -202,6 +205,7 @@ _SAME_LAYOUT = Need("model.layout", lambda v: v is Layout.SAME,
 MASKED = ProcessSpec(
     name="masked", label="masked diffusion", loss=masked_diffusion_loss, decode=_decode_masked,
     likelihood=Estimator("NELBO (masked diffusion)", masked_nats, exact=False), scores=masked_scores,
+    denoiser=masked_hidden,
     process_fields=_MASKED_TRAIN | {"prompt_prob", "cond_dropout", "causal_warmup"},
     sampler_fields=_UNMASKING | {"block_length", "cache", "guidance"},
     infill=True, parallel=True, sft=masked_sft_loss, train_flags={"process": {"kind": "masked", "block_size": 0}},
@@ -209,6 +213,7 @@ MASKED = ProcessSpec(
 BLOCK = ProcessSpec(
     name="block", label="block diffusion", loss=block_diffusion_loss, decode=_decode_block,
     likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False), scores=block_scores,
+    denoiser=block_hidden,
     process_fields=_MASKED_TRAIN | {"block_curriculum", "block_curriculum_start", "block_forcing"},
     sampler_fields=_UNMASKING | _PIPELINE,
     needs=(_SAME_LAYOUT, Need("model.time_cond", lambda v: v is TimeCond.NONE,

@@ -144,6 +144,11 @@ class LogKind(str, enum.Enum):
     WANDB = "wandb"  # also Weights & Biases (offline unless WANDB_MODE says otherwise)
 
 
+class DistillMode(str, enum.Enum):
+    SDTT = "sdtt"  # self-distillation through time: the student's one step matches the teacher's two (arXiv 2410.21035)
+    TRAJECTORY = "trajectory"  # the teacher's greedy decodings, cross-entropy plus certainty forcing (arXiv 2509.26488)
+
+
 class BaseKind(str, enum.Enum):
     HF = "hf"  # a local Hugging Face causal LM folder (transformers AutoModelForCausalLM)
     SUNFISH = "sunfish"  # a Sunfish run trained with `sunfish train --objective ar`

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sunfish.config.base import Section, knob
-from sunfish.config.enums import (SFTPad, AttentionKind, BaseKind, CacheMode, CommitRule, EmbedMode, FlowLoss, FlowNoise,
+from sunfish.config.enums import (SFTPad, AttentionKind, BaseKind, CacheMode, CommitRule, DistillMode, EmbedMode, FlowLoss, FlowNoise,
                                   Layout, LogKind, LossKind, MaskScheduleKind, MLPKind, NoiseSchedule, ParallelKind,
                                   Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, Solver, Speculate, TimeCond,
                                   TokenizerChoice)
@@ -322,6 +322,37 @@ class AdaptConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DistillConfig(Section):
+    """Step distillation of a masked or block model (`sunfish distill`, training/distill.py); saved in the run."""
+
+    SECTION = "distill"
+
+    teacher: str = knob("", "the run the distillation started from (set by `sunfish distill TEACHER`); \"\" = not a "
+                        "distilled run")
+    mode: DistillMode = knob(DistillMode.SDTT, "sdtt: the student's one step matches the teacher's two (KL), rounds halve "
+                             "the steps | trajectory: cross-entropy toward the teacher's greedy decodings plus certainty "
+                             "forcing")
+    rounds: int = knob(1, "rounds; each starts with the student of the round before as the teacher (sdtt: and half "
+                       "its step count)", lo=1)
+    round_steps: int = knob(200, "optimizer steps per round (the run trains rounds x round_steps steps)", lo=1)
+    steps_start: int = knob(64, "sdtt: the teacher's denoising steps over a training window in the first round; the "
+                            "student learns to match them in half as many, halved again each round", lo=2)
+    prompt_length: int = knob(32, "trajectory: tokens at the start of each training window kept as the rollout's "
+                              "prompt", lo=1)
+    gen_length: int = knob(128, "trajectory: tokens the teacher generates after the prompt, one per step", lo=1)
+    block_length: int = knob(32, "trajectory: semi-autoregressive block of the rollouts in tokens (block models: "
+                             "their own block size); 0 = one block", lo=0)
+    cache: CacheMode = knob(CacheMode.NONE, "trajectory: the rollouts' key/value cache (none | prefix | dual, "
+                            "Fast-dLLM's approximate caches)")
+    min_ratio: float = knob(0.05, "trajectory: smallest share of the generated tokens masked in a training state, "
+                            "in (0, 1]", lo=1e-06, hi=1.0)
+    max_ratio: float = knob(1.0, "trajectory: largest share of the generated tokens masked in a training state, in "
+                            "(0, 1]", lo=1e-06, hi=1.0)
+    certainty_weight: float = knob(1.0, "trajectory: weight of certainty forcing (the entropy of the student's "
+                                   "predictions at positions it already gets right); 0 = cross-entropy only", lo=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
@@ -331,6 +362,7 @@ class RunConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     preset: str = ""  # the preset this run started from
 
     def to_dict(self) -> dict[str, Any]:
@@ -341,6 +373,7 @@ class RunConfig:
 # serve`), which are never saved
 SECTIONS: dict[str, type[Section]] = {cls.SECTION: cls for cls in (ModelConfig, ProcessConfig, OptimConfig, TrainConfig,
                                                                     DataConfig, SamplerConfig, AdaptConfig, SFTConfig,
+                                                                    DistillConfig,
                                                                     EvalConfig, ServeConfig)}
 
 

@@ -193,6 +193,7 @@ class RunOptions:
     model_factory: Callable[[ModelConfig, torch.device], Transformer]
     corpus: Corpus | None  # replaces the corpus read from `data`
     watch: RunWatch  # system figures, GPU heat, notifications
+    step_hook: Callable[[int], dict] | None = None  # see `train`
 
 
 def train(
@@ -206,6 +207,7 @@ def train(
     model_factory: Callable[[ModelConfig, torch.device], Transformer] = build_model,
     corpus: Corpus | None = None,
     gpu_reader: GpuReader | None = None,
+    step_hook: Callable[[int], dict] | None = None,
 ) -> TrainResult:
     """Train (or resume) a model of the configured process and return where its final checkpoint is.
 
@@ -214,6 +216,8 @@ def train(
     `model_factory(model_cfg, device)` builds the network (default: a freshly initialised Transformer).
     `corpus` replaces the one read from `data` (`sunfish adapt` brings the base model's tokenizer).
     `gpu_reader` replaces the CUDA device's figures for the monitor and max_gpu_temp (training/monitor.py).
+    `step_hook(step)` runs before each optimiser step (1-based, also the first one after a resume) and returns
+    figures that go into that step's metrics.jsonl record (`sunfish distill`: the round and the step count).
     """
     start_time = time.perf_counter()
     validate(cfg)
@@ -229,7 +233,7 @@ def train(
         lock = _lock(run_dir, info, rt, say)
         watch = RunWatch.open(cfg.train, run_dir, rt.device, info.is_main, say, gpu_reader)
         opts = RunOptions(run_dir=run_dir, data=data, resume=resume, progress=progress and info.is_main, log=say,
-                          model_factory=model_factory, corpus=corpus, watch=watch)
+                          model_factory=model_factory, corpus=corpus, watch=watch, step_hook=step_hook)
         return watch.run(lambda: _train(cfg, opts, rt, info, start_time))
     finally:
         if lock is not None:
@@ -289,7 +293,7 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
     state = RunState(cfg=cfg, run_dir=opts.run_dir, rt=rt, info=info, log=log, corpus=corpus, seq_len=seq_len,
                      model=model, parameters=parameters, trainer=trainer, optimizer=optimizer, ema=ema,
                      batches=batches, streams=streams, guard=BadStepGuard(cfg.train.max_bad_steps), meter=meter,
-                     last_checkpoint=resume_from, watch=opts.watch)
+                     last_checkpoint=resume_from, watch=opts.watch, step_hook=opts.step_hook)
     if resume_from is not None:
         restore(state, resume_from)
     state.spec = spec_of(cfg.process)
@@ -324,6 +328,8 @@ def _step(state: RunState) -> None:
     """One optimiser step over `grad_accum` micro-batches, then the EMA update; a step whose loss or gradient
     norm is not finite is skipped (logged, and marked in metrics.jsonl) and BadStepGuard counts it."""
     cfg, step = state.cfg, state.step + 1
+    if state.step_hook is not None:
+        state.hook_figures = state.step_hook(step) or {}
     state.lr = lr_at(step - 1, cfg.train.steps, cfg.optim)
     set_lr(state.optimizer, state.lr)
     batches = [state.batches.next_batch(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]  # A x (B, L)
@@ -359,7 +365,7 @@ def _log_and_validate(state: RunState) -> float | None:
         return None
     tps = state.meter.measure(step)
     record = {"step": step, "loss": round(state.loss, 6), "lr": state.lr, "grad_norm": round(state.grad_norm, 6),
-              "tokens_per_s": round(tps, 1)}
+              "tokens_per_s": round(tps, 1), **state.hook_figures}
     if state.meter.peak:
         record["mfu"] = round(state.meter.mfu(tps), 4)
     record["memory_gib"] = round(peak_memory_gib(state.rt.device), 3)

@@ -140,6 +140,8 @@ class RunState:
     val_batches: list[torch.Tensor] = field(default_factory=list)  # (B, L) each, the same on every rank
     metrics: MetricsLog | None = None  # rank 0 only
     bar: tqdm | PlainProgress | None = None  # progress (shown by rank 0; see sunfish.progress)
+    step_hook: Callable[[int], dict] | None = None  # called with each step's number before it runs (loop.train)
+    hook_figures: dict = field(default_factory=dict)  # what step_hook returned for the latest step, for metrics.jsonl
 
 
 def save(state: RunState, val_loss: float | None) -> Path:
