@@ -170,8 +170,8 @@ def distill(teacher: str | Path, *, out: str | Path, data: Sequence[str] | None 
     TrainResult. `distill_settings`: DistillConfig fields (mode="sdtt" | "trajectory", rounds=, round_steps=,
     steps_start=, gen_length=, ...); `overrides`: {section: {field: value}} for the train, optim, data and distill
     sections. `data`: training text (default: the built-in stories). Settings that do nothing for the chosen mode or
-    teacher are refused in one sentence (distill/run.py)."""
-    from sunfish.distill.run import distill as run_distill
+    teacher are refused in one sentence (distillation/run.py)."""
+    from sunfish.distillation.run import distill as run_distill
 
     tree = {section: dict(values) for section, values in (overrides or {}).items()}
     if distill_settings:

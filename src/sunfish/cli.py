@@ -24,7 +24,7 @@ VERB_MODULES = (
     "sunfish.eval.cli",  # eval, compare, lm-eval
     "sunfish.training.cli",  # export, estimate
     "sunfish.training.draft_cli",  # draft (speculative decoding's draft model)
-    "sunfish.distill.cli",  # distill
+    "sunfish.distillation.cli",  # distill
     "sunfish.families.cli",  # convert
     "sunfish.serve.cli",  # serve
     "sunfish.diagnose.cli",  # doctor

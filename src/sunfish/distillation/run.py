@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sunfish.config import BaseKind, ConfigError, DistillMode, ParallelKind, RunConfig, apply_tree
-from sunfish.distill.sdtt import sdtt_loss
-from sunfish.distill.trajectory import Rollouts, trajectory_loss
+from sunfish.distillation.sdtt import sdtt_loss
+from sunfish.distillation.trajectory import Rollouts, trajectory_loss
 from sunfish.process.masked import LossOutput
 
 SDTT_ONLY = ("steps_start",)
@@ -66,8 +66,6 @@ class DistillObjective:
         figures = {"round": round_index + 1}
         if d.mode is DistillMode.SDTT:
             figures["student_steps"] = student_steps(self.cfg, round_index)
-        else:
-            figures["rollouts"] = len(self.rollouts)
         return figures
 
     def _teacher_weights(self, round_index: int, step: int) -> dict[str, torch.Tensor]:

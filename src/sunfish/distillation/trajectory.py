@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from sunfish.adapt.align import sequence_key
 from sunfish.adapt.trajectory import latest_committed
 from sunfish.config import CommitRule, DistillConfig, Policy, ProcessConfig, SamplerConfig
-from sunfish.distill.sdtt import log_probs
+from sunfish.distillation.sdtt import log_probs
 from sunfish.process.masked import LossOutput
 from sunfish.process.schedules import MaskSchedule
 from sunfish.registry import DecodeJob, decode, spec_of

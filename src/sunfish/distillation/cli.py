@@ -1,4 +1,4 @@
-"""`sunfish distill TEACHER --out RUN`: the command line over `sunfish.distill` (distill/run.py).
+"""`sunfish distill TEACHER --out RUN`: the command line over `sunfish.distill` (distillation/run.py).
 
 `register(verbs)` adds the verb to the main parser; `dispatch(args)` runs it and returns its exit code, or None
 for a verb that is not ours. Library work is imported inside the command so `--help` stays fast.
