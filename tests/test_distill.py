@@ -86,14 +86,15 @@ def test_sdtt_lowers_the_distillation_loss(story):
     assert after < before
 
 
-@pytest.mark.parametrize("mode", ["sdtt", "trajectory"])
-def test_a_resumed_distillation_equals_an_uninterrupted_one(story, mode):
+@pytest.mark.parametrize("mode,pool", [("sdtt", 0), ("trajectory", 0), ("trajectory", 6)])
+def test_a_resumed_distillation_equals_an_uninterrupted_one(story, mode, pool):
     root, corpus = story
-    extra = {"prompt_length": 4, "gen_length": 8, "block_length": 4} if mode == "trajectory" else {"steps_start": 8}
+    extra = {"prompt_length": 4, "gen_length": 8, "block_length": 4, "pool": pool} if mode == "trajectory" else \
+        {"steps_start": 8}
     settings = dict(data=[corpus], mode=mode, rounds=2, round_steps=3,
                     overrides={"train": {"save_every": 2, "log_every": 1}}, **extra)
-    whole = sunfish.distill(root / "teacher", out=root / f"whole-{mode}", **settings, **QUIET)
-    cut = root / f"cut-{mode}"
+    whole = sunfish.distill(root / "teacher", out=root / f"whole-{mode}-{pool}", **settings, **QUIET)
+    cut = root / f"cut-{mode}-{pool}"
     shutil.copytree(whole.run_dir, cut)
     for later in ("step-000006", "step-000005"):  # back to step 4, inside the second round
         shutil.rmtree(cut / "checkpoints" / later, ignore_errors=True)
@@ -104,6 +105,8 @@ def test_a_resumed_distillation_equals_an_uninterrupted_one(story, mode):
     if mode == "sdtt":  # the step count halves each round; round 2's teacher was read back from the run folder
         assert [r["student_steps"] for r in records] == [4, 4, 4, 2, 2, 2]
         assert (cut / "distill" / "teacher-round-2.safetensors").is_file()
+    if pool:  # each round rolled its pool out once, and the resumed run read round 2's back
+        assert all((cut / "distill" / f"rollouts-round-{r}.safetensors").is_file() for r in (1, 2))
     a, b = (sunfish.load(r.run_dir, device="cpu").model.state_dict() for r in (whole, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -123,6 +126,9 @@ def test_teachers_and_settings_it_cannot_use_are_refused(story, capsys, tmp_path
     err = cli_error(capsys, ["distill", teacher, "--out", str(tmp_path / "x"), "--distill.mode=trajectory",
                              "--distill.prompt_length=20", "--distill.gen_length=20"])
     assert "exceeds the model's context of 32" in err
+    err = cli_error(capsys, ["distill", teacher, "--out", str(tmp_path / "x"), "--distill.mode=trajectory",
+                             "--distill.rollout_batch=4"])
+    assert "set --distill.pool" in err
     with pytest.raises(ValueError, match="distill.rounds x distill.round_steps"):
         sunfish.distill(teacher, out=tmp_path / "x", overrides={"train": {"steps": 5}}, **QUIET)
     assert not (tmp_path / "x").exists()
@@ -141,3 +147,18 @@ def test_the_command_line_distils_a_run_that_samples(story, capsys, tmp_path):
     assert main(["distill", str(root / "teacher"), "--out", str(out), "--data", corpus, "--distill.mode=trajectory",
                  "--distill.round_steps=3", "--distill.prompt_length=4", "--distill.gen_length=8",
                  "--distill.cache=dual", "--no-progress"]) == 2  # a finished run is never written over
+
+
+@pytest.mark.parametrize("mode", ["sdtt", "trajectory"])
+def test_a_block_diffusion_teacher_distils_into_a_block_run(story, mode, tmp_path):
+    root, corpus = story
+    block = tmp_path / "block"
+    sunfish.train("nano", out=block, data=[corpus], steps=2, overrides={**SHAPE, "process": {"block_size": 8},
+                  "model": {**SHAPE["model"], "time_cond": "none", "layout": "same"}}, **QUIET)
+    extra = {"prompt_length": 8, "gen_length": 16} if mode == "trajectory" else {"steps_start": 4}
+    result = sunfish.distill(block, out=tmp_path / "fast", data=[corpus], mode=mode, round_steps=2, **extra, **QUIET)
+    student = sunfish.load(result.run_dir, device="cpu")
+    assert student.spec.name == "block" and student.cfg.process.block_size == 8
+    assert len(student.generate("the ", max_new_tokens=16, stop_at_eos=False).ids) == 16
+    with pytest.raises(ValueError, match="distill.block_length does not apply to a block-diffusion teacher"):
+        sunfish.distill(block, out=tmp_path / "other", data=[corpus], mode="trajectory", block_length=4, **QUIET)

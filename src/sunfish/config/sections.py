@@ -344,6 +344,10 @@ class DistillConfig(Section):
                              "their own block size); 0 = one block", lo=0)
     cache: CacheMode = knob(CacheMode.NONE, "trajectory: the rollouts' key/value cache (none | prefix | dual, "
                             "Fast-dLLM's approximate caches)")
+    pool: int = knob(0, "trajectory: 0 = roll out the prompt of every training window as it comes (once per prompt); "
+                     "N = draw N training windows once, roll their prompts out at each round's start (kept in the "
+                     "run folder) and train on states of those N rollouts", lo=0)
+    rollout_batch: int = knob(64, "trajectory with a pool: prompts the teacher decodes together", lo=1)
     min_ratio: float = knob(0.05, "trajectory: smallest share of the generated tokens masked in a training state, "
                             "in (0, 1]", lo=1e-06, hi=1.0)
     max_ratio: float = knob(1.0, "trajectory: largest share of the generated tokens masked in a training state, in "

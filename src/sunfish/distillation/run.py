@@ -5,14 +5,16 @@ The student starts from TEACHER's weights and config and trains with the distill
 certainty forcing) through `training/loop.py` (checkpoints, --resume, validation, metrics.jsonl). The run lasts
 `distill.rounds` x `distill.round_steps` optimiser steps. Round 1's teacher is TEACHER; each later round's teacher is
 the student as the round before left it (sdtt: with half the step count). That teacher is written to
-RUN/distill/teacher-round-R.safetensors when its round starts, so a resumed run picks the same teacher up and equals
-an uninterrupted one. Validation reports the student's plain NELBO; the finished run is a masked (or block) run
-like any other (`sunfish sample RUN`, `sunfish.load`), its config naming the teacher in `distill.teacher`.
+RUN/distill/teacher-round-R.safetensors when its round starts, and a trajectory round's pool of rollouts to
+RUN/distill/rollouts-round-R.safetensors (the format of `sunfish adapt trajectories`), so a resumed run picks them up
+and equals an uninterrupted one. Validation reports the student's plain NELBO; the finished run is a masked (or
+block) run like any other (`sunfish sample RUN`, `sunfish.load`), its config naming the teacher in `distill.teacher`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,7 +28,8 @@ from sunfish.distillation.trajectory import Rollouts, trajectory_loss
 from sunfish.process.masked import LossOutput
 
 SDTT_ONLY = ("steps_start",)
-TRAJECTORY_ONLY = ("prompt_length", "gen_length", "block_length", "cache", "min_ratio", "max_ratio", "certainty_weight")
+TRAJECTORY_ONLY = ("prompt_length", "gen_length", "block_length", "cache", "min_ratio", "max_ratio", "certainty_weight",
+                   "pool", "rollout_batch")
 
 
 def student_steps(cfg: RunConfig, round_index: int) -> int:
@@ -45,6 +48,7 @@ class DistillObjective:
     first_teacher: dict[str, torch.Tensor]  # TEACHER's weights (on the CPU)
     log: Callable[[str], None]
     rollouts: Rollouts
+    pool_prompts: Callable[[], torch.Tensor]  # the prompts (N, P) of distill.pool = N training windows
     student: torch.nn.Module | None = field(default=None, repr=False)
     teacher: torch.nn.Module | None = field(default=None, repr=False)
     round: int = -1  # 0-based round of `teacher`
@@ -60,6 +64,8 @@ class DistillObjective:
             self.teacher = self._network(self._teacher_weights(round_index, step))
             self.round = round_index
             self.rollouts.clear()
+            if d.mode is DistillMode.TRAJECTORY and d.pool > 0:
+                self._fill_pool(round_index)
             what = f"{2 * student_steps(self.cfg, round_index)} -> {student_steps(self.cfg, round_index)} steps" \
                 if d.mode is DistillMode.SDTT else "greedy rollouts"
             self.log(f"distill round {round_index + 1} of {d.rounds} from step {step}: {what}")
@@ -85,6 +91,20 @@ class DistillObjective:
             raise ValueError(f"the teacher of round {round_index + 1} ('{path}') is missing from the run folder; "
                              "start the distillation again with another --out")
         return load_file(str(path))
+
+    def _fill_pool(self, round_index: int) -> None:
+        """The round's pool of rollouts: read back from the run folder, or computed and written there."""
+        from sunfish.adapt.trajectory import save_trajectories
+
+        path = self.run_dir / "distill" / f"rollouts-round-{round_index + 1}.safetensors"
+        device = next(self.student.parameters()).device
+        if path.is_file():
+            body = load_file(str(path))
+            self.rollouts.pool = (body["ids"].to(device), body["order"].long().to(device))
+            return
+        self.log(f"rolling out {self.cfg.distill.pool} prompts with the round's teacher")
+        tokens, order = self.rollouts.fill_pool(self.teacher, self.pool_prompts().to(device), self.cfg.distill.rollout_batch)
+        save_trajectories(path, tokens, order)
 
     def _network(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
         from sunfish.registry import build_network
@@ -127,13 +147,15 @@ def check_distill(cfg: RunConfig, loaded, given: list[str]) -> None:
         raise ConfigError(f"distill.steps_start ({d.steps_start}) halves in each of {d.rounds} round(s); make it a "
                           f"multiple of {2 ** d.rounds}")
     if d.mode is DistillMode.TRAJECTORY:
-        check_trajectory(cfg)
+        check_trajectory(cfg, given)
 
 
-def check_trajectory(cfg: RunConfig) -> None:
+def check_trajectory(cfg: RunConfig, given: list[str]) -> None:
     from sunfish.training.corpus import seq_len_of
 
     d = cfg.distill
+    if "distill.rollout_batch" in given and d.pool == 0:
+        raise ConfigError("distill.rollout_batch sizes the batches of a pool's rollouts; set --distill.pool or drop it")
     if d.min_ratio > d.max_ratio:
         raise ConfigError(f"distill.min_ratio ({d.min_ratio}) exceeds distill.max_ratio ({d.max_ratio})")
     if d.prompt_length > seq_len_of(cfg):
@@ -179,9 +201,10 @@ def distill(teacher: str | Path, *, out: str | Path, data: list[str] | None = No
     """Distil TEACHER (a masked or block run) into the run folder `out`; returns the trainer's TrainResult.
     `tree`: {section: {field: value}} settings (train, optim, data, distill); `data`: the training text (files or a
     prepared folder; default: the built-in stories)."""
+    from sunfish.checkpoint.files import list_checkpoints
     from sunfish.model.transformer import build_model
     from sunfish.sample.text import never_sampled
-    from sunfish.training.corpus import open_corpus
+    from sunfish.training.corpus import open_corpus, seq_len_of
     from sunfish.training.loop import train
 
     out = Path(out)
@@ -192,8 +215,11 @@ def distill(teacher: str | Path, *, out: str | Path, data: list[str] | None = No
     mask_id = loaded.tokenizer.mask_id
     weights = {k: v.detach().to(torch.float32).clone() for k, v in loaded.model.state_dict().items()}
     rollouts = Rollouts(cfg.distill, cfg.process, mask_id, never_sampled(loaded.tokenizer))
+    windows = lambda: corpus.train.batches(seq_len_of(cfg), cfg.train.seed + 5).next_batch(cfg.distill.pool)
     objective = DistillObjective(cfg=cfg, mask_id=mask_id, run_dir=out, first_teacher=weights, log=log,
-                                 rollouts=rollouts)
+                                 rollouts=rollouts, pool_prompts=lambda: windows()[:, : cfg.distill.prompt_length])
+    if not list_checkpoints(out):  # what an attempt that never finished a step left is not this run's
+        shutil.rmtree(out / "distill", ignore_errors=True)
 
     def factory(model_cfg, device):
         model = build_model(model_cfg, device)

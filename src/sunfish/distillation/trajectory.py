@@ -4,7 +4,10 @@ The teacher decodes each training prompt (the first `prompt_length` tokens of a 
 Sunfish's own sampler: `gen_length` tokens, one per step, the most confident masked position first, in
 semi-autoregressive blocks of `block_length` (block models: their trained blocks), with the approximate key/value
 cache of the settings if asked. The rollout records the tokens y and the step at which each position was committed
-(its rank; -1 for the prompt). Rollouts are computed in batches, once per prompt and teacher, and kept (`Rollouts`).
+(its rank; -1 for the prompt). Rollouts are computed in batches, once per prompt and teacher, and kept (`Rollouts`);
+with a pool (`distill.pool` = N) N windows are drawn once, their prompts rolled out at the round's start, and each
+training row is one of those N rollouts, drawn uniformly (a corpus too large to meet a prompt twice then still
+costs the teacher N rollouts a round, not one per training row).
 
 A training state is a point on that trajectory: for a ratio r ~ U[min_ratio, max_ratio] the round(r n) positions
 committed last are masked (`adapt/trajectory.py: latest_committed`), which is exactly a canvas the sampler passes
@@ -72,9 +75,24 @@ class Rollouts:
     mask_id: int
     suppress: tuple[int, ...] = ()
     found: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # key -> (tokens, order)
+    pool: tuple[torch.Tensor, torch.Tensor] | None = None  # (tokens (N, T), order (N, T)) with distill.pool = N
 
     def clear(self) -> None:
         self.found.clear()
+        self.pool = None
+
+    def fill_pool(self, teacher, prompts: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Roll the prompts (N, P) out, `batch` at a time, as the pool; returns (tokens, order), each (N, P + G)."""
+        parts = [rollout(teacher, prompts[i : i + batch], self.cfg, self.process, self.mask_id, self.suppress)
+                 for i in range(0, prompts.shape[0], batch)]
+        self.pool = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        return self.pool
+
+    def draw(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """`batch` rollouts of the pool drawn uniformly: (tokens, order), each (batch, P + G)."""
+        tokens, order = self.pool
+        pick = torch.randint(tokens.shape[0], (batch,), generator=generator, device=generator.device).to(tokens.device)
+        return tokens[pick], order[pick]
 
     def __len__(self) -> int:
         return len(self.found)
@@ -117,9 +135,13 @@ def certainty_forcing_loss(logp: torch.Tensor, target: torch.Tensor, weight: flo
 
 def trajectory_loss(student, teacher, x0: torch.Tensor, rollouts: Rollouts, generator: torch.Generator) -> LossOutput:
     """The trajectory loss of `student` on the windows x0 (B, L): their first prompt_length tokens are decoded by
-    `teacher` (or found among the rollouts) and a state along each trajectory is scored (see the module docstring)."""
+    `teacher` (or found among the rollouts; with a pool, B rollouts of the pool are drawn instead) and a state along
+    each trajectory is scored (see the module docstring)."""
     cfg, process, mask_id = rollouts.cfg, rollouts.process, rollouts.mask_id
-    tokens, order = rollouts.of(teacher, x0[:, : cfg.prompt_length])  # (B, T) each
+    if rollouts.pool is not None:
+        tokens, order = rollouts.draw(x0.shape[0], generator)  # (B, T) each
+    else:
+        tokens, order = rollouts.of(teacher, x0[:, : cfg.prompt_length])
     masked = trajectory_states(order, cfg, generator)  # (B, T)
     z = tokens.masked_fill(masked, mask_id)
     logp = log_probs(student, z, tokens, masked, process, mask_id, MaskSchedule(process.mask_schedule, process.eps))
