@@ -14,7 +14,9 @@ import torch
 import sunfish
 from sunfish.cli import main
 from sunfish.config import DistillConfig
-from sunfish.distillation.sdtt import sdtt_loss
+from sunfish.distillation.sdtt import kl_to_student, log_probs, sdtt_loss, teacher_targets
+from sunfish.process.masked import corrupt
+from sunfish.process.schedules import MaskSchedule
 from sunfish.distillation.trajectory import rollout, rollout_sampler
 from sunfish.registry import DecodeJob, decode
 from sunfish.training.corpus import open_corpus
@@ -66,6 +68,34 @@ def test_trajectory_distillation_decodes_in_a_quarter_of_the_steps_closer_to_the
     assert student.cfg.distill.teacher == str((root / "teacher").resolve())
     records = run_metrics(result.run_dir)
     assert {r["round"] for r in records} == {1}
+
+
+def test_teacher_targets_are_the_teachers_distributions_at_the_step_that_revealed_each_position(story):
+    root, corpus = story
+    teacher = sunfish.load(root / "teacher", device="cpu")
+    mask_id, process = teacher.tokenizer.mask_id, teacher.cfg.process
+    schedule = MaskSchedule(process.mask_schedule, process.eps)
+    x0 = open_corpus(teacher.cfg, [corpus], teacher.tokenizer).val.batches(32, 1).next_batch(8)
+    t = torch.ones(x0.shape)  # one student step (dt = 1): the teacher goes 1 -> 1/2 -> 0, revealing everything
+    zt, masked = corrupt(x0, t, schedule, mask_id, torch.Generator().manual_seed(0))
+    targets = teacher_targets(teacher.model, zt, x0, t, 1.0, process, mask_id, torch.Generator().manual_seed(1))
+    first = log_probs(teacher.model, zt, x0, masked, process, mask_id, schedule)  # the teacher's pass on z_t
+    same = torch.isclose(targets, first, atol=1e-5).all(-1)  # (N,) revealed in the first step
+    assert targets.shape == first.shape and torch.allclose(targets.exp().sum(-1), torch.ones(len(targets)))
+    assert 0.3 < same.float().mean() < 0.7  # about half the masks are revealed from t = 1 to 1/2 (linear alpha)
+    assert float(kl_to_student(targets, targets).abs().max()) < 1e-5
+
+
+def test_rollouts_commit_one_token_per_step_block_by_block(story):
+    root, corpus = story
+    teacher = sunfish.load(root / "teacher", device="cpu")
+    d = DistillConfig(prompt_length=4, gen_length=16, block_length=8)
+    prompts = open_corpus(teacher.cfg, [corpus], teacher.tokenizer).train.batches(32, 5).next_batch(6)[:, :4]
+    tokens, order = rollout(teacher.model, prompts, d, teacher.cfg.process, teacher.tokenizer.mask_id)
+    assert torch.equal(tokens[:, :4], prompts) and (order[:, :4] == -1).all()
+    assert torch.equal(order[:, 4:].sort(-1).values, torch.arange(16).expand(6, 16))  # each step commits one
+    assert (order[:, 4:12].max(-1).values < order[:, 12:].min(-1).values).all()  # the first block finishes first
+    assert (tokens != teacher.tokenizer.mask_id).all()
 
 
 def test_sdtt_lowers_the_distillation_loss(story):
