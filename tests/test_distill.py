@@ -120,7 +120,7 @@ def test_sdtt_lowers_the_distillation_loss(story):
 def test_a_resumed_distillation_equals_an_uninterrupted_one(story, mode, pool):
     root, corpus = story
     extra = {"prompt_length": 4, "gen_length": 8, "block_length": 4, "pool": pool} if mode == "trajectory" else \
-        {"steps_start": 8}
+        {"steps_start": 8, "data_weight": 0.5}
     settings = dict(data=[corpus], mode=mode, rounds=2, round_steps=3,
                     overrides={"train": {"save_every": 2, "log_every": 1}}, **extra)
     whole = sunfish.distill(root / "teacher", out=root / f"whole-{mode}-{pool}", **settings, **QUIET)

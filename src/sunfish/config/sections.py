@@ -352,6 +352,9 @@ class DistillConfig(Section):
                             "in (0, 1]", lo=1e-06, hi=1.0)
     max_ratio: float = knob(1.0, "trajectory: largest share of the generated tokens masked in a training state, in "
                             "(0, 1]", lo=1e-06, hi=1.0)
+    data_weight: float = knob(0.0, "weight of the teacher's own training loss (masked or block NELBO) on the real "
+                              "training windows, added to the distillation loss to keep the student a good denoiser; "
+                              "0 = distillation only", lo=0.0)
     certainty_weight: float = knob(1.0, "trajectory: weight of certainty forcing (the entropy of the student's "
                                    "predictions at positions it already gets right); 0 = cross-entropy only", lo=0.0)
 

@@ -2,7 +2,8 @@
 
 The student starts from TEACHER's weights and config and trains with the distillation loss of `distill.mode`
 (sdtt.py: the student's one step matches the teacher's two; trajectory.py: the teacher's greedy decodings with
-certainty forcing) through `training/loop.py` (checkpoints, --resume, validation, metrics.jsonl). The run lasts
+certainty forcing), plus `distill.data_weight` x the teacher's own training loss on the real windows, through
+`training/loop.py` (checkpoints, --resume, validation, metrics.jsonl). The run lasts
 `distill.rounds` x `distill.round_steps` optimiser steps. Round 1's teacher is TEACHER; each later round's teacher is
 the student as the round before left it (sdtt: with half the step count). That teacher is written to
 RUN/distill/teacher-round-R.safetensors when its round starts, and a trajectory round's pool of rollouts to
@@ -26,6 +27,7 @@ from sunfish.config import BaseKind, ConfigError, DistillMode, ParallelKind, Run
 from sunfish.distillation.sdtt import sdtt_loss
 from sunfish.distillation.trajectory import Rollouts, trajectory_loss
 from sunfish.process.masked import LossOutput
+from sunfish.registry import spec_of
 
 SDTT_ONLY = ("steps_start",)
 TRAJECTORY_ONLY = ("prompt_length", "gen_length", "block_length", "cache", "min_ratio", "max_ratio", "certainty_weight",
@@ -118,8 +120,14 @@ class DistillObjective:
         if self.teacher is None:
             raise RuntimeError("the distillation's teacher is set by its step hook before the first step")
         if self.cfg.distill.mode is DistillMode.SDTT:
-            return sdtt_loss(model, self.teacher, x0, process, mask_id, student_steps(self.cfg, self.round), generator)
-        return trajectory_loss(model, self.teacher, x0, self.rollouts, generator)
+            out = sdtt_loss(model, self.teacher, x0, process, mask_id, student_steps(self.cfg, self.round), generator)
+        else:
+            out = trajectory_loss(model, self.teacher, x0, self.rollouts, generator)
+        weight = self.cfg.distill.data_weight
+        if weight == 0:
+            return out
+        data = spec_of(process).loss(model, x0, process, mask_id, generator)  # the real windows' NELBO
+        return dataclasses.replace(out, loss=out.loss + weight * data.loss)
 
 
 def check_distill(cfg: RunConfig, loaded, given: list[str]) -> None:
