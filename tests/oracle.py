@@ -10,7 +10,6 @@ is absent (a fresh clone) or the environment cannot be built.
 
 from __future__ import annotations
 
-import fcntl
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
@@ -36,8 +36,7 @@ def _build() -> str | None:
     if ready.is_file():
         return None
     ENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(ROOT / ".venv-oracle.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one test session builds it; the others wait
+    with FileLock(str(ROOT / ".venv-oracle.lock")):  # one test session builds it; the others wait
         if ready.is_file():
             return None
         steps = [[sys.executable, "-m", "venv", str(ENV)],

@@ -41,6 +41,7 @@ def weights(run_dir):
     return load_model(run_dir, torch.device("cpu")).model.state_dict()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="kill -9 and SIGTERM from outside are Unix signals")
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, corpus):
     steps = 18
     argv = ["train", "--preset", "nano", "--data", corpus, "--steps", str(steps), "--save-every", "3", "--no-progress", *TINY]
@@ -78,7 +79,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pat
         assert x == pytest.approx(y, rel=1e-6)
     ref, got = weights(tmp_path / "reference"), weights(run)
     assert all(torch.allclose(ref[k], got[k], rtol=1e-5, atol=1e-7) for k in ref)
-    assert not (run / ".lock").exists()
+    assert_unlocked(run)
 
 
 def _plant_nan(monkeypatch, bad_calls):
@@ -110,7 +111,7 @@ def test_too_many_bad_steps_in_a_row_abort_with_one_sentence(tmp_path, corpus, m
     _plant_nan(monkeypatch, bad_calls=set(range(2, 100)))
     with pytest.raises(TrainingAborted, match=r"training stopped at step 4: 3 steps in a row had a non-finite"):
         train(tiny_cfg(steps=8, max_bad_steps=3), run_dir=tmp_path / "run", data=[corpus], progress=False, log=QUIET)
-    assert not (tmp_path / "run" / ".lock").exists()
+    assert_unlocked(tmp_path / "run")
 
 
 def test_truncated_checkpoint_is_refused_and_resume_falls_back(tmp_path, corpus, capsys):
@@ -144,21 +145,62 @@ def test_flipped_byte_is_caught_by_the_hash(tmp_path, corpus):
         verify_checkpoint(list_checkpoints(run)[-1])
 
 
+HOLDER = """
+import json, os, socket, sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1] + "/.lock")
+lock.acquire(timeout=0)
+open(sys.argv[1] + "/.lock.owner", "w").write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def assert_unlocked(run):
+    """The run released its folder: no owner file, and the lock can be taken at once."""
+    from filelock import FileLock
+
+    assert not (run / ".lock.owner").exists()
+    lock = FileLock(str(run / ".lock"))
+    lock.acquire(timeout=0)
+    lock.release()
+
+
 def test_lock_refuses_a_live_run_and_takes_over_a_dead_one(tmp_path, corpus):
     run = tmp_path / "run"
     run.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
     try:
-        (run / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename}))
-        with pytest.raises(RunInUseError, match=f"is in use by another run \\(pid {sleeper.pid}"):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInUseError, match=f"is in use by another run \\(pid {holder.pid}"):
             train(tiny_cfg(steps=2), run_dir=run, data=[corpus], progress=False, log=QUIET)
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()  # SIGKILL: the holder cannot release anything; the system drops its lock
+        holder.wait()
+        holder.stdout.close()
     logs = []
     train(tiny_cfg(steps=2), run_dir=run, data=[corpus], progress=False, log=logs.append)
-    assert any(f"took over the lock of a run that is no longer alive (pid {sleeper.pid})" in s for s in logs)
-    assert not (run / ".lock").exists()
+    assert any(f"took over the lock of a run that is no longer alive (pid {holder.pid})" in s for s in logs)
+    assert_unlocked(run)
+
+
+def test_a_stop_file_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, corpus):
+    train(tiny_cfg(steps=6, save_every=3), run_dir=tmp_path / "reference", data=[corpus], progress=False, log=QUIET)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "STOP").write_text("")
+    logs = []
+    with pytest.raises(loop.TrainingInterrupted):
+        train(tiny_cfg(steps=6, save_every=3), run_dir=run, data=[corpus], progress=False, log=logs.append)
+    assert [p.name for p in list_checkpoints(run)] == ["step-000001"]
+    assert any("stopped by the STOP file after step 1" in s for s in logs)
+    assert not (run / "STOP").exists()  # removed, so the resume runs on
+    train(tiny_cfg(steps=6, save_every=3), run_dir=run, data=[corpus], resume=True, progress=False, log=QUIET)
+    a, b = metrics(run), metrics(tmp_path / "reference")
+    assert [l["step"] for l in a] == [l["step"] for l in b]
+    for x, y in zip(a, b):
+        assert x == pytest.approx(y, rel=1e-6)
+    assert_unlocked(run)
 
 
 def test_keep_last_keeps_the_newest_and_the_best(tmp_path, corpus):

@@ -9,10 +9,11 @@ The names below are imported on first use, so `import sunfish` (and `sunfish --h
 
 from __future__ import annotations
 
-__all__ = ["load", "train", "train_draft", "doctor", "Model", "Generation", "RunConfig", "SamplerConfig", "load_preset"]
+__all__ = ["load", "train", "distill", "train_draft", "doctor", "Model", "Generation", "RunConfig", "SamplerConfig",
+           "load_preset"]
 
-_WHERE = {"load": "sunfish.api", "train": "sunfish.api", "train_draft": "sunfish.api", "doctor": "sunfish.diagnose",
-          "Model": "sunfish.api", "Generation": "sunfish.sample.text",
+_WHERE = {"load": "sunfish.api", "train": "sunfish.api", "distill": "sunfish.api", "train_draft": "sunfish.api",
+          "doctor": "sunfish.diagnose", "Model": "sunfish.api", "Generation": "sunfish.sample.text",
           "RunConfig": "sunfish.config", "SamplerConfig": "sunfish.config", "load_preset": "sunfish.config"}
 
 

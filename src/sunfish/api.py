@@ -10,6 +10,7 @@
     fast = model.generate("Once upon a time", rule="learned")  # (or commit_model="file.safetensors")
     scores = model.score(["The cat sat on the mat."])         # nats per token, perplexity, bits per byte
     result = sunfish.train("nano", out="runs/nano", steps=200)
+    fast = sunfish.distill("runs/nano", out="runs/nano-fast", mode="trajectory", round_steps=300)
     sunfish.train_draft("runs/micro", out="runs/micro-draft", steps=300)  # then generate(..., speculate="draft",
     #                                                                       draft="runs/micro-draft", draft_len=4)
 
@@ -164,7 +165,12 @@ def train(config: RunConfig | str = "nano", *, out: str | Path, data: Sequence[s
     if train_settings:
         tree.setdefault("train", {}).update(train_settings)
     cfg = apply_tree(cfg, tree)
-    validate(cfg, [*given, *given_keys(tree)])
+    spec = validate(cfg, [*given, *given_keys(tree)])
+    if spec.frozen_base:  # a latent model around a frozen LM: its corpus and network come from the base
+        from sunfish.adapt.latent import latent_train
+
+        return latent_train(cfg, run_dir=Path(out), data=list(data) if data else None, resume=resume,
+                            progress=progress, log=log)
     return run_training(cfg, run_dir=Path(out), data=list(data) if data else None, resume=resume, progress=progress,
                         log=log)
 
@@ -182,3 +188,20 @@ def train_draft(target: str | Path, *, out: str | Path, size: str = "half", data
         tree.setdefault("train", {}).update(train_settings)
     return run_draft(target, out, size=size, data=list(data) if data else None, tree=tree, resume=resume,
                      progress=progress, log=log)
+
+
+def distill(teacher: str | Path, *, out: str | Path, data: Sequence[str] | None = None, resume: bool = False,
+            progress: bool = True, log: Callable[[str], None] = print,
+            overrides: dict[str, dict[str, Any]] | None = None, **distill_settings: Any):
+    """Distil the masked or block run `teacher` into the run folder `out` so it decodes in fewer steps; returns a
+    TrainResult. `distill_settings`: DistillConfig fields (mode="sdtt" | "trajectory", rounds=, round_steps=,
+    steps_start=, gen_length=, ...); `overrides`: {section: {field: value}} for the train, optim, data and distill
+    sections. `data`: training text (default: the built-in stories). Settings that do nothing for the chosen mode or
+    teacher are refused in one sentence (distillation/run.py)."""
+    from sunfish.distillation.run import distill as run_distill
+
+    tree = {section: dict(values) for section, values in (overrides or {}).items()}
+    if distill_settings:
+        tree.setdefault("distill", {}).update(distill_settings)
+    return run_distill(teacher, out=out, data=list(data) if data else None, tree=tree, resume=resume,
+                       progress=progress, log=log)

@@ -24,6 +24,7 @@ VERB_MODULES = (
     "sunfish.eval.cli",  # eval, compare, lm-eval
     "sunfish.training.cli",  # export, estimate
     "sunfish.training.draft_cli",  # draft (speculative decoding's draft model)
+    "sunfish.distillation.cli",  # distill
     "sunfish.families.cli",  # convert
     "sunfish.serve.cli",  # serve
     "sunfish.diagnose.cli",  # doctor
@@ -48,7 +49,8 @@ def _add_train(verbs: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     t.add_argument("--process", choices=list(SPECS), help="generative process: sets the config fields it needs "
                    "(ar: causal attention; block: block_size 16, no time conditioning; continuous and flow models "
-                   "without time conditioning get --model.time_cond=sinusoidal)")
+                   "without time conditioning get --model.time_cond=sinusoidal; ldlm, cola and vfm train around the "
+                   "frozen causal LM of --process.base)")
     t.add_argument("--objective", choices=["diffusion", "ar"], help="ar: the same as --process ar")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name in TRAIN_SECTIONS:
@@ -225,6 +227,9 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sunfish.portable import readable_output
+
+    readable_output()  # Windows: a redirected stdout prints Russian text as UTF-8, not an encoding error
     try:
         args, extra = build_parser().parse_known_args(argv)
         return dispatch(args, extra)

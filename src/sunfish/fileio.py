@@ -48,11 +48,11 @@ def replace_folder(tmp: Path, final: Path) -> None:
     if final.exists():
         old = final.parent / f".old-{final.name}"
         shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
+        os.replace(final, old)
+        os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        tmp.rename(final)
+        os.replace(tmp, final)
     if os.name == "posix":  # a directory cannot be opened for fsync on Windows
         fd = os.open(final.parent, os.O_RDONLY)
         try:

@@ -6,6 +6,8 @@ Sources (`source_kind`):
 - a checkpoint folder (RUN/checkpoints/step-N) or an exported one (`sunfish export --out`);
 - an adapted run (a checkpoint whose config names `adapt.base`): the causal LM rebuilt with bidirectional
   attention (adapt/model.py);
+- a latent run (a process with a frozen base, e.g. LDLM): its frozen base loaded from `process.base` and the
+  trained parts from the checkpoint (adapt/latent.py);
 - a Hugging Face folder of a public diffusion LM (LLaDA, Dream; families/): its config.json mapped onto
   Sunfish's Transformer, the safetensors shards streamed in, its own tokenizer; another architecture is one
   sentence naming what was found;
@@ -82,6 +84,14 @@ def _open_adapted(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | 
                        mixed_batches=getattr(model, "MIXED_BATCHES", True))
 
 
+def _open_latent(ckpt: Path, cfg: RunConfig, device: torch.device, ema: bool | None) -> LoadedModel:
+    from sunfish.adapt.latent import open_latent
+
+    model, tokenizer, cfg = open_latent(ckpt, cfg, device, ema)
+    return LoadedModel(model=model, tokenizer=tokenizer, cfg=cfg, path=ckpt, step=read_state(ckpt).step,
+                       mixed_batches=False)
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool | None = None,
                dtype: str | torch.dtype = "fp32") -> LoadedModel:
     """Open what `path` holds for inference (eval mode) on `device`, weights in `dtype` (auto, fp32, bf16, fp16).
@@ -95,8 +105,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", ema: bool |
         loaded = _open_hf(Path(path), device, dtype)
     else:
         ckpt = resolve_checkpoint(path)
-        opener = _open_adapted if kind is SourceKind.ADAPTED else _open_sunfish
-        loaded = opener(ckpt, read_config(ckpt), device, ema)
+        cfg = read_config(ckpt)
+        opener = _open_adapted if kind is SourceKind.ADAPTED else _open_latent if spec_of(cfg.process).frozen_base \
+            else _open_sunfish
+        loaded = opener(ckpt, cfg, device, ema)
     if next(loaded.model.parameters()).dtype != dtype:
         loaded.model.to(dtype)
     return loaded

@@ -6,8 +6,11 @@ caches, remasking, batches of mixed-length prompts, temperature / top-k / top-p)
 `spec_of(cfg.process)` and reads the entry; it never tests the process kind itself. Adding a process is one
 entry here. (torchtitan's TrainSpec registry and vLLM's model registry are the models.)
 
-Five processes: masked diffusion (MDLM / LLaDA), block diffusion (BD3-LM: masked with process.block_size > 0),
-the autoregressive baseline, Gaussian diffusion over embeddings and flow matching on the simplex.
+Eight processes: masked diffusion (MDLM / LLaDA), block diffusion (BD3-LM: masked with process.block_size > 0),
+the autoregressive baseline, Gaussian diffusion over embeddings, flow matching on the simplex, latent
+diffusion over a frozen LM's compressed states (LDLM, or over a VAE's latents: Cola) and a noise adapter in front of a frozen LM (VFM); the
+last three name the network they train around the frozen base, which `sunfish.adapt.latent` loads (loading a
+base needs the checkpoint code that imports this module).
 """
 
 from __future__ import annotations
@@ -17,16 +20,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from sunfish.config import (AttentionKind, Layout, ModelConfig, ProcessConfig, ProcessKind, SamplerConfig, Speculate,
-                            TimeCond)
+from sunfish.config import (AttentionKind, Layout, ModelConfig, ParallelKind, Parameterisation, ProcessConfig, ProcessKind,
+                            SamplerConfig, Speculate, TimeCond)
 from sunfish.model.transformer import Transformer, build_model
 from sunfish.process.autoregressive import causal_nats, causal_warmup_loss, next_token_loss
-from sunfish.process.block import block_diffusion_loss, block_nats, block_scores
+from sunfish.process.block import block_diffusion_loss, block_hidden, block_nats, block_scores
 from sunfish.process.continuous import continuous_loss, continuous_nats
 from sunfish.process.flow import flow_loss
 from sunfish.process.layers import continuous_layers, flow_layers
+from sunfish.process.cola import ColaLM
+from sunfish.process.ldlm import LatentLM, ldlm_loss, reconstruction
+from sunfish.process.vfm import NoiseAdapterLM, vfm_loss
 from sunfish.process.curriculum import FINAL, Stage, stage_process
-from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_nats, masked_scores
+from sunfish.process.masked import LossOutput, masked_diffusion_loss, masked_hidden, masked_nats, masked_scores
 from sunfish.process.schedules import MaskSchedule
 from sunfish.process.sft import ar_sft_loss, block_sft_loss, masked_sft_loss
 from sunfish.sample.ar import ar_generate
@@ -36,6 +42,8 @@ from sunfish.sample.continuous import continuous_generate
 from sunfish.sample.flow import flow_generate
 from sunfish.sample.pipeline import pipeline_generate
 from sunfish.sample.speculate import speculative_decode
+from sunfish.sample.ldlm import ldlm_generate
+from sunfish.sample.vfm import vfm_generate
 from sunfish.sample.unmask import SampleResult, unmask
 
 
@@ -79,8 +87,15 @@ class ProcessSpec:
     loss: Callable[..., LossOutput]  # (model, x0 (B, L), process cfg, mask id, generator, curriculum Stage)
     decode: Callable[..., SampleResult]  # (model, canvas (B, L), fill_start, sampler cfg, DecodeJob)
     likelihood: Estimator | None  # None: no likelihood estimator is known
+    reconstruction: Callable[..., tuple[int, int]] | None = None  # (model, x (B, L)) -> (correct, total) tokens
+    # read back from their own latents; what evaluation reports for a latent model without a likelihood
+    network: Callable[..., torch.nn.Module] | None = None  # (model cfg, process cfg, frozen base) -> the network
+    # trained around a frozen LM (process.base); sunfish.adapt.latent loads the base and builds it
     scores: Callable[..., torch.Tensor] | None = None  # (model, z, x, t, where, process cfg) -> -log p (N,) of the
     # tokens of x at `where` given the masked z (B, L) at times t (B,); None: not a masking process (training/plateau.py)
+    denoiser: Callable[..., torch.Tensor] | None = None  # (model, z, x, t, process cfg) -> hidden states (B, L, D) of
+    # the masked z (B, L) at times t (B,), given the clean x (B, L) where the process conditions on it (block: the
+    # earlier blocks); None: not a masking process (`sunfish distill` needs one)
     layers: Callable | None = None  # (model, process cfg): attaches model.process_io
     process_fields: frozenset[str] = frozenset()  # ProcessConfig fields the process reads (besides kind)
     sampler_fields: frozenset[str] = frozenset()  # SamplerConfig fields its sampler reads
@@ -94,6 +109,11 @@ class ProcessSpec:
     sft: Callable[..., LossOutput] | None = None  # (model, x0, roles (B, L), process cfg, mask id, generator): process/sft.py
     wants_time: bool = False  # `train --process NAME` turns on time conditioning when the config has none
     train_flags: dict = field(default_factory=dict)  # the config tree `sunfish train --process NAME` applies
+
+    @property
+    def frozen_base(self) -> bool:
+        """It trains around a frozen LM (process.base) and is built and loaded by sunfish.adapt.latent."""
+        return self.network is not None
 
     def supports(self, sampler_field: str) -> bool:
         return sampler_field in self.sampler_fields
@@ -140,6 +160,16 @@ def _decode_continuous(model, x, fill_start: int, cfg: SamplerConfig, job: Decod
     return continuous_generate(model, x, job.mask_id, cfg, job.process, generator=job.generator, callback=job.callback)
 
 
+def _decode_ldlm(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
+    return ldlm_generate(model, x, fill_start, job.mask_id, cfg, job.process, generator=job.generator,
+                         suppress=job.suppress, callback=job.callback)
+
+
+def _decode_vfm(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
+    return vfm_generate(model, x, fill_start, job.mask_id, cfg, generator=job.generator, suppress=job.suppress,
+                        callback=job.callback)
+
+
 def _decode_flow(model, x, fill_start: int, cfg: SamplerConfig, job: DecodeJob) -> SampleResult:
     return flow_generate(model, x, job.mask_id, cfg, job.process, generator=job.generator, callback=job.callback)
 
@@ -160,12 +190,22 @@ _BIDIRECTIONAL = Need("model.attention", lambda v: v is AttentionKind.BIDIRECTIO
                       "the {label} process needs bidirectional attention; set --model.attention=bidirectional")
 _ONE_BLOCK = Need("process.block_size", lambda v: v == 0,
                   "the {label} process has no block variant; set --process.block_size=0")
+_BASE = Need("process.base", bool, "the {label} process works on a frozen causal LM; pass --process.base PATH (a `sunfish "
+             "train --objective ar` run or a local Hugging Face causal LM folder)")
+# a network around a frozen base has no `blocks` to shard, compile or checkpoint one by one (training/parallel.py)
+_WHOLE = (Need("train.parallel", lambda v: v is not ParallelKind.FSDP, "the {label} process trains a small network "
+               "around a frozen base and runs without FSDP; use --train.parallel=ddp or none"),
+          Need("train.compile", lambda v: not v, "the {label} process does not compile its network yet; drop "
+               "--train.compile"),
+          Need("train.act_ckpt", lambda v: v == 0, "the {label} process has no activation checkpointing; set "
+               "--train.act_ckpt=0"))
 _SAME_LAYOUT = Need("model.layout", lambda v: v is Layout.SAME,
                     "the {label} process reads the output at each position for that position; set --model.layout=same")
 
 MASKED = ProcessSpec(
     name="masked", label="masked diffusion", loss=masked_diffusion_loss, decode=_decode_masked,
     likelihood=Estimator("NELBO (masked diffusion)", masked_nats, exact=False), scores=masked_scores,
+    denoiser=masked_hidden,
     process_fields=_MASKED_TRAIN | {"prompt_prob", "cond_dropout", "causal_warmup"},
     sampler_fields=_UNMASKING | {"block_length", "cache", "refresh_bound", "guidance"},
     infill=True, parallel=True, sft=masked_sft_loss, train_flags={"process": {"kind": "masked", "block_size": 0}},
@@ -173,6 +213,7 @@ MASKED = ProcessSpec(
 BLOCK = ProcessSpec(
     name="block", label="block diffusion", loss=block_diffusion_loss, decode=_decode_block,
     likelihood=Estimator("NELBO (block diffusion)", block_nats, exact=False), scores=block_scores,
+    denoiser=block_hidden,
     process_fields=_MASKED_TRAIN | {"block_curriculum", "block_curriculum_start", "block_forcing"},
     sampler_fields=_UNMASKING | _PIPELINE,
     needs=(_SAME_LAYOUT, Need("model.time_cond", lambda v: v is TimeCond.NONE,
@@ -216,8 +257,44 @@ FLOW = ProcessSpec(
     infill=True, mixed_batches=False, final_commits=False, wants_time=True,
     train_flags={"process": {"kind": "flow"}, "model": {"layout": "same"}},
 )
-SPECS: dict[str, ProcessSpec] = {s.name: s for s in (MASKED, BLOCK, AR, CONTINUOUS, FLOW)}
-_BY_KIND = {ProcessKind.MASKED: MASKED, ProcessKind.AR: AR, ProcessKind.CONTINUOUS: CONTINUOUS, ProcessKind.FLOW: FLOW}
+_LATENT_FIELDS = _TIME_DRAWS | {"noise_schedule", "param", "base", "latents", "latent_dim", "perceiver_layers",
+                                "diffusion_warmup", "adaptive_t", "decoder_noise", "hidden_weight"}
+_LATENT_NEEDS = (_BASE, Need("process.param", lambda v: v is not Parameterisation.SOFTMAX, "the {label} process predicts "
+                             "latents (x0, eps or v), not token probabilities; set --process.param=v"),
+                 Need("model.time_cond", lambda v: v is TimeCond.ADALN, "the {label} denoiser is a DiT with adaLN time "
+                      "conditioning; set --model.time_cond=adaln"), _BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT, *_WHOLE)
+
+
+def _latent(name: str, label: str, network: Callable, fields: frozenset[str]) -> ProcessSpec:
+    """A latent diffusion process over a frozen LM's states: LDLM's loss, sampler and reconstruction."""
+    return ProcessSpec(
+        name=name, label=label, loss=lambda model, x0, cfg, mask_id, generator, stage: ldlm_loss(model, x0, cfg, generator),
+        decode=_decode_ldlm, likelihood=None, reconstruction=reconstruction, process_fields=fields,
+        sampler_fields=frozenset({"length", "steps", "solver", "eta"}), needs=_LATENT_NEEDS, mixed_batches=False,
+        final_commits=False, network=network,
+        train_flags={"process": {"kind": name, "param": "v", "block_size": 0},
+                     "model": {"time_cond": "adaln", "attention": "bidirectional", "layout": "same"}},
+    )
+
+
+LDLM = _latent("ldlm", "latent diffusion (LDLM)", LatentLM, _LATENT_FIELDS)
+COLA = _latent("cola", "VAE latent diffusion (Cola)", ColaLM, _LATENT_FIELDS | {"kl_weight", "free_bits"})
+VFM = ProcessSpec(
+    name="vfm", label="noise-adapter flow map (VFM)", loss=lambda model, x0, cfg, mask_id, generator, stage:
+    vfm_loss(model, x0, cfg, generator), decode=_decode_vfm, likelihood=None,
+    process_fields=frozenset({"base", "adapter_layers", "vfm_tau", "vfm_sigma", "vfm_alpha", "prompt_prob"}),
+    sampler_fields=frozenset({"length", "temperature"}),
+    needs=(_BASE, _ONE_BLOCK, _SAME_LAYOUT, _BIDIRECTIONAL,
+           Need("model.time_cond", lambda v: v is TimeCond.NONE, "the {label} adapter takes no time; set "
+                "--model.time_cond=none"), *_WHOLE),
+    mixed_batches=False, network=NoiseAdapterLM,
+    train_flags={"process": {"kind": "vfm", "block_size": 0, "prompt_prob": 0.5},
+                 "model": {"time_cond": "none", "attention": "bidirectional", "layout": "same"}},
+)
+SPECS: dict[str, ProcessSpec] = {s.name: s for s in (MASKED, BLOCK, AR, CONTINUOUS, FLOW, LDLM, COLA, VFM)}
+_BY_KIND = {ProcessKind.MASKED: MASKED, ProcessKind.AR: AR, ProcessKind.CONTINUOUS: CONTINUOUS, ProcessKind.FLOW: FLOW,
+            ProcessKind.LDLM: LDLM, ProcessKind.COLA: COLA,
+            ProcessKind.VFM: VFM}
 
 
 def spec_of(process: ProcessConfig) -> ProcessSpec:
@@ -242,6 +319,9 @@ def attach_layers(model: torch.nn.Module, process: ProcessConfig) -> None:
 
 def build_network(model_cfg: ModelConfig, process: ProcessConfig, device: torch.device | str = "cpu") -> Transformer:
     """The backbone with the layers its process adds."""
+    if spec_of(process).frozen_base:
+        raise ValueError(f"a {spec_of(process).label} network is built around its frozen base; open the run with "
+                         "sunfish.loading.load_model (or any sunfish verb), not as a plain network")
     model = build_model(model_cfg, device)
     attach_layers(model, process)
     return model

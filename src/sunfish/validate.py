@@ -4,7 +4,7 @@
 - settings a process cannot run without (the registry's `needs`: causal attention for the autoregressive
   objective, no time conditioning for block diffusion, ...), whatever set them;
 - a flag the user gave (`given`, dotted keys such as "sampler.guidance") that the process does not read,
-  naming the processes that do;
+  naming the processes that do, or that does nothing in one process (--train.node_local);
 - a sampler flag that does nothing under the other settings (a threshold without the threshold rule, top-k
   at temperature 0, remasking knobs without remasking, info_gain knobs without --policy info_gain, a commit
   model without the learned rule, a refresh bound without a cache, ...), a LoRA knob without --lora, a
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from sunfish.config import (CacheMode, CommitRule, ConfigError, Policy, RemaskKind, RunConfig, SamplerConfig, Solver,
-                            Speculate)
+from sunfish.config import (CacheMode, CommitRule, ConfigError, ParallelKind, Policy, RemaskKind, RunConfig,
+                            SamplerConfig, Solver, Speculate)
 from sunfish.registry import ProcessSpec, processes_using, spec_of
 from sunfish.sample.speculate import speculation_problem
 
@@ -161,6 +161,9 @@ def validate(cfg: RunConfig, given: Iterable[str] = ()) -> ProcessSpec:
         if key in SWITCHED and not _value(cfg, SWITCHED[key]):
             switch = SWITCHED[key].partition(".")[2]
             raise ConfigError(f"{key} does nothing without --{switch} ({SWITCHED[key]}=true); add --{switch} or leave it out")
+        if key == "train.node_local" and cfg.train.node_local and cfg.train.parallel is ParallelKind.NONE:
+            raise ConfigError("--train.node_local=true does nothing in one process (one process has one run folder); "
+                              "it is for --train.parallel=ddp|fsdp on several nodes, or leave it out")
         if section == "sampler":
             sampler_given.append(name)
     check_sampler(spec, cfg.sampler, sampler_given)

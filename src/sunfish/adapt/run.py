@@ -22,6 +22,7 @@ from sunfish.adapt.align import parse_layers
 from sunfish.config import BaseKind, RunConfig, apply_tree
 from sunfish.adapt.model import (HF_BASE, DiffusionLM, base_kind, build_student, flipped_sunfish_config, hf_context,
                                  load_hf_causal, model_config_of)
+from sunfish.adapt.windows import adapt_corpus
 from sunfish.lora import merge_lora
 
 DEFAULT_SEQ_LEN = 256  # tokens per training window when neither --train.seq_len nor a short context decides
@@ -62,22 +63,6 @@ def adapt_config(base: str | Path, cfg: RunConfig) -> RunConfig:
     cfg = dataclasses.replace(cfg, model=model, adapt=dataclasses.replace(cfg.adapt, base=base, kind=kind))
     seq_len = cfg.train.seq_len or min(model.context, DEFAULT_SEQ_LEN)
     return apply_tree(cfg, {"process": {"kind": "masked", "block_size": 0}, "train": {"seq_len": seq_len}})
-
-
-def adapt_corpus(cfg: RunConfig, data: list[str] | None, tokenizer):
-    """Train/validation splits tokenized by the base's tokenizer, as fixed windows."""
-    from sunfish.adapt.windows import FixedWindowStream
-    from sunfish.data.shards import is_prepared
-    from sunfish.data.stream import is_url
-    from sunfish.training.corpus import Corpus, build_corpus, load_corpus_documents
-
-    if data and len(data) == 1 and (is_prepared(data[0]) or is_url(data[0])):
-        raise ValueError(f"'{data[0]}' is a prepared shard folder with its own tokenizer; adaptation keeps the base "
-                         "model's tokenizer, so pass the .txt/.jsonl documents instead")
-    if cfg.data.mix or cfg.data.workers:
-        raise ValueError("--data.mix and --data.workers apply to streamed tar shards, which adaptation does not read; drop them")
-    corpus = build_corpus(cfg, load_corpus_documents(cfg, data), tokenizer)
-    return Corpus(tokenizer=tokenizer, train=FixedWindowStream(corpus.train), val=FixedWindowStream(corpus.val))
 
 
 def write_hf_base(run_dir: Path, model: DiffusionLM, tokenizer) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from sunfish.data.loader import TokenStream
+from sunfish.config import RunConfig
 from sunfish.data.sources import DataError
 
 
@@ -68,3 +69,18 @@ class EpochWindows:
         if not isinstance(state, dict) or "position" not in state:
             raise DataError("the checkpoint's data position is not from an adaptation run; resume with `sunfish adapt`")
         self.position = int(state["position"])
+
+
+def adapt_corpus(cfg: RunConfig, data: list[str] | None, tokenizer):
+    """Train/validation splits tokenized by the base's tokenizer, as fixed windows."""
+    from sunfish.data.shards import is_prepared
+    from sunfish.data.stream import is_url
+    from sunfish.training.corpus import Corpus, build_corpus, load_corpus_documents
+
+    if data and len(data) == 1 and (is_prepared(data[0]) or is_url(data[0])):
+        raise ValueError(f"'{data[0]}' is a prepared shard folder with its own tokenizer; adaptation keeps the base "
+                         "model's tokenizer, so pass the .txt/.jsonl documents instead")
+    if cfg.data.mix or cfg.data.workers:
+        raise ValueError("--data.mix and --data.workers apply to streamed tar shards, which adaptation does not read; drop them")
+    corpus = build_corpus(cfg, load_corpus_documents(cfg, data), tokenizer)
+    return Corpus(tokenizer=tokenizer, train=FixedWindowStream(corpus.train), val=FixedWindowStream(corpus.val))

@@ -12,21 +12,21 @@ Precedence (../shared/STYLE.md): dataclass defaults, then a preset file from `su
 """
 
 from sunfish.config.base import INF, ConfigError, Section, choices, coerce, field_help, knob
-from sunfish.config.enums import (AttentionKind, BaseKind, CacheMode, CommitRule, EmbedMode, FlowLoss, FlowNoise,
+from sunfish.config.enums import (AttentionKind, BaseKind, CacheMode, CommitRule, DistillMode, EmbedMode, FlowLoss, FlowNoise,
                                   Layout, LogKind, LossKind, MaskScheduleKind, MLPKind, NoiseSchedule, ParallelKind,
                                   Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, SFTPad, Solver, Speculate,
                                   TimeCond, TokenizerChoice)
-from sunfish.config.sections import (SECTIONS, AdaptConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig,
+from sunfish.config.sections import (SECTIONS, AdaptConfig, DataConfig, DistillConfig, EvalConfig, ModelConfig, OptimConfig,
                                      ProcessConfig, RunConfig, SamplerConfig, ServeConfig, SFTConfig, TrainConfig)
 from sunfish.config.tree import (RENAMED, apply_section, apply_tree, check_key, config_from_dict, describe, load_preset,
                                  parse_overrides, preset_names, save_config, section_class, upgrade_tree)
 
 __all__ = [
     "INF", "ConfigError", "Section", "choices", "coerce", "field_help", "knob",
-    "AttentionKind", "BaseKind", "CacheMode", "CommitRule", "EmbedMode", "FlowLoss", "FlowNoise", "Layout", "LogKind",
+    "AttentionKind", "BaseKind", "CacheMode", "CommitRule", "DistillMode", "EmbedMode", "FlowLoss", "FlowNoise", "Layout", "LogKind",
     "LossKind", "MaskScheduleKind", "MLPKind", "NoiseSchedule", "ParallelKind", "Parameterisation", "Policy", "Speculate",
     "ProcessKind", "RemaskKind", "Rounding", "SFTPad", "Solver", "TimeCond", "TokenizerChoice",
-    "SECTIONS", "AdaptConfig", "DataConfig", "EvalConfig", "ModelConfig", "OptimConfig", "ProcessConfig", "RunConfig",
+    "SECTIONS", "AdaptConfig", "DataConfig", "DistillConfig", "EvalConfig", "ModelConfig", "OptimConfig", "ProcessConfig", "RunConfig",
     "SamplerConfig", "ServeConfig", "SFTConfig", "TrainConfig",
     "RENAMED", "apply_section", "apply_tree", "check_key", "config_from_dict", "describe", "load_preset",
     "parse_overrides", "preset_names", "save_config", "section_class", "upgrade_tree",

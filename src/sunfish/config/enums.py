@@ -33,6 +33,9 @@ class ProcessKind(str, enum.Enum):
     AR = "ar"  # autoregressive baseline: next-token prediction, causal attention
     CONTINUOUS = "continuous"  # Gaussian diffusion over token embeddings (Diffusion-LM), rounding to tokens
     FLOW = "flow"  # flow matching on the probability simplex (noise -> one-hot), argmax at the end
+    VFM = "vfm"  # a noise adapter q(z | prompt) in front of a frozen LM used as a one-step flow map (Open-dLLM's VFM)
+    COLA = "cola"  # LDLM's latent diffusion over a VAE's latents (KL weight, free bits) of a frozen LM's states
+    LDLM = "ldlm"  # latent diffusion over Perceiver latents of a frozen causal LM's states (LDLM, arXiv 2605.07933)
 
 
 class NoiseSchedule(str, enum.Enum):
@@ -140,6 +143,11 @@ class LogKind(str, enum.Enum):
     JSONL = "jsonl"  # RUN_DIR/metrics.jsonl only
     TENSORBOARD = "tensorboard"  # also TensorBoard scalars in RUN_DIR/tensorboard
     WANDB = "wandb"  # also Weights & Biases (offline unless WANDB_MODE says otherwise)
+
+
+class DistillMode(str, enum.Enum):
+    SDTT = "sdtt"  # self-distillation through time: the student's one step matches the teacher's two (arXiv 2410.21035)
+    TRAJECTORY = "trajectory"  # the teacher's greedy decodings, cross-entropy plus certainty forcing (arXiv 2509.26488)
 
 
 class BaseKind(str, enum.Enum):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sunfish.config.base import Section, knob
-from sunfish.config.enums import (SFTPad, AttentionKind, BaseKind, CacheMode, CommitRule, EmbedMode, FlowLoss, FlowNoise,
+from sunfish.config.enums import (SFTPad, AttentionKind, BaseKind, CacheMode, CommitRule, DistillMode, EmbedMode, FlowLoss, FlowNoise,
                                   Layout, LogKind, LossKind, MaskScheduleKind, MLPKind, NoiseSchedule, ParallelKind,
                                   Parameterisation, Policy, ProcessKind, RemaskKind, Rounding, Solver, Speculate, TimeCond,
                                   TokenizerChoice)
@@ -71,14 +71,35 @@ class ProcessConfig(Section):
                                    "from block_curriculum_start to block_size, in [0, 1]; 0 = off", lo=0.0, hi=1.0)
     block_curriculum_start: int = knob(1, "block: block size at the first step of the block curriculum (1 = "
                                        "autoregressive)", lo=1)
-    noise_schedule: NoiseSchedule = knob(NoiseSchedule.COSINE, "continuous: alpha_bar(t) of the Gaussian process")
-    param: Parameterisation = knob(Parameterisation.X0, "continuous: what the network predicts (x0 | eps | v)")
+    noise_schedule: NoiseSchedule = knob(NoiseSchedule.COSINE, "continuous/ldlm/cola: alpha_bar(t) of the Gaussian process")
+    param: Parameterisation = knob(Parameterisation.X0, "continuous/ldlm/cola: what the network predicts (x0 | eps | v)")
     embed: EmbedMode = knob(EmbedMode.NORMALIZED, "continuous: how token embeddings (the data x0) are kept")
     self_cond: bool = knob(False, "continuous: feed the previous x0 estimate back in (Chen et al. 2022), 50% in training")
     flow_noise: FlowNoise = knob(FlowNoise.DIRICHLET, "flow: the noise point on the simplex")
     flow_loss: FlowLoss = knob(FlowLoss.CE, "flow: cross-entropy on p(x1) or velocity squared error")
     time_warp: bool = knob(False, "continuous/flow: warp noise levels by a learned monotone network (CDCD time warping)")
     time_warp_after: int = knob(0, "continuous/flow: training batches on the plain noise levels before the warp trains and is used", lo=0)
+    base: str = knob("", "ldlm/cola/vfm: the frozen causal LM (ldlm and cola compress its states, vfm uses it as a one-step flow "
+                     "map): a `sunfish train --objective ar` run or a local Hugging Face causal LM folder")
+    latents: int = knob(16, "ldlm/cola: K, the latent vectors a text is compressed into", lo=1)
+    latent_dim: int = knob(32, "ldlm/cola: width of each latent vector", lo=1)
+    perceiver_layers: int = knob(2, "ldlm/cola: self-attention blocks of the Perceiver encoder and of the decoder (each)", lo=0)
+    diffusion_warmup: int = knob(1000, "ldlm/cola: training batches over which the diffusion loss's gradient into the "
+                                 "encoder rises linearly from 0 to 1 (diffusion-to-encoder warm-up); 0 = full from the "
+                                 "start", lo=0)
+    adaptive_t: bool = knob(True, "ldlm/cola: draw diffusion times in proportion to the running diffusion loss of each "
+                            "time bin (adaptive timestep sampling) instead of uniformly")
+    decoder_noise: float = knob(0.1, "ldlm/cola: largest std of the Gaussian noise added to the decoder's input latents in "
+                                "training (decoder-input noise), [0, 1]", lo=0.0, hi=1.0)
+    hidden_weight: float = knob(1.0, "ldlm/cola: weight of the decoder's MSE to the frozen LM's hidden states", lo=0.0)
+    kl_weight: float = knob(1e-3, "cola: weight of the VAE encoder's KL to N(0, I)", lo=0.0)
+    free_bits: float = knob(0.1, "cola: nats per latent dimension the KL leaves free (free bits)", lo=0.0)
+    adapter_layers: int = knob(2, "vfm: transformer blocks of the noise adapter (width model.d_model)", lo=1)
+    vfm_tau: float = knob(1.0, "vfm: tau, the data term's weight is 1 / (2 tau^2) and the std of the pure noise mixed in",
+                          lo=1e-3)
+    vfm_sigma: float = knob(1.0, "vfm: sigma, the observation (prompt) term's weight is 1 / (2 sigma^2)", lo=1e-3)
+    vfm_alpha: float = knob(0.5, "vfm: share of training rows that draw their noise from the adapter (the rest draw "
+                            "N(0, tau^2)), [0, 1]", lo=0.0, hi=1.0)
     prompt_prob: float = knob(0.0, "fraction of sequences whose random-length prefix is kept clean as a prompt, [0, 1]", lo=0.0, hi=1.0)
     cond_dropout: float = knob(0.0, "fraction of those prompts replaced by [MASK] (classifier-free guidance), [0, 1]", lo=0.0, hi=1.0)
 
@@ -120,6 +141,8 @@ class TrainConfig(Section):
     parallel: ParallelKind = knob(ParallelKind.NONE, "none | ddp | fsdp (ddp and fsdp run under torchrun)")
     act_ckpt: int = knob(0, "activation checkpointing of every k-th block (1 = all blocks); 0 = off", lo=0)
     offload: bool = knob(False, "fsdp: keep parameters, gradients and optimizer state in CPU memory")
+    node_local: bool = knob(False, "ddp/fsdp on several nodes without a shared filesystem: each node keeps a complete "
+                            "run folder (--out on its own disk) and its checkpoints (docs/multinode.md)")
     keep_last: int = knob(0, "keep the newest K checkpoints (plus the best by validation loss); 0 = keep all", lo=0)
     max_bad_steps: int = knob(10, "abort after this many steps in a row with a non-finite loss or gradient", lo=1)
     log: LogKind = knob(LogKind.JSONL, "metrics sink besides metrics.jsonl: jsonl | tensorboard | wandb")
@@ -306,6 +329,44 @@ class AdaptConfig(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DistillConfig(Section):
+    """Step distillation of a masked or block model (`sunfish distill`, training/distill.py); saved in the run."""
+
+    SECTION = "distill"
+
+    teacher: str = knob("", "the run the distillation started from (set by `sunfish distill TEACHER`); \"\" = not a "
+                        "distilled run")
+    mode: DistillMode = knob(DistillMode.SDTT, "sdtt: the student's one step matches the teacher's two (KL), rounds halve "
+                             "the steps | trajectory: cross-entropy toward the teacher's greedy decodings plus certainty "
+                             "forcing")
+    rounds: int = knob(1, "rounds; each starts with the student of the round before as the teacher (sdtt: and half "
+                       "its step count)", lo=1)
+    round_steps: int = knob(200, "optimizer steps per round (the run trains rounds x round_steps steps)", lo=1)
+    steps_start: int = knob(64, "sdtt: the teacher's denoising steps over a training window in the first round; the "
+                            "student learns to match them in half as many, halved again each round", lo=2)
+    prompt_length: int = knob(32, "trajectory: tokens at the start of each training window kept as the rollout's "
+                              "prompt", lo=1)
+    gen_length: int = knob(128, "trajectory: tokens the teacher generates after the prompt, one per step", lo=1)
+    block_length: int = knob(32, "trajectory: semi-autoregressive block of the rollouts in tokens (block models: "
+                             "their own block size); 0 = one block", lo=0)
+    cache: CacheMode = knob(CacheMode.NONE, "trajectory: the rollouts' key/value cache (none | prefix | dual, "
+                            "Fast-dLLM's approximate caches)")
+    pool: int = knob(0, "trajectory: 0 = roll out the prompt of every training window as it comes (once per prompt); "
+                     "N = draw N training windows once, roll their prompts out at each round's start (kept in the "
+                     "run folder) and train on states of those N rollouts", lo=0)
+    rollout_batch: int = knob(64, "trajectory with a pool: prompts the teacher decodes together", lo=1)
+    min_ratio: float = knob(0.05, "trajectory: smallest share of the generated tokens masked in a training state, "
+                            "in (0, 1]", lo=1e-06, hi=1.0)
+    max_ratio: float = knob(1.0, "trajectory: largest share of the generated tokens masked in a training state, in "
+                            "(0, 1]", lo=1e-06, hi=1.0)
+    data_weight: float = knob(0.0, "weight of the teacher's own training loss (masked or block NELBO) on the real "
+                              "training windows, added to the distillation loss to keep the student a good denoiser; "
+                              "0 = distillation only", lo=0.0)
+    certainty_weight: float = knob(1.0, "trajectory: weight of certainty forcing (the entropy of the student's "
+                                   "predictions at positions it already gets right); 0 = cross-entropy only", lo=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
@@ -315,6 +376,7 @@ class RunConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     preset: str = ""  # the preset this run started from
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,6 +387,7 @@ class RunConfig:
 # serve`), which are never saved
 SECTIONS: dict[str, type[Section]] = {cls.SECTION: cls for cls in (ModelConfig, ProcessConfig, OptimConfig, TrainConfig,
                                                                     DataConfig, SamplerConfig, AdaptConfig, SFTConfig,
+                                                                    DistillConfig,
                                                                     EvalConfig, ServeConfig)}
 
 

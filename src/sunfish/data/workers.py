@@ -5,11 +5,13 @@ entire corpus into memory when reading is faster than cleaning; here at most `2 
 queued, so memory stays flat in the input size. Results come back in input order, so everything decided
 from them (deduplication, shard contents) is the same for any number of workers.
 
-Workers are forked where the platform can (Linux): no re-import, and no need for an importable
-`__main__`, which "spawn" requires and a script fed on stdin lacks. They are forked once, before this
+Workers are forked on Linux unless the program chose another start method (`sunfish.portable`): no
+re-import, and no need for an importable `__main__`, which "spawn" requires and a script fed on stdin
+lacks. Elsewhere (Windows, macOS) they are spawned, so the initializer, its arguments and every task
+function are top-level and picklable. They are forked once, before this
 process trains a tokenizer, because forking after the Rust tokenizer has used its thread pool makes
 the library disable it with a warning; the workers themselves run the tokenizer single-threaded
-(TOKENIZERS_PARALLELISM=false) and use no torch. Elsewhere workers are spawned. With one worker
+(TOKENIZERS_PARALLELISM=false) and use no torch. With one worker
 everything runs in this process.
 """
 
@@ -19,6 +21,8 @@ import multiprocessing
 import os
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator
+
+from sunfish.portable import worker_start_method
 
 
 def default_workers() -> int:
@@ -43,8 +47,7 @@ class Workers:
         if n <= 1:
             initializer(*initargs)
         else:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self._pool = multiprocessing.get_context(method).Pool(n, initializer=_child_init, initargs=(initializer, initargs))
+            self._pool = multiprocessing.get_context(worker_start_method()).Pool(n, initializer=_child_init, initargs=(initializer, initargs))
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         """Yield `fn(item)` for each item, in order, with at most 2n items in flight."""

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from sunfish.portable import cxx_compiler
+
 MIN_PYTHON = (3, 10)
 MIN_TORCH = (2, 4)
 DISK_FAIL_GIB = 1.0  # below this a run cannot write its checkpoints
@@ -130,9 +132,7 @@ def bf16() -> list[Check]:
 
 def compiler() -> list[Check]:
     """What --train.compile (torch.compile, the Inductor backend) needs: a C++ compiler, and Triton on CUDA."""
-    names = ("cl", "clang-cl") if sys.platform == "win32" else ("c++", "g++", "clang++")
-    env = os.environ.get("CXX")
-    found = shutil.which(env) if env else next((shutil.which(n) for n in names if shutil.which(n)), None)
+    found = cxx_compiler()
     if found is None:
         return [Check("compile", Status.WARN, "no C++ compiler found, so --train.compile trains uncompiled",
                       "install one (g++ / build-essential; MSVC Build Tools on Windows) or leave compile off")]

@@ -61,7 +61,7 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
     from sunfish.eval.generative import generation_suite, load_reference
     from sunfish.eval.infill import InfillUnsupported, infill_suite
     from sunfish.eval.instruct import instruct_suite, read_rows
-    from sunfish.eval.likelihood import UnsupportedProcess, evaluate_likelihood, held_out
+    from sunfish.eval.likelihood import UnsupportedProcess, held_out
     from sunfish.eval.translation import TranslationUnsupported, read_pairs, translation_suite
     from sunfish.api import load
     from sunfish.runtime import setup_runtime
@@ -89,10 +89,7 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
         log(f"[{suite}]")
         try:
             if suite == "likelihood":
-                result = evaluate_likelihood(loaded.model, loaded.cfg.process, loaded.tokenizer.mask_id, windows, cfg,
-                                             autocast=rt.autocast)
-                log("  " + result.line())
-                body["suites"][suite] = result.as_json()
+                body["suites"][suite] = _likelihood(loaded, windows, cfg, rt, log)
             elif suite == "generation":
                 ref = load_reference(ref_model, rt.device) if ref_model else None
                 if ref is None:
@@ -115,6 +112,21 @@ def run_eval(path: str | Path, data: list[str], suites: list[str], cfg: EvalConf
     return body
 
 
+def _likelihood(loaded, windows, cfg: EvalConfig, rt, log: Callable[[str], None]) -> dict:
+    """The likelihood suite: the process's estimator, or for a latent model (no bound exists) the sentence that
+    says so with its reconstruction token accuracy."""
+    from sunfish.eval.likelihood import evaluate_likelihood, reconstruction_suite
+
+    if loaded.spec.reconstruction is not None:
+        result = reconstruction_suite(loaded.model, loaded.cfg.process, windows, cfg.batch_size)
+        log(f"  {result['no_likelihood']}: {result['reconstruction_accuracy']:.4f}")
+        return result
+    estimate = evaluate_likelihood(loaded.model, loaded.cfg.process, loaded.tokenizer.mask_id, windows, cfg,
+                                   autocast=rt.autocast)
+    log("  " + estimate.line())
+    return estimate.as_json()
+
+
 # ---- tables ----------------------------------------------------------------------------------------------
 
 def summary_rows(body: dict) -> list[tuple[str, str]]:
@@ -123,7 +135,10 @@ def summary_rows(body: dict) -> list[tuple[str, str]]:
                                    ("process", body["process"] + (f", block {body['block_size']}" if body.get("block_size") else ""))]
     suites = body["suites"]
     lik = suites.get("likelihood")
-    if lik and "skipped" not in lik:
+    if lik and "no_likelihood" in lik:
+        rows.append(("likelihood", lik["no_likelihood"]))
+        rows.append(("reconstruction", f"token accuracy {lik['reconstruction_accuracy']:.4f} over {lik['tokens']:,} tokens"))
+    elif lik and "skipped" not in lik:
         how = lik["method"] if lik["exact"] else f"{lik['method']}, {lik['rounds']} rounds"
         pm = "" if lik["exact"] else f" ± {lik['perplexity_se']:.3f}"
         bound = "" if lik["exact"] else "<= "

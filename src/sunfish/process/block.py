@@ -128,8 +128,14 @@ def block_scores(model, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor, where
                  cfg: ProcessConfig) -> torch.Tensor:
     """-log p of the tokens of x (B, L) at `where` (B, L) (N,), given the corrupted z (B, L) and the clean earlier
     blocks (the noised and the clean copy under BD3-LM's mask; block models take no time t)."""
+    h = block_hidden(model, z, x, t, cfg)  # (B, L, D)
+    return F.cross_entropy(model.head(h[where]).float(), x[where], reduction="none")  # (N,)
+
+
+def block_hidden(model, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor | None, cfg: ProcessConfig) -> torch.Tensor:
+    """Hidden states (B, L, D) of the corrupted z (B, L), each block seeing the clean blocks of x (B, L) before it
+    (the noised and the clean copy under BD3-LM's training mask); block models take no time t."""
     L = x.shape[1]
     positions = torch.arange(L, device=x.device).repeat(2)
-    h = model.hidden(torch.cat([z, x], dim=1), attn_mask=training_mask(L, cfg.block_size, x.device),
-                     positions=positions)[:, :L]  # (B, L, D)
-    return F.cross_entropy(model.head(h[where]).float(), x[where], reduction="none")  # (N,)
+    return model.hidden(torch.cat([z, x], dim=1), attn_mask=training_mask(L, cfg.block_size, x.device),
+                        positions=positions)[:, :L]

@@ -150,10 +150,15 @@ def scored_positions(x: torch.Tensor, scored: torch.Tensor | None) -> torch.Tens
     return everything
 
 
+def masked_hidden(model, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cfg: ProcessConfig) -> torch.Tensor:
+    """Hidden states (B, L, D) of the corrupted z (B, L) at times t (B,); the clean x is not seen."""
+    return model.hidden(z, t if model.needs_time else None)
+
+
 def masked_scores(model, z: torch.Tensor, x: torch.Tensor, t: torch.Tensor, where: torch.Tensor,
                   cfg: ProcessConfig) -> torch.Tensor:
     """-log p of the tokens of x (B, L) at `where` (B, L) (N,), given the corrupted z (B, L) at times t (B,)."""
-    h = model.hidden(z, t if model.needs_time else None)  # (B, L, D)
+    h = masked_hidden(model, z, x, t, cfg)  # (B, L, D)
     return F.cross_entropy(model.head(h[where]).float(), x[where], reduction="none")  # (N,)
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from sunfish.config import RemaskKind, SamplerConfig
-from sunfish.registry import DecodeJob, decode
+from sunfish.registry import SPECS, DecodeJob, decode
 from sunfish.sample.draft_model import open_draft
 from sunfish.sample.batch import Generators, Padding, left_pad, row_generators
 from sunfish.sample.prompt import Canvas, PromptError, cut_at_eos, ids_canvas, infill_canvas, prompt_canvas, to_batch
@@ -233,8 +233,9 @@ def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, tr
     """Fill each `[MASK:n]` span of `text`; the known text around the spans is kept."""
     tok = loaded.tokenizer
     if not loaded.spec.infill:
-        raise PromptError(f"this is a {loaded.spec.label} model, which generates left to right after a prompt; "
-                          "infilling needs a masked diffusion model")
+        able = ", ".join(s.label for s in SPECS.values() if s.infill)
+        raise PromptError(f"this is a {loaded.spec.label} model, which generates only after a prompt; infilling "
+                          f"needs a model that fills masks anywhere ({able})")
     canvas = infill_canvas(tok, text, loaded.cfg.model.context)
     result, seconds, written = _run(loaded, canvas, cfg, seed, trace)
     out = result.tokens[0].tolist()

@@ -1,7 +1,8 @@
 """Saving checkpoints and resuming training from them (the layout: sunfish/checkpoint/files.py).
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a killed run never leaves
-a half checkpoint under a real name. Besides the weights it holds what a resume needs: the optimizer state
+a half checkpoint under a real name. With node-local run folders every node's folder receives the complete
+checkpoint before its rename (training/nodes.py). Besides the weights it holds what a resume needs: the optimizer state
 (AdamW moments by parameter name), the EMA weights, the generators' states and the data position.
 """
 
@@ -66,6 +67,21 @@ def _save_rng(rng: dict[str, Any], folder: Path, body: dict) -> None:
     body["rng_json"] = {k: v for k, v in rng.items() if not isinstance(v, torch.Tensor)}
 
 
+def _write_sharded(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   ema: dict[str, torch.Tensor] | None) -> None:
+    """Every rank writes its shards of the weights, moments and EMA (torch.distributed.checkpoint) under tmp."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    aliases = tied_aliases(model)  # safetensors stores a shared tensor once
+    body = {"model": {k: v for k, v in get_model_state_dict(model, options=state_dict_options(False)).items() if k not in aliases},
+            "optim": _optimizer_state(model, optimizer, full=False)}
+    if ema is not None:
+        body["ema"] = ema
+    dcp.save(body, storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDED), save_distributed=True))
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -81,26 +97,18 @@ def save_checkpoint(
     info=None,
 ) -> Path:
     """Write the checkpoint for `step` atomically and return its folder (every rank calls this)."""
+    from sunfish.training.nodes import sync_folder
     from sunfish.training.parallel import DistInfo, barrier
 
     info = info or DistInfo()
     final = checkpoint_dir(run_dir, step)
     tmp = final.parent / f".tmp-{final.name}"
-    if info.is_main:
+    if info.writes_files:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(info)
     if sharded:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import HuggingFaceStorageWriter
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        aliases = tied_aliases(model)  # safetensors stores a shared tensor once
-        body = {"model": {k: v for k, v in get_model_state_dict(model, options=state_dict_options(False)).items() if k not in aliases},
-                "optim": _optimizer_state(model, optimizer, full=False)}
-        if ema is not None:
-            body["ema"] = ema
-        dcp.save(body, storage_writer=HuggingFaceStorageWriter(str(tmp / SHARDED), save_distributed=True))
+        _write_sharded(tmp, model, optimizer, ema)
     else:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
@@ -119,6 +127,8 @@ def save_checkpoint(
         save_config(cfg, tmp / "config.json")
         write_tokenizer(tokenizer, tmp)
         (tmp / "state.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    sync_folder(tmp, info)  # nodes with folders of their own: each receives the files another node wrote
+    if info.writes_files:
         write_manifest(tmp)
         replace_folder(tmp, final)
     barrier(info)

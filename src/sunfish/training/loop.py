@@ -3,9 +3,10 @@
 Everything random flows from `train.seed` through explicit generators (weights, data positions, noise),
 so a run resumed from a checkpoint logs exactly what the uninterrupted run would have, and W data-parallel
 ranks compute what one process with W times the micro-batches would. Steps with a non-finite loss or
-gradient are skipped; SIGTERM/SIGINT write a checkpoint and stop; a lock keeps a second run out. The run's
-watch (training/watch.py) adds system figures to the metric lines, pauses or stops a run whose GPU is too hot,
-and sends the notifications (--notify) of checkpoints, the end, a failure or a stop.
+gradient are skipped; SIGTERM/SIGINT (SIGBREAK on Windows) or a RUN_DIR/STOP file write a checkpoint and
+stop; a lock keeps a second run out. The run's watch (training/watch.py) adds system figures to the metric
+lines, pauses or stops a run whose GPU is too hot, and sends the notifications (--notify) of checkpoints, the
+end, a failure or a stop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from sunfish.config import ModelConfig, RunConfig, describe
+from sunfish.config import LogKind, ModelConfig, RunConfig, describe
 from sunfish.model.transformer import Transformer, build_model, count_parameters
 from sunfish.progress import progress as show_progress
 from sunfish.process.curriculum import FINAL, Stage, stage_at
@@ -44,6 +45,7 @@ from sunfish.training.parallel import (
     parallelize,
     reshard,
 )
+from sunfish.training.nodes import agree_config, resume_point
 from sunfish.training.robust import BadStepGuard, RunInUseError, RunLock, StopRequest, TrainingAborted
 from sunfish.training.monitor import GpuReader
 from sunfish.training.watch import RunWatch
@@ -165,9 +167,9 @@ def _resume_point(run_dir: Path, resume: bool, log: Callable[[str], None]) -> Pa
 
 
 def _lock(run_dir: Path, info: DistInfo, rt: Runtime, log: Callable[[str], None]) -> RunLock | None:
-    """Rank 0 takes the run folder's lock; every rank fails together when it is held by a live run."""
+    """The rank that writes the run folder takes its lock; every rank fails together when it is held by a live run."""
     lock, error = None, None
-    if info.is_main:
+    if info.writes_files:
         try:
             lock = RunLock(run_dir).acquire()
             if lock.took_over is not None:
@@ -191,6 +193,7 @@ class RunOptions:
     model_factory: Callable[[ModelConfig, torch.device], Transformer]
     corpus: Corpus | None  # replaces the corpus read from `data`
     watch: RunWatch  # system figures, GPU heat, notifications
+    step_hook: Callable[[int], dict] | None = None  # see `train`
 
 
 def train(
@@ -204,28 +207,33 @@ def train(
     model_factory: Callable[[ModelConfig, torch.device], Transformer] = build_model,
     corpus: Corpus | None = None,
     gpu_reader: GpuReader | None = None,
+    step_hook: Callable[[int], dict] | None = None,
 ) -> TrainResult:
     """Train (or resume) a model of the configured process and return where its final checkpoint is.
 
-    Under torchrun with --train.parallel=ddp|fsdp every rank calls this; rank 0 logs and holds the lock.
+    Under torchrun with --train.parallel=ddp|fsdp every rank calls this; rank 0 logs and holds the lock
+    (with --train.node_local=true each node's first rank holds its own folder's lock: training/nodes.py).
     `model_factory(model_cfg, device)` builds the network (default: a freshly initialised Transformer).
     `corpus` replaces the one read from `data` (`sunfish adapt` brings the base model's tokenizer).
     `gpu_reader` replaces the CUDA device's figures for the monitor and max_gpu_temp (training/monitor.py).
+    `step_hook(step)` runs before each optimiser step (1-based, also the first one after a resume) and returns
+    figures that go into that step's metrics.jsonl record (`sunfish distill`: the round and the step count).
     """
     start_time = time.perf_counter()
     validate(cfg)
     rt = setup_runtime(cfg.train.device, cfg.train.dtype, cfg.train.threads)
-    info = init_distributed(cfg.train.parallel, rt.device)
+    info = init_distributed(cfg.train.parallel, rt.device, cfg.train.node_local)
+    cfg = agree_config(cfg, info)  # node-local folders: a node may have resumed a config another lacks
     say = log if info.is_main else (lambda s: None)
     lock = None
     try:
-        if info.is_main:
+        if info.writes_files:
             run_dir.mkdir(parents=True, exist_ok=True)
         barrier(info)
         lock = _lock(run_dir, info, rt, say)
         watch = RunWatch.open(cfg.train, run_dir, rt.device, info.is_main, say, gpu_reader)
         opts = RunOptions(run_dir=run_dir, data=data, resume=resume, progress=progress and info.is_main, log=say,
-                          model_factory=model_factory, corpus=corpus, watch=watch)
+                          model_factory=model_factory, corpus=corpus, watch=watch, step_hook=step_hook)
         return watch.run(lambda: _train(cfg, opts, rt, info, start_time))
     finally:
         if lock is not None:
@@ -236,7 +244,7 @@ def train(
 def _train(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo, start_time: float) -> TrainResult:
     """Set the run up, then step, log and checkpoint until `train.steps` (or a stop request)."""
     state = _setup(cfg, opts, rt, info)
-    with StopRequest() as stop:
+    with StopRequest(opts.run_dir) as stop:
         while state.step < state.cfg.train.steps:
             _step(state)
             val_loss = _log_and_validate(state)
@@ -269,7 +277,7 @@ def _open_data(cfg: RunConfig, opts: RunOptions, resume_from: Path | None) -> tu
 def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> RunState:
     """Everything the run needs, restored from the checkpoint on resume, with the model in training mode."""
     log = opts.log
-    resume_from = _resume_point(opts.run_dir, opts.resume, log)
+    resume_from = resume_point(opts.run_dir, opts.resume, info, _resume_point, log)  # agreed by all nodes
     cfg, corpus, seq_len = _open_data(cfg, opts, resume_from)
     log(describe(cfg))
     model, parameters, trainer = _build_model(cfg, corpus.tokenizer.mask_id, opts, rt, info)
@@ -279,12 +287,13 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
     batches = corpus.train.batches(seq_len, cfg.train.seed, rank=info.rank, world=info.world)
     streams = Streams.create(cfg.train.seed, cfg.train.grad_accum, info, rt)
     meter = Throughput(tokens_per_step=cfg.train.batch_size * cfg.train.grad_accum * seq_len * info.world,
-                       flops_per_token=flops_per_token(parameters, cfg.model.n_layers, cfg.model.d_model, seq_len),
+                       flops_per_token=flops_per_token(parameters, cfg.model.n_layers, cfg.model.d_model, seq_len)
+                       + getattr(model, "frozen_flops_per_token", 0.0),  # a frozen base's forward (process/ldlm.py)
                        peak=peak_flops(rt.device, cfg.train.peak_tflops), world=info.world)
     state = RunState(cfg=cfg, run_dir=opts.run_dir, rt=rt, info=info, log=log, corpus=corpus, seq_len=seq_len,
                      model=model, parameters=parameters, trainer=trainer, optimizer=optimizer, ema=ema,
                      batches=batches, streams=streams, guard=BadStepGuard(cfg.train.max_bad_steps), meter=meter,
-                     last_checkpoint=resume_from, watch=opts.watch)
+                     last_checkpoint=resume_from, watch=opts.watch, step_hook=opts.step_hook)
     if resume_from is not None:
         restore(state, resume_from)
     state.spec = spec_of(cfg.process)
@@ -294,8 +303,9 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
         f"validation tokens; device {rt.device}; parallel {cfg.train.parallel.value} x {info.world}")
     val_source = corpus.val.batches(seq_len, cfg.train.seed + 2)  # the same batches on every rank
     state.val_batches = [val_source.next_batch(cfg.train.batch_size) for _ in range(cfg.train.val_batches)]
-    if info.is_main:
-        state.metrics = MetricsLog(opts.run_dir, state.start if resume_from else None, cfg.train.log, cfg.to_dict())
+    if info.writes_files:  # TensorBoard / W&B from rank 0 only; node-local folders get metrics.jsonl each
+        sink = cfg.train.log if info.is_main else LogKind.JSONL
+        state.metrics = MetricsLog(opts.run_dir, state.start if resume_from else None, sink, cfg.to_dict())
     state.bar = show_progress(total=cfg.train.steps, initial=state.start, desc="train", disable=not opts.progress,
                               every=cfg.train.log_every)
     meter.restart(state.start)
@@ -318,6 +328,8 @@ def _step(state: RunState) -> None:
     """One optimiser step over `grad_accum` micro-batches, then the EMA update; a step whose loss or gradient
     norm is not finite is skipped (logged, and marked in metrics.jsonl) and BadStepGuard counts it."""
     cfg, step = state.cfg, state.step + 1
+    if state.step_hook is not None:
+        state.hook_figures = state.step_hook(step) or {}
     state.lr = lr_at(step - 1, cfg.train.steps, cfg.optim)
     set_lr(state.optimizer, state.lr)
     batches = [state.batches.next_batch(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]  # A x (B, L)
@@ -353,11 +365,14 @@ def _log_and_validate(state: RunState) -> float | None:
         return None
     tps = state.meter.measure(step)
     record = {"step": step, "loss": round(state.loss, 6), "lr": state.lr, "grad_norm": round(state.grad_norm, 6),
-              "tokens_per_s": round(tps, 1)}
+              "tokens_per_s": round(tps, 1), **state.hook_figures}
     if state.meter.peak:
         record["mfu"] = round(state.meter.mfu(tps), 4)
     record["memory_gib"] = round(peak_memory_gib(state.rt.device), 3)
     record |= system
+    take_terms = getattr(state.model, "take_terms", None)  # a loss of several terms logs each (process/ldlm.py)
+    if take_terms is not None:
+        record |= take_terms()
     val_loss = None
     if validate:
         val_loss = _validate(state)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import sys
 from pathlib import Path
 
 import torch
 
 from sunfish.config import LogKind
+from sunfish.portable import peak_rss_gib
 
 # Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, matched against the device name.
 GPU_PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("H800", 989.0), ("A100", 312.0), ("A800", 312.0),
@@ -40,8 +39,7 @@ def peak_memory_gib(device: torch.device) -> float:
     """Peak memory so far: allocated GPU memory on CUDA, the process's peak resident set on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes on macOS, KiB on Linux
+    return peak_rss_gib()
 
 
 class MetricsLog:

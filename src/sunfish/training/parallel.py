@@ -6,15 +6,17 @@ block, then on the root, so one block's full weights exist at a time). Multi-pro
 `torchrun`, which sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address in the environment:
 
     torchrun --nproc_per_node=2 -m sunfish train --preset nano --train.parallel=fsdp
-    torchrun --nnodes=2 --node_rank=0 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --nproc_per_node=8 \\
+    torchrun --nnodes=2 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --nproc_per_node=8 \\
         -m sunfish train --preset sunfish-1.4b --train.parallel=fsdp --train.offload=true
+
+Several nodes share one run folder on a shared filesystem, or keep one each with --train.node_local=true
+(training/nodes.py; docs/multinode.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,6 +26,7 @@ import torch.nn as nn
 
 from sunfish.config import ParallelKind, TrainConfig
 from sunfish.model.transformer import Transformer
+from sunfish.portable import compiler_missing
 from sunfish.runtime import Runtime
 
 
@@ -35,24 +38,39 @@ class DistInfo:
     world: int = 1
     kind: ParallelKind = ParallelKind.NONE
     owns_group: bool = False  # this process created the process group (and destroys it at the end)
+    local_rank: int = 0  # this process's place on its node (torchrun's LOCAL_RANK)
+    node: int = 0  # this node's index (torchrun's GROUP_RANK)
+    nodes: int = 1  # nodes in the run (torchrun's GROUP_WORLD_SIZE)
+    node_local: bool = False  # each node keeps its own run folder (training/nodes.py); else one folder is shared
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     @property
+    def writes_files(self) -> bool:
+        """Whether this rank writes the run folder it sees: rank 0 of a shared folder, or each node's first rank."""
+        return self.is_main or (self.node_local and self.local_rank == 0)
+
+    @property
+    def separate_folders(self) -> bool:
+        """Nodes with folders of their own, which collectives keep in step (training/nodes.py)."""
+        return self.node_local and self.nodes > 1
+
+    @property
     def active(self) -> bool:
         return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(kind: ParallelKind, device: torch.device) -> DistInfo:
-    """Join the torchrun process group (gloo on CPU, NCCL on CUDA) for ddp/fsdp; check the launch fits the kind."""
+def init_distributed(kind: ParallelKind, device: torch.device, node_local: bool = False) -> DistInfo:
+    """Join the torchrun process group (gloo on CPU, NCCL on CUDA) for ddp/fsdp; check the launch fits the kind.
+    Node and local rank come from torchrun's GROUP_RANK / LOCAL_RANK (or SLURM-style RANK // LOCAL_WORLD_SIZE)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if kind is ParallelKind.NONE:
         if world > 1:
             raise ValueError(f"this process is one of {world} torchrun workers but --train.parallel=none; "
                              "pass --train.parallel=ddp or --train.parallel=fsdp")
-        return DistInfo()
+        return DistInfo()  # node_local (from a multi-node run's saved config) means nothing to one process
     if "RANK" not in os.environ:
         raise ValueError(f"--train.parallel={kind.value} runs under torchrun; start it as "
                          f"`torchrun --nproc_per_node=N -m sunfish train ... --train.parallel={kind.value}`")
@@ -61,7 +79,12 @@ def init_distributed(kind: ParallelKind, device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
         owns = True
-    return DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), kind=kind, owns_group=owns)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return DistInfo(rank=rank, world=world, kind=kind, owns_group=owns,
+                    local_rank=int(os.environ.get("LOCAL_RANK", rank % per_node)),
+                    node=int(os.environ.get("GROUP_RANK", rank // per_node)),
+                    nodes=int(os.environ.get("GROUP_WORLD_SIZE", -(-world // per_node))), node_local=node_local)
 
 
 def close_distributed(info: DistInfo) -> None:
@@ -152,13 +175,13 @@ def apply_activation_checkpointing(model: Transformer, every: int) -> int:
 def apply_compile(model: Transformer, log: Callable[[str], None] = print) -> bool:
     """torch.compile each block in place: static (B, L, D) shapes, fused elementwise work.
 
-    The loss's masked output head has a data-dependent shape and stays eager. On CPU, Inductor needs a
-    C++ compiler; without one the model stays uncompiled (with a note) rather than failing mid-run.
+    The loss's masked output head has a data-dependent shape and stays eager. Inductor needs a C++
+    compiler on the CPU and Triton on CUDA (sunfish/portable.py); without them the model stays uncompiled
+    (with a one-line note) rather than failing mid-run.
     """
-    device = next(model.parameters()).device
-    if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
-        log("note: torch.compile needs a C++ compiler on CPU and none was found; training uncompiled "
-            "(install g++ or pass --train.compile=false to silence this)")
+    missing = compiler_missing(next(model.parameters()).device)
+    if missing:
+        log(f"note: {missing}; training uncompiled (pass --train.compile=false to silence this)")
         return False
     for block in model.blocks:
         block.compile()

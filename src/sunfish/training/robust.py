@@ -1,5 +1,10 @@
-"""What keeps a multi-day run alive: a run-folder lock, a graceful stop on SIGTERM/SIGINT, and a guard that
-skips steps with a non-finite loss or gradient and stops the run after too many in a row."""
+"""What keeps a multi-day run alive: a run-folder lock, a graceful stop on a signal or a STOP file, and a guard
+that skips steps with a non-finite loss or gradient and stops the run after too many in a row.
+
+The lock is an operating-system file lock (flock on Unix, a byte-range lock on Windows, through the
+`filelock` library): the system drops it when its holder dies, even by kill -9 or power loss, so no liveness
+check of another process is needed (Windows has no `os.kill(pid, 0)`: there it terminates the process).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,13 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from filelock import FileLock, Timeout
+
+from sunfish.fileio import write_text_atomic
+from sunfish.portable import stop_signals
+
+STOP_FILE = "STOP"  # RUN_DIR/STOP: a stop request that needs no signal (a Windows box over SSH, a scheduler)
+
 
 class RunInUseError(OSError):
     """Another live process is training in the run folder."""
@@ -21,74 +33,60 @@ class TrainingAborted(ValueError):
     """Too many bad steps in a row; the message is one sentence."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
 class RunLock:
-    """RUN_DIR/.lock holding {"pid", "host"}: a second live run in the same folder is refused; a lock left
-    by a dead process (kill -9, power loss) on this host is taken over."""
+    """RUN_DIR/.lock held for the whole run: a second run in the same folder is refused while the first lives.
+    RUN_DIR/.lock.owner ({"pid", "host"}) names the holder in that refusal; a run that died keeps no lock but
+    leaves its owner file, which the next run reports as taken over."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / ".lock"
+        self.owner_path = run_dir / ".lock.owner"
+        self._lock = FileLock(str(self.path))
         self.held = False
-        self.took_over: int | None = None  # pid of the dead owner whose stale lock was replaced
+        self.took_over: int | None = None  # pid of a run that died holding the folder
 
     def acquire(self) -> "RunLock":
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner["pid"] != me["pid"] and (owner["host"] != me["host"] or _alive(owner["pid"])):
-                    raise RunInUseError(
-                        f"the run folder '{self.path.parent}' is in use by another run (pid {owner['pid']} on "
-                        f"{owner['host']}); wait for it to finish, stop it, or choose another --out"
-                    ) from None
-                self.took_over = owner["pid"] if owner else None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me))
-            self.held = True
-            return self
-        raise RunInUseError(f"could not take the lock '{self.path}' (another run keeps creating it); choose another --out")
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            owner = self._owner()
+            who = f" (pid {owner['pid']} on {owner['host']})" if owner else ""
+            raise RunInUseError(f"the run folder '{self.path.parent}' is in use by another run{who}; wait for it "
+                                "to finish, stop it, or choose another --out") from None
+        previous = self._owner()
+        self.took_over = previous["pid"] if previous else None
+        write_text_atomic(self.owner_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        self.held = True
+        return self
 
     def _owner(self) -> dict | None:
         try:
-            body = json.loads(self.path.read_text(encoding="utf-8"))
+            body = json.loads(self.owner_path.read_text(encoding="utf-8"))
             return {"pid": int(body["pid"]), "host": str(body["host"])}
         except (OSError, ValueError, KeyError, TypeError):
-            return None  # half-written or unreadable: treat as stale
+            return None  # none, or unreadable
 
     def release(self) -> None:
         if self.held:
-            owner = self._owner()
-            if owner and owner["pid"] == os.getpid():
-                self.path.unlink(missing_ok=True)
+            self.owner_path.unlink(missing_ok=True)
+            self._lock.release()
             self.held = False
 
 
 class StopRequest:
-    """Turns the first SIGTERM or SIGINT into a flag the loop checks after each step (it then writes a
-    checkpoint and returns); a second signal interrupts at once. Handlers are restored on exit."""
+    """Turns the first stop signal (SIGTERM, SIGINT, and SIGBREAK on Windows: sunfish/portable.py) or a
+    RUN_DIR/STOP file into a flag the loop checks after each step (it then writes a checkpoint and returns);
+    a second signal interrupts at once. Handlers are restored, and the STOP file removed, on exit."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
+    def __init__(self, run_dir: Path | None = None) -> None:
         self.signum: int | None = None
+        self.stop_file = run_dir / STOP_FILE if run_dir is not None else None
+        self.by_file = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
+            for sig in stop_signals():
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -100,14 +98,20 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self.by_file:
+            self.stop_file.unlink(missing_ok=True)  # so that --resume does not stop again at once
 
     @property
     def requested(self) -> bool:
-        return self.signum is not None
+        if self.signum is None and not self.by_file and self.stop_file is not None:
+            self.by_file = self.stop_file.exists()
+        return self.signum is not None or self.by_file
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
+        if self.signum:
+            return signal.Signals(self.signum).name
+        return f"the {STOP_FILE} file" if self.by_file else ""
 
 
 class BadStepGuard:

@@ -140,11 +140,13 @@ class RunState:
     val_batches: list[torch.Tensor] = field(default_factory=list)  # (B, L) each, the same on every rank
     metrics: MetricsLog | None = None  # rank 0 only
     bar: tqdm | PlainProgress | None = None  # progress (shown by rank 0; see sunfish.progress)
+    step_hook: Callable[[int], dict] | None = None  # called with each step's number before it runs (loop.train)
+    hook_figures: dict = field(default_factory=dict)  # what step_hook returned for the latest step, for metrics.jsonl
 
 
 def save(state: RunState, val_loss: float | None) -> Path:
-    """Checkpoint of the finished step (val_loss: measured at this step, or None), then rank 0 prunes old
-    checkpoints; returns the new checkpoint's folder."""
+    """Checkpoint of the finished step (val_loss: measured at this step, or None), then the rank that writes
+    the run folder prunes old checkpoints; returns the new checkpoint's folder."""
     cfg, info = state.cfg, state.info
     rng = {"data": state.batches.state(), "noise": state.streams.states(info, state.rt.device)}
     extra = {"val_loss": val_loss, "world": info.world, "parallel": cfg.train.parallel.value, "ema": state.ema is not None,
@@ -153,7 +155,7 @@ def save(state: RunState, val_loss: float | None) -> Path:
     path = save_checkpoint(state.run_dir, state.step, state.model, state.optimizer, rng, meta, cfg,
                            state.corpus.tokenizer, ema=state.ema.shadow if state.ema else None,
                            sharded=cfg.train.parallel is ParallelKind.FSDP, info=info)
-    if info.is_main:
+    if info.writes_files:
         for old in prune_checkpoints(state.run_dir, cfg.train.keep_last):
             state.log(f"removed {old.name} (keeping the last {cfg.train.keep_last} and the best by validation loss)")
     return path
