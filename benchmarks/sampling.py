@@ -2,6 +2,7 @@
 
     python benchmarks/sampling.py [--quick] [--lengths 64,256,1024] [--batch 1,8] [--repeats 3]
                                   [--diffusion CKPT] [--block CKPT] [--ar CKPT] [--reference CKPT] [--distilled CKPT]
+                                  [--no-block] [--commit-model FILE] [--refresh-bound B] [--draft-len K]
                                   [--workdir runs/bench-sampling] [--threads N]
                                   [--corpus tinystories|builtin] [--train-steps N|kind=N,...] [--train-batch N] [--context N]
 
@@ -156,6 +157,12 @@ def main() -> None:
     p.add_argument("--reference", help="larger causal checkpoint that scores generative perplexity (default: train one)")
     p.add_argument("--distilled", help="masked student distilled from --diffusion (sunfish distill): rows against its "
                    "own one-token-per-step output (default: none)")
+    p.add_argument("--no-block", action="store_true", help="leave the block-diffusion model and its rows out")
+    p.add_argument("--commit-model", default="", help="a learned commit rule's filter (sunfish tune-commit) for the "
+                   "masked model: the learned rule's rows")
+    p.add_argument("--refresh-bound", type=float, default=-1.0, help="a dual-cache row with adaptive refresh at this "
+                   "bound (default: none)")
+    p.add_argument("--draft-len", type=int, default=4, help="commits drafted per verification in the speculative rows")
     p.add_argument("--corpus", choices=["tinystories", "builtin"], default="tinystories",
                    help="training text and prompts of the models trained here (default tinystories)")
     p.add_argument("--docs", type=int, default=40000, help="built-in stories to train on (--corpus builtin; default 40000)")
@@ -176,6 +183,8 @@ def main() -> None:
     if args.corpus == "builtin":
         workdir = workdir.with_name(workdir.name + "-builtin")
     paths = {"diffusion": args.diffusion, "block": args.block, "ar": args.ar, "reference": args.reference}
+    if args.no_block:
+        del paths["block"]
     if not all(paths.values()):
         data = corpus_file(args.corpus, workdir, args.docs)
         paths = {k: v or trained(k, workdir, data, args.quick, args.train_steps.get(k), args.threads, args.context,
@@ -211,7 +220,8 @@ def main() -> None:
     print(HEADER, flush=True)
     began = time.perf_counter()
     rows = run_bench(models, prompts, lengths, args.batch, args.repeats, block_length=args.block_length,
-                     threshold=args.threshold, log=lambda line: print(line, flush=True))
+                     threshold=args.threshold, log=lambda line: print(line, flush=True), draft_len=args.draft_len,
+                     commit_model=args.commit_model, refresh_bound=args.refresh_bound)
     print("\n" + "\n".join(target_report(rows)))
     print(f"\n({time.perf_counter() - began:.0f} s of measuring)")
 
