@@ -124,7 +124,8 @@ def test_the_registry_covers_every_kind_and_every_field():
                                                                      "remask_eta", "remask_start", "remask_end",
                                                                      "top_k", "top_p", "info_gain_candidates",
                                                                      "info_gain_temperature", "info_gain_weight",
-                                                                     "info_gain_heuristic", "draft", "draft_len"} - registry._PIPELINE)
+                                                                     "info_gain_heuristic", "draft", "draft_len", "commit_model",
+                                                                     "refresh_bound"} - registry._PIPELINE)
 
 
 def _downgrade(ckpt) -> None:
