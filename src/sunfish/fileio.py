@@ -13,18 +13,7 @@ from pathlib import Path
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through a synced temporary file in the same folder and `os.replace`: a reader (or a
     kill at any moment) sees the old file or the new one, never half of either."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_bytes_atomic(path: str | os.PathLike, body: bytes) -> None:
