@@ -202,3 +202,19 @@ def test_every_training_verb_offers_notify(verb, capsys):
         main([verb, "--help"])  # also: a '%' in a setting's help text no longer breaks --help
     assert done.value.code == 0
     assert "--notify" in capsys.readouterr().out
+
+
+def test_the_metrics_sinks_get_the_config_with_the_urls_masked(tmp_path, corpus, webhook, monkeypatch):
+    """TensorBoard/W&B receive the run config from MetricsLog: the notification URLs' tokens stay out of it."""
+    import sunfish.training.loop as loop
+
+    seen, real = [], loop.MetricsLog
+
+    def spy(run_dir, start, sink, config):
+        seen.append(config)
+        return real(run_dir, start, sink, config)
+
+    monkeypatch.setattr(loop, "MetricsLog", spy)
+    train(tiny_cfg(steps=2, notify=(webhook.url,)), run_dir=tmp_path / "run", data=[corpus], progress=False,
+          log=lambda line: None)
+    assert seen and seen[0]["train"]["notify"] == ["json://..."]

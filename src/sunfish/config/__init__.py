@@ -19,7 +19,7 @@ from sunfish.config.enums import (AttentionKind, BaseKind, CacheMode, CommitRule
 from sunfish.config.sections import (SECTIONS, AdaptConfig, DataConfig, DistillConfig, EvalConfig, ModelConfig, OptimConfig,
                                      ProcessConfig, RunConfig, SamplerConfig, ServeConfig, SFTConfig, TrainConfig)
 from sunfish.config.tree import (RENAMED, apply_section, apply_tree, check_key, config_from_dict, describe, load_preset,
-                                 parse_overrides, preset_names, save_config, section_class, upgrade_tree)
+                                 parse_overrides, preset_names, public_dict, save_config, section_class, upgrade_tree)
 
 __all__ = [
     "INF", "ConfigError", "Section", "choices", "coerce", "field_help", "knob",
@@ -29,5 +29,5 @@ __all__ = [
     "SECTIONS", "AdaptConfig", "DataConfig", "DistillConfig", "EvalConfig", "ModelConfig", "OptimConfig", "ProcessConfig", "RunConfig",
     "SamplerConfig", "ServeConfig", "SFTConfig", "TrainConfig",
     "RENAMED", "apply_section", "apply_tree", "check_key", "config_from_dict", "describe", "load_preset",
-    "parse_overrides", "preset_names", "save_config", "section_class", "upgrade_tree",
+    "parse_overrides", "preset_names", "public_dict", "save_config", "section_class", "upgrade_tree",
 ]

@@ -117,14 +117,19 @@ def save_config(cfg: RunConfig, path: Path) -> None:
     path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
+def public_dict(cfg: RunConfig) -> dict:
+    """`cfg.to_dict()` to show outside the run folder (the printed config, W&B's run config): notification URLs
+    by their service only, since they carry tokens and passwords."""
+    tree = cfg.to_dict()
+    tree["train"] = {**tree["train"], "notify": [url.partition("://")[0] + "://..." for url in tree["train"]["notify"]]}
+    return tree
+
+
 def describe(cfg: RunConfig) -> str:
-    """The resolved config as TOML-like text, printed at the start of a run (notification URLs shown by their
-    service only: they carry tokens and passwords)."""
+    """The resolved config as TOML-like text, printed at the start of a run (public_dict: URLs masked)."""
     lines = [f"# preset: {cfg.preset or '(none)'}"]
-    for section, values in cfg.to_dict().items():
+    for section, values in public_dict(cfg).items():
         if isinstance(values, dict):
-            if section == "train":
-                values = {**values, "notify": [url.partition("://")[0] + "://..." for url in values["notify"]]}
             lines.append(f"[{section}]")
             lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     return "\n".join(lines)

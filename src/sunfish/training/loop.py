@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from sunfish.config import LogKind, ModelConfig, RunConfig, describe
+from sunfish.config import LogKind, ModelConfig, RunConfig, describe, public_dict
 from sunfish.model.transformer import Transformer, build_model, count_parameters
 from sunfish.progress import progress as show_progress
 from sunfish.process.curriculum import FINAL, Stage, stage_at
@@ -305,7 +305,7 @@ def _setup(cfg: RunConfig, opts: RunOptions, rt: Runtime, info: DistInfo) -> Run
     state.val_batches = [val_source.next_batch(cfg.train.batch_size) for _ in range(cfg.train.val_batches)]
     if info.writes_files:  # TensorBoard / W&B from rank 0 only; node-local folders get metrics.jsonl each
         sink = cfg.train.log if info.is_main else LogKind.JSONL
-        state.metrics = MetricsLog(opts.run_dir, state.start if resume_from else None, sink, cfg.to_dict())
+        state.metrics = MetricsLog(opts.run_dir, state.start if resume_from else None, sink, public_dict(cfg))
     state.bar = show_progress(total=cfg.train.steps, initial=state.start, desc="train", disable=not opts.progress,
                               every=cfg.train.log_every)
     meter.restart(state.start)
