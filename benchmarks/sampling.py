@@ -162,7 +162,7 @@ def main() -> None:
                    "masked model: the learned rule's rows")
     p.add_argument("--refresh-bound", type=float, default=-1.0, help="a dual-cache row with adaptive refresh at this "
                    "bound (default: none)")
-    p.add_argument("--draft-len", type=int, default=4, help="commits drafted per verification in the speculative rows")
+    p.add_argument("--draft-len", type=int, default=2, help="commits drafted per verification in the speculative rows (default 2)")
     p.add_argument("--corpus", choices=["tinystories", "builtin"], default="tinystories",
                    help="training text and prompts of the models trained here (default tinystories)")
     p.add_argument("--docs", type=int, default=40000, help="built-in stories to train on (--corpus builtin; default 40000)")

@@ -20,8 +20,8 @@ TINY = ["--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2", "--mode
         "--train.batch_size=4", "--train.val_every=0", "--data.val_fraction=0.2", "--no-progress"]
 METHODS = ["baseline: LLaDA 1 token/step", "+ threshold 0.9", "+ prefix cache", "+ dual cache",
            "block diffusion 1 token/step, exact cache", "block diffusion threshold 0.9, exact cache",
-           "block diffusion pipelined (D2F, start 0.5), threshold 0.9", "causal model, KV cache", "self-speculative K=4",
-           "block diffusion self-speculative K=4"]
+           "block diffusion pipelined (D2F, start 0.5), threshold 0.9", "causal model, KV cache", "self-speculative K=2",
+           "block diffusion self-speculative K=2"]
 
 
 @pytest.fixture(scope="module")

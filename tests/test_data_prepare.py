@@ -136,6 +136,10 @@ def test_existing_tokenizer_and_refusals(prepared, inputs, tmp_path):
     write_documents(foreign, ["Der alte Fischer ging jeden Morgen an den Strand und sah lange auf das Meer hinaus."] * 3)
     with pytest.raises(DataError, match="no document survived cleaning"):
         prepare([str(foreign)], tmp_path / "none", pack=PACK, tokenizer=tokenizer, workers=1, progress=False, log=quiet)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="hold no document"):
+        prepare([str(empty)], tmp_path / "none2", pack=PACK, tokenizer=tokenizer, workers=1, progress=False, log=quiet)
 
 
 KILL_SCRIPT = """

@@ -111,6 +111,11 @@ class ProcessSpec:
     train_flags: dict = field(default_factory=dict)  # the config tree `sunfish train --process NAME` applies
 
     @property
+    def a_label(self) -> str:
+        """The label with its indefinite article, for messages: 'an autoregressive', 'a masked diffusion'."""
+        return ("an " if self.label[0] in "aeiou" else "a ") + self.label
+
+    @property
     def frozen_base(self) -> bool:
         """It trains around a frozen LM (process.base) and is built and loaded by sunfish.adapt.latent."""
         return self.network is not None
@@ -320,7 +325,7 @@ def attach_layers(model: torch.nn.Module, process: ProcessConfig) -> None:
 def build_network(model_cfg: ModelConfig, process: ProcessConfig, device: torch.device | str = "cpu") -> Transformer:
     """The backbone with the layers its process adds."""
     if spec_of(process).frozen_base:
-        raise ValueError(f"a {spec_of(process).label} network is built around its frozen base; open the run with "
+        raise ValueError(f"{spec_of(process).a_label} network is built around its frozen base; open the run with "
                          "sunfish.loading.load_model (or any sunfish verb), not as a plain network")
     model = build_model(model_cfg, device)
     attach_layers(model, process)

@@ -72,7 +72,7 @@ def _sunfish_checkpoint(base: str) -> Path:
     ckpt = resolve_checkpoint(base)
     spec = spec_of(read_config(ckpt).process)
     if not spec.causal:
-        raise ValueError(f"'{base}' is a {spec.label} run; a latent model's base is a causal LM: pass a "
+        raise ValueError(f"'{base}' is {spec.a_label} run; a latent model's base is a causal LM: pass a "
                          "`sunfish train --objective ar` run or a local Hugging Face causal LM folder")
     return ckpt
 

@@ -64,7 +64,7 @@ def check_network(loaded, fmt: str) -> None:
     """Refuse what is not Sunfish's plain Transformer: networks around a frozen base, adapted causal LMs,
     processes with layers of their own."""
     if loaded.spec.frozen_base:
-        raise ExportRefused(f"--format {fmt} writes token-in, logits-out networks, and a {loaded.spec.label} model "
+        raise ExportRefused(f"--format {fmt} writes token-in, logits-out networks, and {loaded.spec.a_label} model "
                             "is a network around a frozen base; export it with --format sunfish instead")
     if not isinstance(loaded.model, Transformer):
         raise ExportRefused(f"--format {fmt} writes Sunfish's own Transformer, and this is an adapted model; export it "

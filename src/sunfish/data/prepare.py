@@ -371,6 +371,8 @@ def _shard_format(value: ShardFormat | str) -> ShardFormat:
 
 
 def _check_kept(report: CleanReport) -> None:
+    if report.documents == 0:
+        raise DataError("the sources hold no document (empty files or folders); give text to prepare")
     if report.kept == 0:
         raise DataError(f"no document survived cleaning (of {report.documents:,}); see the removal counts: "
                         + ", ".join(f"{r.value} {n:,}" for r, n in report.removed.items()))

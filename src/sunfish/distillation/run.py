@@ -134,7 +134,7 @@ def check_distill(cfg: RunConfig, loaded, given: list[str]) -> None:
     """Refuse, in one sentence, a teacher or settings this distillation cannot use."""
     spec, d = loaded.spec, cfg.distill
     if spec.denoiser is None:
-        raise ConfigError(f"distillation needs a masked or block diffusion teacher; '{d.teacher}' is a {spec.label} model")
+        raise ConfigError(f"distillation needs a masked or block diffusion teacher; '{d.teacher}' is {spec.a_label} model")
     if loaded.hf_config is not None or (cfg.adapt.base and cfg.adapt.kind is BaseKind.HF):
         raise ConfigError("distillation trains Sunfish's own networks; a public or adapted transformers model cannot "
                           "be the teacher (fine-tune or convert it into a Sunfish run first)")

@@ -61,7 +61,7 @@ class SunfishReference:
 
     def __init__(self, loaded: LoadedModel):
         if not loaded.spec.causal:
-            raise ReferenceError(f"the reference '{loaded.path}' is a {loaded.spec.label} model; it must be "
+            raise ReferenceError(f"the reference '{loaded.path}' is {loaded.spec.a_label} model; it must be "
                                  "causal: train one with `sunfish train --objective ar` or pass a Hugging Face causal LM folder")
         self.loaded = loaded
         self.name = f"sunfish:{loaded.path}"

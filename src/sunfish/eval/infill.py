@@ -53,7 +53,7 @@ class InfillResult:
 def check_infill(loaded: LoadedModel) -> None:
     spec = loaded.spec
     if not (spec.infill and spec.likelihood is not None and spec.likelihood.nats is masked_nats):
-        raise InfillUnsupported(f"the infill suite scores masked diffusion models; this is a {spec.label} model")
+        raise InfillUnsupported(f"the infill suite scores masked diffusion models; this is {spec.a_label} model")
 
 
 def span_mask(length: int, windows: int, kind: str, generator: torch.Generator) -> torch.Tensor:

@@ -241,7 +241,7 @@ def confidence_profile(loaded: LoadedModel, texts: list[str], threshold: float =
     after it is [MASK] (scored on the first `block_length` masks). Threshold decoding commits more than one
     token per step only where `confident` is well above 1 / block_length."""
     if not is_unmasking(loaded):
-        raise BenchError(f"'{loaded.path}' is a {loaded.spec.label} model; the confidence profile reads masked diffusion models")
+        raise BenchError(f"'{loaded.path}' is {loaded.spec.a_label} model; the confidence profile reads masked diffusion models")
     model, tok = loaded.model, loaded.tokenizer
     device = next(model.parameters()).device
     schedule = MaskSchedule(loaded.cfg.process.mask_schedule, loaded.cfg.process.eps)
@@ -320,7 +320,7 @@ PIPELINE_START = 0.5  # the pipelined row's start ratio: the next block joins on
 
 
 def bench_methods(block_length: int, threshold: float, has_block: bool, has_ar: bool,
-                  has_distilled: bool = False, draft: str | None = None, draft_len: int = 4, commit_model: str = "",
+                  has_distilled: bool = False, draft: str | None = None, draft_len: int = 2, commit_model: str = "",
                   refresh_bound: float = -1.0) -> list[Method]:
     """The rows of the table, the baseline first."""
     base = one_per_step(SamplerConfig(block_length=block_length))
@@ -391,7 +391,7 @@ def _setting_for(method: Method, length: int) -> SamplerConfig:
 
 def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[int], batches: list[int],
               repeats: int, block_length: int = 32, threshold: float = 0.9,
-              log=lambda line: None, draft_len: int = 4, commit_model: str = "", refresh_bound: float = -1.0) -> list[BenchRow]:
+              log=lambda line: None, draft_len: int = 2, commit_model: str = "", refresh_bound: float = -1.0) -> list[BenchRow]:
     """Measure every method at every (length, batch). `models` holds 'diffusion' and optionally 'block', 'ar',
     'distilled' (a masked student of 'diffusion'), 'draft' (speculative decoding's) and 'reference' (a causal model,
     larger than the others, that scores generative perplexity; without it the same-size causal model 'ar' scores).

@@ -27,7 +27,7 @@ def open_draft(loaded, cfg: SamplerConfig):
             raise ValueError(f"the draft model {cfg.draft} has another tokenizer than the model; a draft must share "
                              "its vocabulary (train one from this model with `sunfish draft`)")
         if not (draft.spec.causal or (draft.spec.infill and draft.spec.parallel)):
-            raise ValueError(f"the draft model {cfg.draft} is a {draft.spec.label} model; a draft must be a masked "
+            raise ValueError(f"the draft model {cfg.draft} is {draft.spec.a_label} model; a draft must be a masked "
                              "diffusion or autoregressive model")
         loaded.drafts[cfg.draft] = draft
     return loaded.drafts[cfg.draft]

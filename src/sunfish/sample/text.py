@@ -234,7 +234,7 @@ def infill(loaded: LoadedModel, text: str, cfg: SamplerConfig, seed: int = 0, tr
     tok = loaded.tokenizer
     if not loaded.spec.infill:
         able = ", ".join(s.label for s in SPECS.values() if s.infill)
-        raise PromptError(f"this is a {loaded.spec.label} model, which generates only after a prompt; infilling "
+        raise PromptError(f"this is {loaded.spec.a_label} model, which generates only after a prompt; infilling "
                           f"needs a model that fills masks anywhere ({able})")
     canvas = infill_canvas(tok, text, loaded.cfg.model.context)
     result, seconds, written = _run(loaded, canvas, cfg, seed, trace)

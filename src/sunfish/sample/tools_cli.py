@@ -96,7 +96,8 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
                    "one-token-per-step output")
     p.add_argument("--draft", help="draft model (masked or causal, same tokenizer; e.g. from `sunfish draft`): a "
                    "draft-speculative row beside the self-speculative one")
-    p.add_argument("--draft-len", type=int, default=4, help="speculative rows: commits drafted per verification (default 4)")
+    p.add_argument("--draft-len", type=int, default=2, help="speculative rows: commits drafted per verification "
+                   "(default 2, the best measured on small models)")
     p.add_argument("--lengths", type=_numbers(int), help="generation lengths (default 64,256,1024, those that fit the "
                    "models' context; longer ones are skipped with a note)")
     p.add_argument("--batch", type=_numbers(int), default=[1, 8], help="batch sizes (default 1,8)")
@@ -215,7 +216,7 @@ def _bench_models(args: argparse.Namespace, device: str, threads: int) -> dict:
 
     models = {"diffusion": load(args.path, device=device, dtype=args.dtype, quantize=args.quantize, threads=threads)}
     if not is_unmasking(models["diffusion"]):
-        raise BenchError(f"'{args.path}' is a {models['diffusion'].spec.label} model, not a masked diffusion model "
+        raise BenchError(f"'{args.path}' is {models['diffusion'].spec.a_label} model, not a masked diffusion model "
                          "(block_size 0); pass block-diffusion models with --block and causal ones with --ar")
     if args.block:
         models["block"] = load(args.block, device=device)
@@ -227,7 +228,7 @@ def _bench_models(args: argparse.Namespace, device: str, threads: int) -> dict:
     if args.distilled:
         models["distilled"] = load(args.distilled, device=device)
         if not is_unmasking(models["distilled"]):
-            raise BenchError(f"--distilled '{args.distilled}' is a {models['distilled'].spec.label} model, not a masked "
+            raise BenchError(f"--distilled '{args.distilled}' is {models['distilled'].spec.a_label} model, not a masked "
                              "diffusion model; pass the output of `sunfish distill`")
         if models["distilled"].tokenizer.sha256() != models["diffusion"].tokenizer.sha256():
             raise BenchError(f"--distilled '{args.distilled}' uses another tokenizer than '{args.path}'; "

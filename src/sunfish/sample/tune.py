@@ -196,7 +196,7 @@ def tune(loaded: LoadedModel, prompts: list[str], *, length: int, sampler: Sampl
         raise BenchError(f"'{loaded.path}' is an autoregressive model, which decodes one token per pass; "
                          "tune-sampler tunes diffusion samplers")
     if not spec.parallel:
-        raise BenchError(f"'{loaded.path}' is a {spec.label} model; tune-sampler tunes the unmasking samplers of masked "
+        raise BenchError(f"'{loaded.path}' is {spec.a_label} model; tune-sampler tunes the unmasking samplers of masked "
                          "and block diffusion models")
     if not 0 <= bound < 1:
         raise BenchError(f"--bound {bound} is out of range; give a fraction between 0 and 1, e.g. 0.02 for 2%")

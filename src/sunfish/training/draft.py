@@ -81,8 +81,8 @@ def draft_config(loaded, size: str, tree: dict | None) -> RunConfig:
     from sunfish.validate import validate
 
     if loaded.spec.name != "masked" or loaded.cfg.process.kind is not ProcessKind.MASKED:
-        raise ValueError(f"draft distillation reads a masked diffusion target's predictions; this is a "
-                         f"{loaded.spec.label} model (train a masked draft on its tokenizer with `sunfish train`)")
+        raise ValueError(f"draft distillation reads a masked diffusion target's predictions; this is "
+                         f"{loaded.spec.a_label} model (train a masked draft on its tokenizer with `sunfish train`)")
     model = draft_model_config(loaded.cfg.model, size)
     process = dataclasses.replace(loaded.cfg.process, prompt_prob=0.0, cond_dropout=0.0, causal_warmup=0.0,
                                   mask_curriculum=0.0)
