@@ -152,7 +152,19 @@ def decode(loaded: LoadedModel, rows: list[list[int]], cfg: SamplerConfig, seed:
     """Greedily generate `cfg.length` tokens after each prompt of `rows` (token ids, [BOS] first) in one
     batch, with the sampler `sunfish sample` uses for this kind of model. Prompts of different lengths
     are right-aligned with their left padding hidden from attention (sample/batch.py), as in
-    `generate_batch`. The whole canvas is filled (no EOS stopping)."""
+    `generate_batch`; a model that cannot batch them (latent models) decodes each prompt length as its own
+    batch, one after another (their passes and seconds add up). The whole canvas is filled (no EOS stopping)."""
+    if not loaded.mixed_batches and len({len(r) for r in rows}) > 1:
+        groups: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(len(row), []).append(i)
+        parts = {tuple(idx): decode(loaded, [rows[i] for i in idx], cfg, seed) for idx in groups.values()}
+        tokens: list[list[int]] = [[] for _ in rows]
+        for idx, part in parts.items():
+            for i, row in zip(idx, part.tokens):
+                tokens[i] = row
+        return Decoded(tokens=tokens, seconds=sum(p.seconds for p in parts.values()),
+                       nfe=sum(p.nfe for p in parts.values()))
     cfg = dataclasses.replace(cfg, temperature=0.0, stop_at_eos=False)
     mask_id = loaded.tokenizer.mask_id
     device = loaded.device
@@ -290,6 +302,7 @@ class Method:
     model: str  # which checkpoint: 'diffusion', 'block' or 'ar'
     cfg: SamplerConfig  # the sampler setting (its length is replaced per run)
     reference: str | None  # the method whose output this one's agreement is measured against
+    own_steps: bool = False  # keep cfg.steps at every length (latent rows: denoising steps), else steps = length
 
 
 @dataclass(frozen=True)
@@ -386,47 +399,64 @@ def one_per_step(cfg: SamplerConfig) -> SamplerConfig:
 
 
 def _setting_for(method: Method, length: int) -> SamplerConfig:
-    return dataclasses.replace(method.cfg, length=length, steps=length, block_length=min(method.cfg.block_length, length))
+    steps = method.cfg.steps if method.own_steps else length
+    return dataclasses.replace(method.cfg, length=length, steps=steps, block_length=min(method.cfg.block_length, length))
 
 
 def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[int], batches: list[int],
               repeats: int, block_length: int = 32, threshold: float = 0.9,
-              log=lambda line: None, draft_len: int = 2, commit_model: str = "", refresh_bound: float = -1.0) -> list[BenchRow]:
+              log=lambda line: None, draft_len: int = 2, commit_model: str = "", refresh_bound: float = -1.0,
+              latent_steps: tuple[int, ...] = (16, 64)) -> list[BenchRow]:
     """Measure every method at every (length, batch). `models` holds 'diffusion' and optionally 'block', 'ar',
-    'distilled' (a masked student of 'diffusion'), 'draft' (speculative decoding's) and 'reference' (a causal model,
-    larger than the others, that scores generative perplexity; without it the same-size causal model 'ar' scores).
-    `commit_model` and `refresh_bound` add the learned rule's and the adaptive refresh's rows (commit_methods)."""
+    'distilled' (a masked student of 'diffusion'), 'draft' (speculative decoding's), 'reference' (a causal model,
+    larger than the others, that scores generative perplexity; without it the same-size causal model 'ar' scores)
+    and latent models ('latent', 'latent2', ...: bench_latent.py, rows at `latent_steps` denoising steps where the
+    length fits them). `commit_model` and `refresh_bound` add the learned rule's and the adaptive refresh's rows."""
+    from sunfish.sample.bench_latent import is_latent_role, latent_methods, room
+
     scorer, draft = models.get("reference", models.get("ar")), models.get("draft")
     if draft is not None:  # the draft row's sampler opens it by path: hand it the one loaded
         models["diffusion"].drafts[str(draft.path)] = draft
     models = {name: m for name, m in models.items() if name not in ("reference", "draft")}
     methods = bench_methods(block_length, threshold, "block" in models, "ar" in models, "distilled" in models,
                             None if draft is None else str(draft.path), draft_len, commit_model, refresh_bound)
-    ids = {name: prompt_ids(m, prompts, max(lengths)) for name, m in models.items()}
+    methods += latent_methods(models, latent_steps)
+    ids = {name: prompt_ids(m, prompts, 1 if is_latent_role(name) else max(lengths)) for name, m in models.items()}
     for name, m in models.items():  # warm-up: first calls pay for allocation and kernel selection
-        decode(m, batch_of(ids[name], 1), one_per_step(SamplerConfig(length=min(lengths))))
+        if room(m, ids[name]) >= 1:
+            decode(m, batch_of(ids[name], 1), one_per_step(SamplerConfig(length=min(min(lengths), room(m, ids[name])))))
     rows: list[BenchRow] = []
     for length in lengths:
         for batch in batches:
+            usable = [m for m in methods if room(models[m.model], ids[m.model]) >= length]
             prompts_of = {name: batch_of(ids[name], batch) for name in models}
-            runs = _interleaved(models, methods, prompts_of, length, repeats)
-            outputs = {name: decoded[0].tokens for name, decoded in runs.items()}
-            base_speed = statistics.median(r.tokens_per_s for r in runs[methods[0].name])
-            for method in methods:
-                out, prompt = runs[method.name][0], prompts_of[method.model]
-                speed = statistics.median(r.tokens_per_s for r in runs[method.name])
-                ref_out = outputs.get(method.reference) if method.reference else None
-                row = BenchRow(length=length, batch=batch, method=method.name, model=method.model, tokens_per_s=speed,
-                               nfe_per_token=out.nfe_per_token, speedup=speed / base_speed,
-                               agreement=agreement(out.tokens, ref_out) if ref_out is not None else None,
-                               gen_ppl=generative_ppl(scorer, prompt, out.tokens) if scorer is not None else None,
-                               entropy=unigram_entropy(out.tokens), reference=method.reference,
-                               distinct=distinct_words(models[method.model], out.tokens),
-                               acceptance=out.accepted / out.proposed if out.proposed else None,
-                               draft_nfe_per_token=out.draft_nfe / max(len(out.tokens[0]), 1) if out.draft_nfe else None,
-                               refreshes=_per_block(out) if method.cfg.refresh_bound >= 0 else None)
-                rows.append(row)
-                log(format_row(row))
+            runs = _interleaved(models, usable, prompts_of, length, repeats)
+            rows += _rows(models, usable, runs, prompts_of, scorer, length, batch, log)
+    return rows
+
+
+def _rows(models: dict[str, LoadedModel], methods: list[Method], runs: dict[str, list[Decoded]],
+          prompts_of: dict[str, list[list[int]]], scorer: LoadedModel | None, length: int, batch: int,
+          log) -> list[BenchRow]:
+    """The table rows of one (length, batch): medians over the repeats, quality of the first repeat's output."""
+    outputs = {name: decoded[0].tokens for name, decoded in runs.items()}
+    base_speed = statistics.median(r.tokens_per_s for r in runs[methods[0].name])
+    rows = []
+    for method in methods:
+        out, prompt = runs[method.name][0], prompts_of[method.model]
+        speed = statistics.median(r.tokens_per_s for r in runs[method.name])
+        ref_out = outputs.get(method.reference) if method.reference else None
+        row = BenchRow(length=length, batch=batch, method=method.name, model=method.model, tokens_per_s=speed,
+                       nfe_per_token=out.nfe_per_token, speedup=speed / base_speed,
+                       agreement=agreement(out.tokens, ref_out) if ref_out is not None else None,
+                       gen_ppl=generative_ppl(scorer, prompt, out.tokens) if scorer is not None else None,
+                       entropy=unigram_entropy(out.tokens), reference=method.reference,
+                       distinct=distinct_words(models[method.model], out.tokens),
+                       acceptance=out.accepted / out.proposed if out.proposed else None,
+                       draft_nfe_per_token=out.draft_nfe / max(len(out.tokens[0]), 1) if out.draft_nfe else None,
+                       refreshes=_per_block(out) if method.cfg.refresh_bound >= 0 else None)
+        rows.append(row)
+        log(format_row(row))
     return rows
 
 

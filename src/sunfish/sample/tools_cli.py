@@ -96,6 +96,10 @@ def _add_bench(verbs: argparse._SubParsersAction) -> None:
                    "one-token-per-step output")
     p.add_argument("--draft", help="draft model (masked or causal, same tokenizer; e.g. from `sunfish draft`): a "
                    "draft-speculative row beside the self-speculative one")
+    p.add_argument("--latent", action="append", metavar="PATH", help="a latent model around a frozen LM (--process ldlm, "
+                   "cola or vfm; same tokenizer, trained with prompts): rows at --latent-steps denoising steps (VFM: its "
+                   "one pass) at the lengths that fit its texts; repeat for several")
+    p.add_argument("--latent-steps", type=_numbers(int), help="denoising steps of the --latent rows (default 16,64)")
     p.add_argument("--draft-len", type=int, default=2, help="speculative rows: commits drafted per verification "
                    "(default 2, the best measured on small models)")
     p.add_argument("--lengths", type=_numbers(int), help="generation lengths (default 64,256,1024, those that fit the "
@@ -238,12 +242,23 @@ def _bench_models(args: argparse.Namespace, device: str, threads: int) -> dict:
             models[role] = load(getattr(args, role), device=device)
             for other in [m for name, m in models.items() if name not in ("ar", "reference")]:
                 check_reference(models[role], other)
+    _latent_models(args, models, device)
     if args.draft:
         from sunfish.sample.draft_model import open_draft
 
         open_draft(models["diffusion"], SamplerConfig(speculate="draft", draft=args.draft))  # refuses what cannot draft
         models["draft"] = models["diffusion"].drafts[args.draft]
     return models
+
+
+def _latent_models(args: argparse.Namespace, models: dict, device: str) -> None:
+    """Add each --latent model under its role (bench_latent.py), checked against the masked model."""
+    from sunfish.api import load
+    from sunfish.sample.bench_latent import check_latent, latent_role
+
+    for i, path in enumerate(args.latent or []):
+        models[latent_role(i)] = load(path, device=device)
+        check_latent(models[latent_role(i)], models["diffusion"])
 
 
 def _scorer(args: argparse.Namespace) -> str:
@@ -255,11 +270,13 @@ def _scorer(args: argparse.Namespace) -> str:
 def cmd_bench_sample(args: argparse.Namespace) -> int:
     from sunfish.sample.bench import (DEFAULT_PROMPTS, HEADER, BenchError, confidence_profile,
                                       encodable_prompts, fitting_lengths, format_confidence, run_bench)
+    from sunfish.sample.bench_latent import DEFAULT_LATENT_STEPS, is_latent_role, latent_notes
     from sunfish.sample.bench_targets import target_report
     from sunfish.sample.prompt import read_prompts
 
     _positive("--lengths", args.lengths)
     _positive("--batch", args.batch)
+    _positive("--latent-steps", args.latent_steps)
     if args.repeats < 1:
         raise BenchError(f"--repeats {args.repeats} is not a positive count; use e.g. --repeats 3")
     if args.draft_len < 1:
@@ -273,8 +290,8 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
         load_filter(settings["commit_model"])  # a missing or foreign file is refused before any work
     models = _bench_models(args, args.device, max(args.threads, 0))
     prompts = read_prompts(args.prompts) if args.prompts else encodable_prompts(models["diffusion"], list(DEFAULT_PROMPTS))
-    lengths, skipped = fitting_lengths(models, prompts, args.lengths)
-    for note in skipped:
+    lengths, skipped = fitting_lengths({k: m for k, m in models.items() if not is_latent_role(k)}, prompts, args.lengths)
+    for note in skipped + latent_notes(models, prompts, lengths):
         print(f"note: {note}")
     if args.held_out:
         texts = read_prompts(args.held_out, what="held-out file", noun="document", field="text")
@@ -289,6 +306,6 @@ def cmd_bench_sample(args: argparse.Namespace) -> int:
     rows = run_bench(models, prompts, lengths, args.batch, args.repeats, block_length=block_length,
                      threshold=threshold, commit_model=str(settings.get("commit_model", "")),
                      refresh_bound=float(settings.get("refresh_bound", -1.0)), log=lambda line: print(line, flush=True),
-                     draft_len=args.draft_len)
+                     draft_len=args.draft_len, latent_steps=tuple(args.latent_steps or DEFAULT_LATENT_STEPS))
     print("\n" + "\n".join(target_report(rows)))
     return 0
