@@ -20,7 +20,9 @@ with the paper's recipe (implemented from its description):
   linearly from 0 to 1 over `process.diffusion_warmup` training batches (z_d = w z + (1 - w) sg(z));
 * adaptive timestep sampling (`process.adaptive_t`): t is drawn from a histogram over T_BINS time bins
   proportional to each bin's running diffusion loss, mixed with the uniform density (share UNIFORM_MIX) so
-  every noise level keeps being trained; the running losses are a buffer of the network (checkpointed);
+  every noise level keeps being trained; the running losses are a buffer of the network (checkpointed).
+  Both the batch count and the running losses move once per optimiser step, from the batches of every rank
+  (LatentLM.after_step), so a DDP run draws the same times as one process with the same global batch;
 * decoder-input noise: the decoder's input latents carry N(0, s^2) noise, s ~ U(0, `process.decoder_noise`),
   so it learns to decode the imperfect latents the diffusion will produce.
 
@@ -34,6 +36,8 @@ latents' posterior), so none is offered; evaluation reports reconstruction token
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,6 +47,7 @@ from sunfish.model.perceiver import LatentDiT, PerceiverDecoder, PerceiverEncode
 from sunfish.process.continuous import GaussianSchedule, forward_sample, target_of, to_x0
 from sunfish.process.masked import LossOutput, draw_prompts, sample_times
 
+Reduce = Callable[[list[float]], list[float]] | None  # sums floats over the ranks (training/parallel.py: all_sum)
 T_BINS = 20  # time bins of the adaptive timestep sampler
 UNIFORM_MIX = 0.2  # share of the uniform density in the adaptive sampler
 LOSS_DECAY = 0.9  # running-mean decay of each bin's diffusion loss
@@ -72,11 +77,18 @@ class OverBase(nn.Module):
         comparisons add to the trained network's 6 N (training/observe.py)."""
         return self.BASE_FLOPS_PER_PARAM * sum(p.numel() for p in self.base.parameters())
 
-    def take_terms(self) -> dict[str, float]:
-        """Mean of each loss term over the training batches since the last call (then forgets them)."""
-        out = {k: round(v / max(self.term_batches, 1), 6) for k, v in self.terms.items()}
+    def take_terms(self, reduce: Reduce = None) -> dict[str, float]:
+        """Mean of each loss term over the training batches since the last call (then forgets them); `reduce`
+        sums a list of floats over the ranks (every rank calls this at the same step), so under DDP the means are
+        over every rank's batches, as one process with the same global batch has them."""
+        keys = sorted(self.terms)
+        sums = [self.terms[k] for k in keys] + [float(self.term_batches)]
+        sums = reduce(sums) if reduce is not None else sums
         self.terms, self.term_batches = {}, 0
-        return out
+        return {k: round(v / max(sums[-1], 1.0), 6) for k, v in zip(keys, sums)}
+
+    def after_step(self, reduce: Reduce = None) -> None:
+        """Called by the loop once per optimiser step on every rank (`reduce` as in take_terms); nothing here."""
 
     def record_terms(self, **terms: torch.Tensor) -> None:
         if not self.training:
@@ -101,8 +113,25 @@ class LatentLM(OverBase):
         init_weights(self, cfg.init_std)
         with torch.no_grad():  # the base's embedding rows as a tied output layer, unit RMS / sqrt(D): O(1) first logits
             self.readout.weight.copy_(F.rms_norm(embedding.detach().float(), (base.width,)) / base.width**0.5)
-        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # training batches counted
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # training batches counted (all ranks)
         self.register_buffer("t_loss", torch.ones(T_BINS))  # running diffusion loss per time bin
+        # this optimiser step's diffusion-loss sums and counts per time bin, and its batches: folded into t_loss and
+        # seen by after_step, summed over ranks (a plain attribute, not a buffer: DDP must not overwrite it)
+        self.step_stats = torch.zeros(2 * T_BINS + 1, device="cpu")
+
+    def after_step(self, reduce: Reduce = None) -> None:
+        """Fold this step's time-bin losses into the running means and count its batches, over every rank: the
+        times of a step are all drawn from the histogram as it was when the step began, on every rank alike."""
+        stats = self.step_stats.tolist()
+        stats = torch.tensor(reduce(stats) if reduce is not None else stats, dtype=torch.float32)
+        self.step_stats = torch.zeros_like(self.step_stats)
+        sums, counts, batches = stats[:T_BINS], stats[T_BINS:-1], int(stats[-1])
+        mean = sums / counts.clamp_min(1)
+        hit = (counts > 0) & mean.isfinite()
+        with torch.no_grad():
+            fresh = LOSS_DECAY * self.t_loss.float().cpu() + (1 - LOSS_DECAY) * mean
+            self.t_loss.copy_(torch.where(hit, fresh, self.t_loss.float().cpu()).to(self.t_loss))
+            self.seen += batches
 
     @property
     def needs_time(self) -> bool:
@@ -141,14 +170,11 @@ def draw_times(model: LatentLM, batch: int, cfg: ProcessConfig, generator: torch
 
 
 @torch.no_grad()
-def _update_time_losses(model: LatentLM, t: torch.Tensor, per_row: torch.Tensor) -> None:
-    """Running mean of the diffusion loss of each time bin hit in this batch (training only)."""
-    bins = (t * T_BINS).long().clamp(0, T_BINS - 1).to(model.t_loss.device)
-    sums = torch.zeros(T_BINS, device=bins.device).index_add_(0, bins, per_row.float().to(bins.device))
-    counts = torch.zeros(T_BINS, device=bins.device).index_add_(0, bins, torch.ones_like(sums[bins]))
-    hit = counts > 0
-    mean = sums / counts.clamp_min(1)
-    model.t_loss.copy_(torch.where(hit, LOSS_DECAY * model.t_loss + (1 - LOSS_DECAY) * mean, model.t_loss))
+def _note_time_losses(model: LatentLM, t: torch.Tensor, per_row: torch.Tensor) -> None:
+    """Add this batch's per-row diffusion losses to the step's sums per time bin (LatentLM.after_step folds them)."""
+    bins = (t * T_BINS).long().clamp(0, T_BINS - 1).cpu()
+    model.step_stats[:T_BINS].index_add_(0, bins, per_row.detach().float().cpu())
+    model.step_stats[T_BINS:-1].index_add_(0, bins, torch.ones(len(bins)))
 
 
 def warmup_weight(model: LatentLM, cfg: ProcessConfig) -> float:
@@ -172,7 +198,7 @@ def diffusion_term(model: LatentLM, z: torch.Tensor, h: torch.Tensor, cfg: Proce
     out = model.denoiser(z_t, t, prompt, prompt_len)
     per_row = (out.float() - target_of(z_d, eps, t, schedule, cfg.param).float()).square().mean((1, 2))  # (B,)
     if model.training and cfg.adaptive_t:
-        _update_time_losses(model, t, per_row)
+        _note_time_losses(model, t, per_row)
     return per_row
 
 
@@ -198,7 +224,7 @@ def ldlm_loss(model: LatentLM, tokens: torch.Tensor, cfg: ProcessConfig, generat
         terms["kl"] = kl.detach()
     model.record_terms(**terms)
     if model.training:
-        model.seen += 1
+        model.step_stats[-1] += 1
     return LossOutput(loss=loss, masked_tokens=B * L, nll_sum=ce.sum().detach())
 
 

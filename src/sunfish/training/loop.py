@@ -347,7 +347,15 @@ def _step(state: RunState) -> None:
         if state.metrics:
             state.metrics.write({"step": step, "skipped": True, "lr": state.lr})
     state.optimizer.zero_grad(set_to_none=True)
+    after_step = getattr(state.model, "after_step", None)  # per-step statistics over all ranks (process/ldlm.py)
+    if after_step is not None:
+        after_step(_summed(state))
     state.step = step
+
+
+def _summed(state: RunState) -> Callable[[list[float]], list[float]]:
+    """Sums a list of floats over the ranks (itself in one process)."""
+    return lambda values: all_sum(values, state.info, state.rt.device)
 
 
 def _log_and_validate(state: RunState) -> float | None:
@@ -372,7 +380,7 @@ def _log_and_validate(state: RunState) -> float | None:
     record |= system
     take_terms = getattr(state.model, "take_terms", None)  # a loss of several terms logs each (process/ldlm.py)
     if take_terms is not None:
-        record |= take_terms()
+        record |= take_terms(_summed(state))
     val_loss = None
     if validate:
         val_loss = _validate(state)
