@@ -300,3 +300,27 @@ def test_warm_up_and_adaptive_timesteps(world):
     t = draw_times(model, 4000, cfg.process, torch.Generator().manual_seed(0))
     share = ((t * T_BINS).long() == 5).float().mean().item()
     assert share == pytest.approx(0.8 * 10 / 29 + 0.2 / T_BINS, abs=0.03)
+
+
+def test_the_server_runs_a_latent_model_and_refuses_what_it_cannot_do(run):
+    """`sunfish serve` of an LDLM model: a completion from noise equals Model.generate's; a prompt the model was not
+    trained to continue is a 400 with the one-sentence reason, and the server keeps answering."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install -e .[serve])")
+    from fastapi.testclient import TestClient
+
+    import sunfish
+    import sunfish.serve
+
+    model = sunfish.load(str(run), device="cpu")
+    with TestClient(sunfish.serve.build_app(model)) as client:
+        info = client.get("/v1/sunfish").json()
+        assert info["process"] == "latent diffusion (LDLM)" and "steps" in info["fields"]
+        assert "temperature" not in info["fields"]
+        body = {"prompt": "", "max_tokens": 7, "seed": 3, "sunfish": {"steps": 4}}
+        answer = client.post("/v1/completions", json=body).json()
+        assert answer["choices"][0]["text"] == model.generate("", length=7, steps=4, seed=3).text
+        assert answer["sunfish"]["choices"][0]["nfe"] == 4  # the DiT's passes, counted though they bypass the merger
+        refused = client.post("/v1/completions", json={**body, "prompt": "th", "max_tokens": 5})
+        assert refused.status_code == 400 and "trained without prompts" in refused.json()["error"]["message"]
+        again = client.post("/v1/completions", json=body).json()
+        assert again["choices"] == answer["choices"]  # still serving, the same text for the same seed

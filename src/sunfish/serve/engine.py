@@ -197,8 +197,10 @@ class Engine:
                                              recorder=step, eos_id=first.stop_id)
             except _Ended:
                 return
+            # a latent model's sampler calls its own parts, not the merged `hidden`: its count is the sampler's
+            passes = forward.passes() or result.nfe
             for b, w in enumerate(batch):
-                w.answer(result.tokens[b, fill_start:].tolist(), result.steps, forward.passes())
+                w.answer(result.tokens[b, fill_start:].tolist(), result.steps, passes)
 
     def cancel_all(self) -> int:
         with self._cond:
