@@ -309,6 +309,12 @@ def generation_cell(by_seed: dict[int, dict], name: str, k: int, s: int, last: b
     return " / ".join(figures) + (f" ({steps})" if ran and ran != {s} else "")
 
 
+def same_or_spread(values: list[float], fmt: str) -> str:
+    """One figure when every seed has the same (to the shown precision), else the spread."""
+    shown = {format(v, fmt) for v in values}
+    return shown.pop() if len(shown) == 1 else spread(values, fmt)
+
+
 def at_64(r: dict) -> float:
     """Sampling tokens/s at the step count nearest 64 (AR: its 63 passes; VFM: its one pass)."""
     return min(r["generation"], key=lambda g: abs(g["steps"] - 64))["tokens_per_s"]
@@ -321,8 +327,8 @@ def table(by_seed: dict[int, dict], gen_steps: tuple[int, ...]) -> str:
     rows = [["unigram (no context)", "—", "—", "—", "—", spread(uni) + " bits/byte (exact)"] + ["—"] * (len(head) - 6)]
     for name in [n for n in PROCESSES if any(n in r for r in by_seed.values())]:
         first = next(rows[name] for rows in by_seed.values() if name in rows)
-        tflop = spread(gather(by_seed, name, lambda r: r["steps"] * r["flops_per_step"] / 1e12 if "flops_per_step" in r else None), ".2f")
-        cells = [name, f"{first['parameters']:,}", spread(gather(by_seed, name, lambda r: r["steps"]), ".0f"), tflop,
+        tflop = same_or_spread(gather(by_seed, name, lambda r: r["steps"] * r["flops_per_step"] / 1e12 if "flops_per_step" in r else None), ".2f")
+        cells = [name, f"{first['parameters']:,}", same_or_spread(gather(by_seed, name, lambda r: r["steps"]), ".0f"), tflop,
                  spread(gather(by_seed, name, lambda r: r["train_seconds"] / 60), ".1f"), held_cell(by_seed, name)]
         cells += [generation_cell(by_seed, name, k, s, k == len(gen_steps) - 1) for k, s in enumerate(gen_steps)]
         cells.append(spread(gather(by_seed, name, at_64), ".0f"))
@@ -341,6 +347,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/processes"))
     p.add_argument("--doc", type=Path, help="rewrite the marked block of this Markdown file (e.g. docs/results_processes.md)")
     p.add_argument("--only", help="semicolon-separated process names to (re)run (the names hold commas); AR always runs first")
+    p.add_argument("--table-only", action="store_true", help="train nothing: the table of the results already under --out "
+                   "(e.g. after seeds ran as separate processes)")
     p.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"comma-separated seeds (default {DEFAULT_SEEDS})")
     p.add_argument("--corpora", type=Path, default=CORPORA, help="a copy of ../shared/corpora (default: beside the checkout)")
     return p.parse_args(argv)
@@ -402,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     study = prepare(args)
     by_seed: dict[int, dict] = {}
     for seed in seeds:
+        if args.table_only:
+            path = study.out / f"seed{seed}" / "results.json"
+            by_seed[seed] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            continue
         by_seed[seed] = run_seed(study, seed, lambda results, seed=seed: report(study, {**by_seed, seed: results}, args))
     text = report(study, by_seed, args)
     (args.out / "results.md").write_text(text, encoding="utf-8")
