@@ -170,24 +170,32 @@ def step_counts(loaded, size: dict) -> list[int]:
     return list(size["gen_steps"])
 
 
+def generation_figures(loaded, ref, size: dict, seed: int) -> list[dict]:
+    """Unprompted samples at each step count: generative perplexity under `ref`, distinct n-grams, speed. Every
+    sample fills its whole canvas (no cut at EOS), so each row is scored on the same number of generated tokens."""
+    out = []
+    for steps in step_counts(loaded, size):
+        texts, seconds, nfe = sample_texts(loaded, size["samples"], size["length"], steps, 1.0, seed,
+                                           batch_size=size["samples"], whole=True)
+        ppl = generative_perplexity(ref, texts)[0]
+        div = diversity(texts)
+        tps = size["samples"] * size["length"] / max(seconds, 1e-9)
+        scored = sum(len(ref.loaded.tokenizer.encode(t)) for t in texts) / len(texts)
+        out.append({"steps": steps, "gen_perplexity": ppl, "tokens_per_s": tps, "nfe": nfe, "scored_tokens": scored,
+                    "example": texts[0][:240], **div})
+        print(f"    {steps} steps: gen. ppl {ppl:.1f}, distinct-1/2 {div['distinct_1']:.2f}/{div['distinct_2']:.2f}, "
+              f"{tps:.0f} tokens/s, {scored:.1f} tokens scored per sample")
+    return out
+
+
 def evaluate(run: Path, held: list[str], train_docs: list[str], ref, size: dict, ecfg: EvalConfig) -> dict:
     """Held-out figures (with the unigram model's bits/byte on the same tokens), samples and their speed."""
     loaded = load_model(run, setup_runtime("auto").device)
     data = held_out(held, loaded.tokenizer, size["context"], size["held_tokens"])
-    out: dict = {"parameters": count_parameters(loaded.model),
-                 "unigram_bits_per_byte": unigram_bits_per_byte(train_docs, data, loaded.tokenizer),
-                 "likelihood": held_out_figures(loaded, data, ecfg), "generation": []}
-    for steps in step_counts(loaded, size):
-        texts, seconds, nfe = sample_texts(loaded, size["samples"], size["length"], steps, 1.0, ecfg.seed,
-                                           batch_size=size["samples"])
-        ppl = generative_perplexity(ref, texts)[0]
-        div = diversity(texts)
-        tps = size["samples"] * size["length"] / max(seconds, 1e-9)
-        out["generation"].append({"steps": steps, "gen_perplexity": ppl, "tokens_per_s": tps, "nfe": nfe,
-                                  "example": texts[0][:240], **div})
-        print(f"    {steps} steps: gen. ppl {ppl:.1f}, distinct-1/2 {div['distinct_1']:.2f}/{div['distinct_2']:.2f}, "
-              f"{tps:.0f} tokens/s")
-    return out
+    return {"parameters": count_parameters(loaded.model),
+            "unigram_bits_per_byte": unigram_bits_per_byte(train_docs, data, loaded.tokenizer),
+            "likelihood": held_out_figures(loaded, data, ecfg),
+            "generation": generation_figures(loaded, ref, size, ecfg.seed)}
 
 
 # ---- one seed -----------------------------------------------------------------------------------------------
@@ -204,6 +212,7 @@ class Study:
     held: list[str]
     out: Path
     threads: int
+    resample: bool = False  # --resample: sample and score the finished runs again, train nothing
 
 
 def run_name(name: str) -> str:
@@ -260,6 +269,13 @@ def run_seed(study: Study, seed: int, on_result) -> dict:
     for name in study.names:
         run = out / run_name(name)
         if name in results and results[name].get("budget_steps") == study.steps and not study.rerun:
+            if study.resample:  # the trained runs as they are, sampled and scored again
+                ref = ref or SunfishReference(load_model(ar_run, setup_runtime("auto").device))
+                print(f"== seed {seed}, {name}: sampling again")
+                loaded = load_model(run, setup_runtime("auto").device)
+                results[name]["generation"] = generation_figures(loaded, ref, size, seed)
+                results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+                on_result(results)
             continue
         budget = budget or (Budget(study, base, ar_run) if name != "AR" else None)
         steps = budget.steps(name) if budget else study.steps
@@ -347,6 +363,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/processes"))
     p.add_argument("--doc", type=Path, help="rewrite the marked block of this Markdown file (e.g. docs/results_processes.md)")
     p.add_argument("--only", help="semicolon-separated process names to (re)run (the names hold commas); AR always runs first")
+    p.add_argument("--resample", action="store_true", help="train nothing new: sample and score the finished runs under "
+                   "--out again (after a change to the generation figures)")
     p.add_argument("--table-only", action="store_true", help="train nothing: the table of the results already under --out "
                    "(e.g. after seeds ran as separate processes)")
     p.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"comma-separated seeds (default {DEFAULT_SEEDS})")
@@ -368,7 +386,8 @@ def prepare(args: argparse.Namespace) -> Study:
     if not corpus.exists():  # (seeds may run as separate processes on one --out: the first one writes it)
         write_jsonl(corpus, docs[: size["docs"]])
     return Study(size=size, steps=args.steps or (10 if args.quick else 300), names=names, rerun=bool(only), corpus=corpus,
-                 train_docs=docs[: size["docs"]], held=docs[size["docs"]:], out=args.out, threads=args.threads)
+                 train_docs=docs[: size["docs"]], held=docs[size["docs"]:], out=args.out, threads=args.threads,
+                 resample=args.resample)
 
 
 def report(study: Study, by_seed: dict[int, dict], args: argparse.Namespace) -> str:

@@ -176,3 +176,30 @@ def test_lm_eval_runs_a_local_yaml_task(runs, tmp_path, capsys):
                  "--only-included", "--out", str(out)]) == 0
     result = json.loads(out.read_text(encoding="utf-8"))["sunfish_local_choice"]
     assert result["sample_len"] == 2 and 0.0 <= result["acc,none"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["mdlm", "ar"])
+def test_whole_samples_keep_every_generated_token(runs, name):
+    """sample_texts(whole=True): every sample fills its canvas and keeps it (no stop or cut at EOS), EOS and other
+    special tokens dropped from the text only; the plain call cuts at the first EOS."""
+    import torch
+
+    from sunfish.eval.generative import sample_texts
+    from sunfish.sample.text import generate_batch
+    import dataclasses
+
+    loaded = load_model(runs[name])
+    eos = loaded.tokenizer.eos_id
+    bias = torch.zeros(loaded.model.lm_head.weight.shape[0])
+    bias[eos] = 6.0  # make EOS likely, so that the cut would show
+    handle = loaded.model.lm_head.register_forward_hook(lambda m, i, out: out + bias.to(out))
+    try:
+        cfg = dataclasses.replace(loaded.cfg.sampler, length=12, steps=12, temperature=1.0)
+        whole = generate_batch(loaded, ["", ""], cfg, seed=1, whole=True)
+        cut = generate_batch(loaded, ["", ""], cfg, seed=1)
+        texts, _, _ = sample_texts(loaded, 2, 12, 12, 1.0, 1, whole=True)
+    finally:
+        handle.remove()
+    assert all(len(g.ids) == 12 for g in whole) and any(eos in g.ids for g in whole)
+    assert [g.text for g in whole] == [loaded.tokenizer.decode(g.ids) for g in whole] == texts
+    assert all(eos not in g.ids for g in cut) and any(len(g.ids) < 12 for g in cut)

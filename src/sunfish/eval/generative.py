@@ -183,13 +183,15 @@ def step_counts(spec: str, length: int, is_ar: bool) -> list[int]:
     return sorted({min(s, length) for s in asked})
 
 
-def sample_texts(loaded: LoadedModel, n: int, length: int, steps: int, temperature: float, seed: int, batch_size: int = 8):
+def sample_texts(loaded: LoadedModel, n: int, length: int, steps: int, temperature: float, seed: int, batch_size: int = 8,
+                 whole: bool = False):
     """n unprompted samples (sample i uses seed + i, whatever the batch size); returns (texts, seconds, nfe)
-    with seconds summed over the batches and nfe summed over samples."""
+    with seconds summed over the batches and nfe summed over samples. `whole`: every sample fills its
+    `length` tokens (no cut at EOS; generate_batch)."""
     from sunfish.sample.text import generate_batch
 
     cfg = dataclasses.replace(loaded.cfg.sampler, length=length, steps=steps, temperature=temperature)
-    gens = generate_batch(loaded, [""] * n, cfg, seed=seed, batch_size=batch_size)
+    gens = generate_batch(loaded, [""] * n, cfg, seed=seed, batch_size=batch_size, whole=whole)
     seconds = sum(gens[i].seconds for i in range(0, n, batch_size))
     return [g.text for g in gens], seconds, sum(g.nfe for g in gens)
 

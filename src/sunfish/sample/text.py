@@ -197,9 +197,11 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
 
 
 def generate_batch(loaded: LoadedModel, prompts: Sequence[str], cfg: SamplerConfig, seed: int = 0,
-                   batch_size: int = 8) -> list[Generation]:
+                   batch_size: int = 8, whole: bool = False) -> list[Generation]:
     """Continue each prompt, `batch_size` at a time; prompt i uses seed + i, so its text is the one
     `generate(loaded, prompts[i], cfg, seed + i)` gives, whatever the batch size or the other prompts.
+    `whole`: fill the whole canvas and keep it (no stop at EOS, no cut after it; the text drops special tokens),
+    so every sample has the same number of generated tokens (what fixed-length generative perplexity scores).
 
     Prompts of different lengths share a batch right-aligned, with the padding hidden from attention and
     RoPE positions starting at each row's first token (batch.py). `seconds` and `tokens_per_s` are the batch's.
@@ -210,6 +212,7 @@ def generate_batch(loaded: LoadedModel, prompts: Sequence[str], cfg: SamplerConf
         raise ValueError("no prompts to continue; give at least one prompt")
     tok = loaded.tokenizer
     device = next(loaded.model.parameters()).device
+    cfg = dataclasses.replace(cfg, stop_at_eos=False) if whole else cfg
     canvases = [prompt_canvas(tok, p, cfg.length, loaded.cfg.model.context) for p in prompts]
     out: list[Generation] = []
     for first in range(0, len(prompts), batch_size):
@@ -221,7 +224,8 @@ def generate_batch(loaded: LoadedModel, prompts: Sequence[str], cfg: SamplerConf
         result = decode_canvas(loaded, x, fill_start, cfg, generators, padding=padding, eos_id=tok.eos_id)
         seconds = time.perf_counter() - began
         for j, prompt in enumerate(prompts[first : first + batch_size]):
-            ids = cut_at_eos(result.tokens[j, fill_start:].tolist(), tok.eos_id)
+            ids = result.tokens[j, fill_start:].tolist()
+            ids = ids if whole else cut_at_eos(ids, tok.eos_id)
             out.append(Generation(text=prompt + tok.decode(ids), fills=[], steps=result.steps, nfe=result.nfe,
                                   seconds=seconds, tokens_per_s=len(chunk) * cfg.length / max(seconds, 1e-9),
                                   trace=None, ids=ids, refreshes=result.refreshes,
