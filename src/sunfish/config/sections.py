@@ -81,7 +81,8 @@ class ProcessConfig(Section):
     time_warp_after: int = knob(0, "continuous/flow: training batches on the plain noise levels before the warp trains and is used", lo=0)
     base: str = knob("", "ldlm/cola/vfm: the frozen causal LM (ldlm and cola compress its states, vfm uses it as a one-step flow "
                      "map): a `sunfish train --objective ar` run or a local Hugging Face causal LM folder")
-    latents: int = knob(16, "ldlm/cola: K, the latent vectors a text is compressed into", lo=1)
+    latents: int = knob(32, "ldlm/cola: K, the latent vectors a text is compressed into (at most two tokens per latent "
+                        "learn quickly: see docs/latent.md)", lo=1)
     latent_dim: int = knob(32, "ldlm/cola: width of each latent vector", lo=1)
     perceiver_layers: int = knob(2, "ldlm/cola: self-attention blocks of the Perceiver encoder and of the decoder (each)", lo=0)
     diffusion_warmup: int = knob(1000, "ldlm/cola: training batches over which the diffusion loss's gradient into the "
