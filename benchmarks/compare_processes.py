@@ -277,6 +277,8 @@ def run_seed(study: Study, seed: int, on_result) -> dict:
                 results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
                 on_result(results)
             continue
+        if study.resample:  # nothing is trained: a process without results stays without
+            continue
         budget = budget or (Budget(study, base, ar_run) if name != "AR" else None)
         steps = budget.steps(name) if budget else study.steps
         print(f"== seed {seed}, {name}: {steps} steps")
