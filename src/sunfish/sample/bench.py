@@ -158,7 +158,8 @@ def decode(loaded: LoadedModel, rows: list[list[int]], cfg: SamplerConfig, seed:
         groups: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(len(row), []).append(i)
-        parts = {tuple(idx): decode(loaded, [rows[i] for i in idx], cfg, seed) for idx in groups.values()}
+        # each group draws its own noise (a latent model's start): the seed moves on by the group's first row
+        parts = {tuple(idx): decode(loaded, [rows[i] for i in idx], cfg, seed + idx[0]) for idx in groups.values()}
         tokens: list[list[int]] = [[] for _ in rows]
         for idx, part in parts.items():
             for i, row in zip(idx, part.tokens):
