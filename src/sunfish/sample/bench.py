@@ -41,6 +41,7 @@ from sunfish.config import CacheMode, CommitRule, SamplerConfig, Speculate
 from sunfish.eval.generative import diversity
 from sunfish.process.schedules import MaskSchedule
 from sunfish.sample.batch import left_pad
+from sunfish.sample.bench_types import BenchError, Method  # noqa: F401  (BenchError: re-exported)
 from sunfish.sample.prompt import prompt_canvas
 from sunfish.sample.text import decode_canvas, never_sampled
 
@@ -60,10 +61,6 @@ DEFAULT_PROMPTS = (
 DEFAULT_LENGTHS = (64, 256, 1024)  # generation lengths measured unless --lengths says otherwise
 QUALITY_TOLERANCE = 0.02  # "quality within 2%" (Fast-dLLM's figure): the bound the targets use
 TARGETS = {256: 8.0, 1024: 20.0}  # generation length -> speed-up over the baseline the issue asks for
-
-
-class BenchError(ValueError):
-    """A benchmark or tuning input a person can fix; the message is one sentence."""
 
 
 @dataclass(frozen=True)
@@ -295,15 +292,6 @@ def format_confidence(rows: list[ConfidenceRow], threshold: float) -> str:
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str  # row label
-    model: str  # which checkpoint: 'diffusion', 'block' or 'ar'
-    cfg: SamplerConfig  # the sampler setting (its length is replaced per run)
-    reference: str | None  # the method whose output this one's agreement is measured against
-    own_steps: bool = False  # keep cfg.steps at every length (latent rows: denoising steps), else steps = length
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from sunfish.config import SamplerConfig
-from sunfish.sample.bench import BenchError, Method
+from sunfish.sample.bench_types import BenchError, Method
 
 if TYPE_CHECKING:
     from sunfish.loading import LoadedModel
