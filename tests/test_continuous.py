@@ -12,6 +12,7 @@ from sunfish.registry import build_network, training_loss
 from sunfish.process.continuous import GaussianSchedule, embedding_table, forward_sample, nelbo_per_token
 from sunfish.process.time_warp import MonotoneWarp, warp_noise
 from sunfish.sample.continuous import continuous_generate, ddim_sample, round_to_tokens, time_grid
+from sunfish.training.loop import after_steps
 
 
 MODEL = ModelConfig(vocab_size=24, d_model=32, n_layers=1, n_heads=2, context=32, time_cond="sinusoidal")
@@ -113,6 +114,7 @@ def fit(process: ProcessConfig, steps: int = 20):
         training_loss(model, x, process, 0, g).loss.backward()
         opt.step()
         opt.zero_grad()
+        after_steps(model)  # the warp counts the step's batch (the training loop does this)
     return before, measure(), model, x
 
 

@@ -1,6 +1,7 @@
 """Simplex flow matching: noise on the simplex, exact Euler/Heun with an oracle, training, prompts, learned warp, CLI."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -99,3 +100,28 @@ def test_cli_train_resume_sample(tmp_path, capsys, corpus):
     assert body["text"].startswith("the cat") and body["nfe"] == 5
     assert main(["infill", str(out), "--text", "the [MASK:4] sat", "--steps", "2"]) == 0
     assert capsys.readouterr().out.startswith("the ")
+
+
+def test_resume_from_before_the_warp_starts_equals_an_uninterrupted_run(tmp_path, corpus):
+    """A checkpoint written before `time_warp_after` holds no optimiser state for the warp (it had no gradient yet);
+    resuming from it gives the warp none either, so the run equals one that was never interrupted."""
+    from sunfish.loading import load_model
+
+    from conftest import run_metrics
+
+    tiny = ["--process", "flow", "--data", corpus, "--model.d_model=32", "--model.n_layers=1", "--model.n_heads=2",
+            "--model.context=48", "--train.batch_size=4", "--train.val_every=0", "--train.log_every=1",
+            "--data.val_fraction=0.2", "--no-progress", "--process.time_warp=true", "--process.time_warp_after=3",
+            "--save-every", "2"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert main(["train", *tiny, "--out", str(whole), "--steps", "6"]) == 0
+    shutil.copytree(whole, resumed)  # the same run, stopped after the checkpoint of step 2
+    for step in (4, 6):
+        shutil.rmtree(resumed / "checkpoints" / f"step-{step:06d}")
+    assert main(["train", *tiny, "--out", str(resumed), "--steps", "6", "--resume"]) == 0
+    drop = ("tokens_per_s", "mfu", "memory_gib", "seconds")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]
+    assert strip(run_metrics(resumed)) == strip(run_metrics(whole))
+    a, b = (load_model(r, torch.device("cpu")).model.state_dict() for r in (whole, resumed))
+    assert int(a["process_io.warp.seen"]) == 6 and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["process_io.warp.raw_slope"], torch.zeros(1))  # the warp trained after step 3

@@ -19,11 +19,12 @@ from sunfish.checkpoint.files import SHARDED, CheckpointError, is_sharded, read_
 LEGACY_NAMES = (("process_io.schedule.", "process_io.warp."),)
 
 
-def state_dict_options(full: bool):
-    """Full (gathered, on the CPU) or sharded state dicts of torch.distributed.checkpoint."""
+def state_dict_options(full: bool, strict: bool = True):
+    """Full (gathered, on the CPU) or sharded state dicts of torch.distributed.checkpoint; `strict` False lets an
+    optimizer state leave out parameters that had no state yet."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=full, cpu_offload=full)
+    return StateDictOptions(full_state_dict=full, cpu_offload=full, strict=strict)
 
 
 def upgrade_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

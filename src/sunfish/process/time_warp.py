@@ -13,7 +13,9 @@ visited in proportion to dF/dn: where the error changes fastest. This is the tim
 sampler spaces its steps uniformly in u, so each step removes about the same amount of error.
 
 Until `time_warp_after` training batches have been seen the warp is the identity (the fixed base
-schedule) and is not trained; the counter lives in the module's state, so checkpoints resume it.
+schedule) and is not trained; the counter lives in the module's state, so checkpoints resume it. It moves once
+per optimiser step by the batches of every rank (`after_step`, called by the training loop), so a DDP run
+switches the warp on at the same step as one process with the same global batch.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ BISECTION_STEPS = 40  # inverse by bisection: 2^-40 resolution on [0, 1]
 class MonotoneWarp(nn.Module):
     """f(n) (strictly increasing), its normalised CDF F(n) and the inverse F^{-1}(u). Shapes (...,)."""
 
+    sometimes_unused = True  # no gradient before `time_warp_after` batches: DDP must look for unused parameters
+
     def __init__(self, hidden: int = 16):
         super().__init__()
         self.raw_slope = nn.Parameter(torch.zeros(1))  # a = softplus(GAIN raw) ~ 0.69 at start
@@ -36,7 +40,15 @@ class MonotoneWarp(nn.Module):
         self.raw_sharp = nn.Parameter(torch.full((hidden,), 0.2))  # s_k ~ 2
         self.centre = nn.Parameter(torch.linspace(0.0, 1.0, hidden) / GAIN)
         self.bias = nn.Parameter(torch.zeros(1))
-        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # training batches counted
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))  # training batches counted (all ranks)
+        self.pending = 0  # this optimiser step's batches on this rank (a plain attribute: DDP must not overwrite it)
+
+    def after_step(self, reduce=None) -> None:
+        """Count this step's batches of every rank (`reduce` sums a list of floats over the ranks)."""
+        batches = [float(self.pending)]
+        self.pending = 0
+        with torch.no_grad():
+            self.seen += int((reduce(batches) if reduce is not None else batches)[0])
 
     def value(self, n: torch.Tensor) -> torch.Tensor:
         """f(n), the fitted reconstruction error at noise level n."""
@@ -75,12 +87,13 @@ def warp_noise(warp: MonotoneWarp | None, u: torch.Tensor, after: int) -> torch.
 def fit_term(warp: MonotoneWarp | None, n: torch.Tensor, error: torch.Tensor, after: int, training: bool) -> torch.Tensor:
     """A zero-valued loss term whose gradient fits f(n) to the observed per-example `error` (B,).
 
-    Counts one training batch. The value is (fit - fit.detach()) = 0, so logged losses are unchanged;
+    Counts one training batch (towards the step's count, MonotoneWarp.after_step). The value is
+    (fit - fit.detach()) = 0, so logged losses are unchanged;
     the gradient reaches only the warp's parameters (the targets are detached).
     """
     if warp is None or not training:
         return error.new_zeros(())
-    warp.seen += 1
+    warp.pending += 1
     if not warp.active(after):
         return error.new_zeros(())
     fit = (warp.value(n.detach().float()) - error.detach().float()).square().mean()

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from sunfish.checkpoint.files import (SHARDED, TrainingState, best_of, checkpoint_dir, is_sharded, list_checkpoints,
-                                      read_state, write_manifest, write_tokenizer)
+from sunfish.checkpoint.files import (SHARDED, CheckpointError, TrainingState, best_of, checkpoint_dir, is_sharded,
+                                      list_checkpoints, read_state, write_manifest, write_tokenizer)
 from sunfish.checkpoint.weights import damaged, has_ema, read_full, read_sharded, state_dict_options, tied_aliases
 from sunfish.config import RunConfig, save_config
 from sunfish.fileio import replace_folder
@@ -35,6 +35,23 @@ def _unflatten_optimizer(flat: dict[str, torch.Tensor], template: dict) -> dict:
         name, _, field = key.rpartition("/")
         state.setdefault(name, {})[field] = value
     return {"state": state, "param_groups": template["param_groups"]}
+
+
+def _restore_optimizer(model, optimizer, saved: dict, template: dict, full: bool) -> None:
+    """Load `saved` into the optimizer. A parameter without saved state had none when the checkpoint was written
+    (it had not had a gradient yet: a learned time warp before `time_warp_after`), so it gets none now, as in the
+    run that was not interrupted; a saved name the model lacks is a CheckpointError."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    unknown = set(saved["state"]) - set(template.get("state", {}))
+    if unknown:
+        raise CheckpointError(f"the checkpoint's optimizer state names parameters this model lacks ({sorted(unknown)[:3]}); "
+                              "resume with the configuration it was written with")
+    missing = set(template.get("state", {})) - set(saved["state"])
+    set_optimizer_state_dict(model, optimizer, saved, options=state_dict_options(full, strict=not missing))
+    params = dict(model.named_parameters())
+    for name in missing:  # the template's placeholder state (step 1, zero moments) would shift Adam's bias correction
+        optimizer.state.pop(params.get(name), None)
 
 
 def _optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, full: bool) -> dict[str, torch.Tensor]:
@@ -150,7 +167,7 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
 def load_training_extras(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                          ema: dict[str, torch.Tensor] | None) -> dict[str, Any]:
     """Restore the optimizer (and EMA) in place; return the saved generator states and data position."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     if (ckpt / "optimizer.pt").is_file() and not (ckpt / "optimizer.safetensors").is_file():
         return _load_legacy_extras(ckpt, optimizer)
@@ -161,10 +178,10 @@ def load_training_extras(ckpt: Path, model: torch.nn.Module, optimizer: torch.op
         if ema is not None and has_ema(ckpt):
             targets["ema"] = ema
         read_sharded(ckpt, targets)
-        set_optimizer_state_dict(model, optimizer, _unflatten_optimizer(flat, template), options=state_dict_options(False))
+        _restore_optimizer(model, optimizer, _unflatten_optimizer(flat, template), template, full=False)
     else:
         flat = read_full(ckpt, "optimizer.safetensors")
-        set_optimizer_state_dict(model, optimizer, _unflatten_optimizer(flat, template), options=state_dict_options(True))
+        _restore_optimizer(model, optimizer, _unflatten_optimizer(flat, template), template, full=True)
         if ema is not None and has_ema(ckpt):
             _copy_into(ema, read_full(ckpt, "ema.safetensors"))
     rng: dict[str, Any] = dict(read_full(ckpt, "rng.safetensors"))

@@ -144,7 +144,16 @@ def train_step(model: Transformer, optimizer: torch.optim.Optimizer, batches: li
     loss, _ = forward_backward(objective, model, batches, streams, cfg.optim.grad_clip, DistInfo(), rt)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    after_steps(model)
     return loss
+
+
+def after_steps(model: torch.nn.Module, reduce: Callable[[list[float]], list[float]] | None = None) -> None:
+    """Once per optimiser step: the parts that count batches or keep per-step statistics fold this step's in
+    (process/ldlm.py, process/time_warp.py); `reduce` sums over the ranks. A loop of one's own calls this too."""
+    for part in model.modules():
+        if callable(getattr(part, "after_step", None)):
+            part.after_step(reduce)
 
 
 def _resume_point(run_dir: Path, resume: bool, log: Callable[[str], None]) -> Path | None:
@@ -347,9 +356,7 @@ def _step(state: RunState) -> None:
         if state.metrics:
             state.metrics.write({"step": step, "skipped": True, "lr": state.lr})
     state.optimizer.zero_grad(set_to_none=True)
-    after_step = getattr(state.model, "after_step", None)  # per-step statistics over all ranks (process/ldlm.py)
-    if after_step is not None:
-        after_step(_summed(state))
+    after_steps(state.model, _summed(state))  # per-step counts and statistics over all ranks
     state.step = step
 
 

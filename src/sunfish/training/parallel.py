@@ -221,7 +221,11 @@ def parallelize(model: Transformer, objective: ModelAndLoss, cfg: TrainConfig, i
     if cfg.parallel is ParallelKind.DDP:
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(objective, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        # a part whose parameters get no gradient in some steps (the learned time warp before it starts) needs DDP's
+        # search for unused parameters; without such a part the search is skipped (it costs a graph walk per step)
+        unused = any(getattr(m, "sometimes_unused", False) for m in model.modules())
+        return DistributedDataParallel(objective, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                                       find_unused_parameters=unused)
     if cfg.parallel is ParallelKind.FSDP:
         offload = cfg.offload and rt.device.type != "cpu"
         if cfg.offload and not offload:
