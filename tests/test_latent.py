@@ -316,6 +316,7 @@ def test_the_server_runs_a_latent_model_and_refuses_what_it_cannot_do(run):
         info = client.get("/v1/sunfish").json()
         assert info["process"] == "latent diffusion (LDLM)" and "steps" in info["fields"]
         assert "temperature" not in info["fields"]
+        assert info["fields"]["solver"]["choices"] == ["auto", "ddim", "ddpm"]  # not the flow solvers it refuses
         body = {"prompt": "", "max_tokens": 7, "seed": 3, "sunfish": {"steps": 4}}
         answer = client.post("/v1/completions", json=body).json()
         assert answer["choices"][0]["text"] == model.generate("", length=7, steps=4, seed=3).text

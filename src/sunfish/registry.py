@@ -99,6 +99,8 @@ class ProcessSpec:
     layers: Callable | None = None  # (model, process cfg): attaches model.process_io
     process_fields: frozenset[str] = frozenset()  # ProcessConfig fields the process reads (besides kind)
     sampler_fields: frozenset[str] = frozenset()  # SamplerConfig fields its sampler reads
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the values it takes of a choice field that
+    # other processes take more of (the solver: ddim/ddpm or euler/heun); absent: every value
     needs: tuple[Need, ...] = ()  # settings it cannot run without
     infill: bool = False  # fills masks anywhere in a canvas (else only after a prompt)
     causal: bool = False  # left to right, one token per pass, exact likelihood
@@ -122,6 +124,9 @@ class ProcessSpec:
 
     def supports(self, sampler_field: str) -> bool:
         return sampler_field in self.sampler_fields
+
+
+GAUSSIAN_SOLVERS = ("auto", "ddim", "ddpm")  # the solvers of Gaussian diffusion (continuous, latent); flow: euler, heun
 
 
 # ---- samplers behind one signature ------------------------------------------------------------------
@@ -246,7 +251,7 @@ CONTINUOUS = ProcessSpec(
     likelihood=Estimator("NELBO (embedding diffusion, continuous time)", continuous_nats, exact=False),
     layers=continuous_layers,
     process_fields=_TIME_DRAWS | {"noise_schedule", "param", "embed", "self_cond", "time_warp", "time_warp_after"},
-    sampler_fields=frozenset({"length", "steps", "solver", "eta", "rounding", "clamp"}),
+    sampler_fields=frozenset({"length", "steps", "solver", "eta", "rounding", "clamp"}), choices={"solver": GAUSSIAN_SOLVERS},
     needs=(_BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT), infill=True, mixed_batches=False, final_commits=False,
     wants_time=True,
     train_flags={"process": {"kind": "continuous"}, "model": {"layout": "same"}},
@@ -255,7 +260,7 @@ FLOW = ProcessSpec(
     name="flow", label="simplex flow", loss=lambda model, x0, cfg, mask_id, generator, stage: flow_loss(model, x0, cfg, generator),
     decode=_decode_flow, likelihood=None, layers=flow_layers,
     process_fields=_TIME_DRAWS | {"flow_noise", "flow_loss", "time_warp", "time_warp_after"},
-    sampler_fields=frozenset({"length", "steps", "solver"}),
+    sampler_fields=frozenset({"length", "steps", "solver"}), choices={"solver": ("auto", "euler", "heun")},
     needs=(_BIDIRECTIONAL, _ONE_BLOCK, _SAME_LAYOUT,
            Need("process.self_cond", lambda v: not v, "process.self_cond applies to the continuous process only; "
                 "drop it for flow models")),
@@ -275,7 +280,8 @@ def _latent(name: str, label: str, network: Callable, fields: frozenset[str]) ->
     return ProcessSpec(
         name=name, label=label, loss=lambda model, x0, cfg, mask_id, generator, stage: ldlm_loss(model, x0, cfg, generator),
         decode=_decode_ldlm, likelihood=None, reconstruction=reconstruction, process_fields=fields,
-        sampler_fields=frozenset({"length", "steps", "solver", "eta"}), needs=_LATENT_NEEDS, mixed_batches=False,
+        sampler_fields=frozenset({"length", "steps", "solver", "eta"}), choices={"solver": GAUSSIAN_SOLVERS},
+        needs=_LATENT_NEEDS, mixed_batches=False,
         final_commits=False, network=network,
         train_flags={"process": {"kind": name, "param": "v", "block_size": 0},
                      "model": {"time_cond": "adaln", "attention": "bidirectional", "layout": "same"}},

@@ -150,7 +150,7 @@ class Service:
         for f in dataclasses.fields(SamplerConfig):
             if f.name in ("length", "commit_model") or not self.model.spec.supports(f.name):  # a file: the server's
                 continue
-            options = choices(hints[f.name])
+            options = list(self.model.spec.choices.get(f.name, choices(hints[f.name]) or ())) or None
             kind = "choice" if options else {int: "int", float: "float", bool: "bool"}.get(hints[f.name], "str")
             bounds = {k: f.metadata[k2] for k, k2 in (("min", "lo"), ("max", "hi")) if f.metadata.get(k2) is not None}
             fields[f.name] = {"type": kind, "help": field_help(SamplerConfig, f.name), **bounds,

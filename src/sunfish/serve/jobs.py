@@ -74,7 +74,7 @@ def check_prompt(ids: list[int], length: int, context: int, serve: ServeConfig) 
         raise ApiError(413, f"the prompt has {n} tokens, more than this server's limit of {bound}; shorten it",
                        param="prompt", code="prompt_too_long")
     if n + length > context:
-        raise ApiError(400, f"the prompt ({n} tokens) plus max_tokens {length} exceed the model's context of {context}; "
+        raise ApiError(400, f"the prompt ({n} token{'' if n == 1 else 's'}) plus max_tokens {length} exceed the model's context of {context}; "
                        "shorten the prompt or lower max_tokens", param="max_tokens", code="context_length_exceeded")
     return n
 
