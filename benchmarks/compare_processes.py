@@ -70,7 +70,11 @@ PROCESSES = {  # name -> config overrides on the shared base
     "block diffusion (blocks of 16)": {"process": {"kind": "masked", "block_size": 16}},
     # around the same seed's AR model, frozen (process.base is set per seed); -1: a third of the steps
     "LDLM (32 latents of the frozen AR)": {"process": {"kind": "ldlm", **LATENT}, "model": {"time_cond": "adaln"}},
-    "Cola (32 VAE latents of the frozen AR)": {"process": {"kind": "cola", **LATENT}, "model": {"time_cond": "adaln"}},
+    # Cola at the KL weight first tried (1e-3) and at the best of 1e-3, 1e-2, 0.1 and 1 (docs/results_processes.md)
+    "Cola (KL 1e-3, 32 VAE latents of the frozen AR)": {"process": {"kind": "cola", **LATENT, "kl_weight": 1e-3},
+                                                        "model": {"time_cond": "adaln"}},
+    "Cola (KL 0.1, 32 VAE latents of the frozen AR)": {"process": {"kind": "cola", **LATENT, "kl_weight": 0.1},
+                                                       "model": {"time_cond": "adaln"}},
     "VFM (noise adapter on the frozen AR)": {"process": {"kind": "vfm", "prompt_prob": 0.5, "adapter_layers": 2}},
 }
 # The unigram-plateau check is for absorbing-state (masked) diffusion; embedding diffusion's bound is loose near

@@ -270,6 +270,7 @@ def test_cola_trains_a_vae_with_free_bits_and_samples(world, capsys):
     model = load_model(out).model  # free bits: a posterior equal to the prior still costs free_bits per dimension
     with torch.no_grad():
         model.encoder.out.weight.zero_()
+        model.log_var.weight.zero_()
         model.log_var.bias.zero_()
     _, kl = model.latents(torch.randn(2, 8, model.base.width), None)
     assert kl.item() == pytest.approx(16 * 0.5)
