@@ -57,7 +57,7 @@ TIMED = {"model": {"time_cond": "sinusoidal"}}
 # LDLM and Cola: 64-token texts into 32 latents of width 32 (16 latents learned reconstruction far slower in a pilot:
 # 0.35-0.47 token accuracy after 600 steps against 0.90), v-prediction, the diffusion-to-encoder warm-up over a third
 # of the steps
-LATENT = {"param": "v", "latents": 32, "latent_dim": 32, "diffusion_warmup": -1}
+LATENT = {"param": "v", "latents": 32, "latent_dim": 32, "diffusion_warmup": -1, "decoder_noise": 0.1}
 PROCESSES = {  # name -> config overrides on the shared base
     "AR": {"process": {"kind": "ar"}, "model": {"attention": "causal", "time_cond": "none"}},
     "masked (MDLM NELBO)": {"process": {"kind": "masked"}},
@@ -69,7 +69,10 @@ PROCESSES = {  # name -> config overrides on the shared base
                                                         "time_warp_after": -1}, **TIMED},  # -1: half the steps
     "block diffusion (blocks of 16)": {"process": {"kind": "masked", "block_size": 16}},
     # around the same seed's AR model, frozen (process.base is set per seed); -1: a third of the steps
-    "LDLM (32 latents of the frozen AR)": {"process": {"kind": "ldlm", **LATENT}, "model": {"time_cond": "adaln"}},
+    # LDLM at the decoder-input noise first tried (0.1) and at the largest (1.0), the better (docs/results_processes.md)
+    "LDLM (noise 0.1, 32 latents of the frozen AR)": {"process": {"kind": "ldlm", **LATENT}, "model": {"time_cond": "adaln"}},
+    "LDLM (noise 1.0, 32 latents of the frozen AR)": {"process": {"kind": "ldlm", **LATENT, "decoder_noise": 1.0},
+                                                      "model": {"time_cond": "adaln"}},
     # Cola at the KL weight first tried (1e-3) and at the best of 1e-3, 1e-2, 0.1 and 1 (docs/results_processes.md)
     "Cola (KL 1e-3, 32 VAE latents of the frozen AR)": {"process": {"kind": "cola", **LATENT, "kl_weight": 1e-3},
                                                         "model": {"time_cond": "adaln"}},

@@ -98,20 +98,20 @@ def test_processes_over_two_seeds(corpora, tmp_path):
 def test_latent_processes_train_the_reference_flops_around_the_seed_ar(corpora, tmp_path):
     """LDLM and VFM rows: their steps make their counted FLOPs equal masked diffusion's, they train around the seed's
     AR run, and their held-out cells say what they report instead of a bound."""
-    argv = ["--quick", "--steps", "6", "--only", "LDLM (32 latents of the frozen AR);VFM (noise adapter on the frozen AR)",
+    argv = ["--quick", "--steps", "6", "--only", "LDLM (noise 1.0, 32 latents of the frozen AR);VFM (noise adapter on the frozen AR)",
             "--seeds", "0", "--threads", "1", "--corpora", str(corpora), "--out", str(tmp_path / "out")]
     assert run("compare_processes", argv) == 0
     results = json.loads((tmp_path / "out" / "seed0" / "results.json").read_text())
     m = load_benchmark("compare_processes")
-    for name in ("LDLM (32 latents of the frozen AR)", "VFM (noise adapter on the frozen AR)"):
+    for name in ("LDLM (noise 1.0, 32 latents of the frozen AR)", "VFM (noise adapter on the frozen AR)"):
         r = results[name]
         assert r["flops_per_step"] > results["AR"]["flops_per_step"]  # the frozen AR's forward is counted
         assert r["steps"] < 6 and r["budget_steps"] == 6
         assert r["generation"] and all(g["scored_tokens"] > 0 for g in r["generation"])
-    assert 0.0 <= results["LDLM (32 latents of the frozen AR)"]["likelihood"]["reconstruction_accuracy"] <= 1.0
+    assert 0.0 <= results["LDLM (noise 1.0, 32 latents of the frozen AR)"]["likelihood"]["reconstruction_accuracy"] <= 1.0
     assert len(results["VFM (noise adapter on the frozen AR)"]["generation"]) == 1  # one pass
     cells = {n: m.held_cell({0: results}, n) for n in results}
-    assert "token accuracy" in cells["LDLM (32 latents of the frozen AR)"] and "not a bound" in cells["VFM (noise adapter on the frozen AR)"]
+    assert "token accuracy" in cells["LDLM (noise 1.0, 32 latents of the frozen AR)"] and "not a bound" in cells["VFM (noise adapter on the frozen AR)"]
 
 
 def test_spread_and_plateau_helpers():
