@@ -61,3 +61,21 @@ def test_bad_latent_models_get_one_sentence(runs, latent, capsys):  # noqa: F811
     assert "trained without prompts" in cli_error(capsys, [*base, "--latent", str(latent["ldlm-np"])])
     assert "--latent-steps needs positive whole numbers" in cli_error(capsys, [*base, "--latent", str(latent["ldlm"]),
                                                                               "--latent-steps", "0"])
+
+
+def test_a_prompt_too_long_for_the_latent_model_leaves_its_rows_out_with_a_note(runs, latent, tmp_path, capsys):  # noqa: F811
+    prompts = tmp_path / "long.txt"
+    prompts.write_text("a little girl went to the park with her dog\n", encoding="utf-8")  # 45 tokens: not in 24
+    capsys.readouterr()
+    assert main(["bench", "sample", str(runs["diffusion"]), "--latent", str(latent["ldlm"]), "--lengths", "2",
+                 "--batch", "1", "--repeats", "1", "--prompts", str(prompts)]) == 0
+    out = capsys.readouterr().out
+    assert "the longest prompt alone exceeds its texts of 24 tokens" in out
+    assert table_rows(out) and not any("LDLM" in r[2] for r in table_rows(out))  # the masked rows still run
+
+
+def test_a_prompt_that_fills_the_context_gets_one_sentence(runs, tmp_path, capsys):  # noqa: F811
+    prompts = tmp_path / "long.txt"
+    prompts.write_text("the cat sat on the mat and the dog sat on the log and they were happy\n", encoding="utf-8")
+    err = cli_error(capsys, ["bench", "sample", str(runs["diffusion"]), "--repeats", "1", "--prompts", str(prompts)])
+    assert "fills the context of 48 tokens by itself" in err and "--prompts FILE" in err

@@ -119,9 +119,13 @@ def fitting_lengths(models: dict[str, LoadedModel], prompts: list[str],
     if not fits and lengths is None and room >= 1:
         fits = [1 << (room.bit_length() - 1)]
         notes.append(f"generating {fits[0]} tokens instead, the largest power of two that fits")
+    if not fits and room < 1:
+        context = min(m.cfg.model.context for m in models.values())
+        raise BenchError(f"the longest prompt fills the context of {context} tokens by itself, leaving none to generate; "
+                         "give shorter prompts with --prompts FILE")
     if not fits:
         raise BenchError(f"no generation length fits the context: at most {room} tokens are left after the longest prompt; "
-                         f"give --lengths up to {max(room, 0)} or shorter prompts")
+                         f"give --lengths up to {room} or shorter prompts")
     return fits, notes
 
 
@@ -401,7 +405,7 @@ def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[
     larger than the others, that scores generative perplexity; without it the same-size causal model 'ar' scores)
     and latent models ('latent', 'latent2', ...: bench_latent.py, rows at `latent_steps` denoising steps where the
     length fits them). `commit_model` and `refresh_bound` add the learned rule's and the adaptive refresh's rows."""
-    from sunfish.sample.bench_latent import is_latent_role, latent_methods, room
+    from sunfish.sample.bench_latent import is_latent_role, latent_methods, latent_prompt_ids, room
 
     scorer, draft = models.get("reference", models.get("ar")), models.get("draft")
     if draft is not None:  # the draft row's sampler opens it by path: hand it the one loaded
@@ -410,7 +414,10 @@ def run_bench(models: dict[str, LoadedModel], prompts: list[str], lengths: list[
     methods = bench_methods(block_length, threshold, "block" in models, "ar" in models, "distilled" in models,
                             None if draft is None else str(draft.path), draft_len, commit_model, refresh_bound)
     methods += latent_methods(models, latent_steps)
-    ids = {name: prompt_ids(m, prompts, 1 if is_latent_role(name) else max(lengths)) for name, m in models.items()}
+    # a latent model's rows run only where its texts hold the prompt and the length (the others are left out with a
+    # note, bench_latent.latent_notes), so its prompts are not checked against its context here
+    ids = {name: latent_prompt_ids(m, prompts) if is_latent_role(name) else prompt_ids(m, prompts, max(lengths))
+           for name, m in models.items()}
     for name, m in models.items():  # warm-up: first calls pay for allocation and kernel selection
         if room(m, ids[name]) >= 1:
             decode(m, batch_of(ids[name], 1), one_per_step(SamplerConfig(length=min(min(lengths), room(m, ids[name])))))

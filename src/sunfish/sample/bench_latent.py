@@ -52,6 +52,11 @@ def run_name(path: Path) -> str:
     return path.parent.parent.name if path.parent.name == "checkpoints" else path.name
 
 
+def latent_prompt_ids(loaded: LoadedModel, prompts: list[str]) -> list[list[int]]:
+    """[BOS] + tokens of each prompt, whatever the model's context (`room` says what is left)."""
+    return [[loaded.tokenizer.bos_id] + loaded.tokenizer.encode(p) for p in prompts]
+
+
 def room(loaded: LoadedModel, rows: list[list[int]]) -> int:
     """Tokens a model can generate after the longest of the prompts `rows` ([BOS] + ids)."""
     return loaded.cfg.model.context - max(len(r) for r in rows)
@@ -75,7 +80,8 @@ def latent_notes(models: dict[str, LoadedModel], prompts: list[str], lengths: li
     notes = []
     for role, loaded in models.items():
         if is_latent_role(role):
-            left = loaded.cfg.model.context - max(1 + len(loaded.tokenizer.encode(p)) for p in prompts)
-            notes += [f"the rows of '{loaded.path}' are left out at length {n}: its texts hold {left} tokens after the "
-                      "longest prompt" for n in lengths if n > left]
+            left = room(loaded, latent_prompt_ids(loaded, prompts))
+            held = f"its texts hold {left} tokens after the longest prompt" if left > 0 else \
+                f"the longest prompt alone exceeds its texts of {loaded.cfg.model.context} tokens"
+            notes += [f"the rows of '{loaded.path}' are left out at length {n}: {held}" for n in lengths if n > left]
     return notes
