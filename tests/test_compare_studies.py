@@ -112,6 +112,15 @@ def test_latent_processes_train_the_reference_flops_around_the_seed_ar(corpora, 
     assert len(results["VFM (noise adapter on the frozen AR)"]["generation"]) == 1  # one pass
     cells = {n: m.held_cell({0: results}, n) for n in results}
     assert "token accuracy" in cells["LDLM (noise 1.0, 32 latents of the frozen AR)"] and "not a bound" in cells["VFM (noise adapter on the frozen AR)"]
+    # the sweeps beside the study: a variant trains around the same AR into the same results, and the table shows it
+    out, sweeps = tmp_path / "out", ["--quick", "--steps", "6", "--out", str(tmp_path / "out")]
+    assert run("latent_sweeps", [*sweeps, "--only", "LDLM, decoder noise 0.5"]) == 0
+    variant = json.loads((out / "seed0" / "results.json").read_text())["LDLM, decoder noise 0.5"]
+    assert variant["steps"] == results["LDLM (noise 1.0, 32 latents of the frozen AR)"]["steps"]  # the same FLOPs
+    assert run("latent_sweeps", [*sweeps, "--prompted", str(tmp_path / "prompted")]) == 0
+    assert all((tmp_path / "prompted" / f / "checkpoints").is_dir() for f in ("ldlm-prompted", "cola01-prompted"))
+    tables = load_benchmark("latent_sweeps").table([(out, "6")], load_benchmark("latent_sweeps").NOISE_ROWS, "noise")
+    assert "| 6 steps | LDLM, 0.5 | 0 |" in tables and "| 6 steps | LDLM, 1.0 (the second row) | 0 |" in tables
 
 
 def test_spread_and_plateau_helpers():
